@@ -1,0 +1,20 @@
+//! peer-signal
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod codec;
+mod crypto;
+mod error;
+mod protocol;
+mod server;
+
+pub use codec::Codec;
+pub use crypto::{sign_challenge, verify_challenge};
+pub use error::{CodecError, ProtocolError, TransportError};
+pub use protocol::{
+    FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,
+    WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+};
+pub use server::{
+    CloseReason, ConnId, ServerStats, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
+};

@@ -1,0 +1,465 @@
+//! The messages of fledger's signalling protocol, version 3, with their serde encodings.
+//!
+//! The JSON form of every type here is byte-compatible with fledger 0.10 (`flmodules::network::signal`).
+//! Human-readable serializers (JSON) get lowercase hex for byte strings and the `bitflags` text form
+//! for [`Modules`]; compact ones (bincode) get raw bytes and integers.
+//!
+//! The wire enums are deliberately exhaustive: they mirror a frozen format, and a new variant would be
+//! a new protocol version.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks; the first element of every `Challenge`.
+pub const SIGNAL_VERSION: u64 = 3;
+
+/// 256 bits: a node id, a challenge or a realm id. JSON: 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct U256(pub [u8; 32]);
+
+/// A node's id: in protocol v3, the raw bytes of its ed25519 public key.
+pub type NodeID = U256;
+
+/// The id of a realm, as carried in [`FledgerConfig::system_realm`].
+pub type RealmID = U256;
+
+impl U256 {
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for U256 {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for U256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for U256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "U256({self})")
+    }
+}
+
+impl std::str::FromStr for U256 {
+    type Err = hex::FromHexError;
+
+    /// Parses 64 hex digits, in either case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(s, &mut bytes)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl Serialize for U256 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        fixed_bytes::serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for U256 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        fixed_bytes::deserialize(deserializer, "id").map(Self)
+    }
+}
+
+/// Byte arrays as lowercase hex (human-readable formats) or length-prefixed bytes (compact ones).
+/// The field name goes into the error, so that a bad key length says which key.
+mod fixed_bytes {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&hex::encode(bytes))
+        } else {
+            serializer.serialize_bytes(bytes)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+        what: &'static str,
+    ) -> Result<[u8; N], D::Error> {
+        let visitor = FixedBytes::<N> { what };
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(visitor)
+        } else {
+            deserializer.deserialize_bytes(visitor)
+        }
+    }
+
+    struct FixedBytes<const N: usize> {
+        what: &'static str,
+    }
+
+    impl<const N: usize> Visitor<'_> for FixedBytes<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{} of {N} bytes", self.what)
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            if s.len() != 2 * N {
+                return Err(E::custom(format_args!(
+                    "{} must be {N} bytes ({} hex digits), got {} characters",
+                    self.what,
+                    2 * N,
+                    s.len()
+                )));
+            }
+            let mut bytes = [0; N];
+            hex::decode_to_slice(s, &mut bytes)
+                .map_err(|e| E::custom(format_args!("{} is not hex: {e}", self.what)))?;
+            Ok(bytes)
+        }
+
+        fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
+            <[u8; N]>::try_from(b)
+                .map_err(|_| E::custom(format_args!("{} must be {N} bytes, got {}", self.what, b.len())))
+        }
+    }
+
+    /// `#[serde(with)]` for an ed25519 public key.
+    pub(super) mod pubkey {
+        use super::*;
+        pub(in super::super) fn serialize<S: Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(b, s)
+        }
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+            super::deserialize(d, "public key")
+        }
+    }
+
+    /// `#[serde(with)]` for an ed25519 signature.
+    pub(super) mod signature {
+        use super::*;
+        pub(in super::super) fn serialize<S: Serializer>(b: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(b, s)
+        }
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+            super::deserialize(d, "signature")
+        }
+    }
+}
+
+/// The set of modules a node runs: fledger's `Modules` bitflags.
+///
+/// JSON uses the `bitflags` 2 text form: flag names joined by `" | "`, unknown bits as one
+/// trailing `0x…` hex number, the empty set as `""`. Decoding accepts exactly what that crate
+/// accepts, so a list this server sends never holds a value a fledger node would reject.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Modules(pub u32);
+
+impl Modules {
+    /// Statistics.
+    pub const STAT: Self = Self(0x1);
+    /// Random connections.
+    pub const RAND: Self = Self(0x2);
+    /// Gossip of events.
+    pub const GOSSIP: Self = Self(0x4);
+    /// Obsolete, kept so that old data still parses.
+    pub const PING: Self = Self(0x8);
+    /// Web proxy.
+    pub const WEBPROXY: Self = Self(0x10);
+    /// Web proxy requests.
+    pub const WEBPROXY_REQUESTS: Self = Self(0x20);
+    /// DHT routing.
+    pub const DHT_ROUTER: Self = Self(0x40);
+    /// DHT storage.
+    pub const DHT_STORAGE: Self = Self(0x80);
+
+    const NAMED: [(&'static str, Self); 8] = [
+        ("STAT", Self::STAT),
+        ("RAND", Self::RAND),
+        ("GOSSIP", Self::GOSSIP),
+        ("PING", Self::PING),
+        ("WEBPROXY", Self::WEBPROXY),
+        ("WEBPROXY_REQUESTS", Self::WEBPROXY_REQUESTS),
+        ("DHT_ROUTER", Self::DHT_ROUTER),
+        ("DHT_STORAGE", Self::DHT_STORAGE),
+    ];
+
+    /// Every module except the obsolete `PING`: fledger's `Modules::stable()`, its default.
+    pub const fn stable() -> Self {
+        Self(0xff & !Self::PING.0)
+    }
+
+    /// Whether every flag of `other` is set in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl fmt::Display for Modules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        let mut sep = "";
+        for (name, flag) in Self::NAMED {
+            if rest & flag.0 != 0 && self.contains(flag) {
+                write!(f, "{sep}{name}")?;
+                rest &= !flag.0;
+                sep = " | ";
+            }
+        }
+        if rest != 0 {
+            write!(f, "{sep}{rest:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Modules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Modules({self})")
+    }
+}
+
+impl std::str::FromStr for Modules {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(Self(0));
+        }
+        text.split('|').try_fold(Self(0), |acc, token| {
+            let token = token.trim();
+            let bits = if let Some(hex) = token.strip_prefix("0x") {
+                u32::from_str_radix(hex, 16).map_err(|_| format!("invalid hex module flags {token:?}"))?
+            } else {
+                let (_, flag) = Self::NAMED
+                    .iter()
+                    .find(|(name, _)| *name == token)
+                    .ok_or_else(|| format!("unknown module {token:?}"))?;
+                flag.0
+            };
+            Ok(Self(acc.0 | bits))
+        })
+    }
+}
+
+impl Serialize for Modules {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u32(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Modules {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(de::Error::custom)
+        } else {
+            u32::deserialize(deserializer).map(Self)
+        }
+    }
+}
+
+/// What a node says about itself when it announces (fledger's `NodeInfo`, written as `NodeInfoV3`).
+///
+/// Only version 3 is accepted: `NodeInfoV1` cannot be converted at all and `NodeInfoV2` carries a
+/// key format no current node sends, so both fail to decode with an error naming the version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// A free-form name.
+    pub name: String,
+    /// The kind of client, e.g. `"libc"`.
+    pub client: String,
+    /// The node's ed25519 public key, which is also its [`NodeID`].
+    pub pubkey: [u8; 32],
+    /// The modules the node runs.
+    pub modules: Modules,
+}
+
+impl NodeInfo {
+    /// A `NodeInfo` for the given key, running the stable modules.
+    pub fn new(name: impl Into<String>, client: impl Into<String>, pubkey: [u8; 32]) -> Self {
+        Self { name: name.into(), client: client.into(), pubkey, modules: Modules::stable() }
+    }
+
+    /// The node's id: the raw public key bytes, as fledger 0.10 computes it.
+    pub fn id(&self) -> NodeID {
+        U256(self.pubkey)
+    }
+}
+
+/// The fields of `NodeInfoV3`, in wire order.
+#[derive(Serialize, Deserialize)]
+struct NodeInfoV3<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    client: std::borrow::Cow<'a, str>,
+    #[serde(with = "fixed_bytes::pubkey")]
+    pubkey: [u8; 32],
+    modules: Modules,
+}
+
+/// fledger's `VersionedSerde` wrapper: one variant per version, the newest written.
+#[derive(Serialize, Deserialize)]
+enum VersionedNodeInfo<'a> {
+    #[serde(skip_serializing)]
+    NodeInfoV1(de::IgnoredAny),
+    #[serde(skip_serializing)]
+    NodeInfoV2(de::IgnoredAny),
+    #[serde(borrow)]
+    NodeInfoV3(NodeInfoV3<'a>),
+}
+
+impl Serialize for NodeInfo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        VersionedNodeInfo::NodeInfoV3(NodeInfoV3 {
+            name: self.name.as_str().into(),
+            client: self.client.as_str().into(),
+            pubkey: self.pubkey,
+            modules: self.modules,
+        })
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeInfo {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match VersionedNodeInfo::deserialize(deserializer)? {
+            VersionedNodeInfo::NodeInfoV3(v3) => Ok(Self {
+                name: v3.name.into_owned(),
+                client: v3.client.into_owned(),
+                pubkey: v3.pubkey,
+                modules: v3.modules,
+            }),
+            VersionedNodeInfo::NodeInfoV1(_) => {
+                Err(de::Error::custom("unsupported NodeInfoV1, only NodeInfoV3 is accepted"))
+            }
+            VersionedNodeInfo::NodeInfoV2(_) => {
+                Err(de::Error::custom("unsupported NodeInfoV2, only NodeInfoV3 is accepted"))
+            }
+        }
+    }
+}
+
+/// A node's answer to the challenge: who it is, and the challenge signed with its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageAnnounce {
+    /// The protocol version the node speaks; must be [`SIGNAL_VERSION`].
+    pub version: u64,
+    /// The challenge the server sent on this connection.
+    pub challenge: U256,
+    /// The node's description, including its public key.
+    pub node_info: NodeInfo,
+    /// The ed25519 signature over the 32 raw challenge bytes.
+    #[serde(with = "fixed_bytes::signature")]
+    pub signature: [u8; 64],
+}
+
+/// One step of a WebRTC connection set-up between two nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// The initiator asks the follower to start.
+    Init,
+    /// An SDP offer.
+    Offer(String),
+    /// An SDP answer.
+    Answer(String),
+    /// One ICE candidate line.
+    IceCandidate(String),
+}
+
+impl PeerMessage {
+    /// The SDP or candidate text, if the message carries one.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Self::Init => None,
+            Self::Offer(s) | Self::Answer(s) | Self::IceCandidate(s) => Some(s),
+        }
+    }
+}
+
+/// A set-up message relayed between the two nodes of a pair.
+///
+/// `id_init` is always the node that sent `Init`, whichever way the message travels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The node that started the connection.
+    pub id_init: NodeID,
+    /// The node that was asked to connect.
+    pub id_follow: NodeID,
+    /// The set-up step.
+    pub message: PeerMessage,
+}
+
+/// A node's report about one of its peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStat {
+    /// The peer.
+    pub id: NodeID,
+    /// The peer's software version.
+    pub version: String,
+    /// Round-trip time to the peer, in milliseconds.
+    pub ping_ms: u32,
+    /// Pings received from the peer.
+    pub ping_rx: u32,
+}
+
+/// Configuration the server hands every node after it has announced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FledgerConfig {
+    /// The realm the system runs in, if any.
+    pub system_realm: Option<RealmID>,
+}
+
+/// A message from the server to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WSSignalMessageToNode {
+    /// Sent on connect: the protocol version and 32 random bytes to sign.
+    Challenge(u64, U256),
+    /// Known nodes, possibly a random sample.
+    ListIDsReply(Vec<NodeInfo>),
+    /// A set-up message from the other node of a pair.
+    PeerSetup(PeerInfo),
+    /// Sent after a successful announce.
+    SystemConfig(FledgerConfig),
+    /// What went wrong with the node's last message.
+    Error(String),
+}
+
+/// A message from a node to the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WSSignalMessageFromNode {
+    /// The answer to the challenge.
+    Announce(MessageAnnounce),
+    /// Asks for the known nodes.
+    ListIDsRequest,
+    /// A set-up message for the other node of the pair.
+    PeerSetup(PeerInfo),
+    /// Statistics about the node's peers.
+    NodeStats(Vec<NodeStat>),
+}
+
+/// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.
+/// Encodes exactly like `WSSignalMessageToNode::ListIDsReply`.
+pub(crate) struct ListIDsReplyRef<'a>(pub(crate) &'a [&'a NodeInfo]);
+
+impl Serialize for ListIDsReplyRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("WSSignalMessageToNode", 1, "ListIDsReply", self.0)
+    }
+}

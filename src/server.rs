@@ -1,0 +1,831 @@
+//! The sans-IO signalling server: [`SignalServer`] consumes [`SignalIn`] and produces [`SignalOut`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::Serialize;
+
+use crate::codec::Codec;
+use crate::crypto;
+use crate::error::ProtocolError;
+use crate::protocol::{
+    FledgerConfig, ListIDsReplyRef, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, RealmID,
+    WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+};
+
+/// A transport's handle for one connection. The transport picks the numbers; they must be unique
+/// among open connections.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// Wraps a transport's connection number.
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The transport's connection number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnId({})", self.0)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Every setting and every limit of a [`SignalServer`].
+///
+/// The defaults suit a public server; each limit bounds a map, a queue or a string that would
+/// otherwise grow with what peers send. Build one with struct-update syntax:
+///
+/// ```
+/// use std::time::Duration;
+/// use peer_signal::SignalConfig;
+///
+/// let config = SignalConfig { ttl: Duration::from_secs(60), max_list_len: 20, ..SignalConfig::default() };
+/// assert_eq!(config.max_frame_size, 64 * 1024);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignalConfig {
+    /// How long an announced node may stay silent before it is closed. Every valid frame restarts
+    /// it. Default 120 s (fledger's `ttl_minutes: 2`).
+    pub ttl: Duration,
+    /// How long a new connection has to announce. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// The realm sent in `SystemConfig`. Default none.
+    pub system_realm: Option<RealmID>,
+    /// At most this many nodes in one `ListIDsReply`, sampled uniformly at random when more are
+    /// connected. Default 100; `usize::MAX` lists everybody, as fledger does without a limit.
+    pub max_list_len: usize,
+    /// Open connections, announced or not. Further connections get `server full` and are closed.
+    /// Default 100,000.
+    pub max_connections: usize,
+    /// Connections that have not announced yet. Further connections get
+    /// `too many pending handshakes` and are closed. Default 16,384.
+    pub max_pending_handshakes: usize,
+    /// Longest frame accepted, in bytes, checked before decoding. Default 64 KiB.
+    pub max_frame_size: usize,
+    /// Longest `NodeInfo.name`, in bytes. Default 256.
+    pub max_name_len: usize,
+    /// Longest `NodeInfo.client` and `NodeStat.version`, in bytes. Default 64.
+    pub max_client_len: usize,
+    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes. Default 32 KiB.
+    pub max_setup_len: usize,
+    /// Most entries in one `NodeStats`. Default 256.
+    pub max_node_stats: usize,
+    /// Errors a connection may make (malformed frames, failed announces, refused requests) before
+    /// it is closed with `too many errors`. Default 5.
+    pub max_errors: u32,
+    /// Frames a transport may queue for one connection before it closes it as a slow reader.
+    /// The core never holds frames itself; transports read this. Default 256.
+    pub max_send_backlog: usize,
+    /// How often joins are pushed to other nodes, at most. Default 1 s.
+    pub list_push_interval: Duration,
+    /// How many nodes, chosen at random, receive each push of new joins. 0 turns pushing off.
+    /// Default 16.
+    pub list_push_fanout: usize,
+    /// Seed for the server's CSPRNG (challenges, list samples). `None` seeds it from the OS once.
+    /// Set it only in tests: a fixed seed makes challenges predictable.
+    pub rng_seed: Option<[u8; 32]>,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
+            system_realm: None,
+            max_list_len: 100,
+            max_connections: 100_000,
+            max_pending_handshakes: 16_384,
+            max_frame_size: 64 * 1024,
+            max_name_len: 256,
+            max_client_len: 64,
+            max_setup_len: 32 * 1024,
+            max_node_stats: 256,
+            max_errors: 5,
+            max_send_backlog: 256,
+            list_push_interval: Duration::from_secs(1),
+            list_push_fanout: 16,
+            rng_seed: None,
+        }
+    }
+}
+
+impl fmt::Debug for SignalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalConfig")
+            .field("ttl", &self.ttl)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("system_realm", &self.system_realm)
+            .field("max_list_len", &self.max_list_len)
+            .field("max_connections", &self.max_connections)
+            .field("max_pending_handshakes", &self.max_pending_handshakes)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("max_name_len", &self.max_name_len)
+            .field("max_client_len", &self.max_client_len)
+            .field("max_setup_len", &self.max_setup_len)
+            .field("max_node_stats", &self.max_node_stats)
+            .field("max_errors", &self.max_errors)
+            .field("max_send_backlog", &self.max_send_backlog)
+            .field("list_push_interval", &self.list_push_interval)
+            .field("list_push_fanout", &self.list_push_fanout)
+            // rng_seed: not printed, it would reveal every challenge.
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something the host observed, fed to [`SignalServer::handle`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SignalIn {
+    /// The transport accepted a connection that speaks `codec`.
+    Opened {
+        /// The new connection.
+        conn: ConnId,
+        /// How its frames are encoded.
+        codec: Codec,
+    },
+    /// A frame arrived; the server decodes it with the connection's codec.
+    Frame {
+        /// Where it came from.
+        conn: ConnId,
+        /// The frame's payload.
+        frame: Bytes,
+    },
+    /// The connection went away (the peer closed it, or the transport did).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A deadline from [`SignalServer::poll_timeout`] has passed.
+    Tick,
+    /// Close every connection and stop.
+    Stop,
+}
+
+/// Something the host must do or may want to know, drained from [`SignalServer::poll_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalOut {
+    /// Send `frame` on `conn`, as a text frame for [`Codec::Json`], binary for [`Codec::Bincode`].
+    Send {
+        /// The destination.
+        conn: ConnId,
+        /// The encoded message. Cloning it is cheap: broadcast frames share one buffer.
+        frame: Bytes,
+    },
+    /// Close `conn`, after sending the frames queued for it before this output. The server has
+    /// already forgotten it; a later [`SignalIn::Closed`] for it is ignored.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// For the application.
+    Event(SignalEvent),
+}
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The server is stopping.
+    Stopped,
+    /// The peer broke a rule or hit a limit; it was sent this error just before.
+    Error(ProtocolError),
+}
+
+/// What happened, for the application's logs, metrics and logic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalEvent {
+    /// A node announced successfully. A node that takes over its id from an older connection
+    /// produces `NodeLeft` for the old connection first, then `NewNode`.
+    NewNode(NodeID),
+    /// An announced node disconnected, was evicted or was replaced.
+    NodeLeft(NodeID),
+    /// An announced node reported statistics about its peers.
+    NodeStats {
+        /// The reporting node.
+        from: NodeID,
+        /// Its report.
+        stats: Vec<NodeStat>,
+    },
+    /// The server has stopped; it ignores everything from now on.
+    Stopped,
+}
+
+/// Counters, for metrics. Get them from [`SignalServer::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Open connections, announced or not.
+    pub connections: usize,
+    /// Announced nodes.
+    pub nodes: usize,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// `PeerSetup` messages forwarded.
+    pub relays: u64,
+    /// Successful announces.
+    pub joins: u64,
+    /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`.
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+/// Where a connection is in the protocol.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Sent this challenge; waiting for the announce.
+    Challenged(U256),
+    /// Announced as this node.
+    Node(NodeID),
+}
+
+struct Conn {
+    codec: Codec,
+    phase: Phase,
+    /// When the connection expires: the handshake deadline, then the TTL.
+    deadline: Instant,
+    /// The deadline of this connection's entry in the timer heap. The entry is re-armed lazily
+    /// when it fires early, so refreshing a TTL costs no heap operation.
+    armed: Instant,
+    errors: u32,
+}
+
+struct Node {
+    conn: ConnId,
+    info: NodeInfo,
+    /// Index in `SignalServer::order`.
+    slot: usize,
+}
+
+/// Joins not yet pushed to other nodes.
+#[derive(Default)]
+struct PendingPush {
+    due: Option<Instant>,
+    joined: Vec<NodeID>,
+}
+
+/// The signalling server as a state machine: no sockets, no clock, no threads.
+///
+/// Feed it what the transport observed with [`handle`](Self::handle), then drain
+/// [`poll_output`](Self::poll_output) until it returns `None`; call `handle(now, SignalIn::Tick)`
+/// when [`poll_timeout`](Self::poll_timeout) has passed. See the [crate docs](crate) for the run
+/// loop and the protocol.
+pub struct SignalServer {
+    config: SignalConfig,
+    rng: ChaCha20Rng,
+    conns: HashMap<ConnId, Conn>,
+    nodes: HashMap<NodeID, Node>,
+    /// Every announced node once, in no particular order: what list samples are drawn from.
+    order: Vec<NodeID>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    push: PendingPush,
+    system_config: FledgerConfig,
+    out: VecDeque<SignalOut>,
+    last_now: Option<Instant>,
+    stopped: bool,
+    stats: ServerStats,
+}
+
+impl fmt::Debug for SignalServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalServer")
+            .field("config", &self.config)
+            .field("connections", &self.conns.len())
+            .field("nodes", &self.nodes.len())
+            .field("queued_outputs", &self.out.len())
+            .field("stopped", &self.stopped)
+            // rng and challenges: not printed.
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalServer {
+    /// A server with no connections. Seeds its CSPRNG from `config.rng_seed`, or from the OS.
+    pub fn new(config: SignalConfig) -> Self {
+        let rng = match config.rng_seed {
+            Some(seed) => ChaCha20Rng::from_seed(seed),
+            None => ChaCha20Rng::from_entropy(),
+        };
+        Self {
+            system_config: FledgerConfig { system_realm: config.system_realm },
+            config,
+            rng,
+            conns: HashMap::new(),
+            nodes: HashMap::new(),
+            order: Vec::new(),
+            timers: BinaryHeap::new(),
+            push: PendingPush::default(),
+            out: VecDeque::new(),
+            last_now: None,
+            stopped: false,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// The configuration the server was made with.
+    pub fn config(&self) -> &SignalConfig {
+        &self.config
+    }
+
+    /// Feeds one input observed at `now`.
+    ///
+    /// Never fails: whatever a peer sends becomes an `Error` reply or a [`SignalOut::Close`] for
+    /// that peer, never an error for the host. Call [`poll_output`](Self::poll_output) until it
+    /// returns `None` afterwards, and check [`poll_timeout`](Self::poll_timeout) again. If `now` is
+    /// earlier than a previous input's, the previous time is used: time does not go backwards.
+    pub fn handle(&mut self, now: Instant, input: SignalIn) {
+        let now = match self.last_now {
+            Some(last) if last > now => last,
+            _ => now,
+        };
+        self.last_now = Some(now);
+        if self.stopped {
+            // Refuse newcomers politely; ignore everything else.
+            if let SignalIn::Opened { conn, .. } = input {
+                self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Stopped });
+            }
+            return;
+        }
+        match input {
+            SignalIn::Opened { conn, codec } => self.handle_opened(now, conn, codec),
+            SignalIn::Frame { conn, frame } => self.handle_frame(now, conn, frame),
+            SignalIn::Closed { conn } => self.forget(conn),
+            SignalIn::Tick => self.handle_tick(now),
+            SignalIn::Stop => self.handle_stop(),
+        }
+    }
+
+    /// The next thing for the host to do, oldest first; `None` when there is nothing left.
+    ///
+    /// Drain it after every [`handle`](Self::handle). Frames for one connection come in the order
+    /// they must be sent; a [`SignalOut::Close`] comes after the frames that precede it.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<SignalOut> {
+        self.out.pop_front()
+    }
+
+    /// When to feed [`SignalIn::Tick`] next, if anything is pending: a handshake deadline, a TTL,
+    /// or a push of new joins. Polling it changes nothing; it may be early, never late.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.push.due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether [`SignalIn::Stop`] has been handled.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The announced nodes, in no particular order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> + '_ {
+        self.order.iter().filter_map(|id| self.nodes.get(id)).map(|node| &node.info)
+    }
+
+    /// The connection an announced node is on.
+    pub fn node_conn(&self, id: &NodeID) -> Option<ConnId> {
+        self.nodes.get(id).map(|node| node.conn)
+    }
+
+    /// Counters, for metrics.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats { connections: self.conns.len(), nodes: self.nodes.len(), ..self.stats.clone() }
+    }
+
+    fn handle_opened(&mut self, now: Instant, conn: ConnId, codec: Codec) {
+        if self.conns.contains_key(&conn) {
+            // The transport reused an open id: its bug, and nothing we can repair.
+            return;
+        }
+        let pending = self.conns.len() - self.nodes.len();
+        let refusal = if self.conns.len() >= self.config.max_connections {
+            Some(ProtocolError::ServerFull)
+        } else if pending >= self.config.max_pending_handshakes {
+            Some(ProtocolError::TooManyHandshakes)
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
+            self.count_error(&error);
+            self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
+            return;
+        }
+        let challenge = crypto::new_challenge(&mut self.rng);
+        let deadline = now + self.config.handshake_timeout;
+        self.conns.insert(
+            conn,
+            Conn { codec, phase: Phase::Challenged(challenge), deadline, armed: deadline, errors: 0 },
+        );
+        self.timers.push(Reverse((deadline, conn)));
+        self.send(conn, codec, &WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge));
+    }
+
+    fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: Bytes) {
+        let Some(c) = self.conns.get(&conn) else {
+            // Raced with a close we asked for.
+            return;
+        };
+        let (codec, phase) = (c.codec, c.phase);
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += frame.len() as u64;
+        if frame.len() > self.config.max_frame_size {
+            let error = ProtocolError::FrameTooLarge { size: frame.len(), limit: self.config.max_frame_size };
+            return self.refuse(conn, error);
+        }
+        let message = match codec.decode::<WSSignalMessageFromNode>(&frame) {
+            Ok(message) => message,
+            Err(e) => return self.refuse(conn, ProtocolError::Malformed(e)),
+        };
+        let id = match phase {
+            Phase::Node(id) => id,
+            Phase::Challenged(challenge) => {
+                return match message {
+                    WSSignalMessageFromNode::Announce(announce) => {
+                        match self.check_announce(&challenge, &announce) {
+                            Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
+                            Err(error) => self.refuse(conn, error),
+                        }
+                    }
+                    _ => self.refuse(conn, ProtocolError::NotAuthenticated),
+                };
+            }
+        };
+        let handled = match message {
+            WSSignalMessageFromNode::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
+            WSSignalMessageFromNode::ListIDsRequest => {
+                self.send_list(conn, codec);
+                Ok(())
+            }
+            WSSignalMessageFromNode::PeerSetup(info) => self.relay(conn, codec, id, frame, info),
+            WSSignalMessageFromNode::NodeStats(stats) => self.check_stats(&stats).map(|()| {
+                self.out.push_back(SignalOut::Event(SignalEvent::NodeStats { from: id, stats }));
+            }),
+        };
+        match handled {
+            Ok(()) => self.refresh(conn, now + self.config.ttl),
+            Err(error) => self.refuse(conn, error),
+        }
+    }
+
+    /// Everything about an announce that can be checked without touching state. The signature
+    /// goes last: it is by far the most expensive check.
+    fn check_announce(&self, challenge: &U256, announce: &MessageAnnounce) -> Result<(), ProtocolError> {
+        if announce.version != SIGNAL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion(announce.version));
+        }
+        if announce.challenge != *challenge {
+            return Err(ProtocolError::UnknownChallenge);
+        }
+        let info = &announce.node_info;
+        check_len("name", &info.name, self.config.max_name_len)?;
+        check_len("client", &info.client, self.config.max_client_len)?;
+        crypto::verify_challenge(&info.pubkey, challenge, &announce.signature)
+    }
+
+    fn check_stats(&self, stats: &[NodeStat]) -> Result<(), ProtocolError> {
+        if stats.len() > self.config.max_node_stats {
+            return Err(ProtocolError::TooManyStats { len: stats.len(), limit: self.config.max_node_stats });
+        }
+        stats.iter().try_for_each(|stat| check_len("version", &stat.version, self.config.max_client_len))
+    }
+
+    fn authenticate(&mut self, now: Instant, conn: ConnId, codec: Codec, info: NodeInfo) {
+        let id = info.id();
+        if let Some(old) = self.nodes.get(&id).map(|node| node.conn) {
+            self.close(old, ProtocolError::Replaced);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Node(id);
+        }
+        self.refresh(conn, now + self.config.ttl);
+        self.nodes.insert(id, Node { conn, info, slot: self.order.len() });
+        self.order.push(id);
+        self.stats.joins += 1;
+
+        self.send(conn, codec, &WSSignalMessageToNode::SystemConfig(self.system_config.clone()));
+        self.send_list(conn, codec);
+        self.out.push_back(SignalOut::Event(SignalEvent::NewNode(id)));
+
+        if self.config.list_push_fanout > 0 && self.push.joined.len() < self.config.max_list_len {
+            self.push.joined.push(id);
+            self.push.due.get_or_insert(now + self.config.list_push_interval);
+        }
+    }
+
+    /// Forwards a `PeerSetup` to the other node of its pair. The frame goes out as it came in
+    /// when both ends speak the same codec: `PeerSetup` encodes the same in both directions.
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        codec: Codec,
+        sender: NodeID,
+        frame: Bytes,
+        info: PeerInfo,
+    ) -> Result<(), ProtocolError> {
+        let destination = if sender == info.id_init {
+            info.id_follow
+        } else if sender == info.id_follow {
+            info.id_init
+        } else {
+            return Err(ProtocolError::NotInPair);
+        };
+        if let Some(text) = info.message.text() {
+            check_len("peer message", text, self.config.max_setup_len)?;
+        }
+        let target = self
+            .nodes
+            .get(&destination)
+            .and_then(|node| Some((node.conn, self.conns.get(&node.conn)?.codec)));
+        let Some((to, to_codec)) = target else {
+            // Not the sender's fault: the other node may just have left. No strike.
+            let error = ProtocolError::UnknownDestination(destination);
+            self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
+            self.count_error(&error);
+            return Ok(());
+        };
+        if to_codec == codec {
+            self.push_frame(to, frame);
+        } else {
+            self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
+        }
+        self.stats.relays += 1;
+        Ok(())
+    }
+
+    fn send_list(&mut self, conn: ConnId, codec: Codec) {
+        let slots = sample(&mut self.rng, self.order.len(), self.config.max_list_len);
+        let infos: Vec<&NodeInfo> = slots
+            .into_iter()
+            .filter_map(|slot| self.order.get(slot))
+            .filter_map(|id| self.nodes.get(id))
+            .map(|node| &node.info)
+            .collect();
+        let frame = codec.encode(&ListIDsReplyRef(&infos));
+        self.push_encoded(conn, frame);
+    }
+
+    fn handle_tick(&mut self, now: Instant) {
+        while let Some(&Reverse((at, conn))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            if c.armed != at {
+                continue; // A stale entry: the connection was re-armed, or the id reused.
+            }
+            if c.deadline > now {
+                c.armed = c.deadline;
+                self.timers.push(Reverse((c.deadline, conn)));
+                continue;
+            }
+            let error = match c.phase {
+                Phase::Challenged(_) => ProtocolError::HandshakeTimeout,
+                Phase::Node(_) => ProtocolError::IdleTimeout,
+            };
+            self.close(conn, error);
+        }
+        // Closed connections leave their entries behind; rebuild before they dominate the heap.
+        if self.timers.len() > 2 * self.conns.len() + 1024 {
+            self.timers = self.conns.iter().map(|(&conn, c)| Reverse((c.armed, conn))).collect();
+        }
+        if self.push.due.is_some_and(|due| due <= now) {
+            self.push_joins();
+        }
+    }
+
+    /// Tells up to `list_push_fanout` random nodes about the nodes that joined since the last
+    /// push: one `ListIDsReply` with the newcomers first, filled up with a random sample. It is
+    /// encoded once per codec and shared by every recipient, so a join costs at most
+    /// `list_push_fanout` frames, however many nodes are connected.
+    fn push_joins(&mut self) {
+        let mut joined = std::mem::take(&mut self.push.joined);
+        self.push.due = None;
+        joined.sort_unstable();
+        joined.dedup();
+        joined.retain(|id| self.nodes.contains_key(id));
+        if joined.is_empty() {
+            return;
+        }
+        let limit = self.config.max_list_len;
+        let mut listed = joined.clone();
+        listed.truncate(limit);
+        let fill = sample(&mut self.rng, self.order.len(), limit);
+        listed.extend(
+            fill.into_iter()
+                .filter_map(|slot| self.order.get(slot).copied())
+                .filter(|id| joined.binary_search(id).is_err())
+                .take(limit.saturating_sub(listed.len())),
+        );
+        let recipients: Vec<(ConnId, Codec)> =
+            sample(&mut self.rng, self.order.len(), self.config.list_push_fanout)
+                .into_iter()
+                .filter_map(|slot| self.order.get(slot))
+                .filter(|id| joined.binary_search(id).is_err())
+                .filter_map(|id| self.nodes.get(id))
+                .filter_map(|node| Some((node.conn, self.conns.get(&node.conn)?.codec)))
+                .collect();
+        let infos: Vec<&NodeInfo> =
+            listed.iter().filter_map(|id| self.nodes.get(id)).map(|n| &n.info).collect();
+        let reply = ListIDsReplyRef(&infos);
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut sends = Vec::with_capacity(recipients.len());
+        for (conn, codec) in recipients {
+            let cached = &mut frames[usize::from(codec.is_binary())];
+            if cached.is_none() {
+                *cached = codec.encode(&reply).ok();
+            }
+            if let Some(frame) = cached {
+                sends.push((conn, frame.clone()));
+            }
+        }
+        for (conn, frame) in sends {
+            self.push_frame(conn, frame);
+        }
+    }
+
+    fn handle_stop(&mut self) {
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn in conns {
+            self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Stopped });
+        }
+        self.conns.clear();
+        self.nodes.clear();
+        self.order.clear();
+        self.timers.clear();
+        self.push = PendingPush::default();
+        self.stopped = true;
+        self.out.push_back(SignalOut::Event(SignalEvent::Stopped));
+    }
+
+    fn refresh(&mut self, conn: ConnId, deadline: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.deadline = deadline;
+        if deadline < c.armed {
+            c.armed = deadline;
+            self.timers.push(Reverse((deadline, conn)));
+        }
+    }
+
+    /// Answers a peer's mistake with an `Error`, and closes the connection at `max_errors`.
+    fn refuse(&mut self, conn: ConnId, error: ProtocolError) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.errors += 1;
+        let (codec, errors) = (c.codec, c.errors);
+        self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
+        self.count_error(&error);
+        if errors >= self.config.max_errors {
+            self.close(conn, ProtocolError::TooManyErrors);
+        }
+    }
+
+    /// Sends `error`, then closes the connection and forgets it.
+    fn close(&mut self, conn: ConnId, error: ProtocolError) {
+        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else { return };
+        self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
+        self.count_error(&error);
+        self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
+        self.forget(conn);
+    }
+
+    /// Drops a connection and, if it was a node's, the node.
+    fn forget(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let Phase::Node(id) = c.phase else { return };
+        if self.nodes.get(&id).is_none_or(|node| node.conn != conn) {
+            return;
+        }
+        if let Some(node) = self.nodes.remove(&id) {
+            self.order.swap_remove(node.slot);
+            if let Some(moved) = self.order.get(node.slot).and_then(|moved| self.nodes.get_mut(moved)) {
+                moved.slot = node.slot;
+            }
+        }
+        self.out.push_back(SignalOut::Event(SignalEvent::NodeLeft(id)));
+    }
+
+    fn count_error(&mut self, error: &ProtocolError) {
+        *self.stats.errors.entry(error.kind()).or_default() += 1;
+    }
+
+    fn send(&mut self, conn: ConnId, codec: Codec, message: &impl Serialize) {
+        let frame = codec.encode(message);
+        self.push_encoded(conn, frame);
+    }
+
+    fn push_encoded(&mut self, conn: ConnId, frame: Result<Bytes, crate::CodecError>) {
+        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
+        if let Ok(frame) = frame {
+            self.push_frame(conn, frame);
+        }
+    }
+
+    fn push_frame(&mut self, conn: ConnId, frame: Bytes) {
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        self.out.push_back(SignalOut::Send { conn, frame });
+    }
+}
+
+fn check_len(field: &'static str, text: &str, limit: usize) -> Result<(), ProtocolError> {
+    if text.len() > limit {
+        return Err(ProtocolError::TooLong { field, len: text.len(), limit });
+    }
+    Ok(())
+}
+
+/// `min(k, n)` distinct indices below `n`, each subset equally likely (Floyd's algorithm, O(k)).
+/// With `k >= n`, all of them in order.
+fn sample(rng: &mut impl RngCore, n: usize, k: usize) -> Vec<usize> {
+    if k >= n {
+        return (0..n).collect();
+    }
+    let mut chosen = std::collections::HashSet::with_capacity(k);
+    let mut picked = Vec::with_capacity(k);
+    for j in n - k..n {
+        let t = below(rng, j + 1);
+        let pick = if chosen.insert(t) { t } else { j };
+        chosen.insert(pick);
+        picked.push(pick);
+    }
+    picked
+}
+
+/// A uniform integer in `0..n`, for `n > 0`, without modulo bias.
+fn below(rng: &mut impl RngCore, n: usize) -> usize {
+    let n = n as u64;
+    let zone = u64::MAX - u64::MAX % n;
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return (x % n) as usize;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_is_distinct_in_range_and_covers_everything() {
+        let mut rng = ChaCha20Rng::from_seed([1; 32]);
+        let mut seen = [0u32; 10];
+        for _ in 0..2000 {
+            let picked = sample(&mut rng, 10, 3);
+            assert_eq!(picked.len(), 3);
+            let mut sorted = picked.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3, "indices repeat: {picked:?}");
+            for i in picked {
+                seen[i] += 1;
+            }
+        }
+        // Each index is expected 600 times; uniformity within a generous margin.
+        assert!(seen.iter().all(|&c| (450..750).contains(&c)), "{seen:?}");
+        assert_eq!(sample(&mut rng, 4, 10), vec![0, 1, 2, 3]);
+        assert!(sample(&mut rng, 0, 3).is_empty());
+    }
+
+    #[test]
+    fn below_stays_below() {
+        let mut rng = ChaCha20Rng::from_seed([2; 32]);
+        for n in [1, 2, 3, 7, 1000] {
+            assert!((0..100).all(|_| below(&mut rng, n) < n));
+        }
+    }
+}
