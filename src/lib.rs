@@ -18,3 +18,12 @@ pub use protocol::{
 pub use server::{
     CloseReason, ConnId, ServerStats, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
 };
+
+mod client;
+mod driver;
+mod transport;
+
+pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
+pub use driver::{Driver, DriverEvents, DriverHandle};
+pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
+pub use transport::{Transport, TransportEvent};

@@ -1,0 +1,551 @@
+//! The node's side of the protocol: [`SignalClient`] (sans-IO) and [`AsyncClient`] (over any
+//! [`ClientConnection`]).
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+
+use crate::codec::Codec;
+use crate::crypto::sign_challenge;
+use crate::error::{CodecError, TransportError};
+use crate::protocol::{
+    FledgerConfig, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage,
+    WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION,
+};
+
+/// How many frames or events a client holds for the application before it refuses or drops more.
+/// Far above what one round trip produces; reached only when the application stops draining.
+const MAX_QUEUED: usize = 1024;
+
+/// What the server told the node, drained from [`SignalClient::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server accepted the announce and sent its `SystemConfig`.
+    Connected(FledgerConfig),
+    /// A `ListIDsReply`: the answer to a list request, or a push of nodes that joined.
+    NodeList(Vec<NodeInfo>),
+    /// A set-up message from the other node of a pair.
+    PeerSetup(PeerInfo),
+    /// The server refused something the node sent; the text is the server's.
+    Error(String),
+}
+
+/// What went wrong on the node's side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server sent a frame that does not decode; it was ignored.
+    #[error("malformed frame from the server")]
+    Malformed(#[source] CodecError),
+    /// The server's challenge names another protocol version; it was not answered.
+    #[error("unsupported protocol version {0}, expected 3")]
+    UnsupportedVersion(u64),
+    /// A request before the server accepted the announce; it was not sent.
+    #[error("not connected yet")]
+    NotConnected,
+    /// The application has not drained [`SignalClient::poll_transmit`]; the request was not queued.
+    #[error("too many frames waiting to be sent")]
+    Backlog,
+    /// The server answered the announce with this error.
+    #[error("refused by the server: {0}")]
+    Refused(String),
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    AwaitingChallenge,
+    Announced,
+    Connected,
+}
+
+/// A node's side of the signalling protocol, as a state machine: no I/O, no clock.
+///
+/// Feed it every frame from the server with [`handle_frame`](Self::handle_frame); then send
+/// whatever [`poll_transmit`](Self::poll_transmit) returns, and read
+/// [`poll_event`](Self::poll_event) until both return `None`. The client answers the challenge by
+/// itself; once [`ClientEvent::Connected`] comes, it may list nodes and exchange `PeerSetup`.
+///
+/// # Example
+///
+/// A client and a [`SignalServer`](crate::SignalServer) wired by hand, no executor:
+///
+/// ```
+/// use std::time::Instant;
+/// use ed25519_dalek::SigningKey;
+/// use peer_signal::{
+///     ClientEvent, Codec, ConnId, NodeInfo, SignalClient, SignalConfig, SignalIn, SignalOut, SignalServer,
+/// };
+///
+/// let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+/// let key = SigningKey::from_bytes(&[1; 32]);
+/// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());
+/// let mut client = SignalClient::new(key, info, Codec::Json);
+/// let conn = ConnId::new(1);
+///
+/// let now = Instant::now();
+/// server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+/// for _ in 0..3 {
+///     while let Some(out) = server.poll_output() {
+///         if let SignalOut::Send { frame, .. } = out {
+///             client.handle_frame(&frame)?;
+///         }
+///     }
+///     while let Some(frame) = client.poll_transmit() {
+///         server.handle(now, SignalIn::Frame { conn, frame });
+///     }
+/// }
+/// assert!(client.is_connected());
+/// assert!(matches!(client.poll_event(), Some(ClientEvent::Connected(_))));
+/// assert!(matches!(client.poll_event(), Some(ClientEvent::NodeList(nodes)) if nodes.len() == 1));
+/// # Ok::<(), peer_signal::ClientError>(())
+/// ```
+pub struct SignalClient {
+    key: SigningKey,
+    info: NodeInfo,
+    codec: Codec,
+    state: State,
+    config: Option<FledgerConfig>,
+    transmit: VecDeque<Bytes>,
+    events: VecDeque<ClientEvent>,
+    dropped_events: u64,
+}
+
+impl fmt::Debug for SignalClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalClient")
+            .field("id", &self.info.id())
+            .field("codec", &self.codec)
+            .field("state", &self.state)
+            .field("transmit", &self.transmit.len())
+            .field("events", &self.events.len())
+            // key: not printed.
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalClient {
+    /// A client for the node that holds `key`, describing itself with `info`, speaking `codec`.
+    ///
+    /// `info.pubkey` is replaced by the public half of `key`: the server checks the signature
+    /// against it, so the two cannot differ.
+    pub fn new(key: SigningKey, mut info: NodeInfo, codec: Codec) -> Self {
+        info.pubkey = key.verifying_key().to_bytes();
+        Self {
+            key,
+            info,
+            codec,
+            state: State::AwaitingChallenge,
+            config: None,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            dropped_events: 0,
+        }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> NodeID {
+        self.info.id()
+    }
+
+    /// What the node announces.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The codec of the connection.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Whether the server has accepted the announce.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// The configuration the server sent with its acceptance.
+    pub fn system_config(&self) -> Option<&FledgerConfig> {
+        self.config.as_ref()
+    }
+
+    /// Events dropped because [`poll_event`](Self::poll_event) was not drained.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events
+    }
+
+    /// Handles one frame from the server.
+    ///
+    /// A `Challenge` is answered at once with an `Announce` signed by the node's key; anything
+    /// else becomes a [`ClientEvent`]. Drain [`poll_transmit`](Self::poll_transmit) and
+    /// [`poll_event`](Self::poll_event) afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Malformed`] for a frame that does not decode,
+    /// [`ClientError::UnsupportedVersion`] for a challenge of another protocol version, and
+    /// [`ClientError::Backlog`] when the announce cannot be queued. The frame is ignored and the
+    /// client stays usable.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        let message = self.codec.decode(frame).map_err(ClientError::Malformed)?;
+        let event = match message {
+            WSSignalMessageToNode::Challenge(version, challenge) => {
+                if version != SIGNAL_VERSION {
+                    return Err(ClientError::UnsupportedVersion(version));
+                }
+                let announce = MessageAnnounce {
+                    version: SIGNAL_VERSION,
+                    challenge,
+                    node_info: self.info.clone(),
+                    signature: sign_challenge(&self.key, &challenge),
+                };
+                self.queue(&WSSignalMessageFromNode::Announce(announce))?;
+                self.state = State::Announced;
+                return Ok(());
+            }
+            WSSignalMessageToNode::SystemConfig(config) => {
+                self.state = State::Connected;
+                self.config = Some(config.clone());
+                ClientEvent::Connected(config)
+            }
+            WSSignalMessageToNode::ListIDsReply(nodes) => ClientEvent::NodeList(nodes),
+            WSSignalMessageToNode::PeerSetup(setup) => ClientEvent::PeerSetup(setup),
+            WSSignalMessageToNode::Error(text) => ClientEvent::Error(text),
+        };
+        if self.events.len() < MAX_QUEUED {
+            self.events.push_back(event);
+        } else {
+            self.dropped_events += 1;
+        }
+        Ok(())
+    }
+
+    /// Asks the server for the list of nodes; the reply comes as [`ClientEvent::NodeList`].
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NotConnected`] before the server accepted the announce,
+    /// [`ClientError::Backlog`] when [`poll_transmit`](Self::poll_transmit) is not drained.
+    pub fn request_list(&mut self) -> Result<(), ClientError> {
+        self.request(&WSSignalMessageFromNode::ListIDsRequest)
+    }
+
+    /// Sends a set-up message to the other node of `setup`'s pair. This node must be one of
+    /// `id_init` and `id_follow`, or the server answers with an error.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_list`](Self::request_list).
+    pub fn send_setup(&mut self, setup: PeerInfo) -> Result<(), ClientError> {
+        self.request(&WSSignalMessageFromNode::PeerSetup(setup))
+    }
+
+    /// Starts a connection set-up with `to`: sends `Init`, with this node as `id_init`.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_list`](Self::request_list).
+    pub fn send_init(&mut self, to: NodeID) -> Result<(), ClientError> {
+        self.send_setup(PeerInfo { id_init: self.id(), id_follow: to, message: PeerMessage::Init })
+    }
+
+    /// Answers a set-up message with the next step (`Offer`, `Answer`, `IceCandidate`) for the
+    /// same pair, to the other node.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_list`](Self::request_list).
+    pub fn send_reply(&mut self, to: &PeerInfo, message: PeerMessage) -> Result<(), ClientError> {
+        self.send_setup(PeerInfo { id_init: to.id_init, id_follow: to.id_follow, message })
+    }
+
+    /// Reports statistics about the node's peers.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_list`](Self::request_list).
+    pub fn send_stats(&mut self, stats: Vec<NodeStat>) -> Result<(), ClientError> {
+        self.request(&WSSignalMessageFromNode::NodeStats(stats))
+    }
+
+    /// The next frame to send to the server, oldest first.
+    ///
+    /// Drain it after [`handle_frame`](Self::handle_frame) and after every request.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing the server told the node, oldest first.
+    ///
+    /// Drain it after [`handle_frame`](Self::handle_frame): at most 1024 events wait, further
+    /// ones are dropped and counted in [`dropped_events`](Self::dropped_events).
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn request(&mut self, message: &WSSignalMessageFromNode) -> Result<(), ClientError> {
+        if self.state != State::Connected {
+            return Err(ClientError::NotConnected);
+        }
+        self.queue(message)
+    }
+
+    fn queue(&mut self, message: &WSSignalMessageFromNode) -> Result<(), ClientError> {
+        if self.transmit.len() >= MAX_QUEUED {
+            return Err(ClientError::Backlog);
+        }
+        // The protocol's own messages always encode; a failure would be a bug in this crate.
+        if let Ok(frame) = self.codec.encode(message) {
+            self.transmit.push_back(frame);
+        }
+        Ok(())
+    }
+}
+
+/// One node's connection to a signalling server, as [`AsyncClient`] uses it: frames in, frames
+/// out. [`MemoryClient`](crate::MemoryClient) implements it.
+#[async_trait]
+pub trait ClientConnection: Send {
+    /// The codec of the connection's frames.
+    fn codec(&self) -> Codec;
+
+    /// Sends one frame, waiting while the connection's queue is full.
+    ///
+    /// # Errors
+    ///
+    /// A [`TransportError`] once the connection is closed.
+    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError>;
+
+    /// The next frame from the server; `None` once the connection is closed and drained.
+    async fn recv(&mut self) -> Option<Bytes>;
+}
+
+/// A [`SignalClient`] driven over a [`ClientConnection`]: `connect`, then `list`, send set-up
+/// messages and wait for events. Runtime-agnostic.
+///
+/// # Example
+///
+/// ```
+/// use peer_signal::{
+///     AsyncClient, ClientEvent, Codec, Driver, MemoryTransport, NodeInfo, PeerMessage, SignalConfig,
+///     SignalServer,
+/// };
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let config = SignalConfig::default();
+/// let (transport, connector) = MemoryTransport::new(&config);
+/// let (driver, handle, _events) = Driver::new(SignalServer::new(config), transport, 64);
+/// let server = tokio::spawn(driver.run(futures::stream::pending()));
+///
+/// let mut nodes = Vec::new();
+/// for (seed, name) in [(1, "alice"), (2, "bob")] {
+///     let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+///     let info = NodeInfo::new(name, "example", key.verifying_key().to_bytes());
+///     let conn = connector.connect(Codec::Json).await?;
+///     nodes.push(AsyncClient::connect(conn, key, info).await?);
+/// }
+/// let (mut alice, mut bob) = (nodes.remove(0), nodes.remove(0));
+///
+/// alice.send_init(bob.id()).await?;
+/// let ClientEvent::PeerSetup(init) = bob.next_event().await? else { panic!("expected Init") };
+/// assert_eq!((init.id_init, init.message.clone()), (alice.id(), PeerMessage::Init));
+/// bob.send_reply(&init, PeerMessage::Offer("v=0".into())).await?;
+/// let ClientEvent::PeerSetup(offer) = alice.next_event().await? else { panic!("expected Offer") };
+/// assert_eq!(offer.message, PeerMessage::Offer("v=0".into()));
+///
+/// handle.stop();
+/// assert!(server.await.unwrap().is_stopped());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct AsyncClient<C> {
+    conn: C,
+    client: SignalClient,
+    /// Events read while waiting for something else, returned first by `next_event`.
+    held: VecDeque<ClientEvent>,
+    dropped_events: u64,
+}
+
+impl<C> fmt::Debug for AsyncClient<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncClient")
+            .field("client", &self.client)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: ClientConnection> AsyncClient<C> {
+    /// Completes the handshake on `conn`: answers the challenge with `key`, then waits for the
+    /// server's `SystemConfig` and the `ListIDsReply` that follows it. See [`SignalClient::new`]
+    /// for `info`.
+    ///
+    /// The servers of this crate and of fledger both send that list on acceptance; waiting for it
+    /// here means a later [`list`](Self::list) gets a reply to its own request. The list itself
+    /// is the first [`next_event`](Self::next_event).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] when the server answers the announce with an error,
+    /// [`ClientError::Closed`] when the connection closes first, and the errors of
+    /// [`SignalClient::handle_frame`].
+    pub async fn connect(conn: C, key: SigningKey, info: NodeInfo) -> Result<Self, ClientError> {
+        let client = SignalClient::new(key, info, conn.codec());
+        let mut this = Self { conn, client, held: VecDeque::new(), dropped_events: 0 };
+        loop {
+            let event = this.read_event().await?;
+            let connected = this.client.is_connected();
+            match event {
+                ClientEvent::Error(reason) if !connected => return Err(ClientError::Refused(reason)),
+                ClientEvent::NodeList(_) if connected => {
+                    this.hold(event);
+                    return Ok(this);
+                }
+                ClientEvent::Connected(_) => {}
+                other => this.hold(other),
+            }
+        }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> NodeID {
+        self.client.id()
+    }
+
+    /// The state machine underneath, for its getters.
+    pub fn client(&self) -> &SignalClient {
+        &self.client
+    }
+
+    /// Events dropped because [`next_event`](Self::next_event) was not called while
+    /// [`list`](Self::list) set more than 1024 of them aside.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events + self.client.dropped_events()
+    }
+
+    /// Gives the connection back.
+    pub fn into_inner(self) -> C {
+        self.conn
+    }
+
+    /// Asks for the list of nodes and waits for the next `ListIDsReply`. Events that arrive in
+    /// the meantime wait for [`next_event`](Self::next_event).
+    ///
+    /// A server that pushes joins (see
+    /// [`SignalConfig::list_push_fanout`](crate::SignalConfig::list_push_fanout)) may send a push
+    /// between the request and its reply; then the push is returned, and the reply waits for
+    /// `next_event`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Closed`] when the connection closes first, and the errors of
+    /// [`SignalClient::request_list`] and [`SignalClient::handle_frame`].
+    pub async fn list(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.request_list().await?;
+        loop {
+            match self.read_event().await? {
+                ClientEvent::NodeList(nodes) => return Ok(nodes),
+                other => self.hold(other),
+            }
+        }
+    }
+
+    /// Asks for the list of nodes without waiting for it; it comes as [`ClientEvent::NodeList`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SignalClient::request_list`], and [`ClientError::Closed`].
+    pub async fn request_list(&mut self) -> Result<(), ClientError> {
+        self.client.request_list()?;
+        self.flush().await
+    }
+
+    /// Sends a set-up message; see [`SignalClient::send_setup`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SignalClient::send_setup`], and [`ClientError::Closed`].
+    pub async fn send_setup(&mut self, setup: PeerInfo) -> Result<(), ClientError> {
+        self.client.send_setup(setup)?;
+        self.flush().await
+    }
+
+    /// Sends `Init` to `to`; see [`SignalClient::send_init`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SignalClient::send_init`], and [`ClientError::Closed`].
+    pub async fn send_init(&mut self, to: NodeID) -> Result<(), ClientError> {
+        self.client.send_init(to)?;
+        self.flush().await
+    }
+
+    /// Answers a set-up message; see [`SignalClient::send_reply`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SignalClient::send_reply`], and [`ClientError::Closed`].
+    pub async fn send_reply(&mut self, to: &PeerInfo, message: PeerMessage) -> Result<(), ClientError> {
+        self.client.send_reply(to, message)?;
+        self.flush().await
+    }
+
+    /// Reports statistics; see [`SignalClient::send_stats`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SignalClient::send_stats`], and [`ClientError::Closed`].
+    pub async fn send_stats(&mut self, stats: Vec<NodeStat>) -> Result<(), ClientError> {
+        self.client.send_stats(stats)?;
+        self.flush().await
+    }
+
+    /// The next thing the server told the node. Dropping the future while it waits for the
+    /// server loses nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Closed`] once the connection is closed and every frame read;
+    /// [`ClientError::Malformed`] for a frame that does not decode, after which the client can
+    /// go on.
+    pub async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
+        match self.held.pop_front() {
+            Some(event) => Ok(event),
+            None => self.read_event().await,
+        }
+    }
+
+    /// Reads frames, answering what needs an answer, until the server said something.
+    async fn read_event(&mut self) -> Result<ClientEvent, ClientError> {
+        loop {
+            if let Some(event) = self.client.poll_event() {
+                return Ok(event);
+            }
+            let frame = self.conn.recv().await.ok_or(ClientError::Closed)?;
+            self.client.handle_frame(&frame)?;
+            self.flush().await?;
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        while let Some(frame) = self.client.poll_transmit() {
+            self.conn.send(frame).await.map_err(|_| ClientError::Closed)?;
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, event: ClientEvent) {
+        if self.held.len() < MAX_QUEUED {
+            self.held.push_back(event);
+        } else {
+            self.dropped_events += 1;
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Runs a [`SignalServer`] over a [`Transport`]: the only library code that awaits or reads the
+//! clock.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::channel::mpsc;
+use futures::stream::{FusedStream, Stream, StreamExt};
+use futures::task::AtomicWaker;
+use futures::{select_biased, FutureExt};
+
+use crate::server::{SignalEvent, SignalIn, SignalOut, SignalServer};
+use crate::transport::Transport;
+
+/// Inputs handled in a row before the driver yields to the executor, so that a transport that is
+/// always ready cannot monopolise a thread.
+const YIELD_EVERY: u32 = 64;
+
+/// Runs a [`SignalServer`] over a [`Transport`], fed by a stream of timer ticks.
+///
+/// [`Driver::new`] returns the driver with its [`DriverHandle`] and its [`DriverEvents`]; then
+/// [`run`](Self::run) it on any executor. It loops:
+///
+/// 1. wait for a stop request, a tick or a transport event, in that order of priority;
+/// 2. feed it to the server with the current time (a transport that has shut down becomes
+///    [`SignalIn::Stop`]);
+/// 3. apply every [`SignalOut`]: `Send` and `Close` go to the transport, `Event` to
+///    [`DriverEvents`];
+///
+/// until the server has stopped, and then returns it.
+///
+/// The driver never decides anything: a failed send needs nothing from it, because the transport
+/// reports the connection closed and the server cleans up.
+///
+/// # Events
+///
+/// [`DriverEvents`] holds at least `event_capacity` events. When the application falls behind,
+/// further events are dropped and counted ([`DriverHandle::dropped_events`]), so that a slow
+/// consumer never holds up the server nor makes it buffer without bound. The stream ends when the
+/// driver returns.
+///
+/// # Example
+///
+/// ```
+/// use futures::{SinkExt, StreamExt};
+/// use peer_signal::{Driver, MemoryTransport, SignalConfig, SignalEvent, SignalServer};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let config = SignalConfig::default();
+/// let (transport, _connector) = MemoryTransport::new(&config);
+/// let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 64);
+/// // Real applications tick every second or so, e.g. from `tokio::time::interval`.
+/// let (mut ticks, tick_stream) = futures::channel::mpsc::channel::<()>(1);
+/// let server = tokio::spawn(driver.run(tick_stream));
+///
+/// ticks.send(()).await.unwrap();
+/// handle.stop();
+/// assert_eq!(events.next().await, Some(SignalEvent::Stopped));
+/// assert_eq!(events.next().await, None);
+/// assert!(server.await.unwrap().is_stopped());
+/// # });
+/// ```
+pub struct Driver<T> {
+    server: SignalServer,
+    transport: T,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<SignalEvent>,
+}
+
+impl<T> fmt::Debug for Driver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver").field("server", &self.server).finish_non_exhaustive()
+    }
+}
+
+/// What the driver and its handles share: a stop flag with its waker, and the drop counter.
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    waker: AtomicWaker,
+    dropped_events: AtomicU64,
+}
+
+impl Shared {
+    fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stop.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Checked again: a stop between the first check and the registration woke nobody.
+        if self.stop.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<T: Transport> Driver<T> {
+    /// Wraps `server` and `transport`; events for the application are buffered up to
+    /// `event_capacity`, see [Events](Self#events).
+    pub fn new(
+        server: SignalServer,
+        transport: T,
+        event_capacity: usize,
+    ) -> (Self, DriverHandle, DriverEvents) {
+        let shared = Arc::new(Shared::default());
+        let (events, receiver) = mpsc::channel(event_capacity);
+        let handle = DriverHandle { shared: Arc::clone(&shared) };
+        (Self { server, transport, shared, events }, handle, DriverEvents { receiver })
+    }
+
+    /// Runs until the server has stopped, reading the time from [`Instant::now`]. Each item of
+    /// `ticks` feeds [`SignalIn::Tick`]; once `ticks` ends, no more ticks are fed.
+    pub async fn run<S>(self, ticks: S) -> SignalServer
+    where
+        S: Stream<Item = ()> + Unpin,
+    {
+        self.run_with_clock(ticks, Instant::now).await
+    }
+
+    /// [`run`](Self::run) with a clock of your own: `now` is called once per input. Tests use it
+    /// to move time without sleeping.
+    pub async fn run_with_clock<S, F>(mut self, ticks: S, mut now: F) -> SignalServer
+    where
+        S: Stream<Item = ()> + Unpin,
+        F: FnMut() -> Instant,
+    {
+        let mut ticks = ticks.fuse();
+        let mut budget = YIELD_EVERY;
+        loop {
+            self.apply_outputs();
+            if self.server.is_stopped() {
+                return self.server;
+            }
+            let input = self.next_input(&mut ticks).await;
+            self.server.handle(now(), input);
+            budget -= 1;
+            if budget == 0 {
+                budget = YIELD_EVERY;
+                YieldNow(false).await;
+            }
+        }
+    }
+
+    async fn next_input<S>(&mut self, ticks: &mut S) -> SignalIn
+    where
+        S: FusedStream<Item = ()> + Unpin,
+    {
+        let shared = &self.shared;
+        let mut stop = poll_fn(|cx| shared.poll_stop(cx)).fuse();
+        let mut event = self.transport.next_event().fuse();
+        loop {
+            select_biased! {
+                () = stop => return SignalIn::Stop,
+                tick = ticks.next() => if tick.is_some() {
+                    return SignalIn::Tick;
+                },
+                event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
+            }
+        }
+    }
+
+    fn apply_outputs(&mut self) {
+        while let Some(output) = self.server.poll_output() {
+            match output {
+                SignalOut::Send { conn, frame } => {
+                    // A failed send needs no action here: the transport reports the close.
+                    let _ = self.transport.send(conn, frame);
+                }
+                SignalOut::Close { conn, reason } => self.transport.close(conn, reason),
+                SignalOut::Event(event) => {
+                    if let Err(e) = self.events.try_send(event) {
+                        if e.is_full() {
+                            self.shared.dropped_events.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Controls a running [`Driver`] from anywhere. Cheap to clone, `Send`.
+#[derive(Clone)]
+pub struct DriverHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DriverHandle")
+            .field("stopping", &self.shared.stop.load(Ordering::Relaxed))
+            .field("dropped_events", &self.dropped_events())
+            .finish()
+    }
+}
+
+impl DriverHandle {
+    /// Asks the driver to feed [`SignalIn::Stop`]: the server closes every connection, emits
+    /// [`SignalEvent::Stopped`], and the driver returns. Calling it again does nothing.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.waker.wake();
+    }
+
+    /// Events dropped because [`DriverEvents`] was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.dropped_events.load(Ordering::Relaxed)
+    }
+}
+
+/// The server's [`SignalEvent`]s, as a bounded stream; it ends when the driver returns.
+pub struct DriverEvents {
+    receiver: mpsc::Receiver<SignalEvent>,
+}
+
+impl fmt::Debug for DriverEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DriverEvents").finish_non_exhaustive()
+    }
+}
+
+impl Stream for DriverEvents {
+    type Item = SignalEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SignalEvent>> {
+        self.receiver.poll_next_unpin(cx)
+    }
+}
+
+impl FusedStream for DriverEvents {
+    fn is_terminated(&self) -> bool {
+        self.receiver.is_terminated()
+    }
+}
+
+/// Returns `Pending` once, after asking to be polled again: lets other tasks run, on any
+/// executor.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
