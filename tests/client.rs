@@ -1,0 +1,241 @@
+//! The node-side `SignalClient`, on its own and against the core: no executor, no sockets.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{key, node_info};
+use peer_signal::{
+    verify_challenge, ClientError, ClientEvent, Codec, ConnId, FledgerConfig, MessageAnnounce, NodeInfo,
+    PeerInfo, PeerMessage, SignalClient, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
+    WSSignalMessageFromNode, WSSignalMessageToNode, U256,
+};
+
+fn to_node(codec: Codec, message: &WSSignalMessageToNode) -> Vec<u8> {
+    codec.encode(message).unwrap().to_vec()
+}
+
+fn transmitted(client: &mut SignalClient) -> Vec<WSSignalMessageFromNode> {
+    let codec = client.codec();
+    std::iter::from_fn(|| client.poll_transmit()).map(|frame| codec.decode(&frame).unwrap()).collect()
+}
+
+fn events(client: &mut SignalClient) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| client.poll_event()).collect()
+}
+
+fn announce_sent(client: &mut SignalClient) -> MessageAnnounce {
+    match transmitted(client).as_slice() {
+        [WSSignalMessageFromNode::Announce(announce)] => announce.clone(),
+        other => panic!("expected one announce, got {other:?}"),
+    }
+}
+
+/// A client the server has accepted (as far as the client knows), with nothing left to drain.
+fn connected(codec: Codec) -> SignalClient {
+    let mut client = SignalClient::new(key(1), node_info(&key(1)), codec);
+    client.handle_frame(&to_node(codec, &WSSignalMessageToNode::Challenge(3, U256([9; 32])))).unwrap();
+    client
+        .handle_frame(&to_node(codec, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default())))
+        .unwrap();
+    let _ = (transmitted(&mut client), events(&mut client));
+    client
+}
+
+#[test]
+fn answers_the_challenge_with_an_announce_that_verifies() {
+    for codec in [Codec::Json, Codec::Bincode] {
+        let mut client = SignalClient::new(key(1), node_info(&key(1)), codec);
+        let challenge = U256([42; 32]);
+        client.handle_frame(&to_node(codec, &WSSignalMessageToNode::Challenge(3, challenge))).unwrap();
+
+        let announce = announce_sent(&mut client);
+        assert_eq!(announce.version, 3);
+        assert_eq!(announce.challenge, challenge);
+        assert_eq!(announce.node_info, node_info(&key(1)));
+        verify_challenge(&announce.node_info.pubkey, &challenge, &announce.signature).unwrap();
+        assert!(events(&mut client).is_empty());
+        assert!(!client.is_connected());
+    }
+}
+
+#[test]
+fn announces_the_key_it_signs_with_whatever_info_says() {
+    let wrong = NodeInfo::new("mallory", "test", key(2).verifying_key().to_bytes());
+    let mut client = SignalClient::new(key(1), wrong, Codec::Json);
+    assert_eq!(client.id(), U256(key(1).verifying_key().to_bytes()));
+    client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([1; 32])))).unwrap();
+    let announce = announce_sent(&mut client);
+    assert_eq!(announce.node_info.pubkey, key(1).verifying_key().to_bytes());
+    assert_eq!(announce.node_info.name, "mallory");
+}
+
+#[test]
+fn a_challenge_of_another_version_is_not_answered() {
+    let mut client = SignalClient::new(key(1), node_info(&key(1)), Codec::Json);
+    let frame = to_node(Codec::Json, &WSSignalMessageToNode::Challenge(2, U256([1; 32])));
+    assert_eq!(client.handle_frame(&frame), Err(ClientError::UnsupportedVersion(2)));
+    assert!(client.poll_transmit().is_none());
+}
+
+#[test]
+fn requests_wait_for_the_system_config() {
+    let mut client = SignalClient::new(key(1), node_info(&key(1)), Codec::Json);
+    assert_eq!(client.request_list(), Err(ClientError::NotConnected));
+    assert_eq!(client.send_init(U256([2; 32])), Err(ClientError::NotConnected));
+    assert!(client.poll_transmit().is_none());
+
+    let config = FledgerConfig { system_realm: Some(U256([5; 32])) };
+    client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(config.clone()))).unwrap();
+    assert!(client.is_connected());
+    assert_eq!(client.system_config(), Some(&config));
+    assert_eq!(events(&mut client), vec![ClientEvent::Connected(config)]);
+    client.request_list().unwrap();
+    assert_eq!(transmitted(&mut client), vec![WSSignalMessageFromNode::ListIDsRequest]);
+}
+
+#[test]
+fn server_messages_become_events_in_order() {
+    let mut client = connected(Codec::Bincode);
+    let setup = PeerInfo { id_init: U256([2; 32]), id_follow: client.id(), message: PeerMessage::Init };
+    let nodes = vec![node_info(&key(1)), node_info(&key(2))];
+    for message in [
+        WSSignalMessageToNode::ListIDsReply(nodes.clone()),
+        WSSignalMessageToNode::PeerSetup(setup.clone()),
+        WSSignalMessageToNode::Error("unknown destination".into()),
+    ] {
+        client.handle_frame(&to_node(Codec::Bincode, &message)).unwrap();
+    }
+    assert_eq!(
+        events(&mut client),
+        vec![
+            ClientEvent::NodeList(nodes),
+            ClientEvent::PeerSetup(setup),
+            ClientEvent::Error("unknown destination".into())
+        ]
+    );
+    assert!(client.poll_transmit().is_none(), "nothing here needs an answer");
+}
+
+#[test]
+fn a_malformed_frame_is_an_error_and_changes_nothing() {
+    let mut client = connected(Codec::Json);
+    assert!(matches!(client.handle_frame(b"{\"Challenge\":"), Err(ClientError::Malformed(_))));
+    // A JSON frame on a bincode connection is malformed too.
+    let mut binary = connected(Codec::Bincode);
+    let json = to_node(Codec::Json, &WSSignalMessageToNode::Error("x".into()));
+    assert!(matches!(binary.handle_frame(&json), Err(ClientError::Malformed(_))));
+    for client in [&mut client, &mut binary] {
+        assert!(client.is_connected());
+        assert!(client.poll_event().is_none() && client.poll_transmit().is_none());
+    }
+}
+
+#[test]
+fn setup_helpers_keep_the_pair_in_order() {
+    let mut client = connected(Codec::Json);
+    let me = client.id();
+    let peer = U256([2; 32]);
+    client.send_init(peer).unwrap();
+    let init = PeerInfo { id_init: me, id_follow: peer, message: PeerMessage::Init };
+    let offer = PeerInfo { id_init: peer, id_follow: me, message: PeerMessage::Offer("sdp".into()) };
+    client.send_reply(&offer, PeerMessage::Answer("answer".into())).unwrap();
+    client.send_setup(init.clone()).unwrap();
+    client.send_stats(Vec::new()).unwrap();
+    assert_eq!(
+        transmitted(&mut client),
+        vec![
+            WSSignalMessageFromNode::PeerSetup(init.clone()),
+            WSSignalMessageFromNode::PeerSetup(PeerInfo {
+                id_init: peer,
+                id_follow: me,
+                message: PeerMessage::Answer("answer".into())
+            }),
+            WSSignalMessageFromNode::PeerSetup(init),
+            WSSignalMessageFromNode::NodeStats(Vec::new()),
+        ]
+    );
+}
+
+#[test]
+fn queues_are_bounded_when_the_application_does_not_drain() {
+    let mut client = connected(Codec::Json);
+    let error = to_node(Codec::Json, &WSSignalMessageToNode::Error("e".into()));
+    for _ in 0..1100 {
+        client.handle_frame(&error).unwrap();
+    }
+    assert_eq!(client.dropped_events(), 1100 - 1024);
+    assert_eq!(events(&mut client).len(), 1024);
+
+    let accepted = (0..1100).take_while(|_| client.request_list().is_ok()).count();
+    assert_eq!(accepted, 1024);
+    assert_eq!(client.request_list(), Err(ClientError::Backlog));
+    assert_eq!(transmitted(&mut client).len(), 1024);
+    client.request_list().unwrap();
+}
+
+/// Moves frames between the core and the clients until neither has anything to say.
+fn pump(server: &mut SignalServer, clients: &mut [(ConnId, SignalClient)], now: Instant) -> Vec<SignalEvent> {
+    let mut server_events = Vec::new();
+    for _ in 0..10 {
+        let mut quiet = true;
+        while let Some(out) = server.poll_output() {
+            match out {
+                SignalOut::Send { conn, frame } => {
+                    let (_, client) = clients.iter_mut().find(|(c, _)| *c == conn).unwrap();
+                    client.handle_frame(&frame).unwrap();
+                }
+                SignalOut::Event(event) => server_events.push(event),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for (conn, client) in clients.iter_mut() {
+            while let Some(frame) = client.poll_transmit() {
+                quiet = false;
+                server.handle(now, SignalIn::Frame { conn: *conn, frame });
+            }
+        }
+        if quiet {
+            return server_events;
+        }
+    }
+    panic!("the conversation does not settle")
+}
+
+#[test]
+fn two_clients_join_and_relay_through_the_core_without_an_executor() {
+    let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+    let now = Instant::now();
+    let mut clients = vec![
+        (ConnId::new(1), SignalClient::new(key(1), node_info(&key(1)), Codec::Json)),
+        (ConnId::new(2), SignalClient::new(key(2), node_info(&key(2)), Codec::Bincode)),
+    ];
+    for (conn, client) in &clients {
+        server.handle(now, SignalIn::Opened { conn: *conn, codec: client.codec() });
+    }
+    let joined = pump(&mut server, &mut clients, now);
+    let (alice, bob) = (clients[0].1.id(), clients[1].1.id());
+    assert_eq!(joined, vec![SignalEvent::NewNode(alice), SignalEvent::NewNode(bob)]);
+    assert!(clients.iter().all(|(_, c)| c.is_connected()));
+    for (_, client) in &mut clients {
+        assert!(matches!(client.poll_event(), Some(ClientEvent::Connected(_))));
+        assert!(matches!(client.poll_event(), Some(ClientEvent::NodeList(_))));
+    }
+
+    clients[0].1.send_init(bob).unwrap();
+    pump(&mut server, &mut clients, now);
+    let init = PeerInfo { id_init: alice, id_follow: bob, message: PeerMessage::Init };
+    assert_eq!(clients[1].1.poll_event(), Some(ClientEvent::PeerSetup(init.clone())));
+    clients[1].1.send_reply(&init, PeerMessage::Offer("v=0".into())).unwrap();
+    clients[1].1.request_list().unwrap();
+    pump(&mut server, &mut clients, now);
+    let offer = PeerInfo { message: PeerMessage::Offer("v=0".into()), ..init };
+    assert_eq!(clients[0].1.poll_event(), Some(ClientEvent::PeerSetup(offer)));
+    let Some(ClientEvent::NodeList(nodes)) = clients[1].1.poll_event() else { panic!("expected a list") };
+    let mut ids: Vec<U256> = nodes.iter().map(|n| n.id()).collect();
+    ids.sort_unstable();
+    let mut both = vec![alice, bob];
+    both.sort_unstable();
+    assert_eq!(ids, both);
+    assert!(clients.iter_mut().all(|(_, c)| c.poll_event().is_none()));
+}

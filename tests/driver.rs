@@ -1,0 +1,144 @@
+//! The driver: ticks and a clock supplied by the test, stop, the bounded event stream, and a
+//! transport that shuts down. Time moves only when a test moves it.
+
+mod nodes;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use nodes::{config, drain_until_closed, id, join, key, start, wait_event, within};
+use peer_signal::{
+    AsyncClient, ClientEvent, Codec, Driver, MemoryTransport, NodeID, NodeInfo, SignalConfig, SignalEvent,
+    SignalServer, TransportError,
+};
+
+#[tokio::test]
+async fn ttl_evicts_idle_nodes_on_manual_ticks() {
+    let ttl = Duration::from_secs(60);
+    let config = SignalConfig { ttl, ..config() };
+    let start = Instant::now();
+    let clock = Arc::new(Mutex::new(start));
+    let set_clock = |by: Duration| *clock.lock().unwrap() = start + by;
+    let (mut ticks, tick_stream) = futures::channel::mpsc::channel::<()>(1);
+    let (transport, connector) = MemoryTransport::new(&config);
+    let (driver, _handle, mut events) = Driver::new(SignalServer::new(config), transport, 64);
+    let now = {
+        let clock = Arc::clone(&clock);
+        move || *clock.lock().unwrap()
+    };
+    let server = tokio::spawn(driver.run_with_clock(tick_stream, now));
+
+    let mut a = join(&connector, 1, Codec::Json).await;
+    let mut b = join(&connector, 2, Codec::Bincode).await;
+    set_clock(ttl * 2 / 3);
+    a.list().await.unwrap(); // a's TTL now runs from here; b's from the join
+    set_clock(ttl + Duration::from_millis(1));
+    ticks.send(()).await.unwrap();
+
+    let seen = wait_event(&mut events, |e| matches!(e, SignalEvent::NodeLeft(_))).await;
+    assert_eq!(seen.last(), Some(&SignalEvent::NodeLeft(id(2))), "b is evicted first: {seen:?}");
+    let b_saw = drain_until_closed(&mut b).await;
+    assert_eq!(b_saw.last(), Some(&ClientEvent::Error("idle timeout".into())));
+    let listed: Vec<NodeID> = a.list().await.unwrap().iter().map(|n| n.id()).collect();
+    assert_eq!(listed, vec![id(1)], "a was refreshed and stays");
+
+    // a's last frame was the list just now, at ttl + 1 ms.
+    set_clock(ttl * 2 + Duration::from_millis(2));
+    ticks.send(()).await.unwrap();
+    wait_event(&mut events, |e| *e == SignalEvent::NodeLeft(id(1))).await;
+    assert_eq!(drain_until_closed(&mut a).await.last(), Some(&ClientEvent::Error("idle timeout".into())));
+
+    drop((ticks, connector));
+    let server = within("shutdown", server).await.unwrap();
+    assert!(server.is_stopped());
+}
+
+#[tokio::test]
+async fn stop_closes_every_client_and_returns_the_stopped_server() {
+    let mut running = start(config());
+    let mut nodes = Vec::new();
+    for i in 0..10 {
+        let codec = if i % 2 == 0 { Codec::Json } else { Codec::Bincode };
+        nodes.push(join(&running.connector, i, codec).await);
+    }
+    running.handle.stop();
+    running.handle.stop();
+    let server = within("stop", running.server).await.unwrap();
+    assert!(server.is_stopped());
+    assert_eq!(server.nodes().count(), 0);
+
+    for node in &mut nodes {
+        let events = drain_until_closed(node).await;
+        assert!(events.iter().all(|e| matches!(e, ClientEvent::NodeList(_))), "{events:?}");
+    }
+    let mut seen = Vec::new();
+    while let Some(event) = within("events", running.events.next()).await {
+        seen.push(event);
+    }
+    assert_eq!(seen.len(), 11, "{seen:?}");
+    assert!(seen[..10].iter().all(|e| matches!(e, SignalEvent::NewNode(_))));
+    assert_eq!(seen[10], SignalEvent::Stopped);
+    assert_eq!(running.connector.connect(Codec::Json).await.unwrap_err(), TransportError::Shutdown);
+}
+
+#[tokio::test]
+async fn a_slow_event_consumer_loses_events_not_the_server() {
+    let config = config();
+    let (transport, connector) = MemoryTransport::new(&config);
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 1);
+    let server = tokio::spawn(driver.run(futures::stream::pending()));
+
+    let mut nodes = Vec::new();
+    for i in 0..10 {
+        nodes.push(join(&connector, i, Codec::Json).await);
+    }
+    // Answered after every join's event went out, full queue or not.
+    assert_eq!(nodes[0].list().await.unwrap().len(), 10);
+    let dropped = handle.dropped_events();
+    let mut delivered = 0;
+    while let Some(Some(event)) = events.next().now_or_never() {
+        assert!(matches!(event, SignalEvent::NewNode(_)));
+        delivered += 1;
+    }
+    assert!(dropped > 0, "a queue of one must overflow with ten joins");
+    assert_eq!(delivered + dropped, 10);
+
+    handle.stop();
+    assert_eq!(within("stopped", events.next()).await, Some(SignalEvent::Stopped));
+    assert!(within("stop", server).await.unwrap().is_stopped());
+    assert_eq!(handle.dropped_events(), dropped);
+}
+
+#[tokio::test]
+async fn a_transport_that_shuts_down_stops_the_server() {
+    let mut running = start(config());
+    let node = join(&running.connector, 1, Codec::Json).await;
+    drop(node);
+    drop(running.connector);
+    let server = within("shutdown", running.server).await.unwrap();
+    assert!(server.is_stopped());
+    let seen = wait_event(&mut running.events, |e| *e == SignalEvent::Stopped).await;
+    assert_eq!(seen, vec![SignalEvent::NewNode(id(1)), SignalEvent::NodeLeft(id(1)), SignalEvent::Stopped]);
+}
+
+#[test]
+fn runs_on_any_executor() {
+    let config = config();
+    let (transport, connector) = MemoryTransport::new(&config);
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 16);
+    let mut pool = futures::executor::LocalPool::new();
+    let client = async move {
+        // No tokio here, so no `nodes::join` (its safety-net timeout needs tokio's timer).
+        let conn = connector.connect(Codec::Bincode).await.unwrap();
+        let info = NodeInfo::new("seven", "test", key(7).verifying_key().to_bytes());
+        let node = AsyncClient::connect(conn, key(7), info).await.unwrap();
+        assert_eq!(events.next().await, Some(SignalEvent::NewNode(node.id())));
+        handle.stop();
+        events.next().await
+    };
+    let (server, last) =
+        pool.run_until(futures::future::join(driver.run(futures::stream::pending()), client));
+    assert!(server.is_stopped());
+    assert_eq!(last, Some(SignalEvent::Stopped));
+}
