@@ -353,6 +353,10 @@ pub trait ClientConnection: Send {
 /// }
 /// let (mut alice, mut bob) = (nodes.remove(0), nodes.remove(0));
 ///
+/// // The first event of each is the list the server sent with its acceptance.
+/// for node in [&mut alice, &mut bob] {
+///     assert!(matches!(node.next_event().await?, ClientEvent::NodeList(_)));
+/// }
 /// alice.send_init(bob.id()).await?;
 /// let ClientEvent::PeerSetup(init) = bob.next_event().await? else { panic!("expected Init") };
 /// assert_eq!((init.id_init, init.message.clone()), (alice.id(), PeerMessage::Init));
