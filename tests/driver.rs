@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, SinkExt, StreamExt};
 use nodes::{config, drain_until_closed, id, join, key, start, wait_event, within};
 use peer_signal::{
-    AsyncClient, ClientEvent, Codec, Driver, MemoryTransport, NodeID, NodeInfo, SignalConfig, SignalEvent,
-    SignalServer, TransportError,
+    AsyncClient, ClientError, ClientEvent, Codec, Driver, MemoryTransport, NodeID, NodeInfo, NodeStat,
+    SignalConfig, SignalEvent, SignalServer, TransportError,
 };
 
 #[tokio::test]
@@ -141,4 +141,24 @@ fn runs_on_any_executor() {
         pool.run_until(futures::future::join(driver.run(futures::stream::pending()), client));
     assert!(server.is_stopped());
     assert_eq!(last, Some(SignalEvent::Stopped));
+}
+
+#[tokio::test]
+async fn node_stats_reach_the_application_tagged_with_the_sender() {
+    let mut running = start(config());
+    let mut node = join(&running.connector, 1, Codec::Bincode).await;
+    let stats = vec![NodeStat { id: id(2), version: "0.9".into(), ping_ms: 20, ping_rx: 4 }];
+    node.send_stats(stats.clone()).await.unwrap();
+    let seen = wait_event(&mut running.events, |e| matches!(e, SignalEvent::NodeStats { .. })).await;
+    assert_eq!(seen, vec![SignalEvent::NewNode(id(1)), SignalEvent::NodeStats { from: id(1), stats }]);
+}
+
+#[tokio::test]
+async fn a_refused_handshake_reports_the_servers_reason() {
+    let running = start(SignalConfig { max_connections: 1, ..config() });
+    let _first = join(&running.connector, 1, Codec::Json).await;
+    let conn = running.connector.connect(Codec::Json).await.unwrap();
+    let info = NodeInfo::new("late", "test", [0; 32]);
+    let refused = within("refusal", AsyncClient::connect(conn, key(2), info)).await;
+    assert_eq!(refused.unwrap_err(), ClientError::Refused("server full".into()));
 }

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use futures::FutureExt;
 use nodes::{config, drain_until_closed, id, join, next_setup, start, wait_event, within, Node};
 use peer_signal::{
-    ClientEvent, CloseReason, Codec, ConnId, MemoryTransport, NodeID, PeerInfo, PeerMessage, SignalConfig,
-    SignalEvent, Transport, TransportError, TransportEvent, WSSignalMessageToNode,
+    ClientEvent, CloseReason, Codec, ConnId, MemoryClient, MemoryConnector, MemoryTransport, NodeID,
+    PeerInfo, PeerMessage, SignalConfig, SignalEvent, Transport, TransportError, TransportEvent,
+    WSSignalMessageToNode,
 };
 
 /// Mixes the codecs so that some pairs share one (the frame is forwarded as is) and some do not
@@ -23,7 +24,7 @@ fn codec(i: u32) -> Codec {
     }
 }
 
-async fn join_all(connector: &peer_signal::MemoryConnector, count: u32) -> Vec<Node> {
+async fn join_all(connector: &MemoryConnector, count: u32) -> Vec<Node> {
     let joins: Vec<_> = (0..count)
         .map(|i| {
             let connector = connector.clone();
@@ -206,106 +207,97 @@ fn next_now(transport: &mut MemoryTransport) -> Option<Option<TransportEvent>> {
     transport.next_event().now_or_never()
 }
 
-#[test]
-fn connection_ids_are_unique_and_never_reused() {
-    futures::executor::block_on(async {
-        let (mut transport, connector) = MemoryTransport::with_capacity(8);
-        let first = connector.connect(Codec::Json).await.unwrap();
-        let second = connector.connect(Codec::Bincode).await.unwrap();
-        assert_eq!(
-            transport.next_event().await,
-            Some(TransportEvent::Opened { conn: first.conn(), codec: Codec::Json })
-        );
-        assert_eq!(
-            transport.next_event().await,
-            Some(TransportEvent::Opened { conn: second.conn(), codec: Codec::Bincode })
-        );
-        let gone = second.conn();
-        drop(second);
-        assert_eq!(transport.next_event().await, Some(TransportEvent::Closed { conn: gone }));
-        assert_eq!(next_now(&mut transport), None, "one Closed per connection");
-
-        let third = connector.connect(Codec::Json).await.unwrap();
-        let ids = [first.conn(), gone, third.conn()];
-        assert_eq!(ids, [ConnId::new(1), ConnId::new(2), ConnId::new(3)]);
-        assert_eq!(
-            transport.next_event().await,
-            Some(TransportEvent::Opened { conn: third.conn(), codec: Codec::Json })
-        );
-        assert_eq!(transport.connections(), 2);
-    });
+/// The transport's next event; fails the test instead of hanging.
+async fn next(transport: &mut MemoryTransport) -> Option<TransportEvent> {
+    within("transport event", transport.next_event()).await
 }
 
-#[test]
-fn frames_travel_both_ways_and_a_close_delivers_the_queued_frames_first() {
-    futures::executor::block_on(async {
-        let (mut transport, connector) = MemoryTransport::with_capacity(8);
-        let client = connector.connect(Codec::Json).await.unwrap();
-        let conn = client.conn();
-        assert!(matches!(transport.next_event().await, Some(TransportEvent::Opened { .. })));
-
-        client.send(Bytes::from_static(b"up")).await.unwrap();
-        assert_eq!(
-            transport.next_event().await,
-            Some(TransportEvent::Frame { conn, frame: Bytes::from_static(b"up") })
-        );
-
-        transport.send(conn, Bytes::from_static(b"one")).unwrap();
-        transport.send(conn, Bytes::from_static(b"two")).unwrap();
-        transport.close(conn, CloseReason::Stopped);
-        assert_eq!(transport.send(conn, Bytes::from_static(b"late")), Err(TransportError::Closed(conn)));
-        assert_eq!(transport.next_event().await, Some(TransportEvent::Closed { conn }));
-        assert_eq!(next_now(&mut transport), None);
-
-        assert_eq!(client.recv().await.as_deref(), Some(&b"one"[..]));
-        assert_eq!(client.recv().await.as_deref(), Some(&b"two"[..]));
-        assert_eq!(client.recv().await, None);
-        assert_eq!(client.send(Bytes::from_static(b"after")).await, Err(TransportError::Closed(conn)));
-        transport.close(conn, CloseReason::Stopped);
-        assert_eq!(next_now(&mut transport), None, "closing twice reports nothing more");
-    });
+async fn recv(client: &MemoryClient) -> Option<Bytes> {
+    within("frame", client.recv()).await
 }
 
-#[test]
-fn a_full_queue_closes_the_connection_instead_of_growing() {
-    futures::executor::block_on(async {
-        let (mut transport, connector) = MemoryTransport::with_capacity(2);
-        let slow = connector.connect(Codec::Json).await.unwrap();
-        let other = connector.connect(Codec::Json).await.unwrap();
-        for _ in 0..2 {
-            assert!(matches!(transport.next_event().await, Some(TransportEvent::Opened { .. })));
-        }
-        transport.send(slow.conn(), Bytes::from_static(b"1")).unwrap();
-        transport.send(slow.conn(), Bytes::from_static(b"2")).unwrap();
-        assert_eq!(
-            transport.send(slow.conn(), Bytes::from_static(b"3")),
-            Err(TransportError::Closed(slow.conn()))
-        );
-        assert_eq!(transport.next_event().await, Some(TransportEvent::Closed { conn: slow.conn() }));
-
-        transport.send(other.conn(), Bytes::from_static(b"fine")).unwrap();
-        assert_eq!(other.recv().await.as_deref(), Some(&b"fine"[..]));
-        assert_eq!(slow.recv().await.as_deref(), Some(&b"1"[..]));
-        assert_eq!(slow.recv().await.as_deref(), Some(&b"2"[..]));
-        assert_eq!(slow.recv().await, None);
-    });
+/// Connects a client and checks that the transport reports it, with its codec.
+async fn open(transport: &mut MemoryTransport, connector: &MemoryConnector, codec: Codec) -> MemoryClient {
+    let client = connector.connect(codec).await.unwrap();
+    assert_eq!(next(transport).await, Some(TransportEvent::Opened { conn: client.conn(), codec }));
+    client
 }
 
-#[test]
-fn the_transport_shuts_down_once_no_connector_and_no_connection_is_left() {
-    futures::executor::block_on(async {
-        let (mut transport, connector) = MemoryTransport::with_capacity(4);
-        let client = connector.connect(Codec::Json).await.unwrap();
-        let conn = client.conn();
-        drop(connector);
-        assert!(matches!(transport.next_event().await, Some(TransportEvent::Opened { .. })));
-        assert_eq!(next_now(&mut transport), None, "a connection is still open");
-        drop(client);
-        assert_eq!(transport.next_event().await, Some(TransportEvent::Closed { conn }));
-        assert_eq!(transport.next_event().await, None);
+#[tokio::test]
+async fn connection_ids_are_unique_and_never_reused() {
+    let (mut transport, connector) = MemoryTransport::with_capacity(8);
+    let first = open(&mut transport, &connector, Codec::Json).await;
+    let second = open(&mut transport, &connector, Codec::Bincode).await;
+    let gone = second.conn();
+    drop(second);
+    assert_eq!(next(&mut transport).await, Some(TransportEvent::Closed { conn: gone }));
+    assert_eq!(next_now(&mut transport), None, "one Closed per connection");
 
-        let (transport, connector) = MemoryTransport::with_capacity(4);
-        drop(transport);
-        assert_eq!(connector.connect(Codec::Json).await.unwrap_err(), TransportError::Shutdown);
-    });
+    let third = open(&mut transport, &connector, Codec::Json).await;
+    let ids = [first.conn(), gone, third.conn()];
+    assert_eq!(ids, [ConnId::new(1), ConnId::new(2), ConnId::new(3)]);
+    assert_eq!(transport.connections(), 2);
+}
+
+#[tokio::test]
+async fn frames_travel_both_ways_and_a_close_delivers_the_queued_frames_first() {
+    let (mut transport, connector) = MemoryTransport::with_capacity(8);
+    let client = open(&mut transport, &connector, Codec::Json).await;
+    let conn = client.conn();
+
+    client.send(Bytes::from_static(b"up")).await.unwrap();
+    assert_eq!(
+        next(&mut transport).await,
+        Some(TransportEvent::Frame { conn, frame: Bytes::from_static(b"up") })
+    );
+
+    transport.send(conn, Bytes::from_static(b"one")).unwrap();
+    transport.send(conn, Bytes::from_static(b"two")).unwrap();
+    transport.close(conn, CloseReason::Stopped);
+    assert_eq!(transport.send(conn, Bytes::from_static(b"late")), Err(TransportError::Closed(conn)));
+    assert_eq!(next(&mut transport).await, Some(TransportEvent::Closed { conn }));
+    assert_eq!(next_now(&mut transport), None);
+
+    assert_eq!(recv(&client).await.as_deref(), Some(&b"one"[..]));
+    assert_eq!(recv(&client).await.as_deref(), Some(&b"two"[..]));
+    assert_eq!(recv(&client).await, None);
+    assert_eq!(client.send(Bytes::from_static(b"after")).await, Err(TransportError::Closed(conn)));
+    transport.close(conn, CloseReason::Stopped);
+    assert_eq!(next_now(&mut transport), None, "closing twice reports nothing more");
+}
+
+#[tokio::test]
+async fn a_full_queue_closes_the_connection_instead_of_growing() {
+    let (mut transport, connector) = MemoryTransport::with_capacity(2);
+    let slow = open(&mut transport, &connector, Codec::Json).await;
+    let other = open(&mut transport, &connector, Codec::Bincode).await;
+    transport.send(slow.conn(), Bytes::from_static(b"1")).unwrap();
+    transport.send(slow.conn(), Bytes::from_static(b"2")).unwrap();
+    assert_eq!(
+        transport.send(slow.conn(), Bytes::from_static(b"3")),
+        Err(TransportError::Closed(slow.conn()))
+    );
+    assert_eq!(next(&mut transport).await, Some(TransportEvent::Closed { conn: slow.conn() }));
+
+    transport.send(other.conn(), Bytes::from_static(b"fine")).unwrap();
+    assert_eq!(recv(&other).await.as_deref(), Some(&b"fine"[..]));
+    assert_eq!(recv(&slow).await.as_deref(), Some(&b"1"[..]));
+    assert_eq!(recv(&slow).await.as_deref(), Some(&b"2"[..]));
+    assert_eq!(recv(&slow).await, None);
+}
+
+#[tokio::test]
+async fn the_transport_shuts_down_once_no_connector_and_no_connection_is_left() {
+    let (mut transport, connector) = MemoryTransport::with_capacity(4);
+    let client = open(&mut transport, &connector, Codec::Json).await;
+    let conn = client.conn();
+    drop(connector);
+    assert_eq!(next_now(&mut transport), None, "a connection is still open");
+    drop(client);
+    assert_eq!(next(&mut transport).await, Some(TransportEvent::Closed { conn }));
+    assert_eq!(next(&mut transport).await, None);
+
+    let (transport, connector) = MemoryTransport::with_capacity(4);
+    drop(transport);
+    assert_eq!(connector.connect(Codec::Json).await.unwrap_err(), TransportError::Shutdown);
 }

@@ -17,7 +17,7 @@ pub type Node = AsyncClient<MemoryClient>;
 /// A safety net, not a clock: a test that waits for something that never comes fails instead of
 /// hanging. Nothing here waits for time to pass.
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), future).await.unwrap_or_else(|_| panic!("stuck: {what}"))
+    tokio::time::timeout(Duration::from_secs(30), future).await.unwrap_or_else(|_| panic!("stuck: {what}"))
 }
 
 /// A key for node `i`; distinct for every `i`.
