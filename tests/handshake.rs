@@ -76,6 +76,9 @@ fn a_bincode_node_announces_like_a_json_one() {
     );
 }
 
+/// Changes an announce made for the given challenge.
+type Tamper = dyn FnOnce(&mut MessageAnnounce, U256);
+
 /// Sends a tampered announce on a fresh connection; returns the replies and the connection.
 fn announce_with(
     h: &mut Harness,
@@ -96,7 +99,7 @@ fn failed_announces_get_an_error_naming_the_problem_and_the_node_may_retry() {
         k[0] = 1;
         k
     };
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut MessageAnnounce, U256)>)> = vec![
+    let cases: Vec<(&str, Box<Tamper>)> = vec![
         ("unsupported protocol version 2, expected 3", Box::new(|a, _| a.version = 2)),
         ("unknown challenge", Box::new(|a, _| a.challenge = U256([9; 32]))),
         ("signature does not verify", Box::new(|a, _| a.signature[0] ^= 1)),

@@ -16,7 +16,11 @@ pub fn key(n: u8) -> SigningKey {
 }
 
 pub fn node_info(key: &SigningKey) -> NodeInfo {
-    NodeInfo::new(format!("node-{}", key.verifying_key().as_bytes()[0]), "test", key.verifying_key().to_bytes())
+    NodeInfo::new(
+        format!("node-{}", key.verifying_key().as_bytes()[0]),
+        "test",
+        key.verifying_key().to_bytes(),
+    )
 }
 
 pub fn announce(key: &SigningKey, challenge: U256) -> WSSignalMessageFromNode {
