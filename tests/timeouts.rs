@@ -135,3 +135,19 @@ fn stop_closes_everyone_and_then_refuses_everything() {
     assert!(h.frame(a.conn, "\"ListIDsRequest\"").is_empty());
     assert!(h.input(SignalIn::Stop).is_empty());
 }
+
+#[test]
+fn huge_durations_mean_never_rather_than_overflow() {
+    let forever = Duration::MAX;
+    let mut h = Harness::with(SignalConfig {
+        ttl: forever,
+        handshake_timeout: forever,
+        list_push_interval: forever,
+        ..SignalConfig::default()
+    });
+    let node = h.join(1);
+    h.open(Codec::Json);
+    assert!(h.advance(Duration::from_secs(10 * 365 * 24 * 3600)).is_empty());
+    assert_eq!(h.server.node_conn(&node.id), Some(node.conn));
+    assert_eq!(h.server.stats().connections, 2);
+}
