@@ -175,6 +175,7 @@ mod crypto;
 mod error;
 mod protocol;
 mod server;
+mod transport;
 
 /// The ed25519 crate whose keys this crate's API takes.
 pub use ed25519_dalek;
@@ -189,3 +190,6 @@ pub use protocol::{
 pub use server::{
     CloseReason, ConnId, ServerStats, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
 };
+pub use transport::{Transport, TransportEvent};
+#[cfg(feature = "websocket")]
+pub use transport::{WsConfig, WsTransport, BINCODE_SUBPROTOCOL};
