@@ -1,1 +1,160 @@
-fn main() {}
+//! The state machine alone, no I/O: relays, announces against raw `verify_strict`, list requests,
+//! and the cost of a join as the number of nodes grows.
+//!
+//! `cargo bench --bench server` measures; `cargo test --benches` runs each once as a smoke test.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use ed25519_dalek::{Signature, SigningKey};
+use peer_signal::{
+    sign_challenge, Codec, ConnId, MessageAnnounce, NodeInfo, PeerInfo, PeerMessage, SignalConfig, SignalIn,
+    SignalOut, SignalServer, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+};
+
+fn key(n: u32) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&n.to_le_bytes());
+    seed[31] = 1;
+    SigningKey::from_bytes(&seed)
+}
+
+/// A server with `nodes` announced nodes on conns 1..=nodes, all speaking `codec`.
+struct Bench {
+    server: SignalServer,
+    now: Instant,
+    ids: Vec<U256>,
+}
+
+impl Bench {
+    fn new(config: SignalConfig, nodes: u32, codec: Codec) -> Self {
+        let config = SignalConfig { rng_seed: Some([7; 32]), max_connections: 1 << 20, ..config };
+        let mut bench = Self { server: SignalServer::new(config), now: Instant::now(), ids: Vec::new() };
+        for n in 1..=nodes {
+            bench.join(ConnId::new(u64::from(n)), &key(n), codec);
+        }
+        bench.server.handle(bench.now + Duration::from_secs(5), SignalIn::Tick);
+        bench.drain();
+        bench
+    }
+
+    fn join(&mut self, conn: ConnId, key: &SigningKey, codec: Codec) -> usize {
+        self.server.handle(self.now, SignalIn::Opened { conn, codec });
+        let challenge = match self.server.poll_output() {
+            Some(SignalOut::Send { frame, .. }) => match codec.decode(&frame) {
+                Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
+                other => panic!("expected a challenge, got {other:?}"),
+            },
+            other => panic!("expected a challenge, got {other:?}"),
+        };
+        let info = NodeInfo::new("bench", "bench", key.verifying_key().to_bytes());
+        self.ids.push(info.id());
+        let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
+            version: SIGNAL_VERSION,
+            challenge,
+            node_info: info,
+            signature: sign_challenge(key, &challenge),
+        });
+        let frame = codec.encode(&announce).unwrap();
+        self.server.handle(self.now, SignalIn::Frame { conn, frame });
+        self.drain()
+    }
+
+    fn drain(&mut self) -> usize {
+        std::iter::from_fn(|| self.server.poll_output()).map(black_box).count()
+    }
+}
+
+fn relay(c: &mut Criterion) {
+    let mut group = c.benchmark_group("relay");
+    group.throughput(Throughput::Elements(1));
+    for codec in [Codec::Json, Codec::Bincode] {
+        let mut bench = Bench::new(SignalConfig::default(), 2, codec);
+        let offer = WSSignalMessageFromNode::PeerSetup(PeerInfo {
+            id_init: bench.ids[0],
+            id_follow: bench.ids[1],
+            message: PeerMessage::Offer("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n".repeat(8)),
+        });
+        let frame: Bytes = codec.encode(&offer).unwrap();
+        group.bench_function(BenchmarkId::new("offer", format!("{codec:?}")), |b| {
+            b.iter(|| {
+                bench
+                    .server
+                    .handle(bench.now, SignalIn::Frame { conn: ConnId::new(1), frame: frame.clone() });
+                bench.drain()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn announce(c: &mut Criterion) {
+    let mut group = c.benchmark_group("announce");
+    group.throughput(Throughput::Elements(1));
+    let signer = key(1);
+    let challenge = U256([3; 32]);
+    let signature = Signature::from_bytes(&sign_challenge(&signer, &challenge));
+    let verifying = signer.verifying_key();
+    // The physical bound: one strict signature verification.
+    group.bench_function("verify_strict", |b| {
+        b.iter(|| verifying.verify_strict(black_box(challenge.as_bytes()), black_box(&signature)).unwrap())
+    });
+    // A whole connection: open, challenge, announce, SystemConfig + list, close.
+    let mut bench = Bench::new(SignalConfig::default(), 0, Codec::Json);
+    let mut next = 0u64;
+    group.bench_function("open_announce_close", |b| {
+        b.iter(|| {
+            next += 1;
+            let conn = ConnId::new(next);
+            let sent = bench.join(conn, &signer, Codec::Json);
+            bench.server.handle(bench.now, SignalIn::Closed { conn });
+            sent + bench.drain()
+        })
+    });
+    group.finish();
+}
+
+fn list(c: &mut Criterion) {
+    let mut group = c.benchmark_group("list");
+    for nodes in [10, 100, 1000] {
+        let config = SignalConfig { max_list_len: 100, list_push_fanout: 0, ..SignalConfig::default() };
+        let mut bench = Bench::new(config, nodes, Codec::Json);
+        let request = Bytes::from_static(b"\"ListIDsRequest\"");
+        group.bench_function(BenchmarkId::new("request", nodes), |b| {
+            b.iter(|| {
+                bench
+                    .server
+                    .handle(bench.now, SignalIn::Frame { conn: ConnId::new(1), frame: request.clone() });
+                bench.drain()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn join(c: &mut Criterion) {
+    let mut group = c.benchmark_group("join");
+    group.sample_size(10);
+    for nodes in [100, 1000] {
+        group.bench_function(BenchmarkId::new("one_more", nodes), |b| {
+            b.iter_batched(
+                || Bench::new(SignalConfig::default(), nodes, Codec::Json),
+                |mut bench| {
+                    let before = bench.server.stats();
+                    bench.join(ConnId::new(u64::MAX), &key(u32::MAX), Codec::Json);
+                    bench.server.handle(bench.now + Duration::from_secs(10), SignalIn::Tick);
+                    bench.drain();
+                    let after = bench.server.stats();
+                    (after.frames_out - before.frames_out, after.bytes_out - before.bytes_out)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, relay, announce, list, join);
+criterion_main!(benches);

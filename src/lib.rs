@@ -1,4 +1,172 @@
-//! peer-signal
+//! A sans-IO signalling server for peer-to-peer nodes, wire-compatible with fledger's signalling
+//! protocol (version 3).
+//!
+//! Nodes prove they hold their ed25519 key by signing a random challenge, learn which other nodes
+//! are connected, and relay the WebRTC set-up messages (Init, Offer, Answer, IceCandidate) to each
+//! other through the server. The JSON wire format is byte-for-byte fledger 0.10's, so existing
+//! fledger nodes can use this server unchanged.
+//!
+//! # What this crate does not do
+//!
+//! [`SignalServer`] opens no sockets, reads no clock, spawns no tasks and needs no runtime: it is a
+//! state machine. Frames, connections, time and ticks come in with [`SignalServer::handle`];
+//! frames to send, connections to close and events for the application come out of
+//! [`SignalServer::poll_output`]. A transport and a driver move the bytes. So every rule of the
+//! protocol can be tested without a network, deterministically, and fuzzed from raw bytes.
+//!
+//! It does not relay media, and it does not trust nodes with anything but their own id: a node can
+//! only announce the key it holds and only relay within pairs it belongs to.
+//!
+//! # The protocol
+//!
+//! ```text
+//!  node A                         server                          node B
+//!    │ ── connect ──────────────────▶ │                                │
+//!    │ ◀─ Challenge(3, c_A) ───────── │                                │
+//!    │ ── Announce{3, c_A, info_A, sign_A(c_A)} ─▶ │ verify_strict     │
+//!    │ ◀─ SystemConfig ────────────── │                                │
+//!    │ ◀─ ListIDsReply([..]) ──────── │   (B does the same)            │
+//!    │ ── ListIDsRequest ───────────▶ │                                │
+//!    │ ◀─ ListIDsReply([A, B, ..]) ── │                                │
+//!    │ ── PeerSetup{A, B, Init} ────▶ │ ── PeerSetup{A, B, Init} ────▶ │
+//!    │ ◀─ PeerSetup{A, B, Offer} ──── │ ◀─ PeerSetup{A, B, Offer} ──── │
+//!    │ ── PeerSetup{A, B, Answer} ──▶ │ ── PeerSetup{A, B, Answer} ──▶ │
+//!    │ ◀─ PeerSetup{A, B, IceCandidate} ─ … both ways … ─▶             │
+//! ```
+//!
+//! 1. **Connect.** The server sends `Challenge(SIGNAL_VERSION, c)`: 256 fresh bits from a CSPRNG.
+//! 2. **Announce.** The node answers with [`MessageAnnounce`]: its [`NodeInfo`] (whose public key
+//!    is its [`NodeID`]) and its ed25519 signature over the 32 raw challenge bytes. The server
+//!    checks the version, that the challenge is the one it sent on this connection, the lengths of
+//!    the strings, and the signature with `verify_strict` (which also refuses weak keys). On
+//!    success the node gets `SystemConfig` and a `ListIDsReply`, and the application gets
+//!    [`SignalEvent::NewNode`]. On failure it gets an `Error` and may try again; after
+//!    [`SignalConfig::max_errors`] errors the connection is closed.
+//! 3. **List.** `ListIDsRequest` gets a `ListIDsReply` with at most
+//!    [`SignalConfig::max_list_len`] nodes, a fresh uniform sample each time.
+//! 4. **Relay.** `PeerSetup(PeerInfo{id_init, id_follow, message})` from one of the two ids goes to
+//!    the other, as the very same frame when both speak the same codec.
+//! 5. **Stats.** `NodeStats` is handed to the application as [`SignalEvent::NodeStats`].
+//! 6. **Same id twice.** A new connection announcing a connected id takes it over; the old one
+//!    gets `Error("New Connection with same ID")` and is closed.
+//! 7. **Timeouts.** Every valid frame restarts a node's [`SignalConfig::ttl`]; idle nodes are
+//!    closed. Connections that do not announce within [`SignalConfig::handshake_timeout`] are
+//!    closed.
+//! 8. **Joins reach others without a broadcast storm.** fledger nodes ask for the list right after
+//!    announcing and then every minute. On top of that, the nodes that joined during one
+//!    [`SignalConfig::list_push_interval`] are pushed, in one shared `ListIDsReply`, to at most
+//!    [`SignalConfig::list_push_fanout`] random nodes. A join therefore costs a bounded number of
+//!    frames however many nodes are connected, where fledger's own server sends the whole list to
+//!    every node on every join.
+//!
+//! Where this server deliberately differs from fledger's: it answers mistakes with an `Error`
+//! instead of silence, requires an announce before anything else, closes idle and replaced
+//! connections instead of only forgetting them, and bounds every string, list and queue.
+//!
+//! # Errors a node can receive
+//!
+//! Each is a [`ProtocolError`]; its `Display` text is the `Error(String)` on the wire.
+//!
+//! | Error text | Cause | Connection |
+//! |---|---|---|
+//! | `frame too large: N bytes, limit is L` | frame over [`SignalConfig::max_frame_size`] | open¹ |
+//! | `malformed message: …` | not a message of this protocol (the decoder says why) | open¹ |
+//! | `not authenticated: announce first` | anything but `Announce` before announcing | open¹ |
+//! | `already authenticated` | a second `Announce` | open¹ |
+//! | `unsupported protocol version V, expected 3` | `Announce.version` is not 3 | open¹ |
+//! | `unknown challenge` | `Announce.challenge` is not this connection's | open¹ |
+//! | `invalid public key` | not an ed25519 point, or a weak one | open¹ |
+//! | `signature does not verify` | bad signature over the challenge | open¹ |
+//! | `FIELD too long: N bytes, limit is L` | `name`, `client`, `version` or `peer message` too long | open¹ |
+//! | `too many node stats: N, limit is L` | `NodeStats` over [`SignalConfig::max_node_stats`] | open¹ |
+//! | `sender is neither id_init nor id_follow` | a `PeerSetup` for someone else's pair | open¹ |
+//! | `unknown destination ID` | the other node is not connected | open, no strike |
+//! | `New Connection with same ID` | another connection announced this id | closed |
+//! | `server full` | [`SignalConfig::max_connections`] reached | closed |
+//! | `too many pending handshakes` | [`SignalConfig::max_pending_handshakes`] reached | closed |
+//! | `handshake timeout` | no announce within the handshake timeout | closed |
+//! | `idle timeout` | no valid frame within the TTL | closed |
+//! | `too many errors` | [`SignalConfig::max_errors`] strikes (¹) | closed |
+//!
+//! ¹ The error counts as a strike. The strike that reaches [`SignalConfig::max_errors`] is followed
+//! by `too many errors` and a close. An unknown destination is not the sender's fault (the other
+//! node may just have left), so it is no strike.
+//!
+//! # The run loop
+//!
+//! A driver owns the server and a transport and repeats:
+//!
+//! 1. Wait for whichever comes first: a transport event, or the instant of
+//!    [`SignalServer::poll_timeout`].
+//! 2. Feed it with [`SignalServer::handle`]`(now, input)`, where `now` is the driver's clock:
+//!    [`SignalIn::Opened`], [`SignalIn::Frame`], [`SignalIn::Closed`] or [`SignalIn::Tick`].
+//! 3. Drain [`SignalServer::poll_output`] until `None`: send each [`SignalOut::Send`] frame (text
+//!    for JSON, binary for bincode), close each [`SignalOut::Close`] connection after its queued
+//!    frames, and hand each [`SignalOut::Event`] to the application.
+//! 4. To shut down, feed [`SignalIn::Stop`] and drain once more.
+//!
+//! # Example
+//!
+//! Two nodes meet and set up a connection, with the server driven by hand:
+//!
+//! ```
+//! use std::time::Instant;
+//! use peer_signal::ed25519_dalek::SigningKey;
+//! use peer_signal::*;
+//!
+//! let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+//! let now = Instant::now();
+//! let codec = Codec::Json;
+//!
+//! // Feeds one input and returns the frames it sent to `to`, decoded.
+//! let mut step = |input: SignalIn, to: ConnId| -> Vec<WSSignalMessageToNode> {
+//!     server.handle(now, input);
+//!     std::iter::from_fn(|| server.poll_output())
+//!         .filter_map(|out| match out {
+//!             SignalOut::Send { conn, frame } if conn == to => Some(codec.decode(&frame).unwrap()),
+//!             _ => None,
+//!         })
+//!         .collect()
+//! };
+//! let frame = |message: &WSSignalMessageFromNode| codec.encode(message).unwrap();
+//!
+//! // Both nodes connect and answer their challenge.
+//! let mut ids = Vec::new();
+//! for (n, conn) in [(1u8, ConnId::new(1)), (2, ConnId::new(2))] {
+//!     let key = SigningKey::from_bytes(&[n; 32]);
+//!     let [WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge)] =
+//!         step(SignalIn::Opened { conn, codec }, conn)[..]
+//!     else { panic!("no challenge") };
+//!     let info = NodeInfo::new(format!("node-{n}"), "example", key.verifying_key().to_bytes());
+//!     ids.push(info.id());
+//!     let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
+//!         version: SIGNAL_VERSION,
+//!         challenge,
+//!         node_info: info,
+//!         signature: sign_challenge(&key, &challenge),
+//!     });
+//!     let replies = step(SignalIn::Frame { conn, frame: frame(&announce) }, conn);
+//!     assert!(matches!(replies[0], WSSignalMessageToNode::SystemConfig(_)));
+//! }
+//! let (a, b) = (ConnId::new(1), ConnId::new(2));
+//!
+//! // A sees B in the list.
+//! let reply = step(SignalIn::Frame { conn: a, frame: frame(&WSSignalMessageFromNode::ListIDsRequest) }, a);
+//! let [WSSignalMessageToNode::ListIDsReply(nodes)] = &reply[..] else { panic!() };
+//! assert!(nodes.iter().any(|node| node.id() == ids[1]));
+//!
+//! // A and B exchange Init, Offer, Answer and an ICE candidate through the server.
+//! for (from, to, message) in [
+//!     (a, b, PeerMessage::Init),
+//!     (b, a, PeerMessage::Offer("v=0 …".into())),
+//!     (a, b, PeerMessage::Answer("v=0 …".into())),
+//!     (b, a, PeerMessage::IceCandidate("candidate:1 1 udp …".into())),
+//! ] {
+//!     let setup = PeerInfo { id_init: ids[0], id_follow: ids[1], message };
+//!     let relayed = step(SignalIn::Frame { conn: from, frame: frame(&WSSignalMessageFromNode::PeerSetup(setup.clone())) }, to);
+//!     assert_eq!(relayed, [WSSignalMessageToNode::PeerSetup(setup)]);
+//! }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -7,6 +175,10 @@ mod crypto;
 mod error;
 mod protocol;
 mod server;
+mod transport;
+
+/// The ed25519 crate whose keys this crate's API takes.
+pub use ed25519_dalek;
 
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
@@ -21,9 +193,10 @@ pub use server::{
 
 mod client;
 mod driver;
-mod transport;
 
 pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
 pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::{Transport, TransportEvent};
+#[cfg(feature = "websocket")]
+pub use transport::{WsConfig, WsTransport, BINCODE_SUBPROTOCOL};

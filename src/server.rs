@@ -428,7 +428,7 @@ impl SignalServer {
             // The transport reused an open id: its bug, and nothing we can repair.
             return;
         }
-        let pending = self.conns.len() - self.nodes.len();
+        let pending = self.conns.len().saturating_sub(self.nodes.len());
         let refusal = if self.conns.len() >= self.config.max_connections {
             Some(ProtocolError::ServerFull)
         } else if pending >= self.config.max_pending_handshakes {
@@ -443,7 +443,7 @@ impl SignalServer {
             return;
         }
         let challenge = crypto::new_challenge(&mut self.rng);
-        let deadline = now + self.config.handshake_timeout;
+        let deadline = later(now, self.config.handshake_timeout);
         self.conns.insert(
             conn,
             Conn { codec, phase: Phase::Challenged(challenge), deadline, armed: deadline, errors: 0 },
@@ -494,7 +494,7 @@ impl SignalServer {
             }),
         };
         match handled {
-            Ok(()) => self.refresh(conn, now + self.config.ttl),
+            Ok(()) => self.refresh(conn, later(now, self.config.ttl)),
             Err(error) => self.refuse(conn, error),
         }
     }
@@ -529,7 +529,7 @@ impl SignalServer {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.phase = Phase::Node(id);
         }
-        self.refresh(conn, now + self.config.ttl);
+        self.refresh(conn, later(now, self.config.ttl));
         self.nodes.insert(id, Node { conn, info, slot: self.order.len() });
         self.order.push(id);
         self.stats.joins += 1;
@@ -540,7 +540,7 @@ impl SignalServer {
 
         if self.config.list_push_fanout > 0 && self.push.joined.len() < self.config.max_list_len {
             self.push.joined.push(id);
-            self.push.due.get_or_insert(now + self.config.list_push_interval);
+            self.push.due.get_or_insert(later(now, self.config.list_push_interval));
         }
     }
 
@@ -660,10 +660,10 @@ impl SignalServer {
         let infos: Vec<&NodeInfo> =
             listed.iter().filter_map(|id| self.nodes.get(id)).map(|n| &n.info).collect();
         let reply = ListIDsReplyRef(&infos);
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let (mut json, mut binary) = (None, None);
         let mut sends = Vec::with_capacity(recipients.len());
         for (conn, codec) in recipients {
-            let cached = &mut frames[usize::from(codec.is_binary())];
+            let cached = if codec.is_binary() { &mut binary } else { &mut json };
             if cached.is_none() {
                 *cached = codec.encode(&reply).ok();
             }
@@ -703,7 +703,7 @@ impl SignalServer {
     /// Answers a peer's mistake with an `Error`, and closes the connection at `max_errors`.
     fn refuse(&mut self, conn: ConnId, error: ProtocolError) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.errors += 1;
+        c.errors = c.errors.saturating_add(1);
         let (codec, errors) = (c.codec, c.errors);
         self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
         self.count_error(&error);
@@ -728,7 +728,7 @@ impl SignalServer {
         if self.nodes.get(&id).is_none_or(|node| node.conn != conn) {
             return;
         }
-        if let Some(node) = self.nodes.remove(&id) {
+        if let Some(node) = self.nodes.remove(&id).filter(|node| node.slot < self.order.len()) {
             self.order.swap_remove(node.slot);
             if let Some(moved) = self.order.get(node.slot).and_then(|moved| self.nodes.get_mut(moved)) {
                 moved.slot = node.slot;
@@ -758,6 +758,12 @@ impl SignalServer {
         self.stats.bytes_out += frame.len() as u64;
         self.out.push_back(SignalOut::Send { conn, frame });
     }
+}
+
+/// `now + wait`, where a wait too long for the clock means "not in this process's lifetime".
+fn later(now: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(wait.min(CENTURY)).unwrap_or(now)
 }
 
 fn check_len(field: &'static str, text: &str, limit: usize) -> Result<(), ProtocolError> {

@@ -1,7 +1,8 @@
 //! The boundary between the sans-IO core and the world: [`Transport`] moves frames, nothing else.
 //!
 //! The guide to writing an adapter is on [`Transport`] itself, so that it shows up in the
-//! rendered docs. Adapters live in submodules; only `memory` may name flume.
+//! rendered docs. Adapters live in submodules: only `memory` may name flume, only `websocket`
+//! tokio and tungstenite.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,6 +12,10 @@ use crate::error::TransportError;
 use crate::server::{CloseReason, ConnId, SignalIn};
 
 pub(crate) mod memory;
+#[cfg(feature = "websocket")]
+mod websocket;
+#[cfg(feature = "websocket")]
+pub use websocket::{WsConfig, WsTransport, BINCODE_SUBPROTOCOL};
 
 /// Something a [`Transport`] observed, for the driver to feed into the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,387 @@
+//! The WebSocket transport: tokio + tokio-tungstenite, behind the `websocket` feature.
+//!
+//! One task accepts TCP connections; each connection gets its own task, which does the WebSocket
+//! handshake under a timeout and then moves frames between the socket and two bounded queues: the
+//! connection's send queue, and the events queue that [`WsTransport::next_event`] reads. The
+//! transport addresses connections by id in a map it alone owns, so the relay path takes no lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::{Transport, TransportEvent};
+use crate::{CloseReason, Codec, ConnId, ProtocolError, SignalConfig, TransportError};
+
+/// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
+/// connection speaks JSON in text frames, as fledger nodes do.
+pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
+
+/// Settings and limits of the WebSocket transport.
+///
+/// [`WsConfig::for_server`] derives the limits shared with the core from a [`SignalConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsConfig {
+    /// Open TCP connections, including those still in the WebSocket handshake. Connections over
+    /// it are dropped right after `accept`. Default 100,000.
+    pub max_connections: usize,
+    /// Time a client has to complete the WebSocket handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Largest WebSocket message (and frame) accepted; a larger one closes the connection with
+    /// code 1009. Default 128 KiB, twice the core's frame limit, so that the core gets to answer
+    /// `frame too large` for frames in between.
+    pub max_message_size: usize,
+    /// Frames queued for one connection. A connection whose queue is full reads too slowly and
+    /// is closed at once. Default 256.
+    pub send_backlog: usize,
+    /// How often the server pings a quiet connection. A connection from which nothing (not even a
+    /// pong) arrived for two intervals is closed. Default 30 s.
+    pub ping_interval: Duration,
+    /// Bytes each connection reads at once; its read buffer. Default 4 KiB (tungstenite's own
+    /// default of 128 KiB would dominate the memory of an idle connection).
+    pub read_buffer_size: usize,
+    /// Events (opens, frames, closes) waiting for the driver. When it is full, connections stop
+    /// reading until the driver catches up. Default 4096.
+    pub event_queue: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            max_message_size: 128 * 1024,
+            send_backlog: 256,
+            ping_interval: Duration::from_secs(30),
+            read_buffer_size: 4 * 1024,
+            event_queue: 4096,
+        }
+    }
+}
+
+impl WsConfig {
+    /// The defaults, with the limits the core also knows taken from `config`.
+    pub fn for_server(config: &SignalConfig) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            max_message_size: config.max_frame_size.saturating_mul(2),
+            send_backlog: config.max_send_backlog,
+            ..Self::default()
+        }
+    }
+}
+
+/// What a connection task tells the transport.
+enum Event {
+    Opened { conn: ConnId, codec: Codec, handle: ConnHandle },
+    Frame { conn: ConnId, frame: Bytes },
+    Closed { conn: ConnId },
+}
+
+/// What the transport tells a connection task.
+enum Outbound {
+    Frame(Bytes),
+    Close(CloseReason),
+}
+
+/// The transport's side of one connection.
+struct ConnHandle {
+    queue: mpsc::Sender<Outbound>,
+    /// Ends the connection's task at once, without draining its queue.
+    kill: Arc<Notify>,
+}
+
+/// A [`Transport`] that accepts WebSocket connections on a TCP listener.
+///
+/// Must be created inside a tokio runtime; it spawns its tasks there. Dropping it stops accepting
+/// and ends every connection.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use peer_signal::{SignalConfig, WsConfig, WsTransport};
+///
+/// let config = SignalConfig::default();
+/// let transport = WsTransport::bind("0.0.0.0:8765", WsConfig::for_server(&config)).await?;
+/// println!("listening on {}", transport.local_addr());
+/// # Ok(()) }
+/// ```
+pub struct WsTransport {
+    events: mpsc::Receiver<Event>,
+    conns: HashMap<ConnId, ConnHandle>,
+    /// Closes the transport decided on itself (slow readers), reported before anything else.
+    closed: VecDeque<ConnId>,
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsTransport")
+            .field("local_addr", &self.local_addr)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WsTransport {
+    /// Listens on `addr` and starts accepting connections.
+    ///
+    /// # Errors
+    ///
+    /// The error of binding the listener.
+    pub async fn bind(addr: impl ToSocketAddrs, config: WsConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Self::from_listener(listener, config)
+    }
+
+    /// Starts accepting connections on a listener that is already bound.
+    ///
+    /// # Errors
+    ///
+    /// The error of reading the listener's local address.
+    pub fn from_listener(listener: TcpListener, config: WsConfig) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
+        let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx));
+        Ok(Self { events, conns: HashMap::new(), closed: VecDeque::new(), local_addr, accept })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open WebSocket connections (after the handshake) that the transport has reported.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+impl Drop for WsTransport {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for handle in self.conns.values() {
+            handle.kill.notify_one();
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for WsTransport {
+    async fn next_event(&mut self) -> Option<TransportEvent> {
+        if let Some(conn) = self.closed.pop_front() {
+            return Some(TransportEvent::Closed { conn });
+        }
+        loop {
+            // Frames and closes of connections already closed here are stale: drop them.
+            match self.events.recv().await? {
+                Event::Opened { conn, codec, handle } => {
+                    self.conns.insert(conn, handle);
+                    return Some(TransportEvent::Opened { conn, codec });
+                }
+                Event::Frame { conn, frame } if self.conns.contains_key(&conn) => {
+                    return Some(TransportEvent::Frame { conn, frame });
+                }
+                Event::Closed { conn } if self.conns.remove(&conn).is_some() => {
+                    return Some(TransportEvent::Closed { conn });
+                }
+                Event::Frame { .. } | Event::Closed { .. } => {}
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
+        let handle = self.conns.get(&conn).ok_or(TransportError::Closed(conn))?;
+        if handle.queue.try_send(Outbound::Frame(frame)).is_err() {
+            // A full queue is a slow reader; a closed one, a task that just ended.
+            if let Some(handle) = self.conns.remove(&conn) {
+                handle.kill.notify_one();
+            }
+            self.closed.push_back(conn);
+            return Err(TransportError::Closed(conn));
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(handle) = self.conns.remove(&conn) {
+            if handle.queue.try_send(Outbound::Close(reason)).is_err() {
+                handle.kill.notify_one();
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, config: Arc<WsConfig>, events: mpsc::Sender<Event>) {
+    let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+    let mut next_id = 0u64;
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            // Out of file descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // Full: the stream is dropped, which closes it.
+        };
+        next_id += 1;
+        let conn = ConnId::new(next_id);
+        let (config, events) = (config.clone(), events.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_connection(stream, conn, &config, events).await;
+        });
+    }
+}
+
+// tungstenite's handshake callback dictates the closure's (large) error type.
+#[allow(clippy::result_large_err)]
+async fn serve_connection(stream: TcpStream, conn: ConnId, config: &WsConfig, events: mpsc::Sender<Event>) {
+    let _ = stream.set_nodelay(true);
+    let mut codec = Codec::Json;
+    let choose_codec = |request: &Request, mut response: Response| {
+        let wants_bincode = request
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|protocol| protocol.trim() == BINCODE_SUBPROTOCOL);
+        if wants_bincode {
+            codec = Codec::Bincode;
+            response
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
+        }
+        Ok(response)
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_message_size.saturating_mul(4))
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, choose_codec, Some(ws_config));
+    let Ok(Ok(ws)) = tokio::time::timeout(config.handshake_timeout, handshake).await else {
+        return; // Never became a WebSocket: the core never hears of it.
+    };
+
+    let (queue, outbound) = mpsc::channel(config.send_backlog.max(1));
+    let kill = Arc::new(Notify::new());
+    let handle = ConnHandle { queue, kill: kill.clone() };
+    if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
+        return;
+    }
+    run_connection(ws, conn, codec, config.ping_interval, outbound, &kill, &events).await;
+    let _ = events.send(Event::Closed { conn }).await;
+}
+
+async fn run_connection(
+    ws: WebSocketStream<TcpStream>,
+    conn: ConnId,
+    codec: Codec,
+    ping_interval: Duration,
+    mut outbound: mpsc::Receiver<Outbound>,
+    kill: &Notify,
+    events: &mpsc::Sender<Event>,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = kill.notified() => return,
+            next = outbound.recv() => {
+                let Some(first) = next else { return };
+                // Write everything already queued, then flush once.
+                let mut item = Some(first);
+                while let Some(out) = item.take() {
+                    match out {
+                        Outbound::Frame(frame) => {
+                            let Some(message) = to_message(codec, frame) else { continue };
+                            if sink.feed(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Outbound::Close(reason) => {
+                            let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
+                            return;
+                        }
+                    }
+                    item = outbound.try_recv().ok();
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            incoming = stream.next() => {
+                let frame = match incoming {
+                    Some(Ok(Message::Text(text))) => Bytes::from(text),
+                    Some(Ok(Message::Binary(data))) => data,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        last_heard = Instant::now();
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                };
+                last_heard = Instant::now();
+                if events.send(Event::Frame { conn, frame }).await.is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= ping_interval * 2 {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "ping timeout".into() }))).await;
+                    return;
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Text frames for JSON, binary for bincode. A text frame must be UTF-8; JSON frames the core
+/// produced or relayed always are, so this drops nothing in practice.
+fn to_message(codec: Codec, frame: Bytes) -> Option<Message> {
+    if codec.is_binary() {
+        Some(Message::Binary(frame))
+    } else {
+        Utf8Bytes::try_from(frame).ok().map(Message::Text)
+    }
+}
+
+/// The WebSocket close code and reason for a close the core asked for.
+fn close_frame(reason: &CloseReason) -> CloseFrame {
+    let code = match reason {
+        CloseReason::Stopped => CloseCode::Away,
+        CloseReason::Error(ProtocolError::ServerFull | ProtocolError::TooManyHandshakes) => CloseCode::Again,
+        CloseReason::Error(_) => CloseCode::Policy,
+    };
+    let text = match reason {
+        CloseReason::Stopped => "server stopping".to_string(),
+        CloseReason::Error(error) => error.to_string(),
+    };
+    // A close reason holds at most 123 bytes.
+    let mut end = text.len().min(123);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame { code, reason: Utf8Bytes::from(&text[..end]) }
+}

@@ -1,0 +1,241 @@
+//! DESIGN.md behaviours 1, 2 and 6: the challenge, the announce, and the same id twice.
+
+mod common;
+
+use common::*;
+use peer_signal::{
+    sign_challenge, CloseReason, Codec, FledgerConfig, MessageAnnounce, ProtocolError, SignalConfig,
+    SignalEvent, SignalIn, SignalOut, WSSignalMessageFromNode, WSSignalMessageToNode, U256,
+};
+
+#[test]
+fn every_connection_gets_its_own_challenge() {
+    let mut h = Harness::new();
+    let challenges: Vec<U256> = (0..50).map(|_| h.open(Codec::Json).1).collect();
+    let mut distinct = challenges.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), challenges.len());
+    assert!(challenges.iter().all(|c| c.0 != [0; 32]));
+}
+
+#[test]
+fn challenges_come_from_the_configured_seed() {
+    let challenges = |seed: [u8; 32]| {
+        let mut h = Harness::with(SignalConfig::default());
+        h.server =
+            peer_signal::SignalServer::new(SignalConfig { rng_seed: Some(seed), ..SignalConfig::default() });
+        (h.open(Codec::Json).1, h.open(Codec::Json).1)
+    };
+    assert_eq!(challenges([1; 32]), challenges([1; 32]));
+    assert_ne!(challenges([1; 32]), challenges([2; 32]));
+    // Without a seed, the OS seeds the RNG: two servers disagree.
+    let unseeded = || {
+        let mut server = peer_signal::SignalServer::new(SignalConfig::default());
+        server.handle(
+            std::time::Instant::now(),
+            SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json },
+        );
+        server.poll_output()
+    };
+    assert_ne!(unseeded(), unseeded());
+}
+
+#[test]
+fn a_good_announce_gets_config_then_list_then_a_new_node_event() {
+    let realm = U256([0xab; 32]);
+    let mut h = Harness::with(SignalConfig { system_realm: Some(realm), ..SignalConfig::default() });
+    let (conn, challenge) = h.open(Codec::Json);
+    let key = key(1);
+    let out = h.send(conn, Codec::Json, &announce(&key, challenge));
+    let id = U256(key.verifying_key().to_bytes());
+    assert_eq!(
+        messages_to(&out, conn, Codec::Json),
+        vec![
+            WSSignalMessageToNode::SystemConfig(FledgerConfig { system_realm: Some(realm) }),
+            WSSignalMessageToNode::ListIDsReply(vec![node_info(&key)]),
+        ]
+    );
+    assert_eq!(events(&out), vec![SignalEvent::NewNode(id)]);
+    assert_eq!(touched(&out), vec![conn]);
+    assert_eq!(h.server.node_conn(&id), Some(conn));
+    // The system config is fledger's exact text.
+    let frames = frames_to(&out, conn);
+    let config = std::str::from_utf8(&frames[0]).unwrap();
+    assert_eq!(config, format!("{{\"SystemConfig\":{{\"system_realm\":\"{}\"}}}}", "ab".repeat(32)));
+}
+
+#[test]
+fn a_bincode_node_announces_like_a_json_one() {
+    let mut h = Harness::new();
+    let node = h.join_with(&key(3), Codec::Bincode);
+    let out = h.from(node, &WSSignalMessageFromNode::ListIDsRequest);
+    assert_eq!(
+        messages_to(&out, node.conn, Codec::Bincode),
+        vec![WSSignalMessageToNode::ListIDsReply(vec![node_info(&key(3))])]
+    );
+}
+
+/// Changes an announce made for the given challenge.
+type Tamper = dyn FnOnce(&mut MessageAnnounce, U256);
+
+/// Sends a tampered announce on a fresh connection; returns the replies and the connection.
+fn announce_with(
+    h: &mut Harness,
+    tamper: impl FnOnce(&mut MessageAnnounce, U256),
+) -> (peer_signal::ConnId, U256, Vec<SignalOut>) {
+    let (conn, challenge) = h.open(Codec::Json);
+    let WSSignalMessageFromNode::Announce(mut a) = announce(&key(1), challenge) else { unreachable!() };
+    tamper(&mut a, challenge);
+    let out = h.send(conn, Codec::Json, &WSSignalMessageFromNode::Announce(a));
+    (conn, challenge, out)
+}
+
+#[test]
+fn failed_announces_get_an_error_naming_the_problem_and_the_node_may_retry() {
+    let weak_key = {
+        // The identity point: a valid encoding, but of small order.
+        let mut k = [0; 32];
+        k[0] = 1;
+        k
+    };
+    let cases: Vec<(&str, Box<Tamper>)> = vec![
+        ("unsupported protocol version 2, expected 3", Box::new(|a, _| a.version = 2)),
+        ("unknown challenge", Box::new(|a, _| a.challenge = U256([9; 32]))),
+        ("signature does not verify", Box::new(|a, _| a.signature[0] ^= 1)),
+        (
+            "signature does not verify",
+            Box::new(|a, c| {
+                a.signature = sign_challenge(&key(2), &c); // signed by another key
+            }),
+        ),
+        ("invalid public key", Box::new(move |a, _| a.node_info.pubkey = weak_key)),
+        ("name too long: 257 bytes, limit is 256", Box::new(|a, _| a.node_info.name = "n".repeat(257))),
+        ("client too long: 65 bytes, limit is 64", Box::new(|a, _| a.node_info.client = "c".repeat(65))),
+    ];
+    for (expected, tamper) in cases {
+        let mut h = Harness::new();
+        let (conn, challenge, out) = announce_with(&mut h, tamper);
+        assert_eq!(messages_to(&out, conn, Codec::Json), vec![error(expected)]);
+        assert!(events(&out).is_empty() && closed(&out).is_empty(), "{expected}: {out:?}");
+        assert_eq!(h.server.nodes().count(), 0);
+        // The challenge stays valid: a correct announce on the same connection succeeds.
+        let retry = h.send(conn, Codec::Json, &announce(&key(1), challenge));
+        assert!(
+            matches!(events(&retry).as_slice(), [SignalEvent::NewNode(_)]),
+            "{expected}: retry {retry:?}"
+        );
+    }
+}
+
+#[test]
+fn the_vector_announce_is_refused_by_a_server_that_sent_another_challenge() {
+    // The vector signs the challenge 00..1f; a server that sent another challenge must refuse it.
+    let vector = include_str!("data/fledger-v3-vectors.jsonl")
+        .lines()
+        .find(|l| l.contains("Announce_valid_signature_over_Challenge"))
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(vector).unwrap();
+    let frame = json["json"].as_str().unwrap().to_string();
+    let mut h = Harness::new();
+    let (conn, _) = h.open(Codec::Json);
+    let out = h.frame(conn, frame);
+    assert_eq!(messages_to(&out, conn, Codec::Json), vec![error("unknown challenge")]);
+}
+
+#[test]
+fn a_challenge_is_single_use() {
+    let mut h = Harness::new();
+    let (a, challenge) = h.open(Codec::Json);
+    assert!(!events(&h.send(a, Codec::Json, &announce(&key(1), challenge))).is_empty());
+    // Announcing again on the same connection, with the same challenge:
+    let out = h.send(a, Codec::Json, &announce(&key(1), challenge));
+    assert_eq!(messages_to(&out, a, Codec::Json), vec![error("already authenticated")]);
+    // Replaying the first connection's announce on another connection:
+    let (b, _) = h.open(Codec::Json);
+    let out = h.send(b, Codec::Json, &announce(&key(1), challenge));
+    assert_eq!(messages_to(&out, b, Codec::Json), vec![error("unknown challenge")]);
+    assert_eq!(touched(&out), vec![b]);
+}
+
+#[test]
+fn repeated_failures_close_the_connection() {
+    let max_errors = 3;
+    let mut h = Harness::with(SignalConfig { max_errors, ..SignalConfig::default() });
+    let other = h.join(2);
+    let (conn, challenge) = h.open(Codec::Json);
+    let WSSignalMessageFromNode::Announce(mut bad) = announce(&key(1), challenge) else { unreachable!() };
+    bad.signature[5] ^= 0x40;
+    let bad = WSSignalMessageFromNode::Announce(bad);
+    for _ in 1..max_errors {
+        let out = h.send(conn, Codec::Json, &bad);
+        assert!(closed(&out).is_empty());
+    }
+    let out = h.send(conn, Codec::Json, &bad);
+    assert_eq!(
+        messages_to(&out, conn, Codec::Json),
+        vec![error("signature does not verify"), error("too many errors")]
+    );
+    assert_eq!(
+        out.last(),
+        Some(&SignalOut::Close { conn, reason: CloseReason::Error(ProtocolError::TooManyErrors) })
+    );
+    assert_eq!(touched(&out), vec![conn]);
+    // Gone: a frame on it now is ignored, and the good node is untouched.
+    assert!(h.send(conn, Codec::Json, &announce(&key(1), challenge)).is_empty());
+    assert_eq!(h.server.node_conn(&other.id), Some(other.conn));
+}
+
+#[test]
+fn the_same_id_twice_replaces_the_old_connection() {
+    let mut h = Harness::new();
+    let old = h.join(1);
+    let peer = h.join(2);
+    let (conn, challenge) = h.open(Codec::Json);
+    let out = h.send(conn, Codec::Json, &announce(&key(1), challenge));
+    assert_eq!(messages_to(&out, old.conn, Codec::Json), vec![error("New Connection with same ID")]);
+    assert!(out
+        .contains(&SignalOut::Close { conn: old.conn, reason: CloseReason::Error(ProtocolError::Replaced) }));
+    assert_eq!(events(&out), vec![SignalEvent::NodeLeft(old.id), SignalEvent::NewNode(old.id)]);
+    assert_eq!(h.server.node_conn(&old.id), Some(conn));
+    assert_eq!(h.server.nodes().count(), 2);
+    // A relay to the id now reaches the new connection only.
+    let setup = WSSignalMessageFromNode::PeerSetup(peer_signal::PeerInfo {
+        id_init: peer.id,
+        id_follow: old.id,
+        message: peer_signal::PeerMessage::Init,
+    });
+    let out = h.from(peer, &setup);
+    assert_eq!(touched(&out), vec![conn]);
+}
+
+#[test]
+fn connection_limits_refuse_newcomers_with_an_error() {
+    let mut h = Harness::with(SignalConfig {
+        max_connections: 10,
+        max_pending_handshakes: 2,
+        ..SignalConfig::default()
+    });
+    let node = h.join(1);
+    h.open(Codec::Json);
+    h.open(Codec::Json);
+    // Two handshakes pending: the next connection is refused as a handshake.
+    let refused = peer_signal::ConnId::new(100);
+    let out = h.input(SignalIn::Opened { conn: refused, codec: Codec::Json });
+    assert_eq!(messages_to(&out, refused, Codec::Json), vec![error("too many pending handshakes")]);
+    assert_eq!(
+        out.last(),
+        Some(&SignalOut::Close {
+            conn: refused,
+            reason: CloseReason::Error(ProtocolError::TooManyHandshakes)
+        })
+    );
+    // One connection allowed and taken: full.
+    let full = peer_signal::ConnId::new(101);
+    let mut h2 = Harness::with(SignalConfig { max_connections: 1, ..SignalConfig::default() });
+    h2.join(1);
+    let out = h2.input(SignalIn::Opened { conn: full, codec: Codec::Json });
+    assert_eq!(messages_to(&out, full, Codec::Json), vec![error("server full")]);
+    assert_eq!(h.server.stats().connections, 3);
+    assert_eq!(h.server.node_conn(&node.id), Some(node.conn));
+}

@@ -1,0 +1,166 @@
+//! DESIGN.md behaviours 4 (relay) and 5 (stats).
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use peer_signal::{
+    Codec, NodeStat, PeerInfo, PeerMessage, SignalConfig, SignalEvent, WSSignalMessageFromNode,
+    WSSignalMessageToNode, U256,
+};
+
+fn vector(name: &str) -> Bytes {
+    let line = include_str!("data/fledger-v3-vectors.jsonl")
+        .lines()
+        .find(|l| l.contains(&format!("\"name\":\"{name}\"")) && l.contains("from_node"))
+        .expect("vector");
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    Bytes::from(value["json"].as_str().unwrap().to_string())
+}
+
+fn setup(from: &Joined, to: &Joined, message: PeerMessage) -> WSSignalMessageFromNode {
+    WSSignalMessageFromNode::PeerSetup(PeerInfo { id_init: from.id, id_follow: to.id, message })
+}
+
+#[test]
+fn fledger_setup_frames_reach_the_other_node_byte_for_byte() {
+    let mut h = Harness::new();
+    let one = h.join(1); // the vectors' id_init
+    let two = h.join(2); // the vectors' id_follow
+    let _bystander = h.join(3); // must see none of it: `touched` lists only the receiver
+    for name in ["PeerSetup_Init", "PeerSetup_Offer", "PeerSetup_Answer", "PeerSetup_IceCandidate"] {
+        let frame = vector(name);
+        // id_init sends: it reaches id_follow.
+        let out = h.frame(one.conn, frame.clone());
+        assert_eq!(frames_to(&out, two.conn), vec![frame.clone()], "{name}");
+        assert_eq!(touched(&out), vec![two.conn], "{name}");
+        // id_follow sends the same PeerInfo back: it reaches id_init.
+        let out = h.frame(two.conn, frame.clone());
+        assert_eq!(frames_to(&out, one.conn), vec![frame.clone()], "{name}");
+        assert_eq!(touched(&out), vec![one.conn], "{name}");
+    }
+    assert_eq!(h.server.stats().relays, 8);
+}
+
+#[test]
+fn a_full_exchange_arrives_once_in_order_at_the_right_node() {
+    let mut h = Harness::new();
+    let a = h.join(1);
+    let b = h.join(2);
+    let steps = [
+        (a, b, PeerMessage::Init),
+        (a, b, PeerMessage::Offer("v=0 offer".into())),
+        (b, a, PeerMessage::Answer("v=0 answer".into())),
+        (a, b, PeerMessage::IceCandidate("candidate:1 a".into())),
+        (b, a, PeerMessage::IceCandidate("candidate:2 b".into())),
+    ];
+    for (from, to, message) in steps {
+        // id_init is always a, whoever sends.
+        let info = PeerInfo { id_init: a.id, id_follow: b.id, message };
+        let out = h.from(from, &WSSignalMessageFromNode::PeerSetup(info.clone()));
+        assert_eq!(messages_to(&out, to.conn, to.codec), vec![WSSignalMessageToNode::PeerSetup(info)]);
+        assert_eq!(touched(&out), vec![to.conn]);
+    }
+}
+
+#[test]
+fn a_relay_between_codecs_is_re_encoded_for_the_receiver() {
+    let mut h = Harness::new();
+    let json = h.join_with(&key(1), Codec::Json);
+    let binary = h.join_with(&key(2), Codec::Bincode);
+    let info = PeerInfo { id_init: json.id, id_follow: binary.id, message: PeerMessage::Offer("sdp".into()) };
+    let out = h.from(json, &WSSignalMessageFromNode::PeerSetup(info.clone()));
+    assert_eq!(
+        messages_to(&out, binary.conn, Codec::Bincode),
+        vec![WSSignalMessageToNode::PeerSetup(info.clone())]
+    );
+    let out = h.from(binary, &WSSignalMessageFromNode::PeerSetup(info.clone()));
+    assert_eq!(messages_to(&out, json.conn, Codec::Json), vec![WSSignalMessageToNode::PeerSetup(info)]);
+}
+
+#[test]
+fn a_bincode_relay_is_forwarded_without_re_encoding() {
+    let mut h = Harness::new();
+    let a = h.join_with(&key(1), Codec::Bincode);
+    let b = h.join_with(&key(2), Codec::Bincode);
+    let frame = Codec::Bincode.encode(&setup(&a, &b, PeerMessage::Init)).unwrap();
+    let out = h.frame(a.conn, frame.clone());
+    let sent = frames_to(&out, b.conn);
+    assert_eq!(sent, vec![frame.clone()]);
+    // The very same buffer, not a copy.
+    assert_eq!(sent[0].as_ptr(), frame.as_ptr());
+}
+
+#[test]
+fn only_the_two_ends_of_a_pair_may_relay() {
+    let mut h = Harness::new();
+    let a = h.join(1);
+    let b = h.join(2);
+    let intruder = h.join(3);
+    let forged = WSSignalMessageFromNode::PeerSetup(PeerInfo {
+        id_init: a.id,
+        id_follow: b.id,
+        message: PeerMessage::Offer("evil".into()),
+    });
+    let out = h.from(intruder, &forged);
+    assert_eq!(
+        messages_to(&out, intruder.conn, Codec::Json),
+        vec![error("sender is neither id_init nor id_follow")]
+    );
+    assert_eq!(touched(&out), vec![intruder.conn]);
+}
+
+#[test]
+fn an_unknown_destination_gets_an_error_without_a_strike() {
+    let mut h = Harness::with(SignalConfig { max_errors: 2, ..SignalConfig::default() });
+    let a = h.join(1);
+    let gone = U256([0x42; 32]);
+    let message = WSSignalMessageFromNode::PeerSetup(PeerInfo {
+        id_init: a.id,
+        id_follow: gone,
+        message: PeerMessage::Init,
+    });
+    for _ in 0..5 {
+        let out = h.from(a, &message);
+        assert_eq!(
+            messages_to(&out, a.conn, Codec::Json),
+            vec![error(&format!("unknown destination {gone}"))]
+        );
+        assert!(closed(&out).is_empty());
+    }
+    assert_eq!(h.server.stats().errors.get("unknown_destination"), Some(&5));
+}
+
+#[test]
+fn an_oversized_setup_message_is_refused() {
+    let mut h = Harness::with(SignalConfig { max_setup_len: 100, ..SignalConfig::default() });
+    let a = h.join(1);
+    let b = h.join(2);
+    let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("x".repeat(101))));
+    assert_eq!(
+        messages_to(&out, a.conn, Codec::Json),
+        vec![error("peer message too long: 101 bytes, limit is 100")]
+    );
+    assert_eq!(touched(&out), vec![a.conn]);
+    let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("x".repeat(100))));
+    assert_eq!(touched(&out), vec![b.conn]);
+}
+
+#[test]
+fn node_stats_reach_the_application_tagged_with_the_sender() {
+    let mut h = Harness::new();
+    let a = h.join(1);
+    let b = h.join(2);
+    let stats = vec![NodeStat { id: b.id, version: "0.10.0".into(), ping_ms: 12, ping_rx: 3 }];
+    let out = h.from(a, &WSSignalMessageFromNode::NodeStats(stats.clone()));
+    assert_eq!(events(&out), vec![SignalEvent::NodeStats { from: a.id, stats }]);
+    assert!(touched(&out).is_empty());
+    // The fledger vector's NodeStats frame too.
+    let line =
+        include_str!("data/fledger-v3-vectors.jsonl").lines().find(|l| l.contains("\"NodeStats\"")).unwrap();
+    let frame: serde_json::Value = serde_json::from_str(line).unwrap();
+    let out = h.frame(b.conn, frame["json"].as_str().unwrap().to_string());
+    assert!(
+        matches!(events(&out).as_slice(), [SignalEvent::NodeStats { from, stats }] if *from == b.id && stats[0].ping_ms == 12)
+    );
+}
