@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use futures::stream::{FusedStream, Stream, StreamExt};
 use futures::task::AtomicWaker;
 use futures::{select_biased, FutureExt};
 
-use crate::server::{SignalEvent, SignalIn, SignalOut, SignalServer};
+use crate::server::{ServerStats, SignalEvent, SignalIn, SignalOut, SignalServer};
 use crate::transport::Transport;
 
 /// Inputs handled in a row before the driver yields to the executor, so that a transport that is
@@ -84,6 +84,8 @@ struct Shared {
     stop: AtomicBool,
     waker: AtomicWaker,
     dropped_events: AtomicU64,
+    /// The server's counters as of the last tick, for [`DriverHandle::stats`].
+    stats: Mutex<ServerStats>,
 }
 
 impl Shared {
@@ -139,7 +141,12 @@ impl<T: Transport> Driver<T> {
                 return self.server;
             }
             let input = self.next_input(&mut ticks).await;
+            let tick = matches!(input, SignalIn::Tick);
             self.server.handle(now(), input);
+            if tick {
+                // Once per tick, off the relay path: the snapshot behind `DriverHandle::stats`.
+                *self.shared.stats.lock().unwrap_or_else(PoisonError::into_inner) = self.server.stats();
+            }
             budget -= 1;
             if budget == 0 {
                 budget = YIELD_EVERY;
@@ -207,6 +214,11 @@ impl DriverHandle {
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.waker.wake();
+    }
+
+    /// The server's counters as of the driver's last tick (all zero before the first).
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Events dropped because [`DriverEvents`] was full.

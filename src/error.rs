@@ -133,4 +133,7 @@ pub enum TransportError {
     /// The transport itself has shut down.
     #[error("transport shut down")]
     Shutdown,
+    /// A client could not reach or upgrade to the server.
+    #[error("cannot connect: {0}")]
+    Connect(String),
 }

@@ -105,6 +105,13 @@
 //!    frames, and hand each [`SignalOut::Event`] to the application.
 //! 4. To shut down, feed [`SignalIn::Stop`] and drain once more.
 //!
+//! [`Driver`] is that loop, for any [`Transport`] and on any executor; it ticks from a stream you
+//! give it (a one-second interval is plenty) rather than sleeping until `poll_timeout`, so that it
+//! needs no timer of its own. [`MemoryTransport`] connects nodes in the same process, and
+//! `WsTransport` (feature `websocket`) accepts them over WebSocket. Nodes can use
+//! [`SignalClient`], the node side of the protocol, itself sans-IO, or [`AsyncClient`] over any
+//! [`ClientConnection`].
+//!
 //! # Example
 //!
 //! Two nodes meet and set up a connection, with the server driven by hand:
@@ -199,4 +206,4 @@ pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::{Transport, TransportEvent};
 #[cfg(feature = "websocket")]
-pub use transport::{WsConfig, WsTransport, BINCODE_SUBPROTOCOL};
+pub use transport::{WsClient, WsConfig, WsTransport, BINCODE_SUBPROTOCOL};

@@ -227,7 +227,8 @@ pub enum SignalEvent {
         /// Its report.
         stats: Vec<NodeStat>,
     },
-    /// The server has stopped; it ignores everything from now on.
+    /// The server has stopped: every connection was closed and every node is gone (no
+    /// `NodeLeft` is emitted for them). It ignores everything from now on.
     Stopped,
 }
 
@@ -760,10 +761,12 @@ impl SignalServer {
     }
 }
 
-/// `now + wait`, where a wait too long for the clock means "not in this process's lifetime".
+/// `now + wait`, where a wait too long for the clock means "not in this process's lifetime": a
+/// century. (No platform's `Instant` fails to add a century; if one did, the deadline would be
+/// `now`, and the connection would expire rather than the server panic.)
 fn later(now: Instant, wait: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    now.checked_add(wait.min(CENTURY)).unwrap_or(now)
+    now.checked_add(wait).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
 }
 
 fn check_len(field: &'static str, text: &str, limit: usize) -> Result<(), ProtocolError> {

@@ -17,14 +17,16 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{Transport, TransportEvent};
+use crate::client::ClientConnection;
 use crate::{CloseReason, Codec, ConnId, ProtocolError, SignalConfig, TransportError};
 
 /// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
@@ -384,4 +386,83 @@ fn close_frame(reason: &CloseReason) -> CloseFrame {
         end -= 1;
     }
     CloseFrame { code, reason: Utf8Bytes::from(&text[..end]) }
+}
+
+/// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for
+/// [`AsyncClient`](crate::AsyncClient).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use peer_signal::ed25519_dalek::SigningKey;
+/// use peer_signal::{AsyncClient, Codec, NodeInfo, WsClient};
+///
+/// let key = SigningKey::from_bytes(&[1; 32]);
+/// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());
+/// let conn = WsClient::connect("ws://127.0.0.1:8765", Codec::Json).await?;
+/// let mut node = AsyncClient::connect(conn, key, info).await?;
+/// println!("{} nodes connected", node.list().await?.len());
+/// # Ok(()) }
+/// ```
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    codec: Codec,
+}
+
+impl std::fmt::Debug for WsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsClient").field("codec", &self.codec).finish_non_exhaustive()
+    }
+}
+
+impl WsClient {
+    /// Connects to `url` (`ws://host:port/any/path`). With [`Codec::Bincode`] it asks for
+    /// [`BINCODE_SUBPROTOCOL`] and fails if the server does not agree.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Connect`] when the server cannot be reached or refuses the upgrade.
+    pub async fn connect(url: &str, codec: Codec) -> Result<Self, TransportError> {
+        let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
+        let mut request = url.into_client_request().map_err(|e| connect_error(&e))?;
+        if codec.is_binary() {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
+        }
+        let (ws, response) =
+            tokio_tungstenite::connect_async(request).await.map_err(|e| connect_error(&e))?;
+        let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+        if codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
+            return Err(TransportError::Connect("the server does not speak bincode".into()));
+        }
+        Ok(Self { ws, codec })
+    }
+
+    /// Closes the connection with a normal close frame.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+#[async_trait]
+impl ClientConnection for WsClient {
+    fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
+        let message = to_message(self.codec, frame).ok_or(TransportError::Shutdown)?;
+        self.ws.send(message).await.map_err(|_| TransportError::Shutdown)
+    }
+
+    async fn recv(&mut self) -> Option<Bytes> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(text)) => return Some(Bytes::from(text)),
+                Ok(Message::Binary(data)) => return Some(data),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
 }

@@ -1,0 +1,260 @@
+//! The signalling server over WebSocket, for fledger nodes and any client of this crate.
+//!
+//! ```sh
+//! cargo run --release --example ws_server                       # ws://0.0.0.0:8765, metrics on 127.0.0.1:9765
+//! cargo run --release --example ws_server -- --help             # every limit
+//! RUST_LOG=peer_signal=debug cargo run --release --example ws_server
+//! ```
+//!
+//! Nodes connect with plain `ws://` on any path. `GET /health` and `GET /metrics` (Prometheus text)
+//! are served on the metrics address. Ctrl-C or SIGTERM closes every client, then exits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::StreamExt;
+use peer_signal::{
+    Driver, DriverHandle, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig,
+    WsTransport,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+/// A fledger-compatible signalling server over WebSocket.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Where nodes connect (plain ws://, any path).
+    #[arg(long, env = "PEER_SIGNAL_LISTEN", default_value = "0.0.0.0:8765")]
+    listen: SocketAddr,
+    /// Where /health and /metrics are served; "off" serves neither.
+    #[arg(long, env = "PEER_SIGNAL_METRICS", default_value = "127.0.0.1:9765")]
+    metrics: String,
+    /// Seconds a node may stay silent before it is closed.
+    #[arg(long, default_value_t = 120)]
+    ttl_secs: u64,
+    /// Seconds a new connection has to announce.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout_secs: u64,
+    /// Realm sent to every node in SystemConfig (64 hex digits).
+    #[arg(long)]
+    system_realm: Option<RealmID>,
+    /// Most nodes in one list reply.
+    #[arg(long, default_value_t = 100)]
+    max_list_len: usize,
+    /// Most open connections.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Most connections that have not announced yet.
+    #[arg(long, default_value_t = 16_384)]
+    max_pending_handshakes: usize,
+    /// Longest frame the server decodes, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_frame_size: usize,
+    /// Longest node name, in bytes.
+    #[arg(long, default_value_t = 256)]
+    max_name_len: usize,
+    /// Longest node client string and stats version, in bytes.
+    #[arg(long, default_value_t = 64)]
+    max_client_len: usize,
+    /// Longest SDP or ICE candidate, in bytes.
+    #[arg(long, default_value_t = 32 * 1024)]
+    max_setup_len: usize,
+    /// Most entries in one NodeStats message.
+    #[arg(long, default_value_t = 256)]
+    max_node_stats: usize,
+    /// Errors a connection may make before it is closed.
+    #[arg(long, default_value_t = 5)]
+    max_errors: u32,
+    /// Frames queued for one connection before it is closed as a slow reader.
+    #[arg(long, default_value_t = 256)]
+    max_send_backlog: usize,
+    /// Milliseconds between pushes of new joins to other nodes.
+    #[arg(long, default_value_t = 1000)]
+    list_push_interval_ms: u64,
+    /// Nodes that receive each push of new joins (0: off).
+    #[arg(long, default_value_t = 16)]
+    list_push_fanout: usize,
+    /// Seconds a client has for the WebSocket handshake.
+    #[arg(long, default_value_t = 10)]
+    ws_handshake_timeout_secs: u64,
+    /// Seconds between server pings; two silent intervals close a connection.
+    #[arg(long, default_value_t = 30)]
+    ping_interval_secs: u64,
+    /// Read buffer per connection, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    read_buffer_size: usize,
+}
+
+impl Args {
+    fn signal_config(&self) -> SignalConfig {
+        SignalConfig {
+            ttl: Duration::from_secs(self.ttl_secs),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            system_realm: self.system_realm,
+            max_list_len: self.max_list_len,
+            max_connections: self.max_connections,
+            max_pending_handshakes: self.max_pending_handshakes,
+            max_frame_size: self.max_frame_size,
+            max_name_len: self.max_name_len,
+            max_client_len: self.max_client_len,
+            max_setup_len: self.max_setup_len,
+            max_node_stats: self.max_node_stats,
+            max_errors: self.max_errors,
+            max_send_backlog: self.max_send_backlog,
+            list_push_interval: Duration::from_millis(self.list_push_interval_ms),
+            list_push_fanout: self.list_push_fanout,
+            rng_seed: None,
+        }
+    }
+
+    fn ws_config(&self, config: &SignalConfig) -> WsConfig {
+        WsConfig {
+            handshake_timeout: Duration::from_secs(self.ws_handshake_timeout_secs),
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            read_buffer_size: self.read_buffer_size,
+            ..WsConfig::for_server(config)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = args.signal_config();
+    let transport = WsTransport::bind(args.listen, args.ws_config(&config)).await?;
+    info!("signalling on ws://{}", transport.local_addr());
+
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 4096);
+    if args.metrics != "off" {
+        let listener = TcpListener::bind(&args.metrics).await?;
+        info!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(serve_metrics(listener, handle.clone()));
+    }
+    tokio::spawn(stop_on_signal(handle.clone()));
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                SignalEvent::NewNode(id) => info!(%id, "node joined"),
+                SignalEvent::NodeLeft(id) => info!(%id, "node left"),
+                SignalEvent::NodeStats { from, stats } => debug!(%from, entries = stats.len(), "node stats"),
+                SignalEvent::Stopped => info!("stopped"),
+                other => debug!(?other, "event"),
+            }
+        }
+    });
+
+    let server = driver.run(ticks(Duration::from_millis(250))).await;
+    info!(stats = ?server.stats(), "bye");
+    Ok(())
+}
+
+/// A tick every `period`, for the driver's timers.
+fn ticks(period: Duration) -> impl futures::Stream<Item = ()> + Unpin {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Box::pin(futures::stream::unfold(interval, |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    }))
+}
+
+async fn stop_on_signal(handle: DriverHandle) {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("Ctrl-C: closing every connection"),
+        () = terminate => info!("SIGTERM: closing every connection"),
+    }
+    handle.stop();
+}
+
+/// A minimal HTTP/1.1 responder for `GET /health` and `GET /metrics`: one request per
+/// connection, a bounded request head, a deadline.
+async fn serve_metrics(listener: TcpListener, handle: DriverHandle) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(512);
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+            });
+            if read.await.is_err() {
+                return;
+            }
+            let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+            let (status, content_type, body) = match request_line {
+                line if line.starts_with(b"GET /health ") => ("200 OK", "text/plain", "ok\n".to_string()),
+                line if line.starts_with(b"GET /metrics ") => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    prometheus(&handle.stats(), handle.dropped_events()),
+                ),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+fn prometheus(stats: &ServerStats, dropped_events: u64) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP peer_signal_{name} {help}\n# TYPE peer_signal_{name} {kind}\npeer_signal_{name} {value}\n"));
+    };
+    metric("connections", "gauge", "Open connections, announced or not.", stats.connections as u64);
+    metric("nodes", "gauge", "Announced nodes.", stats.nodes as u64);
+    metric("frames_in_total", "counter", "Frames received.", stats.frames_in);
+    metric("bytes_in_total", "counter", "Bytes received.", stats.bytes_in);
+    metric("frames_out_total", "counter", "Frames sent.", stats.frames_out);
+    metric("bytes_out_total", "counter", "Bytes sent.", stats.bytes_out);
+    metric("relays_total", "counter", "PeerSetup messages relayed.", stats.relays);
+    metric("joins_total", "counter", "Successful announces.", stats.joins);
+    metric(
+        "evictions_total",
+        "counter",
+        "Nodes closed for being idle longer than the TTL.",
+        stats.errors.get("idle_timeout").copied().unwrap_or(0),
+    );
+    metric(
+        "dropped_events_total",
+        "counter",
+        "Application events dropped because nobody read them.",
+        dropped_events,
+    );
+    out.push_str("# HELP peer_signal_errors_total Error replies, by reason.\n# TYPE peer_signal_errors_total counter\n");
+    for (reason, count) in &stats.errors {
+        out.push_str(&format!("peer_signal_errors_total{{reason=\"{reason}\"}} {count}\n"));
+    }
+    out
+}
