@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::Parser;
 use futures::StreamExt;
 use peer_signal::{
-    Driver, DriverHandle, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig,
-    WsTransport,
+    Driver, DriverHandle, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig, WsStats,
+    WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -131,12 +131,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = args.signal_config();
     let transport = WsTransport::bind(args.listen, args.ws_config(&config)).await?;
     info!("signalling on ws://{}", transport.local_addr());
+    let ws_stats = transport.stats_handle();
 
     let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 4096);
     if args.metrics != "off" {
         let listener = TcpListener::bind(&args.metrics).await?;
         info!("metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(serve_metrics(listener, handle.clone()));
+        tokio::spawn(serve_metrics(listener, handle.clone(), ws_stats));
     }
     tokio::spawn(stop_on_signal(handle.clone()));
     tokio::spawn(async move {
@@ -190,10 +191,10 @@ async fn stop_on_signal(handle: DriverHandle) {
 
 /// A minimal HTTP/1.1 responder for `GET /health` and `GET /metrics`: one request per
 /// connection, a bounded request head, a deadline.
-async fn serve_metrics(listener: TcpListener, handle: DriverHandle) {
+async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: WsStatsHandle) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let handle = handle.clone();
+        let (handle, ws_stats) = (handle.clone(), ws_stats.clone());
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(512);
             let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -214,7 +215,7 @@ async fn serve_metrics(listener: TcpListener, handle: DriverHandle) {
                 line if line.starts_with(b"GET /metrics ") => (
                     "200 OK",
                     "text/plain; version=0.0.4",
-                    prometheus(&handle.stats(), handle.dropped_events()),
+                    prometheus(&handle.stats(), handle.dropped_events(), &ws_stats.get()),
                 ),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
@@ -227,7 +228,7 @@ async fn serve_metrics(listener: TcpListener, handle: DriverHandle) {
     }
 }
 
-fn prometheus(stats: &ServerStats, dropped_events: u64) -> String {
+fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         out.push_str(&format!("# HELP peer_signal_{name} {help}\n# TYPE peer_signal_{name} {kind}\npeer_signal_{name} {value}\n"));
@@ -251,6 +252,22 @@ fn prometheus(stats: &ServerStats, dropped_events: u64) -> String {
         "counter",
         "Application events dropped because nobody read them.",
         dropped_events,
+    );
+    metric("ws_accepted_total", "counter", "TCP connections accepted.", ws.accepted);
+    metric("ws_refused_total", "counter", "TCP connections refused: too many open.", ws.refused);
+    metric(
+        "ws_failed_handshakes_total",
+        "counter",
+        "WebSocket handshakes that failed or timed out.",
+        ws.failed_handshakes,
+    );
+    metric("ws_slow_readers_total", "counter", "Connections closed for reading too slowly.", ws.slow_readers);
+    metric("ws_oversize_total", "counter", "Connections closed for an oversize message.", ws.oversize);
+    metric(
+        "ws_ping_timeouts_total",
+        "counter",
+        "Connections closed for silence past two pings.",
+        ws.ping_timeouts,
     );
     out.push_str("# HELP peer_signal_errors_total Error replies, by reason.\n# TYPE peer_signal_errors_total counter\n");
     for (reason, count) in &stats.errors {

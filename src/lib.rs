@@ -206,4 +206,4 @@ pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::{Transport, TransportEvent};
 #[cfg(feature = "websocket")]
-pub use transport::{WsClient, WsConfig, WsTransport, BINCODE_SUBPROTOCOL};
+pub use transport::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};

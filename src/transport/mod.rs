@@ -15,7 +15,7 @@ pub(crate) mod memory;
 #[cfg(feature = "websocket")]
 mod websocket;
 #[cfg(feature = "websocket")]
-pub use websocket::{WsClient, WsConfig, WsTransport, BINCODE_SUBPROTOCOL};
+pub use websocket::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};
 
 /// Something a [`Transport`] observed, for the driver to feed into the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

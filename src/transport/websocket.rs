@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{Transport, TransportEvent};
@@ -87,6 +88,61 @@ impl WsConfig {
     }
 }
 
+/// Counters of what the WebSocket layer did on its own, for metrics. Get them from
+/// [`WsTransport::stats_handle`]; read them with [`WsStatsHandle::get`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WsStats {
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// TCP connections dropped at once because [`WsConfig::max_connections`] were open.
+    pub refused: u64,
+    /// Connections that failed or timed out in the WebSocket handshake.
+    pub failed_handshakes: u64,
+    /// Connections closed because their send queue was full (slow readers).
+    pub slow_readers: u64,
+    /// Connections closed for a message over [`WsConfig::max_message_size`].
+    pub oversize: u64,
+    /// Connections closed because nothing arrived for two ping intervals.
+    pub ping_timeouts: u64,
+}
+
+/// A shared view of a [`WsTransport`]'s [`WsStats`], usable after the transport moved into a driver.
+#[derive(Debug, Clone, Default)]
+pub struct WsStatsHandle(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    failed_handshakes: AtomicU64,
+    slow_readers: AtomicU64,
+    oversize: AtomicU64,
+    ping_timeouts: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl WsStatsHandle {
+    /// The counters now.
+    pub fn get(&self) -> WsStats {
+        let c = &self.0;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        WsStats {
+            accepted: read(&c.accepted),
+            refused: read(&c.refused),
+            failed_handshakes: read(&c.failed_handshakes),
+            slow_readers: read(&c.slow_readers),
+            oversize: read(&c.oversize),
+            ping_timeouts: read(&c.ping_timeouts),
+        }
+    }
+}
+
 /// What a connection task tells the transport.
 enum Event {
     Opened { conn: ConnId, codec: Codec, handle: ConnHandle },
@@ -128,6 +184,7 @@ pub struct WsTransport {
     closed: VecDeque<ConnId>,
     local_addr: SocketAddr,
     accept: JoinHandle<()>,
+    stats: WsStatsHandle,
 }
 
 impl std::fmt::Debug for WsTransport {
@@ -158,13 +215,20 @@ impl WsTransport {
     pub fn from_listener(listener: TcpListener, config: WsConfig) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
-        let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx));
-        Ok(Self { events, conns: HashMap::new(), closed: VecDeque::new(), local_addr, accept })
+        let stats = WsStatsHandle::default();
+        let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx, stats.0.clone()));
+        Ok(Self { events, conns: HashMap::new(), closed: VecDeque::new(), local_addr, accept, stats })
     }
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle to the transport's counters, which stays valid after the transport moved into
+    /// a driver.
+    pub fn stats_handle(&self) -> WsStatsHandle {
+        self.stats.clone()
     }
 
     /// Open WebSocket connections (after the handshake) that the transport has reported.
@@ -212,6 +276,7 @@ impl Transport for WsTransport {
             // A full queue is a slow reader; a closed one, a task that just ended.
             if let Some(handle) = self.conns.remove(&conn) {
                 handle.kill.notify_one();
+                Counters::bump(&self.stats.0.slow_readers);
             }
             self.closed.push_back(conn);
             return Err(TransportError::Closed(conn));
@@ -228,7 +293,12 @@ impl Transport for WsTransport {
     }
 }
 
-async fn accept_loop(listener: TcpListener, config: Arc<WsConfig>, events: mpsc::Sender<Event>) {
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<WsConfig>,
+    events: mpsc::Sender<Event>,
+    counters: Arc<Counters>,
+) {
     let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
     let mut next_id = 0u64;
     loop {
@@ -237,22 +307,30 @@ async fn accept_loop(listener: TcpListener, config: Arc<WsConfig>, events: mpsc:
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        Counters::bump(&counters.accepted);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Counters::bump(&counters.refused);
             continue; // Full: the stream is dropped, which closes it.
         };
         next_id += 1;
         let conn = ConnId::new(next_id);
-        let (config, events) = (config.clone(), events.clone());
+        let (config, events, counters) = (config.clone(), events.clone(), counters.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            serve_connection(stream, conn, &config, events).await;
+            serve_connection(stream, conn, &config, events, &counters).await;
         });
     }
 }
 
 // tungstenite's handshake callback dictates the closure's (large) error type.
 #[allow(clippy::result_large_err)]
-async fn serve_connection(stream: TcpStream, conn: ConnId, config: &WsConfig, events: mpsc::Sender<Event>) {
+async fn serve_connection(
+    stream: TcpStream,
+    conn: ConnId,
+    config: &WsConfig,
+    events: mpsc::Sender<Event>,
+    counters: &Counters,
+) {
     let _ = stream.set_nodelay(true);
     let mut codec = Codec::Json;
     let choose_codec = |request: &Request, mut response: Response| {
@@ -279,6 +357,7 @@ async fn serve_connection(stream: TcpStream, conn: ConnId, config: &WsConfig, ev
         .max_frame_size(Some(config.max_message_size));
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, choose_codec, Some(ws_config));
     let Ok(Ok(ws)) = tokio::time::timeout(config.handshake_timeout, handshake).await else {
+        Counters::bump(&counters.failed_handshakes);
         return; // Never became a WebSocket: the core never hears of it.
     };
 
@@ -288,8 +367,20 @@ async fn serve_connection(stream: TcpStream, conn: ConnId, config: &WsConfig, ev
     if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
         return;
     }
-    run_connection(ws, conn, codec, config.ping_interval, outbound, &kill, &events).await;
+    let end = run_connection(ws, conn, codec, config.ping_interval, outbound, &kill, &events).await;
+    match end {
+        End::Oversize => Counters::bump(&counters.oversize),
+        End::PingTimeout => Counters::bump(&counters.ping_timeouts),
+        End::Other => {}
+    }
     let _ = events.send(Event::Closed { conn }).await;
+}
+
+/// Why a connection task ended, where a counter cares.
+enum End {
+    Oversize,
+    PingTimeout,
+    Other,
 }
 
 async fn run_connection(
@@ -300,16 +391,16 @@ async fn run_connection(
     mut outbound: mpsc::Receiver<Outbound>,
     kill: &Notify,
     events: &mpsc::Sender<Event>,
-) {
+) -> End {
     let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             biased;
-            () = kill.notified() => return,
+            () = kill.notified() => return End::Other,
             next = outbound.recv() => {
-                let Some(first) = next else { return };
+                let Some(first) = next else { return End::Other };
                 // Write everything already queued, then flush once.
                 let mut item = Some(first);
                 while let Some(out) = item.take() {
@@ -317,18 +408,18 @@ async fn run_connection(
                         Outbound::Frame(frame) => {
                             let Some(message) = to_message(codec, frame) else { continue };
                             if sink.feed(message).await.is_err() {
-                                return;
+                                return End::Other;
                             }
                         }
                         Outbound::Close(reason) => {
                             let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
-                            return;
+                            return End::Other;
                         }
                     }
                     item = outbound.try_recv().ok();
                 }
                 if sink.flush().await.is_err() {
-                    return;
+                    return End::Other;
                 }
             }
             incoming = stream.next() => {
@@ -339,20 +430,25 @@ async fn run_connection(
                         last_heard = Instant::now();
                         continue;
                     }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Err(WsError::Capacity(_))) => {
+                        let close = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
+                        let _ = sink.send(Message::Close(Some(close))).await;
+                        return End::Oversize;
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return End::Other,
                 };
                 last_heard = Instant::now();
                 if events.send(Event::Frame { conn, frame }).await.is_err() {
-                    return;
+                    return End::Other;
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= ping_interval * 2 {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "ping timeout".into() }))).await;
-                    return;
+                    return End::PingTimeout;
                 }
                 if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return;
+                    return End::Other;
                 }
             }
         }

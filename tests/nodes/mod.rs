@@ -7,8 +7,8 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use peer_signal::{
-    AsyncClient, ClientEvent, Codec, Driver, DriverEvents, DriverHandle, MemoryClient, MemoryConnector,
-    MemoryTransport, NodeID, NodeInfo, PeerInfo, SignalConfig, SignalEvent, SignalServer,
+    AsyncClient, ClientConnection, ClientEvent, Codec, Driver, DriverEvents, DriverHandle, MemoryClient,
+    MemoryConnector, MemoryTransport, NodeID, NodeInfo, PeerInfo, SignalConfig, SignalEvent, SignalServer,
 };
 use tokio::task::JoinHandle;
 
@@ -87,7 +87,7 @@ pub async fn wait_event(
 }
 
 /// The next `PeerSetup` for `node`, skipping node lists; any other event fails the test.
-pub async fn next_setup(node: &mut Node) -> PeerInfo {
+pub async fn next_setup<C: ClientConnection>(node: &mut AsyncClient<C>) -> PeerInfo {
     within("peer setup", async {
         loop {
             match node.next_event().await {
@@ -102,7 +102,7 @@ pub async fn next_setup(node: &mut Node) -> PeerInfo {
 
 /// Reads a node's events until its connection closes; returns them. Bounded by what the server
 /// queued before it closed the connection.
-pub async fn drain_until_closed(node: &mut Node) -> Vec<ClientEvent> {
+pub async fn drain_until_closed<C: ClientConnection>(node: &mut AsyncClient<C>) -> Vec<ClientEvent> {
     within("close", async {
         let mut events = Vec::new();
         loop {
