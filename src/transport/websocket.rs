@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -339,10 +339,8 @@ async fn accept_loop(
         next_id += 1;
         let conn = ConnId::new(next_id);
         let (config, events, counters) = (config.clone(), events.clone(), counters.clone());
-        tokio::spawn(async move {
-            let _slots = (slot, ip_slot);
-            serve_connection(stream, conn, &config, events, &counters).await;
-        });
+        let slots = (slot, ip_slot);
+        tokio::spawn(async move { serve_connection(stream, conn, &config, events, &counters, slots).await });
     }
 }
 
@@ -406,6 +404,7 @@ async fn serve_connection(
     config: &WsConfig,
     events: mpsc::Sender<Event>,
     counters: &Counters,
+    slots: (OwnedSemaphorePermit, Option<IpSlot>),
 ) {
     let _ = stream.set_nodelay(true);
     let mut codec = Codec::Json;
@@ -449,6 +448,8 @@ async fn serve_connection(
         End::PingTimeout => Counters::bump(&counters.ping_timeouts),
         End::Other => {}
     }
+    // Given back before the close is reported, so that whoever sees the close can reconnect.
+    drop(slots);
     let _ = events.send(Event::Closed { conn }).await;
 }
 
@@ -488,7 +489,7 @@ async fn run_connection(
                             }
                         }
                         Outbound::Close(reason) => {
-                            let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
+                            close_and_linger(&mut sink, &mut stream, close_frame(&reason)).await;
                             return End::Other;
                         }
                     }
@@ -529,6 +530,31 @@ async fn run_connection(
             }
         }
     }
+}
+
+/// How long a connection that the server closes goes on reading, and dropping, what the peer still
+/// sends, until the peer answers the close or hangs up.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Sends `frame`, then drains the peer for at most [`CLOSE_LINGER`]. A socket dropped with unread
+/// data in it is reset by the kernel, and a reset peer may never read the `Error` and the close
+/// frame queued before it; a client that floods the server is exactly such a peer.
+async fn close_and_linger<S, R>(sink: &mut S, stream: &mut R, frame: CloseFrame)
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    if sink.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// Text frames for JSON, binary for bincode. A text frame must be UTF-8; JSON frames the core
