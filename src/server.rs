@@ -14,8 +14,8 @@ use crate::codec::Codec;
 use crate::crypto;
 use crate::error::ProtocolError;
 use crate::protocol::{
-    FledgerConfig, ListIDsReplyRef, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, RealmID,
-    WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+    FledgerConfig, Inbound, ListIDsReplyRef, MessageAnnounce, NodeID, NodeInfo, NodeStat, RealmID,
+    SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 
 /// A transport's handle for one connection. The transport picks the numbers; they must be unique
@@ -83,7 +83,8 @@ pub struct SignalConfig {
     pub max_name_len: usize,
     /// Longest `NodeInfo.client` and `NodeStat.version`, in bytes. Default 64.
     pub max_client_len: usize,
-    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes. Default 32 KiB.
+    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes as encoded in the frame (for JSON,
+    /// with its escapes). Default 32 KiB.
     pub max_setup_len: usize,
     /// Most entries in one `NodeStats`. Default 256.
     pub max_node_stats: usize,
@@ -278,6 +279,8 @@ struct Conn {
 
 struct Node {
     conn: ConnId,
+    /// The codec of `conn`, kept here so that a relay needs one lookup.
+    codec: Codec,
     info: NodeInfo,
     /// Index in `SignalServer::order`.
     slot: usize,
@@ -465,7 +468,7 @@ impl SignalServer {
             let error = ProtocolError::FrameTooLarge { size: frame.len(), limit: self.config.max_frame_size };
             return self.refuse(conn, error);
         }
-        let message = match codec.decode::<WSSignalMessageFromNode>(&frame) {
+        let message = match codec.decode::<Inbound>(&frame) {
             Ok(message) => message,
             Err(e) => return self.refuse(conn, ProtocolError::Malformed(e)),
         };
@@ -473,24 +476,22 @@ impl SignalServer {
             Phase::Node(id) => id,
             Phase::Challenged(challenge) => {
                 return match message {
-                    WSSignalMessageFromNode::Announce(announce) => {
-                        match self.check_announce(&challenge, &announce) {
-                            Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
-                            Err(error) => self.refuse(conn, error),
-                        }
-                    }
+                    Inbound::Announce(announce) => match self.check_announce(&challenge, &announce) {
+                        Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
+                        Err(error) => self.refuse(conn, error),
+                    },
                     _ => self.refuse(conn, ProtocolError::NotAuthenticated),
                 };
             }
         };
         let handled = match message {
-            WSSignalMessageFromNode::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
-            WSSignalMessageFromNode::ListIDsRequest => {
+            Inbound::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
+            Inbound::ListIDsRequest => {
                 self.send_list(conn, codec);
                 Ok(())
             }
-            WSSignalMessageFromNode::PeerSetup(info) => self.relay(conn, codec, id, frame, info),
-            WSSignalMessageFromNode::NodeStats(stats) => self.check_stats(&stats).map(|()| {
+            Inbound::PeerSetup(route) => self.relay(conn, codec, id, frame, route),
+            Inbound::NodeStats(stats) => self.check_stats(&stats).map(|()| {
                 self.out.push_back(SignalOut::Event(SignalEvent::NodeStats { from: id, stats }));
             }),
         };
@@ -531,7 +532,7 @@ impl SignalServer {
             c.phase = Phase::Node(id);
         }
         self.refresh(conn, later(now, self.config.ttl));
-        self.nodes.insert(id, Node { conn, info, slot: self.order.len() });
+        self.nodes.insert(id, Node { conn, codec, info, slot: self.order.len() });
         self.order.push(id);
         self.stats.joins += 1;
 
@@ -553,23 +554,24 @@ impl SignalServer {
         codec: Codec,
         sender: NodeID,
         frame: Bytes,
-        info: PeerInfo,
+        route: SetupRoute,
     ) -> Result<(), ProtocolError> {
-        let destination = if sender == info.id_init {
-            info.id_follow
-        } else if sender == info.id_follow {
-            info.id_init
+        let destination = if sender == route.id_init {
+            route.id_follow
+        } else if sender == route.id_follow {
+            route.id_init
         } else {
             return Err(ProtocolError::NotInPair);
         };
-        if let Some(text) = info.message.text() {
-            check_len("peer message", text, self.config.max_setup_len)?;
+        let len = route.message.encoded_len();
+        if len > self.config.max_setup_len {
+            return Err(ProtocolError::TooLong {
+                field: "peer message",
+                len,
+                limit: self.config.max_setup_len,
+            });
         }
-        let target = self
-            .nodes
-            .get(&destination)
-            .and_then(|node| Some((node.conn, self.conns.get(&node.conn)?.codec)));
-        let Some((to, to_codec)) = target else {
+        let Some((to, to_codec)) = self.nodes.get(&destination).map(|node| (node.conn, node.codec)) else {
             // Not the sender's fault: the other node may just have left. No strike.
             let error = ProtocolError::UnknownDestination(destination);
             self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
@@ -578,7 +580,9 @@ impl SignalServer {
         };
         if to_codec == codec {
             self.push_frame(to, frame);
-        } else {
+        } else if let Ok(WSSignalMessageFromNode::PeerSetup(info)) = codec.decode(&frame) {
+            // Only a relay between codecs decodes the message in full, to re-encode it. `Inbound`
+            // accepted the frame, so this decode succeeds too.
             self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
         }
         self.stats.relays += 1;
@@ -656,7 +660,7 @@ impl SignalServer {
                 .filter_map(|slot| self.order.get(slot))
                 .filter(|id| joined.binary_search(id).is_err())
                 .filter_map(|id| self.nodes.get(id))
-                .filter_map(|node| Some((node.conn, self.conns.get(&node.conn)?.codec)))
+                .map(|node| (node.conn, node.codec))
                 .collect();
         let infos: Vec<&NodeInfo> =
             listed.iter().filter_map(|id| self.nodes.get(id)).map(|n| &n.info).collect();
