@@ -455,10 +455,11 @@ pub enum WSSignalMessageFromNode {
 }
 
 /// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.
-/// Encodes exactly like `WSSignalMessageToNode::ListIDsReply`.
-pub(crate) struct ListIDsReplyRef<'a>(pub(crate) &'a [&'a NodeInfo]);
+/// Encodes exactly like `WSSignalMessageToNode::ListIDsReply` when `T` encodes like `NodeInfo`:
+/// `&NodeInfo`, or for JSON the node's pre-encoded `&RawValue`.
+pub(crate) struct ListIDsReplyRef<'a, T>(pub(crate) &'a [T]);
 
-impl Serialize for ListIDsReplyRef<'_> {
+impl<T: Serialize> Serialize for ListIDsReplyRef<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_newtype_variant("WSSignalMessageToNode", 1, "ListIDsReply", self.0)
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::codec::Codec;
 use crate::crypto;
@@ -282,8 +283,27 @@ struct Node {
     /// The codec of `conn`, kept here so that a relay needs one lookup.
     codec: Codec,
     info: NodeInfo,
+    /// `info` as JSON, encoded once at the join: lists splice it instead of encoding it again.
+    json: Box<RawValue>,
     /// Index in `SignalServer::order`.
     slot: usize,
+}
+
+/// One encoded frame per codec.
+#[derive(Default)]
+struct PerCodec {
+    json: Option<Bytes>,
+    bincode: Option<Bytes>,
+}
+
+impl PerCodec {
+    fn slot(&mut self, codec: Codec) -> &mut Option<Bytes> {
+        if codec.is_binary() {
+            &mut self.bincode
+        } else {
+            &mut self.json
+        }
+    }
 }
 
 /// Joins not yet pushed to other nodes.
@@ -308,6 +328,8 @@ pub struct SignalServer {
     order: Vec<NodeID>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     push: PendingPush,
+    /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
+    full_list: PerCodec,
     system_config: FledgerConfig,
     out: VecDeque<SignalOut>,
     last_now: Option<Instant>,
@@ -344,6 +366,7 @@ impl SignalServer {
             order: Vec::new(),
             timers: BinaryHeap::new(),
             push: PendingPush::default(),
+            full_list: PerCodec::default(),
             out: VecDeque::new(),
             last_now: None,
             stopped: false,
@@ -532,8 +555,11 @@ impl SignalServer {
             c.phase = Phase::Node(id);
         }
         self.refresh(conn, later(now, self.config.ttl));
-        self.nodes.insert(id, Node { conn, codec, info, slot: self.order.len() });
+        // Our own NodeInfo always encodes; the fallback keeps this free of panics regardless.
+        let json = serde_json::value::to_raw_value(&info).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        self.nodes.insert(id, Node { conn, codec, info, json, slot: self.order.len() });
         self.order.push(id);
+        self.full_list = PerCodec::default();
         self.stats.joins += 1;
 
         self.send(conn, codec, &WSSignalMessageToNode::SystemConfig(self.system_config.clone()));
@@ -590,15 +616,36 @@ impl SignalServer {
     }
 
     fn send_list(&mut self, conn: ConnId, codec: Codec) {
+        if self.config.max_list_len >= self.order.len() {
+            // Everybody fits: the same reply for every request until a node joins or leaves.
+            if self.full_list.slot(codec).is_none() {
+                let frame = self.encode_list(codec, &self.order).ok();
+                *self.full_list.slot(codec) = frame;
+            }
+            if let Some(frame) = self.full_list.slot(codec).clone() {
+                self.push_frame(conn, frame);
+            }
+            return;
+        }
         let slots = sample(&mut self.rng, self.order.len(), self.config.max_list_len);
-        let infos: Vec<&NodeInfo> = slots
-            .into_iter()
-            .filter_map(|slot| self.order.get(slot))
-            .filter_map(|id| self.nodes.get(id))
-            .map(|node| &node.info)
-            .collect();
-        let frame = codec.encode(&ListIDsReplyRef(&infos));
+        let ids: Vec<NodeID> = slots.into_iter().filter_map(|slot| self.order.get(slot).copied()).collect();
+        let frame = self.encode_list(codec, &ids);
         self.push_encoded(conn, frame);
+    }
+
+    /// A `ListIDsReply` of the nodes `ids`. JSON splices each node's pre-encoded text.
+    fn encode_list(&self, codec: Codec, ids: &[NodeID]) -> Result<Bytes, crate::CodecError> {
+        let nodes = ids.iter().filter_map(|id| self.nodes.get(id));
+        match codec {
+            Codec::Json => {
+                let raw: Vec<&RawValue> = nodes.map(|node| &*node.json).collect();
+                codec.encode(&ListIDsReplyRef(&raw))
+            }
+            Codec::Bincode => {
+                let infos: Vec<&NodeInfo> = nodes.map(|node| &node.info).collect();
+                codec.encode(&ListIDsReplyRef(&infos))
+            }
+        }
     }
 
     fn handle_tick(&mut self, now: Instant) {
@@ -662,22 +709,15 @@ impl SignalServer {
                 .filter_map(|id| self.nodes.get(id))
                 .map(|node| (node.conn, node.codec))
                 .collect();
-        let infos: Vec<&NodeInfo> =
-            listed.iter().filter_map(|id| self.nodes.get(id)).map(|n| &n.info).collect();
-        let reply = ListIDsReplyRef(&infos);
-        let (mut json, mut binary) = (None, None);
-        let mut sends = Vec::with_capacity(recipients.len());
+        // One reply for all recipients, encoded at most once per codec.
+        let mut encoded = PerCodec::default();
         for (conn, codec) in recipients {
-            let cached = if codec.is_binary() { &mut binary } else { &mut json };
-            if cached.is_none() {
-                *cached = codec.encode(&reply).ok();
+            if encoded.slot(codec).is_none() {
+                *encoded.slot(codec) = self.encode_list(codec, &listed).ok();
             }
-            if let Some(frame) = cached {
-                sends.push((conn, frame.clone()));
+            if let Some(frame) = encoded.slot(codec).clone() {
+                self.push_frame(conn, frame);
             }
-        }
-        for (conn, frame) in sends {
-            self.push_frame(conn, frame);
         }
     }
 
@@ -692,6 +732,7 @@ impl SignalServer {
         self.order.clear();
         self.timers.clear();
         self.push = PendingPush::default();
+        self.full_list = PerCodec::default();
         self.stopped = true;
         self.out.push_back(SignalOut::Event(SignalEvent::Stopped));
     }
@@ -733,6 +774,7 @@ impl SignalServer {
         if self.nodes.get(&id).is_none_or(|node| node.conn != conn) {
             return;
         }
+        self.full_list = PerCodec::default();
         if let Some(node) = self.nodes.remove(&id).filter(|node| node.slot < self.order.len()) {
             self.order.swap_remove(node.slot);
             if let Some(moved) = self.order.get(node.slot).and_then(|moved| self.nodes.get_mut(moved)) {
