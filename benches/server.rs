@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use ed25519_dalek::{Signature, SigningKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use peer_signal::{
     sign_challenge, Codec, ConnId, MessageAnnounce, NodeInfo, PeerInfo, PeerMessage, RateLimit, SignalConfig,
     SignalIn, SignalOut, SignalServer, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
@@ -19,6 +19,15 @@ fn key(n: u32) -> SigningKey {
     seed[..4].copy_from_slice(&n.to_le_bytes());
     seed[31] = 1;
     SigningKey::from_bytes(&seed)
+}
+
+fn announce_message(key: &SigningKey, challenge: U256) -> WSSignalMessageFromNode {
+    WSSignalMessageFromNode::Announce(MessageAnnounce {
+        version: SIGNAL_VERSION,
+        challenge,
+        node_info: NodeInfo::new("bench", "bench", key.verifying_key().to_bytes()),
+        signature: sign_challenge(key, &challenge),
+    })
 }
 
 /// A server with `nodes` announced nodes on conns 1..=nodes, all speaking `codec`.
@@ -56,15 +65,8 @@ impl Bench {
             },
             other => panic!("expected a challenge, got {other:?}"),
         };
-        let info = NodeInfo::new("bench", "bench", key.verifying_key().to_bytes());
-        self.ids.push(info.id());
-        let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
-            version: SIGNAL_VERSION,
-            challenge,
-            node_info: info,
-            signature: sign_challenge(key, &challenge),
-        });
-        let frame = codec.encode(&announce).unwrap();
+        self.ids.push(U256(key.verifying_key().to_bytes()));
+        let frame = codec.encode(&announce_message(key, challenge)).unwrap();
         self.server.handle(self.now, SignalIn::Frame { conn, frame });
         self.drain()
     }
@@ -104,20 +106,47 @@ fn announce(c: &mut Criterion) {
     let challenge = U256([3; 32]);
     let signature = Signature::from_bytes(&sign_challenge(&signer, &challenge));
     let verifying = signer.verifying_key();
-    // The physical bound: one strict signature verification.
+    let key_bytes = verifying.to_bytes();
+    // The physical bound: one strict signature verification, with the key already decompressed…
     group.bench_function("verify_strict", |b| {
         b.iter(|| verifying.verify_strict(black_box(challenge.as_bytes()), black_box(&signature)).unwrap())
     });
-    // A whole connection: open, challenge, announce, SystemConfig + list, close.
+    // …and from the 32 key bytes, as a server receives them.
+    group.bench_function("verify_strict_from_bytes", |b| {
+        b.iter(|| {
+            let key = VerifyingKey::from_bytes(black_box(&key_bytes)).unwrap();
+            key.verify_strict(black_box(challenge.as_bytes()), black_box(&signature)).unwrap()
+        })
+    });
+    // The server's side of a whole connection: open and challenge, announce (decode, verify,
+    // SystemConfig, list, NewNode), close. The node's signing is not timed.
     let mut bench = Bench::new(SignalConfig::default(), 0, Codec::Json);
     let mut next = 0u64;
-    group.bench_function("open_announce_close", |b| {
-        b.iter(|| {
-            next += 1;
-            let conn = ConnId::new(next);
-            let sent = bench.join(conn, &signer, Codec::Json);
-            bench.server.handle(bench.now, SignalIn::Closed { conn });
-            sent + bench.drain()
+    group.bench_function("server_open_announce_close", |b| {
+        b.iter_custom(|iters| {
+            let mut server_time = Duration::ZERO;
+            for _ in 0..iters {
+                next += 1;
+                let conn = ConnId::new(next);
+                let start = Instant::now();
+                bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json });
+                let challenge = match bench.server.poll_output() {
+                    Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
+                        Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
+                        other => panic!("expected a challenge, got {other:?}"),
+                    },
+                    other => panic!("expected a challenge, got {other:?}"),
+                };
+                server_time += start.elapsed();
+                let frame = Codec::Json.encode(&announce_message(&signer, challenge)).unwrap();
+                let start = Instant::now();
+                bench.server.handle(bench.now, SignalIn::Frame { conn, frame });
+                bench.drain();
+                bench.server.handle(bench.now, SignalIn::Closed { conn });
+                bench.drain();
+                server_time += start.elapsed();
+            }
+            server_time
         })
     });
     group.finish();

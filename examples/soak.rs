@@ -106,7 +106,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.relays,
         stats.connections
     );
-    println!("rss start {rss_start} KiB, end {rss_end} KiB, change {:+} KiB", rss_end as i64 - rss_start as i64);
+    println!(
+        "rss start {rss_start} KiB, end {rss_end} KiB, change {:+} KiB",
+        rss_end as i64 - rss_start as i64
+    );
     handle.stop();
     server.await?;
     if failures > 0 || stats.connections > 0 {

@@ -2,8 +2,7 @@
 
 use bincode::Options;
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::CodecError;
 
@@ -34,9 +33,13 @@ impl Codec {
     /// # Errors
     ///
     /// [`CodecError`] with the decoder's description when the frame is not a `T`.
-    pub fn decode<T: DeserializeOwned>(self, frame: &[u8]) -> Result<T, CodecError> {
+    pub fn decode<'a, T: Deserialize<'a>>(self, frame: &'a [u8]) -> Result<T, CodecError> {
         match self {
-            Self::Json => serde_json::from_slice(frame).map_err(|e| CodecError::Json(e.to_string())),
+            // A text frame is UTF-8 as a whole; checking it once up front (fast for ASCII) lets the
+            // parser skip the check inside every string, and covers the strings it only skips.
+            Self::Json => std::str::from_utf8(frame)
+                .map_err(|e| CodecError::Json(format!("invalid UTF-8: {e}")))
+                .and_then(|text| serde_json::from_str(text).map_err(|e| CodecError::Json(e.to_string()))),
             Self::Bincode => bincode_options(frame.len() as u64)
                 .deserialize(frame)
                 .map_err(|e| CodecError::Bincode(e.to_string())),

@@ -455,11 +455,89 @@ pub enum WSSignalMessageFromNode {
 }
 
 /// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.
-/// Encodes exactly like `WSSignalMessageToNode::ListIDsReply`.
-pub(crate) struct ListIDsReplyRef<'a>(pub(crate) &'a [&'a NodeInfo]);
+/// Encodes exactly like `WSSignalMessageToNode::ListIDsReply` when `T` encodes like `NodeInfo`:
+/// `&NodeInfo`, or for JSON the node's pre-encoded `&RawValue`.
+pub(crate) struct ListIDsReplyRef<'a, T>(pub(crate) &'a [T]);
 
-impl Serialize for ListIDsReplyRef<'_> {
+impl<T: Serialize> Serialize for ListIDsReplyRef<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_newtype_variant("WSSignalMessageToNode", 1, "ListIDsReply", self.0)
+    }
+}
+
+/// What the server decodes a node's frame into: [`WSSignalMessageFromNode`], except that a
+/// `PeerSetup` is checked and routed without copying its SDP out. Same wire shape, same variant
+/// order, so it accepts exactly the frames `WSSignalMessageFromNode` accepts.
+#[derive(Deserialize)]
+#[serde(rename = "WSSignalMessageFromNode")]
+pub(crate) enum Inbound {
+    Announce(MessageAnnounce),
+    ListIDsRequest,
+    PeerSetup(SetupRoute),
+    NodeStats(Vec<NodeStat>),
+}
+
+/// A `PeerInfo` as far as routing needs it: the pair, and the encoded length of the message text.
+#[derive(Deserialize)]
+#[serde(rename = "PeerInfo")]
+pub(crate) struct SetupRoute {
+    pub(crate) id_init: NodeID,
+    pub(crate) id_follow: NodeID,
+    pub(crate) message: SetupMessage,
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "PeerMessage")]
+pub(crate) enum SetupMessage {
+    Init,
+    Offer(SetupText),
+    Answer(SetupText),
+    IceCandidate(SetupText),
+}
+
+impl SetupMessage {
+    /// The length of the SDP or candidate text as encoded in the frame (JSON: with its escapes).
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            Self::Init => 0,
+            Self::Offer(text) | Self::Answer(text) | Self::IceCandidate(text) => text.0,
+        }
+    }
+}
+
+/// A string that is validated and measured, never copied.
+pub(crate) struct SetupText(usize);
+
+impl<'de> Deserialize<'de> for SetupText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            // serde_json hands out the raw text of the value after checking its syntax, without
+            // unescaping it: a string literal is all we need to know.
+            let raw = <&'de serde_json::value::RawValue>::deserialize(deserializer)?.get();
+            if !raw.starts_with('"') {
+                return Err(de::Error::invalid_type(de::Unexpected::Other(raw), &"a string"));
+            }
+            // `\u` escapes can hide lone surrogates, which only a full parse rejects.
+            if raw.contains("\\u") {
+                serde_json::from_str::<String>(raw).map_err(de::Error::custom)?;
+            }
+            Ok(Self(raw.len().saturating_sub(2)))
+        } else {
+            deserializer.deserialize_str(TextLen).map(Self)
+        }
+    }
+}
+
+struct TextLen;
+
+impl Visitor<'_> for TextLen {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<usize, E> {
+        Ok(text.len())
     }
 }

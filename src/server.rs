@@ -9,13 +9,14 @@ use bytes::Bytes;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::codec::Codec;
 use crate::crypto;
 use crate::error::ProtocolError;
 use crate::protocol::{
-    FledgerConfig, ListIDsReplyRef, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, RealmID,
-    WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+    FledgerConfig, Inbound, ListIDsReplyRef, MessageAnnounce, NodeID, NodeInfo, NodeStat, RealmID,
+    SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 
 /// A transport's handle for one connection. The transport picks the numbers; they must be unique
@@ -83,7 +84,8 @@ pub struct SignalConfig {
     pub max_name_len: usize,
     /// Longest `NodeInfo.client` and `NodeStat.version`, in bytes. Default 64.
     pub max_client_len: usize,
-    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes. Default 32 KiB.
+    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes as encoded in the frame (for JSON,
+    /// with its escapes). Default 32 KiB.
     pub max_setup_len: usize,
     /// Most entries in one `NodeStats`. Default 256.
     pub max_node_stats: usize,
@@ -378,9 +380,30 @@ struct Conn {
 
 struct Node {
     conn: ConnId,
+    /// The codec of `conn`, kept here so that a relay needs one lookup.
+    codec: Codec,
     info: NodeInfo,
+    /// `info` as JSON, encoded once at the join: lists splice it instead of encoding it again.
+    json: Box<RawValue>,
     /// Index in `SignalServer::order`.
     slot: usize,
+}
+
+/// One encoded frame per codec.
+#[derive(Default)]
+struct PerCodec {
+    json: Option<Bytes>,
+    bincode: Option<Bytes>,
+}
+
+impl PerCodec {
+    fn slot(&mut self, codec: Codec) -> &mut Option<Bytes> {
+        if codec.is_binary() {
+            &mut self.bincode
+        } else {
+            &mut self.json
+        }
+    }
 }
 
 /// Joins not yet pushed to other nodes.
@@ -405,6 +428,8 @@ pub struct SignalServer {
     order: Vec<NodeID>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     push: PendingPush,
+    /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
+    full_list: PerCodec,
     system_config: FledgerConfig,
     out: VecDeque<SignalOut>,
     last_now: Option<Instant>,
@@ -441,6 +466,7 @@ impl SignalServer {
             order: Vec::new(),
             timers: BinaryHeap::new(),
             push: PendingPush::default(),
+            full_list: PerCodec::default(),
             out: VecDeque::new(),
             last_now: None,
             stopped: false,
@@ -577,7 +603,7 @@ impl SignalServer {
             let error = ProtocolError::FrameTooLarge { size: frame.len(), limit: self.config.max_frame_size };
             return self.refuse(conn, error);
         }
-        let message = match codec.decode::<WSSignalMessageFromNode>(&frame) {
+        let message = match codec.decode::<Inbound>(&frame) {
             Ok(message) => message,
             Err(e) => return self.refuse(conn, ProtocolError::Malformed(e)),
         };
@@ -585,24 +611,22 @@ impl SignalServer {
             Phase::Node(id) => id,
             Phase::Challenged(challenge) => {
                 return match message {
-                    WSSignalMessageFromNode::Announce(announce) => {
-                        match self.check_announce(&challenge, &announce) {
-                            Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
-                            Err(error) => self.refuse_announce(conn, error),
-                        }
-                    }
+                    Inbound::Announce(announce) => match self.check_announce(&challenge, &announce) {
+                        Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
+                        Err(error) => self.refuse_announce(conn, error),
+                    },
                     _ => self.refuse(conn, ProtocolError::NotAuthenticated),
                 };
             }
         };
         let handled = match message {
-            WSSignalMessageFromNode::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
-            WSSignalMessageFromNode::ListIDsRequest => {
+            Inbound::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
+            Inbound::ListIDsRequest => {
                 self.send_list(conn, codec);
                 Ok(())
             }
-            WSSignalMessageFromNode::PeerSetup(info) => self.relay(conn, codec, id, frame, info),
-            WSSignalMessageFromNode::NodeStats(stats) => self.check_stats(&stats).map(|()| {
+            Inbound::PeerSetup(route) => self.relay(conn, codec, id, frame, route),
+            Inbound::NodeStats(stats) => self.check_stats(&stats).map(|()| {
                 self.out.push_back(SignalOut::Event(SignalEvent::NodeStats { from: id, stats }));
             }),
         };
@@ -643,8 +667,11 @@ impl SignalServer {
             c.phase = Phase::Node(id);
         }
         self.refresh(conn, later(now, self.config.ttl));
-        self.nodes.insert(id, Node { conn, info, slot: self.order.len() });
+        // Our own NodeInfo always encodes; the fallback keeps this free of panics regardless.
+        let json = serde_json::value::to_raw_value(&info).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        self.nodes.insert(id, Node { conn, codec, info, json, slot: self.order.len() });
         self.order.push(id);
+        self.full_list = PerCodec::default();
         self.stats.joins += 1;
 
         self.send(conn, codec, &WSSignalMessageToNode::SystemConfig(self.system_config.clone()));
@@ -665,23 +692,24 @@ impl SignalServer {
         codec: Codec,
         sender: NodeID,
         frame: Bytes,
-        info: PeerInfo,
+        route: SetupRoute,
     ) -> Result<(), ProtocolError> {
-        let destination = if sender == info.id_init {
-            info.id_follow
-        } else if sender == info.id_follow {
-            info.id_init
+        let destination = if sender == route.id_init {
+            route.id_follow
+        } else if sender == route.id_follow {
+            route.id_init
         } else {
             return Err(ProtocolError::NotInPair);
         };
-        if let Some(text) = info.message.text() {
-            check_len("peer message", text, self.config.max_setup_len)?;
+        let len = route.message.encoded_len();
+        if len > self.config.max_setup_len {
+            return Err(ProtocolError::TooLong {
+                field: "peer message",
+                len,
+                limit: self.config.max_setup_len,
+            });
         }
-        let target = self
-            .nodes
-            .get(&destination)
-            .and_then(|node| Some((node.conn, self.conns.get(&node.conn)?.codec)));
-        let Some((to, to_codec)) = target else {
+        let Some((to, to_codec)) = self.nodes.get(&destination).map(|node| (node.conn, node.codec)) else {
             // Not the sender's fault: the other node may just have left. No strike.
             let error = ProtocolError::UnknownDestination(destination);
             self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
@@ -690,7 +718,9 @@ impl SignalServer {
         };
         if to_codec == codec {
             self.push_frame(to, frame);
-        } else {
+        } else if let Ok(WSSignalMessageFromNode::PeerSetup(info)) = codec.decode(&frame) {
+            // Only a relay between codecs decodes the message in full, to re-encode it. `Inbound`
+            // accepted the frame, so this decode succeeds too.
             self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
         }
         self.stats.relays += 1;
@@ -698,15 +728,36 @@ impl SignalServer {
     }
 
     fn send_list(&mut self, conn: ConnId, codec: Codec) {
+        if self.config.max_list_len >= self.order.len() {
+            // Everybody fits: the same reply for every request until a node joins or leaves.
+            if self.full_list.slot(codec).is_none() {
+                let frame = self.encode_list(codec, &self.order).ok();
+                *self.full_list.slot(codec) = frame;
+            }
+            if let Some(frame) = self.full_list.slot(codec).clone() {
+                self.push_frame(conn, frame);
+            }
+            return;
+        }
         let slots = sample(&mut self.rng, self.order.len(), self.config.max_list_len);
-        let infos: Vec<&NodeInfo> = slots
-            .into_iter()
-            .filter_map(|slot| self.order.get(slot))
-            .filter_map(|id| self.nodes.get(id))
-            .map(|node| &node.info)
-            .collect();
-        let frame = codec.encode(&ListIDsReplyRef(&infos));
+        let ids: Vec<NodeID> = slots.into_iter().filter_map(|slot| self.order.get(slot).copied()).collect();
+        let frame = self.encode_list(codec, &ids);
         self.push_encoded(conn, frame);
+    }
+
+    /// A `ListIDsReply` of the nodes `ids`. JSON splices each node's pre-encoded text.
+    fn encode_list(&self, codec: Codec, ids: &[NodeID]) -> Result<Bytes, crate::CodecError> {
+        let nodes = ids.iter().filter_map(|id| self.nodes.get(id));
+        match codec {
+            Codec::Json => {
+                let raw: Vec<&RawValue> = nodes.map(|node| &*node.json).collect();
+                codec.encode(&ListIDsReplyRef(&raw))
+            }
+            Codec::Bincode => {
+                let infos: Vec<&NodeInfo> = nodes.map(|node| &node.info).collect();
+                codec.encode(&ListIDsReplyRef(&infos))
+            }
+        }
     }
 
     fn handle_tick(&mut self, now: Instant) {
@@ -768,24 +819,17 @@ impl SignalServer {
                 .filter_map(|slot| self.order.get(slot))
                 .filter(|id| joined.binary_search(id).is_err())
                 .filter_map(|id| self.nodes.get(id))
-                .filter_map(|node| Some((node.conn, self.conns.get(&node.conn)?.codec)))
+                .map(|node| (node.conn, node.codec))
                 .collect();
-        let infos: Vec<&NodeInfo> =
-            listed.iter().filter_map(|id| self.nodes.get(id)).map(|n| &n.info).collect();
-        let reply = ListIDsReplyRef(&infos);
-        let (mut json, mut binary) = (None, None);
-        let mut sends = Vec::with_capacity(recipients.len());
+        // One reply for all recipients, encoded at most once per codec.
+        let mut encoded = PerCodec::default();
         for (conn, codec) in recipients {
-            let cached = if codec.is_binary() { &mut binary } else { &mut json };
-            if cached.is_none() {
-                *cached = codec.encode(&reply).ok();
+            if encoded.slot(codec).is_none() {
+                *encoded.slot(codec) = self.encode_list(codec, &listed).ok();
             }
-            if let Some(frame) = cached {
-                sends.push((conn, frame.clone()));
+            if let Some(frame) = encoded.slot(codec).clone() {
+                self.push_frame(conn, frame);
             }
-        }
-        for (conn, frame) in sends {
-            self.push_frame(conn, frame);
         }
     }
 
@@ -800,6 +844,7 @@ impl SignalServer {
         self.order.clear();
         self.timers.clear();
         self.push = PendingPush::default();
+        self.full_list = PerCodec::default();
         self.stopped = true;
         self.out.push_back(SignalOut::Event(SignalEvent::Stopped));
     }
@@ -856,6 +901,7 @@ impl SignalServer {
         if self.nodes.get(&id).is_none_or(|node| node.conn != conn) {
             return;
         }
+        self.full_list = PerCodec::default();
         if let Some(node) = self.nodes.remove(&id).filter(|node| node.slot < self.order.len()) {
             self.order.swap_remove(node.slot);
             if let Some(moved) = self.order.get(node.slot).and_then(|moved| self.nodes.get_mut(moved)) {

@@ -75,7 +75,7 @@ fn cases() -> Vec<Case> {
             name: "not UTF-8",
             phase: Pending,
             frame: |_| Bytes::from_static(&[0xff, 0xfe, 0x00]),
-            reply: Malformed("expected value"),
+            reply: Malformed("invalid UTF-8"),
             kind: "malformed",
         },
         Case {

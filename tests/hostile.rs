@@ -168,7 +168,7 @@ async fn binary_junk_gets_malformed_errors_in_both_codecs() {
     let mut arena = arena_default().await;
     let (mut attacker, _) = arena.stranger().await;
     attacker.ws.send(Message::binary(vec![0xff, 0x00, 0x13])).await.unwrap();
-    assert!(attacker.error().await.starts_with("malformed message: expected value"));
+    assert!(attacker.error().await.starts_with("malformed message: invalid UTF-8"));
 
     let mut binary = Fledger::connect_bincode(&arena.server.url).await;
     let challenge: WSSignalMessageToNode = Codec::Bincode.decode(&binary.recv_binary().await).unwrap();

@@ -175,3 +175,23 @@ fn pushing_can_be_turned_off() {
     assert!(out.iter().all(|o| !matches!(o, SignalOut::Send { .. })), "{out:?}");
     assert_eq!(h.server.node_conn(&node.id), Some(node.conn));
 }
+
+#[test]
+fn repeated_lists_follow_every_join_and_leave() {
+    // Full lists are cached between changes; each change must show in the next reply.
+    for codec in [Codec::Json, Codec::Bincode] {
+        let mut h = Harness::with(SignalConfig { list_push_fanout: 0, ..SignalConfig::default() });
+        let a = h.join_with(&key(1), codec);
+        assert_eq!(request_list(&mut h, a), vec![a.id]);
+        assert_eq!(request_list(&mut h, a), vec![a.id]);
+        let b = h.join_with(&key(2), Codec::Json);
+        assert_eq!(request_list(&mut h, a), vec![a.id, b.id]);
+        h.input(SignalIn::Closed { conn: b.conn });
+        assert_eq!(request_list(&mut h, a), vec![a.id]);
+        let c = h.join_with(&key(3), Codec::Bincode);
+        let frames: BTreeSet<_> =
+            (0..3).map(|_| frames_to(&h.from(a, &WSSignalMessageFromNode::ListIDsRequest), a.conn)).collect();
+        assert_eq!(frames.len(), 1, "the same state gives the same reply");
+        assert_eq!(request_list(&mut h, a), vec![a.id, c.id]);
+    }
+}

@@ -164,3 +164,74 @@ fn node_stats_reach_the_application_tagged_with_the_sender() {
         matches!(events(&out).as_slice(), [SignalEvent::NodeStats { from, stats }] if *from == b.id && stats[0].ping_ms == 12)
     );
 }
+
+#[test]
+fn the_relay_accepts_exactly_the_setups_the_full_decoder_accepts() {
+    // The relay path checks a PeerSetup without decoding its text; it must agree with the full
+    // decoder on every frame, or a fledger node would receive a frame it cannot parse.
+    let mut h = Harness::new();
+    let a = h.join(1);
+    let b = h.join(2);
+    let pair = |message: &str| {
+        format!(r#"{{"PeerSetup":{{"id_init":"{}","id_follow":"{}","message":{message}}}}}"#, a.id, b.id)
+    };
+    let cases = [
+        r#""Init""#,
+        r#"{"Offer":"v=0\r\n"}"#,
+        r#"{"Answer":"tab\there \"quoted\" \\ back \/ slash"}"#,
+        r#"{"IceCandidate":"caf\u00e9 \ud83d\ude00"}"#,
+        r#"{"Offer":"lone \ud800 surrogate"}"#,
+        r#"{"Offer":"lone \udc00 trailing"}"#,
+        r#"{"Offer":"bad \x escape"}"#,
+        "{\"Offer\":\"raw control \u{1} character\"}",
+        r#"{"Offer":5}"#,
+        r#"{"Offer":null}"#,
+        r#"{"Offer":["v=0"]}"#,
+        r#"{"Offer":{"sdp":"v=0"}}"#,
+        r#"{"Init":null}"#,
+        r#""Offer""#,
+        r#"{"Hello":"x"}"#,
+        r#"{"Offer":"a","Answer":"b"}"#,
+    ];
+    for message in cases {
+        let frame = pair(message);
+        let full = Codec::Json.decode::<WSSignalMessageFromNode>(frame.as_bytes());
+        let out = h.frame(a.conn, frame.clone());
+        let relayed = frames_to(&out, b.conn);
+        assert_eq!(
+            full.is_ok(),
+            relayed == [Bytes::from(frame.clone())],
+            "{message}: full decode {full:?}, out {out:?}"
+        );
+        if full.is_err() {
+            assert!(
+                matches!(messages_to(&out, a.conn, Codec::Json).as_slice(), [WSSignalMessageToNode::Error(e)] if e.starts_with("malformed message: ")),
+                "{message}"
+            );
+        }
+        // Keep the sender below the error limit.
+        h = Harness::new();
+        let _ = (h.join(1), h.join(2));
+    }
+}
+
+#[test]
+fn the_setup_length_limit_counts_encoded_bytes() {
+    let mut h = Harness::with(SignalConfig { max_setup_len: 10, ..SignalConfig::default() });
+    let a = h.join(1);
+    let b = h.join(2);
+    // Five line breaks: 10 bytes of text, 20 bytes as JSON escapes.
+    let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("\r\n\r\n\r\n\r\n\r\n".into())));
+    assert_eq!(
+        messages_to(&out, a.conn, Codec::Json),
+        vec![error("peer message too long: 20 bytes, limit is 10")]
+    );
+    let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("0123456789".into())));
+    assert_eq!(touched(&out), vec![b.conn]);
+    // bincode carries the text as is.
+    let mut h = Harness::with(SignalConfig { max_setup_len: 10, ..SignalConfig::default() });
+    let a = h.join_with(&key(1), Codec::Bincode);
+    let b = h.join_with(&key(2), Codec::Bincode);
+    let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("\r\n\r\n\r\n\r\n\r\n".into())));
+    assert_eq!(touched(&out), vec![b.conn]);
+}
