@@ -10,11 +10,14 @@
 //! Memory that keeps growing while the number of connections stays level would be a leak. The
 //! process exits with an error if any cycle failed or the server still holds connections at the end.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::ticks;
 use peer_signal::ed25519_dalek::SigningKey;
 use peer_signal::{
     AsyncClient, ClientEvent, Codec, Driver, NodeInfo, PeerInfo, PeerMessage, SignalConfig, SignalServer,
@@ -204,13 +207,4 @@ fn rss_kib() -> u64 {
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
-}
-
-fn ticks(period: Duration) -> impl futures::Stream<Item = ()> + Unpin {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    Box::pin(futures::stream::unfold(interval, |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    }))
 }

@@ -9,10 +9,13 @@
 //! Nodes connect with plain `ws://` on any path. `GET /health` and `GET /metrics` (Prometheus text)
 //! are served on the metrics address. Ctrl-C or SIGTERM closes every client, then exits.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
     Driver, DriverHandle, RateLimit, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig,
@@ -178,16 +181,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = driver.run(ticks(Duration::from_millis(250))).await;
     info!(stats = ?server.stats(), "bye");
     Ok(())
-}
-
-/// A tick every `period`, for the driver's timers.
-fn ticks(period: Duration) -> impl futures::Stream<Item = ()> + Unpin {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    Box::pin(futures::stream::unfold(interval, |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    }))
 }
 
 async fn stop_on_signal(handle: DriverHandle) {

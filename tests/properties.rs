@@ -7,12 +7,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use common::script_config::script_config;
 use common::Harness;
 use ed25519_dalek::SigningKey;
 use peer_signal::{
     sign_challenge, Codec, ConnId, FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat,
-    PeerInfo, PeerMessage, RateLimit, SignalConfig, SignalIn, SignalOut, WSSignalMessageFromNode,
-    WSSignalMessageToNode, SIGNAL_VERSION, U256,
+    PeerInfo, PeerMessage, SignalIn, SignalOut, WSSignalMessageFromNode, WSSignalMessageToNode,
+    SIGNAL_VERSION, U256,
 };
 use proptest::prelude::*;
 
@@ -278,28 +279,6 @@ struct Script {
 
 /// Frames the server may send one connection in response to one input; see `check`.
 const MAX_FRAMES_PER_STEP: usize = 4;
-
-fn script_config() -> SignalConfig {
-    SignalConfig {
-        rng_seed: Some([7; 32]),
-        ttl: Duration::from_secs(60),
-        handshake_timeout: Duration::from_secs(20),
-        max_connections: 6,
-        max_pending_handshakes: 4,
-        max_frame_size: 600,
-        max_name_len: 16,
-        max_setup_len: 96,
-        max_node_stats: 2,
-        max_errors: 4,
-        max_announce_failures: 2,
-        frame_rate: RateLimit::new(5, 10),
-        byte_rate: RateLimit::new(2000, 4000),
-        max_list_len: 3,
-        list_push_fanout: 2,
-        list_push_interval: Duration::from_millis(500),
-        ..SignalConfig::default()
-    }
-}
 
 impl Script {
     fn new() -> Self {

@@ -9,7 +9,7 @@ use arbitrary::Arbitrary;
 use peer_signal::ed25519_dalek::SigningKey;
 use peer_signal::{
     sign_challenge, Codec, ConnId, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage,
-    RateLimit, SignalConfig, SignalIn, SignalOut, SignalServer, WSSignalMessageFromNode,
+    SignalIn, SignalOut, SignalServer, WSSignalMessageFromNode,
     WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 
@@ -63,28 +63,9 @@ fn keys() -> &'static [(SigningKey, NodeID)] {
     })
 }
 
-/// Small limits, so that short inputs reach them.
-pub fn config() -> SignalConfig {
-    SignalConfig {
-        rng_seed: Some([7; 32]),
-        ttl: Duration::from_secs(60),
-        handshake_timeout: Duration::from_secs(20),
-        max_connections: 8,
-        max_pending_handshakes: 5,
-        max_frame_size: 1024,
-        max_name_len: 16,
-        max_setup_len: 96,
-        max_node_stats: 3,
-        max_errors: 4,
-        max_announce_failures: 2,
-        frame_rate: RateLimit::new(5, 10),
-        byte_rate: RateLimit::new(2000, 4000),
-        max_list_len: 3,
-        list_push_fanout: 2,
-        list_push_interval: Duration::from_millis(500),
-        ..SignalConfig::default()
-    }
-}
+#[path = "../../tests/common/script_config.rs"]
+mod script_config;
+pub use script_config::script_config as config;
 
 struct Known {
     codec: Codec,
