@@ -177,6 +177,10 @@ impl fmt::Debug for SignalConfig {
 /// A token bucket: up to `burst` at once, refilled at `per_sec`, for [`SignalConfig::frame_rate`]
 /// and [`SignalConfig::byte_rate`].
 ///
+/// Checking a frame costs a few integer operations and no clock read: the bucket refills from the
+/// `now` passed to [`SignalServer::handle`]. A `per_sec` of 0 allows `burst` over the connection's
+/// whole life; a `burst` of 0 refuses every frame.
+///
 /// ```
 /// use peer_signal::{RateLimit, SignalConfig};
 ///
