@@ -199,6 +199,8 @@ fn key(index: u64) -> SigningKey {
 #[derive(Clone, Copy, Default)]
 struct Proc {
     cpu_s: f64,
+    /// Of `cpu_s`, the time in the kernel (sockets, wake-ups).
+    sys_s: f64,
     rss_kb: u64,
 }
 
@@ -207,7 +209,7 @@ fn read_proc(pid: Option<u32>) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let (user, sys) = (fields.get(11)?.parse::<f64>().ok()?, fields.get(12)?.parse::<f64>().ok()?);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status
         .lines()
@@ -217,7 +219,7 @@ fn read_proc(pid: Option<u32>) -> Option<Proc> {
         .trim()
         .parse()
         .ok()?;
-    Some(Proc { cpu_s: ticks / 100.0, rss_kb })
+    Some(Proc { cpu_s: (user + sys) / 100.0, sys_s: sys / 100.0, rss_kb })
 }
 
 /// Counters shared by the tasks of a run, and the latency samples.
@@ -378,10 +380,9 @@ async fn main() {
             extra.insert("relays".into(), json!(relays));
             extra.insert("relays_per_s".into(), json!(relays as f64 / elapsed));
             if let (Some(b), Some(a)) = (before_relay, after) {
-                extra.insert(
-                    "server_cpu_us_per_relay".into(),
-                    json!((a.cpu_s - b.cpu_s) * 1e6 / relays.max(1) as f64),
-                );
+                let per_relay = |s: f64| s * 1e6 / relays.max(1) as f64;
+                extra.insert("server_cpu_us_per_relay".into(), json!(per_relay(a.cpu_s - b.cpu_s)));
+                extra.insert("server_kernel_us_per_relay".into(), json!(per_relay(a.sys_s - b.sys_s)));
             }
         }
         Scenario::Churn { workers, secs } => {
@@ -448,8 +449,12 @@ async fn main() {
         "latency_us": stats.percentiles(),
     });
     if let (Some(b), Some(a)) = (before, after) {
-        summary["server"] =
-            json!({"cpu_s": a.cpu_s - b.cpu_s, "rss_start_kb": b.rss_kb, "rss_end_kb": a.rss_kb});
+        summary["server"] = json!({
+            "cpu_s": a.cpu_s - b.cpu_s,
+            "kernel_s": a.sys_s - b.sys_s,
+            "rss_start_kb": b.rss_kb,
+            "rss_end_kb": a.rss_kb,
+        });
     }
     if let Some(object) = summary.as_object_mut() {
         object.extend(extra);
