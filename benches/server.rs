@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use peer_signal::{
     sign_challenge, Codec, ConnId, MessageAnnounce, NodeInfo, PeerInfo, PeerMessage, RateLimit, SignalConfig,
@@ -51,7 +51,9 @@ impl Bench {
         for n in 1..=nodes {
             bench.join(ConnId::new(u64::from(n)), &key(n), codec);
         }
-        bench.server.handle(bench.now + Duration::from_secs(5), SignalIn::Tick);
+        // Let the joins' pushes go out, so that measurements start from a settled server.
+        bench.now += Duration::from_secs(5);
+        bench.server.handle(bench.now, SignalIn::Tick);
         bench.drain();
         bench
     }
@@ -170,24 +172,61 @@ fn list(c: &mut Criterion) {
     group.finish();
 }
 
+/// One more node joins a server holding `n` nodes, its join is pushed to others, and it leaves
+/// again, so that `n` stays put. Prints the frames and bytes the server sent per join: they must
+/// not grow with `n`.
 fn join(c: &mut Criterion) {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs each routine once: keep it small.
+    let sizes: &[u32] =
+        if std::env::args().any(|a| a == "--bench") { &[1_000, 10_000, 50_000] } else { &[100] };
     let mut group = c.benchmark_group("join");
-    group.sample_size(10);
-    for nodes in [100, 1000] {
-        group.bench_function(BenchmarkId::new("one_more", nodes), |b| {
-            b.iter_batched(
-                || Bench::new(SignalConfig::default(), nodes, Codec::Json),
-                |mut bench| {
+    group.throughput(Throughput::Elements(1));
+    for &n in sizes {
+        let mut bench = Bench::new(SignalConfig::default(), n, Codec::Json);
+        let signer = key(u32::MAX);
+        let (mut joins, mut frames, mut bytes) = (0u64, 0u64, 0u64);
+        let mut next = u64::from(n);
+        group.bench_function(BenchmarkId::new("one_more", n), |b| {
+            b.iter_custom(|iters| {
+                let mut server_time = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    let conn = ConnId::new(next);
                     let before = bench.server.stats();
-                    bench.join(ConnId::new(u64::MAX), &key(u32::MAX), Codec::Json);
-                    bench.server.handle(bench.now + Duration::from_secs(10), SignalIn::Tick);
+                    let start = Instant::now();
+                    bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json });
+                    let challenge = match bench.server.poll_output() {
+                        Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
+                            Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
+                            other => panic!("expected a challenge, got {other:?}"),
+                        },
+                        other => panic!("expected a challenge, got {other:?}"),
+                    };
+                    server_time += start.elapsed();
+                    let frame = Codec::Json.encode(&announce_message(&signer, challenge)).unwrap();
+                    let start = Instant::now();
+                    bench.server.handle(bench.now, SignalIn::Frame { conn, frame });
                     bench.drain();
+                    // The push of this join to other nodes.
+                    bench.now += bench.server.config().list_push_interval;
+                    bench.server.handle(bench.now, SignalIn::Tick);
+                    bench.drain();
+                    server_time += start.elapsed();
                     let after = bench.server.stats();
-                    (after.frames_out - before.frames_out, after.bytes_out - before.bytes_out)
-                },
-                BatchSize::LargeInput,
-            )
+                    bench.server.handle(bench.now, SignalIn::Closed { conn });
+                    bench.drain();
+                    joins += 1;
+                    frames += after.frames_out - before.frames_out;
+                    bytes += after.bytes_out - before.bytes_out;
+                }
+                server_time
+            })
         });
+        println!(
+            "join/one_more/{n}: {:.1} frames and {:.0} bytes sent per join (challenge, config, list, pushes)",
+            frames as f64 / joins.max(1) as f64,
+            bytes as f64 / joins.max(1) as f64
+        );
     }
     group.finish();
 }

@@ -105,9 +105,16 @@ struct Args {
     /// Seconds between server pings; two silent intervals close a connection.
     #[arg(long, default_value_t = 30)]
     ping_interval_secs: u64,
-    /// Read buffer per connection, in bytes.
-    #[arg(long, default_value_t = 4096)]
+    /// Read buffer each connection starts with, in bytes.
+    #[arg(long, default_value_t = 1024)]
     read_buffer_size: usize,
+    /// Largest WebSocket frame written; longer messages go out fragmented.
+    #[arg(long, default_value_t = 2048)]
+    write_fragment_size: usize,
+    /// Runtime threads. With 1 (the default), the server and every connection share one thread,
+    /// which avoids a cross-thread wake-up per frame and is the fastest on small machines.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 impl Args {
@@ -141,19 +148,29 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             read_buffer_size: self.read_buffer_size,
             max_connections_per_ip: self.max_connections_per_ip,
+            write_fragment_size: self.write_fragment_size,
             ..WsConfig::for_server(config)
         }
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    raise_fd_limit(args.max_connections);
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.signal_config();
     let transport = WsTransport::bind(args.listen, args.ws_config(&config)).await?;
     info!("signalling on ws://{}", transport.local_addr());
@@ -178,9 +195,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let server = driver.run(ticks(Duration::from_millis(250))).await;
+    // A task of its own, so that on a multi-threaded runtime it runs on a worker like the
+    // connections rather than on the thread that blocks on `main`.
+    let server = tokio::spawn(driver.run(ticks(Duration::from_millis(250)))).await?;
     info!(stats = ?server.stats(), "bye");
     Ok(())
+}
+
+/// Room for `connections` sockets plus some: the soft limit up to the hard one, and as root both.
+fn raise_fd_limit(connections: usize) {
+    let want = u64::try_from(connections).unwrap_or(u64::MAX).saturating_add(1024);
+    if rlimit::Resource::NOFILE.get().is_ok_and(|(soft, _)| soft >= want) {
+        return;
+    }
+    if rlimit::Resource::NOFILE.set(want, want).is_err() {
+        match rlimit::increase_nofile_limit(want) {
+            Ok(got) if got < want => warn!("file descriptors limited to {got}: fewer connections fit"),
+            Ok(_) => {}
+            Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
+        }
+    }
 }
 
 async fn stop_on_signal(handle: DriverHandle) {

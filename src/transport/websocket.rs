@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -61,9 +62,15 @@ pub struct WsConfig {
     /// How often the server pings a quiet connection. A connection from which nothing (not even a
     /// pong) arrived for two intervals is closed. Default 30 s.
     pub ping_interval: Duration,
-    /// Bytes each connection reads at once; its read buffer. Default 4 KiB (tungstenite's own
-    /// default of 128 KiB would dominate the memory of an idle connection).
+    /// The read buffer each connection starts with. A longer message grows it to the message's
+    /// size. Default 1 KiB: most frames are smaller, and tungstenite's own default of 128 KiB
+    /// would dominate the memory of an idle connection.
     pub read_buffer_size: usize,
+    /// Largest WebSocket frame the server writes. A longer message (a long node list, a big SDP)
+    /// goes out as a fragmented message, which every WebSocket client reassembles. This bounds
+    /// each connection's write buffer, which otherwise keeps the size of the longest message it
+    /// ever sent for as long as the connection lives. Default 2 KiB.
+    pub write_fragment_size: usize,
     /// Events (opens, frames, closes) waiting for the driver. When it is full, connections stop
     /// reading until the driver catches up. Default 4096.
     pub event_queue: usize,
@@ -78,7 +85,8 @@ impl Default for WsConfig {
             max_message_size: 128 * 1024,
             send_backlog: 256,
             ping_interval: Duration::from_secs(30),
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
+            write_fragment_size: 2 * 1024,
             event_queue: 4096,
         }
     }
@@ -171,7 +179,9 @@ enum Outbound {
 
 /// The transport's side of one connection.
 struct ConnHandle {
-    queue: mpsc::Sender<Outbound>,
+    /// `futures`' channel rather than tokio's: it allocates nothing up front, where tokio's
+    /// preallocates a block of 32 slots, a fair share of an idle connection's memory.
+    queue: futures::channel::mpsc::Sender<Outbound>,
     /// Ends the connection's task at once, without draining its queue.
     kill: Arc<Notify>,
 }
@@ -284,7 +294,7 @@ impl Transport for WsTransport {
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
-        let handle = self.conns.get(&conn).ok_or(TransportError::Closed(conn))?;
+        let handle = self.conns.get_mut(&conn).ok_or(TransportError::Closed(conn))?;
         if handle.queue.try_send(Outbound::Frame(frame)).is_err() {
             // A full queue is a slow reader; a closed one, a task that just ended.
             if let Some(handle) = self.conns.remove(&conn) {
@@ -298,7 +308,7 @@ impl Transport for WsTransport {
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
-        if let Some(handle) = self.conns.remove(&conn) {
+        if let Some(mut handle) = self.conns.remove(&conn) {
             if handle.queue.try_send(Outbound::Close(reason)).is_err() {
                 handle.kill.notify_one();
             }
@@ -426,23 +436,27 @@ async fn serve_connection(
     };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(0)
+        .write_buffer_size(config.write_fragment_size)
         .max_write_buffer_size(config.max_message_size.saturating_mul(4))
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, choose_codec, Some(ws_config));
+    // Boxed: the handshake's state is large and needed only until the upgrade, so it should not
+    // size the task that lives as long as the connection.
+    let handshake =
+        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(stream, choose_codec, Some(ws_config)));
     let Ok(Ok(ws)) = tokio::time::timeout(config.handshake_timeout, handshake).await else {
         Counters::bump(&counters.failed_handshakes);
         return; // Never became a WebSocket: the core never hears of it.
     };
 
-    let (queue, outbound) = mpsc::channel(config.send_backlog.max(1));
+    // Capacity is `buffer` plus one per sender, and there is one sender.
+    let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
     let kill = Arc::new(Notify::new());
     let handle = ConnHandle { queue, kill: kill.clone() };
     if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
         return;
     }
-    let end = run_connection(ws, conn, codec, config.ping_interval, outbound, &kill, &events).await;
+    let end = run_connection(ws, conn, codec, config, outbound, &kill, &events).await;
     match end {
         End::Oversize => Counters::bump(&counters.oversize),
         End::PingTimeout => Counters::bump(&counters.ping_timeouts),
@@ -464,11 +478,12 @@ async fn run_connection(
     ws: WebSocketStream<TcpStream>,
     conn: ConnId,
     codec: Codec,
-    ping_interval: Duration,
-    mut outbound: mpsc::Receiver<Outbound>,
+    config: &WsConfig,
+    mut outbound: futures::channel::mpsc::Receiver<Outbound>,
     kill: &Notify,
     events: &mpsc::Sender<Event>,
 ) -> End {
+    let ping_interval = config.ping_interval;
     let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut last_heard = Instant::now();
@@ -476,16 +491,17 @@ async fn run_connection(
         tokio::select! {
             biased;
             () = kill.notified() => return End::Other,
-            next = outbound.recv() => {
+            next = outbound.next() => {
                 let Some(first) = next else { return End::Other };
                 // Write everything already queued, then flush once.
                 let mut item = Some(first);
                 while let Some(out) = item.take() {
                     match out {
                         Outbound::Frame(frame) => {
-                            let Some(message) = to_message(codec, frame) else { continue };
-                            if sink.feed(message).await.is_err() {
-                                return End::Other;
+                            for message in to_messages(codec, frame, config.write_fragment_size) {
+                                if sink.feed(message).await.is_err() {
+                                    return End::Other;
+                                }
                             }
                         }
                         Outbound::Close(reason) => {
@@ -565,6 +581,28 @@ fn to_message(codec: Codec, frame: Bytes) -> Option<Message> {
     } else {
         Utf8Bytes::try_from(frame).ok().map(Message::Text)
     }
+}
+
+/// One message, or for a frame longer than `fragment` a fragmented message: a first data frame,
+/// continuation frames, the last one final. The pieces share the frame's buffer.
+fn to_messages(codec: Codec, frame: Bytes, fragment: usize) -> impl Iterator<Item = Message> {
+    let fragment = fragment.max(1);
+    let (single, pieces) = if frame.len() <= fragment {
+        (to_message(codec, frame), None)
+    } else if codec.is_binary() || std::str::from_utf8(&frame).is_ok() {
+        // UTF-8 is checked over the whole message: a fragment may end inside a character.
+        let first = if codec.is_binary() { OpData::Binary } else { OpData::Text };
+        let count = frame.len().div_ceil(fragment);
+        let pieces = (0..count).map(move |i| {
+            let piece = frame.slice(i * fragment..((i + 1) * fragment).min(frame.len()));
+            let opcode = if i == 0 { first } else { OpData::Continue };
+            Message::Frame(Frame::message(piece, OpCode::Data(opcode), i + 1 == count))
+        });
+        (None, Some(pieces))
+    } else {
+        (None, None)
+    };
+    single.into_iter().chain(pieces.into_iter().flatten())
 }
 
 /// The WebSocket close code and reason for a close the core asked for.
@@ -689,5 +727,48 @@ mod tests {
         let none = Arc::new(PerIp::new(0));
         assert!(PerIp::acquire(&none, ip("10.0.0.1")).is_none());
         assert!(none.open.lock().unwrap().is_empty(), "refusals leave no entry");
+    }
+
+    fn frames(messages: impl Iterator<Item = Message>) -> Vec<(OpCode, bool, Bytes)> {
+        messages
+            .map(|message| match message {
+                Message::Frame(frame) => {
+                    (frame.header().opcode, frame.header().is_final, Bytes::copy_from_slice(frame.payload()))
+                }
+                other => panic!("expected a raw frame, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn short_frames_go_out_whole() {
+        let out: Vec<Message> = to_messages(Codec::Json, Bytes::from_static(b"\"short\""), 16).collect();
+        assert_eq!(out, vec![Message::text("\"short\"")]);
+        let out: Vec<Message> = to_messages(Codec::Bincode, Bytes::from_static(&[1, 2, 3]), 3).collect();
+        assert_eq!(out, vec![Message::binary(vec![1, 2, 3])]);
+    }
+
+    #[test]
+    fn long_frames_are_fragmented_into_one_message() {
+        // "é" is two bytes; with 3-byte fragments it is split across the first two.
+        let text = Bytes::from("abé-defgh");
+        let pieces = frames(to_messages(Codec::Json, text.clone(), 3));
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces[0].0, OpCode::Data(OpData::Text));
+        assert!(pieces[1..].iter().all(|(op, _, _)| *op == OpCode::Data(OpData::Continue)));
+        let finals: Vec<bool> = pieces.iter().map(|(_, fin, _)| *fin).collect();
+        assert_eq!(finals, vec![false, false, false, true]);
+        let joined: Vec<u8> = pieces.iter().flat_map(|(_, _, p)| p.to_vec()).collect();
+        assert_eq!(joined, text.to_vec());
+
+        let binary = frames(to_messages(Codec::Bincode, Bytes::from(vec![7u8; 10]), 4));
+        assert_eq!(binary.iter().map(|(_, _, p)| p.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(binary[0].0, OpCode::Data(OpData::Binary));
+    }
+
+    #[test]
+    fn invalid_utf8_is_never_sent_as_text() {
+        assert_eq!(to_messages(Codec::Json, Bytes::from_static(&[0xff, 0xfe]), 16).count(), 0);
+        assert_eq!(to_messages(Codec::Json, Bytes::from(vec![0xff; 40]), 16).count(), 0);
     }
 }
