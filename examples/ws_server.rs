@@ -86,6 +86,10 @@ struct Args {
     /// Bytes one connection may send at once after a quiet spell (at least --max-frame-size).
     #[arg(long, default_value_t = 512 * 1024)]
     byte_burst: u64,
+    /// No frame or byte rate limit per connection (for load tests, or behind a proxy that limits
+    /// rates itself); overrides the four flags above.
+    #[arg(long)]
+    unlimited_rates: bool,
     /// Frames queued for one connection before it is closed as a slow reader.
     #[arg(long, default_value_t = 256)]
     max_send_backlog: usize,
@@ -133,12 +137,20 @@ impl Args {
             max_node_stats: self.max_node_stats,
             max_errors: self.max_errors,
             max_announce_failures: self.max_announce_failures,
-            frame_rate: RateLimit::new(self.frames_per_sec, self.frame_burst),
-            byte_rate: RateLimit::new(self.bytes_per_sec, self.byte_burst),
+            frame_rate: self.rate(RateLimit::new(self.frames_per_sec, self.frame_burst)),
+            byte_rate: self.rate(RateLimit::new(self.bytes_per_sec, self.byte_burst)),
             max_send_backlog: self.max_send_backlog,
             list_push_interval: Duration::from_millis(self.list_push_interval_ms),
             list_push_fanout: self.list_push_fanout,
             rng_seed: None,
+        }
+    }
+
+    fn rate(&self, limit: RateLimit) -> RateLimit {
+        if self.unlimited_rates {
+            RateLimit::UNLIMITED
+        } else {
+            limit
         }
     }
 
