@@ -407,8 +407,8 @@ async fn a_client_that_never_reads_is_closed_and_the_others_go_on() {
 
 #[tokio::test]
 async fn half_open_tcp_and_silent_connections_are_dropped() {
-    let config = SignalConfig { handshake_timeout: Duration::from_millis(300), ..config() };
-    let ws = WsConfig { handshake_timeout: Duration::from_millis(300), ..WsConfig::for_server(&config) };
+    let config = SignalConfig { handshake_timeout: Duration::from_secs(1), ..config() };
+    let ws = WsConfig { handshake_timeout: Duration::from_secs(1), ..WsConfig::for_server(&config) };
     let mut arena = arena(config, ws).await;
     let addr = host(&arena.server.url).to_string();
     // TCP only, nothing sent; and half an HTTP upgrade request.
