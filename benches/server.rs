@@ -175,7 +175,9 @@ fn join(c: &mut Criterion) {
     let mut group = c.benchmark_group("join");
     group.throughput(Throughput::Elements(1));
     for &n in sizes {
-        let mut bench = Bench::new(SignalConfig::default(), n, Codec::Json);
+        // Each iteration moves the clock by a push interval; the `n` nodes must not expire.
+        let config = SignalConfig { ttl: Duration::MAX, ..SignalConfig::default() };
+        let mut bench = Bench::new(config, n, Codec::Json);
         let signer = key(u32::MAX);
         let (mut joins, mut frames, mut bytes) = (0u64, 0u64, 0u64);
         let mut next = u64::from(n);
