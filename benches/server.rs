@@ -51,15 +51,20 @@ impl Bench {
         bench
     }
 
-    fn join(&mut self, conn: ConnId, key: &SigningKey, codec: Codec) -> usize {
+    /// Opens `conn` and returns the challenge the server sent it.
+    fn open(&mut self, conn: ConnId, codec: Codec) -> U256 {
         self.server.handle(self.now, SignalIn::Opened { conn, codec });
-        let challenge = match self.server.poll_output() {
+        match self.server.poll_output() {
             Some(SignalOut::Send { frame, .. }) => match codec.decode(&frame) {
                 Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
                 other => panic!("expected a challenge, got {other:?}"),
             },
             other => panic!("expected a challenge, got {other:?}"),
-        };
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, key: &SigningKey, codec: Codec) -> usize {
+        let challenge = self.open(conn, codec);
         self.ids.push(U256(key.verifying_key().to_bytes()));
         let frame = codec.encode(&announce_message(key, challenge)).unwrap();
         self.server.handle(self.now, SignalIn::Frame { conn, frame });
@@ -124,14 +129,7 @@ fn announce(c: &mut Criterion) {
                 next += 1;
                 let conn = ConnId::new(next);
                 let start = Instant::now();
-                bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json });
-                let challenge = match bench.server.poll_output() {
-                    Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
-                        Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
-                        other => panic!("expected a challenge, got {other:?}"),
-                    },
-                    other => panic!("expected a challenge, got {other:?}"),
-                };
+                let challenge = bench.open(conn, Codec::Json);
                 server_time += start.elapsed();
                 let frame = Codec::Json.encode(&announce_message(&signer, challenge)).unwrap();
                 let start = Instant::now();
@@ -189,14 +187,7 @@ fn join(c: &mut Criterion) {
                     let conn = ConnId::new(next);
                     let before = bench.server.stats();
                     let start = Instant::now();
-                    bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json });
-                    let challenge = match bench.server.poll_output() {
-                        Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
-                            Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
-                            other => panic!("expected a challenge, got {other:?}"),
-                        },
-                        other => panic!("expected a challenge, got {other:?}"),
-                    };
+                    let challenge = bench.open(conn, Codec::Json);
                     server_time += start.elapsed();
                     let frame = Codec::Json.encode(&announce_message(&signer, challenge)).unwrap();
                     let start = Instant::now();

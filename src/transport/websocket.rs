@@ -228,7 +228,8 @@ impl WsTransport {
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")))
+        Err(last_error
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")))
     }
 
     /// Starts accepting connections on a listener that is already bound.
