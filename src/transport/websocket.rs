@@ -425,10 +425,13 @@ async fn run_connection(
     let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut last_heard = Instant::now();
+    // Registered once, not on every wake-up.
+    let killed = kill.notified();
+    tokio::pin!(killed);
     loop {
         tokio::select! {
             biased;
-            () = kill.notified() => return End::Other,
+            () = &mut killed => return End::Other,
             next = outbound.next() => {
                 let Some(first) = next else { return End::Other };
                 // Write everything already queued, then flush once.
