@@ -10,8 +10,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use peer_signal::{
-    sign_challenge, Codec, ConnId, MessageAnnounce, NodeInfo, PeerInfo, PeerMessage, SignalConfig, SignalIn,
-    SignalOut, SignalServer, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+    sign_challenge, Codec, ConnId, MessageAnnounce, NodeInfo, PeerInfo, PeerMessage, RateLimit, SignalConfig,
+    SignalIn, SignalOut, SignalServer, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 
 fn key(n: u32) -> SigningKey {
@@ -39,7 +39,14 @@ struct Bench {
 
 impl Bench {
     fn new(config: SignalConfig, nodes: u32, codec: Codec) -> Self {
-        let config = SignalConfig { rng_seed: Some([7; 32]), max_connections: 1 << 20, ..config };
+        // Unlimited rates: the benches feed one connection thousands of frames at one instant.
+        let config = SignalConfig {
+            rng_seed: Some([7; 32]),
+            max_connections: 1 << 20,
+            frame_rate: RateLimit::UNLIMITED,
+            byte_rate: RateLimit::UNLIMITED,
+            ..config
+        };
         let mut bench = Self { server: SignalServer::new(config), now: Instant::now(), ids: Vec::new() };
         for n in 1..=nodes {
             bench.join(ConnId::new(u64::from(n)), &key(n), codec);

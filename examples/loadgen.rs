@@ -1,12 +1,15 @@
 //! A WebSocket load generator for any server that speaks fledger's signalling protocol v3.
 //!
 //! ```sh
-//! cargo run --release --example ws_server -- --metrics off &
+//! cargo run --release --example ws_server -- --metrics off --unlimited-rates &
 //! cargo run --release --example loadgen -- relay --pairs 50 --window 8 --secs 10 --server-pid $!
 //! cargo run --release --example loadgen -- join --conns 10000 --server-pid $!
 //! cargo run --release --example loadgen -- idle --conns 10000 --secs 5 --server-pid $!
 //! cargo run --release --example loadgen -- churn --workers 64 --secs 10 --server-pid $!
 //! ```
+//!
+//! `relay` sends far more than a node does; without `--unlimited-rates` the server's per-connection
+//! rate limits (50 frames/s by default) close its connections.
 //!
 //! Scenarios:
 //! - `join`: `--conns` nodes connect and announce, `--window` at a time; then all disconnect.

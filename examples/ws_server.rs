@@ -9,14 +9,17 @@
 //! Nodes connect with plain `ws://` on any path. `GET /health` and `GET /metrics` (Prometheus text)
 //! are served on the metrics address. Ctrl-C or SIGTERM closes every client, then exits.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
-    Driver, DriverHandle, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig, WsStats,
-    WsStatsHandle, WsTransport,
+    Driver, DriverHandle, RateLimit, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig,
+    WsStats, WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -65,9 +68,28 @@ struct Args {
     /// Most entries in one NodeStats message.
     #[arg(long, default_value_t = 256)]
     max_node_stats: usize,
-    /// Errors a connection may make before it is closed.
+    /// Errors a connection may make before it is closed (failed announces not included).
     #[arg(long, default_value_t = 5)]
     max_errors: u32,
+    /// Failed announces a connection may make before it is closed.
+    #[arg(long, default_value_t = 3)]
+    max_announce_failures: u32,
+    /// Frames per second one connection may send, sustained.
+    #[arg(long, default_value_t = 50)]
+    frames_per_sec: u64,
+    /// Frames one connection may send at once after a quiet spell.
+    #[arg(long, default_value_t = 100)]
+    frame_burst: u64,
+    /// Bytes per second one connection may send, sustained.
+    #[arg(long, default_value_t = 256 * 1024)]
+    bytes_per_sec: u64,
+    /// Bytes one connection may send at once after a quiet spell (at least --max-frame-size).
+    #[arg(long, default_value_t = 512 * 1024)]
+    byte_burst: u64,
+    /// No frame or byte rate limit per connection (for load tests, or behind a proxy that limits
+    /// rates itself); overrides the four flags above.
+    #[arg(long)]
+    unlimited_rates: bool,
     /// Frames queued for one connection before it is closed as a slow reader.
     #[arg(long, default_value_t = 256)]
     max_send_backlog: usize,
@@ -77,6 +99,10 @@ struct Args {
     /// Nodes that receive each push of new joins (0: off).
     #[arg(long, default_value_t = 16)]
     list_push_fanout: usize,
+    /// Most open TCP connections from one IPv4 address or IPv6 /64 (default: no cap; leave it
+    /// off behind a reverse proxy, where every connection comes from the proxy).
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
     /// Seconds a client has for the WebSocket handshake.
     #[arg(long, default_value_t = 10)]
     ws_handshake_timeout_secs: u64,
@@ -110,10 +136,21 @@ impl Args {
             max_setup_len: self.max_setup_len,
             max_node_stats: self.max_node_stats,
             max_errors: self.max_errors,
+            max_announce_failures: self.max_announce_failures,
+            frame_rate: self.rate(RateLimit::new(self.frames_per_sec, self.frame_burst)),
+            byte_rate: self.rate(RateLimit::new(self.bytes_per_sec, self.byte_burst)),
             max_send_backlog: self.max_send_backlog,
             list_push_interval: Duration::from_millis(self.list_push_interval_ms),
             list_push_fanout: self.list_push_fanout,
             rng_seed: None,
+        }
+    }
+
+    fn rate(&self, limit: RateLimit) -> RateLimit {
+        if self.unlimited_rates {
+            RateLimit::UNLIMITED
+        } else {
+            limit
         }
     }
 
@@ -122,6 +159,7 @@ impl Args {
             handshake_timeout: Duration::from_secs(self.ws_handshake_timeout_secs),
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             read_buffer_size: self.read_buffer_size,
+            max_connections_per_ip: self.max_connections_per_ip,
             write_fragment_size: self.write_fragment_size,
             ..WsConfig::for_server(config)
         }
@@ -189,16 +227,6 @@ fn raise_fd_limit(connections: usize) {
             Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
         }
     }
-}
-
-/// A tick every `period`, for the driver's timers.
-fn ticks(period: Duration) -> impl futures::Stream<Item = ()> + Unpin {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    Box::pin(futures::stream::unfold(interval, |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    }))
 }
 
 async fn stop_on_signal(handle: DriverHandle) {
@@ -289,6 +317,12 @@ fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats) -> String 
     );
     metric("ws_accepted_total", "counter", "TCP connections accepted.", ws.accepted);
     metric("ws_refused_total", "counter", "TCP connections refused: too many open.", ws.refused);
+    metric(
+        "ws_refused_per_ip_total",
+        "counter",
+        "TCP connections refused: too many open from one address.",
+        ws.refused_per_ip,
+    );
     metric(
         "ws_failed_handshakes_total",
         "counter",

@@ -83,6 +83,16 @@ pub enum ProtocolError {
     /// The connection made too many errors.
     #[error("too many errors")]
     TooManyErrors,
+    /// The connection sent more frames or bytes than
+    /// [`SignalConfig::frame_rate`](crate::SignalConfig::frame_rate) or
+    /// [`SignalConfig::byte_rate`](crate::SignalConfig::byte_rate) allow; it is closed.
+    #[error("rate limit exceeded")]
+    RateLimited,
+    /// The connection failed to announce
+    /// [`SignalConfig::max_announce_failures`](crate::SignalConfig::max_announce_failures) times;
+    /// it is closed.
+    #[error("too many failed announces")]
+    TooManyAnnounceFailures,
 }
 
 impl ProtocolError {
@@ -107,6 +117,8 @@ impl ProtocolError {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::IdleTimeout => "idle_timeout",
             Self::TooManyErrors => "too_many_errors",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyAnnounceFailures => "too_many_announce_failures",
         }
     }
 }
@@ -136,4 +148,81 @@ pub enum TransportError {
     /// A client could not reach or upgrade to the server.
     #[error("cannot connect: {0}")]
     Connect(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One instance of every variant. The match below is exhaustive, so a new variant does not
+    /// compile until it is added here, with its text pinned.
+    fn every_variant() -> Vec<ProtocolError> {
+        use ProtocolError::*;
+        let all = vec![
+            FrameTooLarge { size: 70_000, limit: 65_536 },
+            Malformed(CodecError::Json("EOF while parsing a value at line 1 column 1".into())),
+            Malformed(CodecError::Bincode("io error: unexpected end of file".into())),
+            NotAuthenticated,
+            AlreadyAuthenticated,
+            UnsupportedVersion(2),
+            UnknownChallenge,
+            InvalidPublicKey,
+            BadSignature,
+            TooLong { field: "name", len: 300, limit: 256 },
+            TooManyStats { len: 300, limit: 256 },
+            NotInPair,
+            UnknownDestination(NodeID::from([0xab; 32])),
+            Replaced,
+            ServerFull,
+            TooManyHandshakes,
+            HandshakeTimeout,
+            IdleTimeout,
+            TooManyErrors,
+            RateLimited,
+            TooManyAnnounceFailures,
+        ];
+        for error in &all {
+            match error {
+                FrameTooLarge { .. } | Malformed(_) | NotAuthenticated | AlreadyAuthenticated => {}
+                UnsupportedVersion(_) | UnknownChallenge | InvalidPublicKey | BadSignature => {}
+                TooLong { .. } | TooManyStats { .. } | NotInPair | UnknownDestination(_) => {}
+                Replaced | ServerFull | TooManyHandshakes | HandshakeTimeout | IdleTimeout => {}
+                TooManyErrors | RateLimited | TooManyAnnounceFailures => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_error_text_and_kind_is_pinned() {
+        let texts: Vec<(String, &str)> = every_variant().iter().map(|e| (e.to_string(), e.kind())).collect();
+        let expected = [
+            ("frame too large: 70000 bytes, limit is 65536", "frame_too_large"),
+            ("malformed message: EOF while parsing a value at line 1 column 1", "malformed"),
+            ("malformed message: io error: unexpected end of file", "malformed"),
+            ("not authenticated: announce first", "not_authenticated"),
+            ("already authenticated", "already_authenticated"),
+            ("unsupported protocol version 2, expected 3", "unsupported_version"),
+            ("unknown challenge", "unknown_challenge"),
+            ("invalid public key", "invalid_public_key"),
+            ("signature does not verify", "bad_signature"),
+            ("name too long: 300 bytes, limit is 256", "too_long"),
+            ("too many node stats: 300, limit is 256", "too_many_stats"),
+            ("sender is neither id_init nor id_follow", "not_in_pair"),
+            (
+                "unknown destination abababababababababababababababababababababababababababababababab",
+                "unknown_destination",
+            ),
+            ("New Connection with same ID", "replaced"),
+            ("server full", "server_full"),
+            ("too many pending handshakes", "too_many_handshakes"),
+            ("handshake timeout", "handshake_timeout"),
+            ("idle timeout", "idle_timeout"),
+            ("too many errors", "too_many_errors"),
+            ("rate limit exceeded", "rate_limited"),
+            ("too many failed announces", "too_many_announce_failures"),
+        ];
+        let expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
+        assert_eq!(texts, expected);
+    }
 }

@@ -41,7 +41,7 @@
 //!    the strings, and the signature with `verify_strict` (which also refuses weak keys). On
 //!    success the node gets `SystemConfig` and a `ListIDsReply`, and the application gets
 //!    [`SignalEvent::NewNode`]. On failure it gets an `Error` and may try again; after
-//!    [`SignalConfig::max_errors`] errors the connection is closed.
+//!    [`SignalConfig::max_announce_failures`] failures the connection is closed.
 //! 3. **List.** `ListIDsRequest` gets a `ListIDsReply` with at most
 //!    [`SignalConfig::max_list_len`] nodes, a fresh uniform sample each time.
 //! 4. **Relay.** `PeerSetup(PeerInfo{id_init, id_follow, message})` from one of the two ids goes to
@@ -65,7 +65,10 @@
 //!
 //! # Errors a node can receive
 //!
-//! Each is a [`ProtocolError`]; its `Display` text is the `Error(String)` on the wire.
+//! Each is a [`ProtocolError`]; its `Display` text is the `Error(String)` on the wire, and these
+//! texts are stable (a test pins every one). A closed connection gets its `Error` frame first,
+//! then the close (over WebSocket: code 1013 "try again later" for `server full` and
+//! `too many pending handshakes`, 1001 when the server stops, 1008 "policy" for the rest).
 //!
 //! | Error text | Cause | Connection |
 //! |---|---|---|
@@ -73,11 +76,11 @@
 //! | `malformed message: …` | not a message of this protocol (the decoder says why) | open¹ |
 //! | `not authenticated: announce first` | anything but `Announce` before announcing | open¹ |
 //! | `already authenticated` | a second `Announce` | open¹ |
-//! | `unsupported protocol version V, expected 3` | `Announce.version` is not 3 | open¹ |
-//! | `unknown challenge` | `Announce.challenge` is not this connection's | open¹ |
-//! | `invalid public key` | not an ed25519 point, or a weak one | open¹ |
-//! | `signature does not verify` | bad signature over the challenge | open¹ |
-//! | `FIELD too long: N bytes, limit is L` | `name`, `client`, `version` or `peer message` too long | open¹ |
+//! | `unsupported protocol version V, expected 3` | `Announce.version` is not 3 | open² |
+//! | `unknown challenge` | `Announce.challenge` is not this connection's | open² |
+//! | `invalid public key` | not an ed25519 point, or a weak one | open² |
+//! | `signature does not verify` | bad signature over the challenge | open² |
+//! | `FIELD too long: N bytes, limit is L` | `name` or `client` of an announce (²); `version` of a stat or `peer message` of a set-up (¹) | open¹ ² |
 //! | `too many node stats: N, limit is L` | `NodeStats` over [`SignalConfig::max_node_stats`] | open¹ |
 //! | `sender is neither id_init nor id_follow` | a `PeerSetup` for someone else's pair | open¹ |
 //! | `unknown destination ID` | the other node is not connected | open, no strike |
@@ -87,10 +90,51 @@
 //! | `handshake timeout` | no announce within the handshake timeout | closed |
 //! | `idle timeout` | no valid frame within the TTL | closed |
 //! | `too many errors` | [`SignalConfig::max_errors`] strikes (¹) | closed |
+//! | `too many failed announces` | [`SignalConfig::max_announce_failures`] failed announces (²) | closed |
+//! | `rate limit exceeded` | more frames or bytes than [`SignalConfig::frame_rate`] or [`SignalConfig::byte_rate`] allow | closed |
 //!
 //! ¹ The error counts as a strike. The strike that reaches [`SignalConfig::max_errors`] is followed
 //! by `too many errors` and a close. An unknown destination is not the sender's fault (the other
 //! node may just have left), so it is no strike.
+//!
+//! ² A failed announce: no strike, but it counts towards [`SignalConfig::max_announce_failures`];
+//! the failure that reaches it is followed by `too many failed announces` and a close.
+//!
+//! The WebSocket transport adds limits of its own, which close without an `Error` frame: messages
+//! over `WsConfig::max_message_size` (close code 1009), send queues over
+//! [`SignalConfig::max_send_backlog`] (slow readers), WebSocket handshakes over
+//! `WsConfig::handshake_timeout`, silence past two pings, and TCP connections over
+//! `WsConfig::max_connections` or `WsConfig::max_connections_per_ip` (dropped right after
+//! `accept`). `WsStats` counts each.
+//!
+//! # Limits
+//!
+//! Everything a stranger can make the server hold is bounded; every limit is a field of
+//! [`SignalConfig`] (or `WsConfig` for the WebSocket layer), and `examples/ws_server.rs` has a
+//! flag for each.
+//!
+//! | Limit | Default | Bounds |
+//! |---|---|---|
+//! | [`SignalConfig::max_connections`] | 100,000 | open connections |
+//! | [`SignalConfig::max_pending_handshakes`] | 16,384 | connections that have not announced |
+//! | [`SignalConfig::handshake_timeout`] | 10 s | time to announce |
+//! | [`SignalConfig::ttl`] | 120 s | silence of an announced node |
+//! | [`SignalConfig::max_frame_size`] | 64 KiB | one frame, before decoding |
+//! | [`SignalConfig::frame_rate`] | 50/s, bursts of 100 | frames per connection |
+//! | [`SignalConfig::byte_rate`] | 256 KiB/s, bursts of 512 KiB | bytes per connection |
+//! | [`SignalConfig::max_announce_failures`] | 3 | failed announces (signature checks) per connection |
+//! | [`SignalConfig::max_errors`] | 5 | other errors per connection |
+//! | [`SignalConfig::max_name_len`], [`max_client_len`](SignalConfig::max_client_len) | 256 B, 64 B | `NodeInfo` strings, stat versions |
+//! | [`SignalConfig::max_setup_len`] | 32 KiB | SDP or ICE candidate in a `PeerSetup` |
+//! | [`SignalConfig::max_node_stats`] | 256 | entries in one `NodeStats` |
+//! | [`SignalConfig::max_list_len`] | 100 | nodes in one `ListIDsReply` |
+//! | [`SignalConfig::max_send_backlog`] | 256 frames | a connection's send queue in a transport |
+//! | [`SignalConfig::list_push_fanout`] | 16 | frames one push of joins costs |
+//! | `WsConfig::max_connections` | as `max_connections` | TCP connections, in the WebSocket handshake or not |
+//! | `WsConfig::max_connections_per_ip` | none | TCP connections from one IPv4 address or IPv6 /64 |
+//! | `WsConfig::handshake_timeout` | 10 s | time to complete the WebSocket handshake |
+//! | `WsConfig::max_message_size` | 2 × `max_frame_size` | one WebSocket message, before the core sees it |
+//! | `WsConfig::ping_interval` | 30 s | silence, even of a pong, lasting two intervals |
 //!
 //! # The run loop
 //!
@@ -195,7 +239,7 @@ pub use protocol::{
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 pub use server::{
-    CloseReason, ConnId, ServerStats, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
+    CloseReason, ConnId, RateLimit, ServerStats, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
 };
 
 mod client;

@@ -89,9 +89,26 @@ pub struct SignalConfig {
     pub max_setup_len: usize,
     /// Most entries in one `NodeStats`. Default 256.
     pub max_node_stats: usize,
-    /// Errors a connection may make (malformed frames, failed announces, refused requests) before
-    /// it is closed with `too many errors`. Default 5.
+    /// Errors a connection may make (malformed frames, refused requests) before it is closed with
+    /// `too many errors`. Failed announces have their own budget, `max_announce_failures`.
+    /// Default 5.
     pub max_errors: u32,
+    /// Failed announces (wrong challenge, version, key or signature, or strings too long) a
+    /// connection may make before it is closed with `too many failed announces`. Each may cost a
+    /// signature check, the most expensive thing a stranger can make the server do, so the budget
+    /// is small; an honest node fails only when its clock, key or software is broken, and retrying
+    /// on the same connection will not fix that. Default 3; 0 acts as 1.
+    pub max_announce_failures: u32,
+    /// Frames a connection may send: a token bucket of [`RateLimit::burst`] frames, refilled at
+    /// [`RateLimit::per_sec`]. A frame over it gets `rate limit exceeded` and a close. Checked
+    /// against the `now` of [`SignalServer::handle`], before anything else about the frame.
+    /// Default 50 per second, bursts of 100: a fledger node asks for the list once a minute and
+    /// sends a few dozen set-up messages when it connects to its peers, far below that.
+    pub frame_rate: RateLimit,
+    /// Bytes a connection may send, as for `frame_rate`; every received frame counts, oversize
+    /// ones too. Keep the burst at least `max_frame_size`, or the largest frames can never pass.
+    /// Default 256 KiB per second, bursts of 512 KiB (eight frames of the maximum size).
+    pub byte_rate: RateLimit,
     /// Frames a transport may queue for one connection before it closes it as a slow reader.
     /// The core never holds frames itself; transports read this. Default 256.
     pub max_send_backlog: usize,
@@ -120,6 +137,9 @@ impl Default for SignalConfig {
             max_setup_len: 32 * 1024,
             max_node_stats: 256,
             max_errors: 5,
+            max_announce_failures: 3,
+            frame_rate: RateLimit::new(50, 100),
+            byte_rate: RateLimit::new(256 * 1024, 512 * 1024),
             max_send_backlog: 256,
             list_push_interval: Duration::from_secs(1),
             list_push_fanout: 16,
@@ -143,11 +163,93 @@ impl fmt::Debug for SignalConfig {
             .field("max_setup_len", &self.max_setup_len)
             .field("max_node_stats", &self.max_node_stats)
             .field("max_errors", &self.max_errors)
+            .field("max_announce_failures", &self.max_announce_failures)
+            .field("frame_rate", &self.frame_rate)
+            .field("byte_rate", &self.byte_rate)
             .field("max_send_backlog", &self.max_send_backlog)
             .field("list_push_interval", &self.list_push_interval)
             .field("list_push_fanout", &self.list_push_fanout)
             // rng_seed: not printed, it would reveal every challenge.
             .finish_non_exhaustive()
+    }
+}
+
+/// A token bucket: up to `burst` at once, refilled at `per_sec`, for [`SignalConfig::frame_rate`]
+/// and [`SignalConfig::byte_rate`].
+///
+/// Checking a frame costs a few integer operations and no clock read: the bucket refills from the
+/// `now` passed to [`SignalServer::handle`]. A `per_sec` of 0 allows `burst` over the connection's
+/// whole life; a `burst` of 0 refuses every frame.
+///
+/// ```
+/// use peer_signal::{RateLimit, SignalConfig};
+///
+/// // A server behind a proxy that already limits rates.
+/// let config = SignalConfig {
+///     frame_rate: RateLimit::UNLIMITED,
+///     byte_rate: RateLimit::UNLIMITED,
+///     ..SignalConfig::default()
+/// };
+/// assert_eq!(SignalConfig::default().frame_rate, RateLimit::new(50, 100));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    /// Sustained rate: tokens added per second.
+    pub per_sec: u64,
+    /// Bucket size: what may arrive at once after a quiet spell. A new connection starts full.
+    pub burst: u64,
+}
+
+impl RateLimit {
+    /// No limit at all.
+    pub const UNLIMITED: Self = Self { per_sec: u64::MAX, burst: u64::MAX };
+
+    /// `per_sec` sustained, `burst` at once.
+    pub const fn new(per_sec: u64, burst: u64) -> Self {
+        Self { per_sec, burst }
+    }
+
+    /// The bucket's size in token-nanoseconds (saturating: huge limits mean no limit).
+    fn capacity(self) -> u64 {
+        self.burst.saturating_mul(NANOS_PER_SEC)
+    }
+
+    /// `level` after `nanos` of refill.
+    fn refill(self, level: u64, nanos: u64) -> u64 {
+        level.saturating_add(nanos.saturating_mul(self.per_sec)).min(self.capacity())
+    }
+}
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// A connection's two token buckets, in token-nanoseconds so that refilling needs no division:
+/// a frame costs 10^9 frame units and `len * 10^9` byte units; a nanosecond adds `per_sec` units.
+struct Buckets {
+    refilled: Instant,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Buckets {
+    fn full(now: Instant, config: &SignalConfig) -> Self {
+        Self { refilled: now, frames: config.frame_rate.capacity(), bytes: config.byte_rate.capacity() }
+    }
+
+    /// Takes one frame of `len` bytes out of the buckets; `false` when either is short.
+    fn take(&mut self, now: Instant, len: usize, config: &SignalConfig) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.refilled = now;
+        let frames = config.frame_rate.refill(self.frames, nanos);
+        let bytes = config.byte_rate.refill(self.bytes, nanos);
+        let cost = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS_PER_SEC);
+        match (frames.checked_sub(NANOS_PER_SEC), bytes.checked_sub(cost)) {
+            (Some(frames), Some(bytes)) => {
+                (self.frames, self.bytes) = (frames, bytes);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -276,6 +378,8 @@ struct Conn {
     /// when it fires early, so refreshing a TTL costs no heap operation.
     armed: Instant,
     errors: u32,
+    announce_failures: u32,
+    rate: Buckets,
 }
 
 struct Node {
@@ -473,20 +577,32 @@ impl SignalServer {
         let deadline = later(now, self.config.handshake_timeout);
         self.conns.insert(
             conn,
-            Conn { codec, phase: Phase::Challenged(challenge), deadline, armed: deadline, errors: 0 },
+            Conn {
+                codec,
+                phase: Phase::Challenged(challenge),
+                deadline,
+                armed: deadline,
+                errors: 0,
+                announce_failures: 0,
+                rate: Buckets::full(now, &self.config),
+            },
         );
         self.timers.push(Reverse((deadline, conn)));
         self.send(conn, codec, &WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge));
     }
 
     fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: Bytes) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             // Raced with a close we asked for.
             return;
         };
         let (codec, phase) = (c.codec, c.phase);
+        let within_rate = c.rate.take(now, frame.len(), &self.config);
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
+        if !within_rate {
+            return self.close(conn, ProtocolError::RateLimited);
+        }
         if frame.len() > self.config.max_frame_size {
             let error = ProtocolError::FrameTooLarge { size: frame.len(), limit: self.config.max_frame_size };
             return self.refuse(conn, error);
@@ -501,7 +617,7 @@ impl SignalServer {
                 return match message {
                     Inbound::Announce(announce) => match self.check_announce(&challenge, &announce) {
                         Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
-                        Err(error) => self.refuse(conn, error),
+                        Err(error) => self.refuse_announce(conn, error),
                     },
                     _ => self.refuse(conn, ProtocolError::NotAuthenticated),
                 };
@@ -750,11 +866,26 @@ impl SignalServer {
     fn refuse(&mut self, conn: ConnId, error: ProtocolError) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.errors = c.errors.saturating_add(1);
-        let (codec, errors) = (c.codec, c.errors);
+        let over = c.errors >= self.config.max_errors;
+        self.answer(conn, error, over.then_some(ProtocolError::TooManyErrors));
+    }
+
+    /// Answers a failed announce with its `Error`, and closes the connection at
+    /// `max_announce_failures`. Not a strike: announces have their own budget.
+    fn refuse_announce(&mut self, conn: ConnId, error: ProtocolError) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.announce_failures = c.announce_failures.saturating_add(1);
+        let over = c.announce_failures >= self.config.max_announce_failures;
+        self.answer(conn, error, over.then_some(ProtocolError::TooManyAnnounceFailures));
+    }
+
+    /// Sends `error`, then closes with `close` if there is one.
+    fn answer(&mut self, conn: ConnId, error: ProtocolError, close: Option<ProtocolError>) {
+        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else { return };
         self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
         self.count_error(&error);
-        if errors >= self.config.max_errors {
-            self.close(conn, ProtocolError::TooManyErrors);
+        if let Some(close) = close {
+            self.close(conn, close);
         }
     }
 

@@ -159,31 +159,54 @@ fn a_challenge_is_single_use() {
 }
 
 #[test]
-fn repeated_failures_close_the_connection() {
-    let max_errors = 3;
-    let mut h = Harness::with(SignalConfig { max_errors, ..SignalConfig::default() });
+fn repeated_failed_announces_close_the_connection() {
+    let max_announce_failures = 3;
+    let mut h = Harness::with(SignalConfig { max_announce_failures, ..SignalConfig::default() });
     let other = h.join(2);
     let (conn, challenge) = h.open(Codec::Json);
     let WSSignalMessageFromNode::Announce(mut bad) = announce(&key(1), challenge) else { unreachable!() };
     bad.signature[5] ^= 0x40;
     let bad = WSSignalMessageFromNode::Announce(bad);
-    for _ in 1..max_errors {
+    for _ in 1..max_announce_failures {
         let out = h.send(conn, Codec::Json, &bad);
         assert!(closed(&out).is_empty());
     }
     let out = h.send(conn, Codec::Json, &bad);
     assert_eq!(
         messages_to(&out, conn, Codec::Json),
-        vec![error("signature does not verify"), error("too many errors")]
+        vec![error("signature does not verify"), error("too many failed announces")]
     );
     assert_eq!(
         out.last(),
-        Some(&SignalOut::Close { conn, reason: CloseReason::Error(ProtocolError::TooManyErrors) })
+        Some(&SignalOut::Close { conn, reason: CloseReason::Error(ProtocolError::TooManyAnnounceFailures) })
     );
     assert_eq!(touched(&out), vec![conn]);
     // Gone: a frame on it now is ignored, and the good node is untouched.
     assert!(h.send(conn, Codec::Json, &announce(&key(1), challenge)).is_empty());
     assert_eq!(h.server.node_conn(&other.id), Some(other.conn));
+}
+
+#[test]
+fn failed_announces_and_other_errors_have_separate_budgets() {
+    let mut h =
+        Harness::with(SignalConfig { max_errors: 3, max_announce_failures: 3, ..SignalConfig::default() });
+    let (conn, challenge) = h.open(Codec::Json);
+    let wrong_challenge = announce(&key(1), peer_signal::U256([9; 32]));
+    // Two failed announces and two malformed frames: four mistakes, neither budget spent.
+    for _ in 0..2 {
+        assert!(closed(&h.send(conn, Codec::Json, &wrong_challenge)).is_empty());
+        assert!(closed(&h.frame(conn, "{")).is_empty());
+    }
+    // The third malformed frame spends the error budget.
+    let out = h.frame(conn, "{");
+    assert_eq!(
+        out.last(),
+        Some(&SignalOut::Close { conn, reason: CloseReason::Error(ProtocolError::TooManyErrors) })
+    );
+    // A good announce after failures still works while the budget lasts.
+    let (conn, challenge2) = h.open(Codec::Json);
+    assert!(closed(&h.send(conn, Codec::Json, &announce(&key(1), challenge))).is_empty());
+    assert_eq!(events(&h.send(conn, Codec::Json, &announce(&key(1), challenge2))).len(), 1);
 }
 
 #[test]

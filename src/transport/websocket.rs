@@ -6,16 +6,16 @@
 //! transport addresses connections by id in a map it alone owns, so the relay path takes no lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -43,6 +43,13 @@ pub struct WsConfig {
     /// Open TCP connections, including those still in the WebSocket handshake. Connections over
     /// it are dropped right after `accept`. Default 100,000.
     pub max_connections: usize,
+    /// Open TCP connections from one IPv4 address, or one IPv6 /64 (a host usually owns a whole
+    /// /64), counted from `accept` until the connection's task ends. Connections over it are
+    /// dropped right after `accept` and counted in [`WsStats::refused_per_ip`]. Default `None`:
+    /// many honest nodes can share an address (a NAT, or a reverse proxy in front of the server,
+    /// where every connection comes from the proxy), and `max_connections` and the core's
+    /// `max_pending_handshakes` bound the total anyway. Set it when clients connect directly.
+    pub max_connections_per_ip: Option<usize>,
     /// Time a client has to complete the WebSocket handshake. Default 10 s.
     pub handshake_timeout: Duration,
     /// Largest WebSocket message (and frame) accepted; a larger one closes the connection with
@@ -77,6 +84,7 @@ impl Default for WsConfig {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_connections_per_ip: None,
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 128 * 1024,
             send_backlog: 256,
@@ -110,6 +118,9 @@ pub struct WsStats {
     pub accepted: u64,
     /// TCP connections dropped at once because [`WsConfig::max_connections`] were open.
     pub refused: u64,
+    /// TCP connections dropped at once because [`WsConfig::max_connections_per_ip`] were open
+    /// from the same address.
+    pub refused_per_ip: u64,
     /// Connections that failed or timed out in the WebSocket handshake.
     pub failed_handshakes: u64,
     /// Connections closed because their send queue was full (slow readers).
@@ -128,6 +139,7 @@ pub struct WsStatsHandle(Arc<Counters>);
 struct Counters {
     accepted: AtomicU64,
     refused: AtomicU64,
+    refused_per_ip: AtomicU64,
     failed_handshakes: AtomicU64,
     slow_readers: AtomicU64,
     oversize: AtomicU64,
@@ -148,6 +160,7 @@ impl WsStatsHandle {
         WsStats {
             accepted: read(&c.accepted),
             refused: read(&c.refused),
+            refused_per_ip: read(&c.refused_per_ip),
             failed_handshakes: read(&c.failed_handshakes),
             slow_readers: read(&c.slow_readers),
             oversize: read(&c.oversize),
@@ -325,9 +338,10 @@ async fn accept_loop(
     counters: Arc<Counters>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+    let per_ip = config.max_connections_per_ip.map(|limit| Arc::new(PerIp::new(limit)));
     let mut next_id = 0u64;
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             // Out of file descriptors or similar: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -337,13 +351,73 @@ async fn accept_loop(
             Counters::bump(&counters.refused);
             continue; // Full: the stream is dropped, which closes it.
         };
+        let ip_slot = match &per_ip {
+            Some(per_ip) => match PerIp::acquire(per_ip, peer.ip()) {
+                Some(ip_slot) => Some(ip_slot),
+                None => {
+                    Counters::bump(&counters.refused_per_ip);
+                    continue;
+                }
+            },
+            None => None,
+        };
         next_id += 1;
         let conn = ConnId::new(next_id);
         let (config, events, counters) = (config.clone(), events.clone(), counters.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            serve_connection(stream, conn, &config, events, &counters).await;
-        });
+        let slots = (slot, ip_slot);
+        tokio::spawn(async move { serve_connection(stream, conn, &config, events, &counters, slots).await });
+    }
+}
+
+/// Open connections per address. Locked once when a connection is accepted and once when its
+/// task ends, never on the frame path.
+struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn new(limit: usize) -> Self {
+        Self { limit, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// The key an address is counted under: IPv4 addresses (also IPv4-mapped IPv6 ones) as they
+    /// are, IPv6 addresses by their /64, which one host usually owns whole.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it has `limit` open.
+    fn acquire(this: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let key = Self::key(ip);
+        let mut open = this.open.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked before inserting, so that a refused address leaves no entry behind.
+        if open.get(&key).is_some_and(|&count| count >= this.limit) || this.limit == 0 {
+            return None;
+        }
+        *open.entry(key).or_insert(0) += 1;
+        Some(IpSlot { per_ip: Arc::clone(this), key })
+    }
+}
+
+/// One connection's place in [`PerIp`], given back when the connection's task ends.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -355,6 +429,7 @@ async fn serve_connection(
     config: &WsConfig,
     events: mpsc::Sender<Event>,
     counters: &Counters,
+    slots: (OwnedSemaphorePermit, Option<IpSlot>),
 ) {
     let _ = stream.set_nodelay(true);
     let mut codec = Codec::Json;
@@ -402,6 +477,8 @@ async fn serve_connection(
         End::PingTimeout => Counters::bump(&counters.ping_timeouts),
         End::Other => {}
     }
+    // Given back before the close is reported, so that whoever sees the close can reconnect.
+    drop(slots);
     let _ = events.send(Event::Closed { conn }).await;
 }
 
@@ -446,7 +523,7 @@ async fn run_connection(
                             }
                         }
                         Outbound::Close(reason) => {
-                            let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
+                            close_and_linger(&mut sink, &mut stream, close_frame(&reason)).await;
                             return End::Other;
                         }
                     }
@@ -487,6 +564,31 @@ async fn run_connection(
             }
         }
     }
+}
+
+/// How long a connection that the server closes goes on reading, and dropping, what the peer still
+/// sends, until the peer answers the close or hangs up.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Sends `frame`, then drains the peer for at most [`CLOSE_LINGER`]. A socket dropped with unread
+/// data in it is reset by the kernel, and a reset peer may never read the `Error` and the close
+/// frame queued before it; a client that floods the server is exactly such a peer.
+async fn close_and_linger<S, R>(sink: &mut S, stream: &mut R, frame: CloseFrame)
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    if sink.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// Text frames for JSON, binary for bincode. A text frame must be UTF-8; JSON frames the core
@@ -622,6 +724,28 @@ impl ClientConnection for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_ip_slots_are_counted_per_address_and_per_ipv6_slash_64_and_given_back() {
+        let per_ip = Arc::new(PerIp::new(2));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a1 = PerIp::acquire(&per_ip, ip("10.0.0.1")).unwrap();
+        let _a2 = PerIp::acquire(&per_ip, ip("::ffff:10.0.0.1")).unwrap();
+        assert!(PerIp::acquire(&per_ip, ip("10.0.0.1")).is_none());
+        let _b = PerIp::acquire(&per_ip, ip("10.0.0.2")).unwrap();
+        let _v6 = PerIp::acquire(&per_ip, ip("2001:db8::1")).unwrap();
+        let _v6b = PerIp::acquire(&per_ip, ip("2001:db8::ffff:1")).unwrap();
+        assert!(PerIp::acquire(&per_ip, ip("2001:db8:0:0:1::9")).is_none(), "same /64");
+        assert!(PerIp::acquire(&per_ip, ip("2001:db8:0:1::1")).is_some(), "another /64");
+        drop(a1);
+        assert!(PerIp::acquire(&per_ip, ip("10.0.0.1")).is_some());
+        let open = per_ip.open.lock().unwrap().len();
+        assert_eq!(open, 3, "one entry per address with open connections");
+
+        let none = Arc::new(PerIp::new(0));
+        assert!(PerIp::acquire(&none, ip("10.0.0.1")).is_none());
+        assert!(none.open.lock().unwrap().is_empty(), "refusals leave no entry");
+    }
 
     fn frames(messages: impl Iterator<Item = Message>) -> Vec<(OpCode, bool, Bytes)> {
         messages

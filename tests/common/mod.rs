@@ -1,6 +1,8 @@
 //! A deterministic harness: a seeded server, a virtual clock and fixed keys. No sockets, no sleeps.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod script_config;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
