@@ -24,12 +24,12 @@ run() {
 }
 
 for pairs in 10 50 200; do
-    run "" --label "relay-json-$pairs" relay --pairs "$pairs" --window 8 --secs 5
+    run "--unlimited-rates" --label "relay-json-$pairs" relay --pairs "$pairs" --window 8 --secs 5
 done
-run "" --bincode --label relay-bincode-50 relay --pairs 50 --window 8 --secs 5
+run "--unlimited-rates" --bincode --label relay-bincode-50 relay --pairs 50 --window 8 --secs 5
 # Latency at half of the measured maximum (the 50-pair JSON run).
 half=$(python3 -c "import json; print(int([json.loads(l) for l in open('$out/ws.jsonl') if '\"relay-json-50\"' in l][0]['relays_per_s'] / 2))")
-run "" --label relay-json-50-half relay --pairs 50 --window 8 --secs 5 --rate "$half"
+run "--unlimited-rates" --label relay-json-50-half relay --pairs 50 --window 8 --secs 5 --rate "$half"
 
 for conns in 1000 5000 10000; do
     run "" --label "join-$conns" join --conns "$conns"
