@@ -102,6 +102,9 @@ fn relay(c: &mut Criterion) {
                 bench.drain()
             })
         });
+        // What was measured must be relays, not error replies.
+        let stats = bench.server.stats();
+        assert!(stats.errors.is_empty() && stats.relays > 0, "{stats:?}");
     }
     group.finish();
 }
