@@ -58,15 +58,20 @@ impl Bench {
         bench
     }
 
-    fn join(&mut self, conn: ConnId, key: &SigningKey, codec: Codec) -> usize {
+    /// Opens `conn` and returns the challenge the server sent it.
+    fn open(&mut self, conn: ConnId, codec: Codec) -> U256 {
         self.server.handle(self.now, SignalIn::Opened { conn, codec });
-        let challenge = match self.server.poll_output() {
+        match self.server.poll_output() {
             Some(SignalOut::Send { frame, .. }) => match codec.decode(&frame) {
                 Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
                 other => panic!("expected a challenge, got {other:?}"),
             },
             other => panic!("expected a challenge, got {other:?}"),
-        };
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, key: &SigningKey, codec: Codec) -> usize {
+        let challenge = self.open(conn, codec);
         self.ids.push(U256(key.verifying_key().to_bytes()));
         let frame = codec.encode(&announce_message(key, challenge)).unwrap();
         self.server.handle(self.now, SignalIn::Frame { conn, frame });
@@ -97,6 +102,9 @@ fn relay(c: &mut Criterion) {
                 bench.drain()
             })
         });
+        // What was measured must be relays, not error replies.
+        let stats = bench.server.stats();
+        assert!(stats.errors.is_empty() && stats.relays > 0, "{stats:?}");
     }
     group.finish();
 }
@@ -131,14 +139,7 @@ fn announce(c: &mut Criterion) {
                 next += 1;
                 let conn = ConnId::new(next);
                 let start = Instant::now();
-                bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json });
-                let challenge = match bench.server.poll_output() {
-                    Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
-                        Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
-                        other => panic!("expected a challenge, got {other:?}"),
-                    },
-                    other => panic!("expected a challenge, got {other:?}"),
-                };
+                let challenge = bench.open(conn, Codec::Json);
                 server_time += start.elapsed();
                 let frame = Codec::Json.encode(&announce_message(&signer, challenge)).unwrap();
                 let start = Instant::now();
@@ -182,7 +183,9 @@ fn join(c: &mut Criterion) {
     let mut group = c.benchmark_group("join");
     group.throughput(Throughput::Elements(1));
     for &n in sizes {
-        let mut bench = Bench::new(SignalConfig::default(), n, Codec::Json);
+        // Each iteration moves the clock by a push interval; the `n` nodes must not expire.
+        let config = SignalConfig { ttl: Duration::MAX, ..SignalConfig::default() };
+        let mut bench = Bench::new(config, n, Codec::Json);
         let signer = key(u32::MAX);
         let (mut joins, mut frames, mut bytes) = (0u64, 0u64, 0u64);
         let mut next = u64::from(n);
@@ -194,14 +197,7 @@ fn join(c: &mut Criterion) {
                     let conn = ConnId::new(next);
                     let before = bench.server.stats();
                     let start = Instant::now();
-                    bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json });
-                    let challenge = match bench.server.poll_output() {
-                        Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
-                            Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,
-                            other => panic!("expected a challenge, got {other:?}"),
-                        },
-                        other => panic!("expected a challenge, got {other:?}"),
-                    };
+                    let challenge = bench.open(conn, Codec::Json);
                     server_time += start.elapsed();
                     let frame = Codec::Json.encode(&announce_message(&signer, challenge)).unwrap();
                     let start = Instant::now();

@@ -465,8 +465,9 @@ async fn main() {
     println!("{summary}");
 }
 
-/// One pair: `a` offers, `b` answers each offer, `window` messages in flight; every message
-/// carries its send time, and its receiver records the latency. Stops at `deadline`.
+/// One pair. Closed loop: `a` offers, `b` answers each offer, `window` messages in flight.
+/// Paced (`pace` set): `a` offers once per `pace`, `b` only receives. Every message carries its
+/// send time and its receiver records the latency. Stops at `deadline`.
 #[allow(clippy::too_many_arguments)]
 async fn bounce(
     mut a: Node,
@@ -490,31 +491,44 @@ async fn bounce(
         let sent = text.get(..20).and_then(|t| t.parse::<u64>().ok()).unwrap_or_default();
         epoch.elapsed().saturating_sub(Duration::from_nanos(sent))
     };
-    for _ in 0..window {
-        if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await {
-            return stats.error(&e);
+    if let Some(pace) = pace {
+        // Open loop: `a` offers at a fixed rate whatever happens, `b` records each arrival at once.
+        let mut ticker = tokio::time::interval(pace);
+        while Instant::now() < deadline {
+            tokio::select! {
+                _ = ticker.tick() => if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await {
+                    return stats.error(&e);
+                },
+                got = b.next_setup() => match got {
+                    Ok(offer) => stats.record(latency(&offer)),
+                    Err(e) => return stats.error(&e),
+                },
+            }
         }
-    }
-    let mut ticker = pace.map(tokio::time::interval);
-    while Instant::now() < deadline {
-        if let Some(ticker) = ticker.as_mut() {
-            ticker.tick().await;
+    } else {
+        // Closed loop: `window` messages in flight; each arrival is answered at once.
+        for _ in 0..window {
+            if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await {
+                return stats.error(&e);
+            }
         }
-        tokio::select! {
-            got = b.next_setup() => match got {
-                Ok(offer) => {
-                    stats.record(latency(&offer));
-                    if let Err(e) = b.send_setup(stamp(PeerMessage::Answer)).await { return stats.error(&e) }
-                }
-                Err(e) => return stats.error(&e),
-            },
-            got = a.next_setup() => match got {
-                Ok(answer) => {
-                    stats.record(latency(&answer));
-                    if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await { return stats.error(&e) }
-                }
-                Err(e) => return stats.error(&e),
-            },
+        while Instant::now() < deadline {
+            tokio::select! {
+                got = b.next_setup() => match got {
+                    Ok(offer) => {
+                        stats.record(latency(&offer));
+                        if let Err(e) = b.send_setup(stamp(PeerMessage::Answer)).await { return stats.error(&e) }
+                    }
+                    Err(e) => return stats.error(&e),
+                },
+                got = a.next_setup() => match got {
+                    Ok(answer) => {
+                        stats.record(latency(&answer));
+                        if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await { return stats.error(&e) }
+                    }
+                    Err(e) => return stats.error(&e),
+                },
+            }
         }
     }
     let _ = a.ws.close(None).await;

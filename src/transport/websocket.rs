@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -71,6 +71,10 @@ pub struct WsConfig {
     /// each connection's write buffer, which otherwise keeps the size of the longest message it
     /// ever sent for as long as the connection lives. Default 2 KiB.
     pub write_fragment_size: usize,
+    /// Connections the kernel queues for `accept` (the listen backlog; the kernel caps it at
+    /// `net.core.somaxconn`). A full backlog drops connection attempts, which the client retries
+    /// only a second later. Default 4096.
+    pub listen_backlog: u32,
     /// Events (opens, frames, closes) waiting for the driver. When it is full, connections stop
     /// reading until the driver catches up. Default 4096.
     pub event_queue: usize,
@@ -87,6 +91,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(30),
             read_buffer_size: 1024,
             write_fragment_size: 2 * 1024,
+            listen_backlog: 4096,
             event_queue: 4096,
         }
     }
@@ -226,8 +231,18 @@ impl WsTransport {
     ///
     /// The error of binding the listener.
     pub async fn bind(addr: impl ToSocketAddrs, config: WsConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        Self::from_listener(listener, config)
+        let mut last_error = None;
+        for addr in tokio::net::lookup_host(addr).await? {
+            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            // A restarted server can take its port back while old connections linger.
+            socket.set_reuseaddr(true)?;
+            match socket.bind(addr).and_then(|()| socket.listen(config.listen_backlog)) {
+                Ok(listener) => return Self::from_listener(listener, config),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")))
     }
 
     /// Starts accepting connections on a listener that is already bound.
@@ -487,10 +502,13 @@ async fn run_connection(
     let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut last_heard = Instant::now();
+    // Registered once, not on every wake-up.
+    let killed = kill.notified();
+    tokio::pin!(killed);
     loop {
         tokio::select! {
             biased;
-            () = kill.notified() => return End::Other,
+            () = &mut killed => return End::Other,
             next = outbound.next() => {
                 let Some(first) = next else { return End::Other };
                 // Write everything already queued, then flush once.

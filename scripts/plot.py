@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Plots join cost and relay latency against N from loadgen's JSON summaries.
+
+usage: plot.py bench-results/ws.jsonl bench-results/scaling.png
+"""
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(source, target):
+    runs = [json.loads(line) for line in open(source) if line.strip().startswith("{")]
+    joins = sorted(
+        (r for r in runs if r["label"].startswith("join-") and r["label"][5:].isdigit()),
+        key=lambda r: r["joined"],
+    )
+    relays = sorted(
+        (r for r in runs if r["label"].startswith("relay-json-") and r["label"][11:].isdigit()),
+        key=lambda r: int(r["label"][11:]),
+    )
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+
+    n = [r["joined"] for r in joins]
+    left.plot(n, [r["join_s"] for r in joins], "o-", label="wall time to join all (s)")
+    left.plot(n, [r["server"]["cpu_s"] for r in joins], "s--", label="server CPU (s)")
+    left.set_xlabel("nodes joining (N)")
+    left.set_ylabel("seconds")
+    left.set_title("Join N nodes over WebSocket")
+    left.grid(alpha=0.3)
+    left.legend()
+    per_join = left.twinx()
+    per_join.plot(n, [r["server"]["cpu_s"] / r["joined"] * 1e6 for r in joins], "^:", color="gray")
+    per_join.set_ylabel("server CPU per join (µs, dotted)")
+
+    pairs = [int(r["label"][11:]) * 2 for r in relays]
+    for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^--")):
+        right.plot(pairs, [r["latency_us"][key] / 1000 for r in relays], style, label=key)
+    right.set_xscale("log")
+    right.set_xlabel("relaying nodes (N), 8 messages in flight per pair")
+    right.set_ylabel("relay latency (ms)")
+    right.set_title("Relay latency at full load")
+    right.grid(alpha=0.3)
+    right.legend()
+
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
