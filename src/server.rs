@@ -214,8 +214,13 @@ impl RateLimit {
         self.burst.saturating_mul(NANOS_PER_SEC)
     }
 
-    /// `level` after `nanos` of refill.
+    /// `level` after `nanos` of refill. An unlimited rate refills at once, even when no time
+    /// passed between two frames: otherwise enough frames stamped with one instant would drain
+    /// even the largest bucket.
     fn refill(self, level: u64, nanos: u64) -> u64 {
+        if self.per_sec == u64::MAX {
+            return self.capacity();
+        }
         level.saturating_add(nanos.saturating_mul(self.per_sec)).min(self.capacity())
     }
 }
@@ -985,6 +990,24 @@ fn below(rng: &mut impl RngCore, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlimited_rates_never_run_dry_even_without_time_passing() {
+        let config = SignalConfig {
+            frame_rate: RateLimit::UNLIMITED,
+            byte_rate: RateLimit::UNLIMITED,
+            ..SignalConfig::default()
+        };
+        let now = Instant::now();
+        let mut buckets = Buckets::full(now, &config);
+        // Each frame's cost saturates the byte bucket; at one instant, a finite bucket would
+        // refuse the second.
+        assert!((0..1000).all(|_| buckets.take(now, usize::MAX / 2, &config)));
+        // A limited bucket does run dry at one instant.
+        let limited = SignalConfig { frame_rate: RateLimit::new(10, 3), ..SignalConfig::default() };
+        let mut buckets = Buckets::full(now, &limited);
+        assert_eq!((0..5).filter(|_| buckets.take(now, 1, &limited)).count(), 3);
+    }
 
     #[test]
     fn sample_is_distinct_in_range_and_covers_everything() {
