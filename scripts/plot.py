@@ -33,13 +33,17 @@ def main(source, target):
     left.grid(alpha=0.3)
     left.legend()
     per_join = left.twinx()
-    per_join.plot(n, [r["server"]["cpu_s"] / r["joined"] * 1e6 for r in joins], "^:", color="gray")
+    cpu_per_join = [r["server"]["cpu_s"] / r["joined"] * 1e6 for r in joins]
+    per_join.plot(n, cpu_per_join, "^:", color="gray")
+    per_join.set_ylim(0, max(cpu_per_join) * 1.3)
     per_join.set_ylabel("server CPU per join (µs, dotted)")
 
     pairs = [int(r["label"][11:]) * 2 for r in relays]
     for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^--")):
         right.plot(pairs, [r["latency_us"][key] / 1000 for r in relays], style, label=key)
     right.set_xscale("log")
+    right.minorticks_off()
+    right.set_xticks(pairs, [str(p) for p in pairs])
     right.set_xlabel("relaying nodes (N), 8 messages in flight per pair")
     right.set_ylabel("relay latency (ms)")
     right.set_title("Relay latency at full load")
