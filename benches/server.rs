@@ -115,9 +115,10 @@ fn relay(c: &mut Criterion) {
                 bench.drain()
             })
         });
-        // What was measured must be relays, not error replies.
+        // What was measured must be relays, not error replies (criterion may have filtered the
+        // benchmark out, so no relay at all is fine).
         let stats = bench.server.stats();
-        assert!(stats.errors.is_empty() && stats.relays > 0, "{stats:?}");
+        assert!(stats.errors.is_empty(), "{stats:?}");
     }
     group.finish();
 }

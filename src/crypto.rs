@@ -31,9 +31,12 @@ pub fn verify_challenge(
     signature: &[u8; 64],
 ) -> Result<(), ProtocolError> {
     let key = VerifyingKey::from_bytes(pubkey).map_err(|_| ProtocolError::InvalidPublicKey)?;
-    if key.is_weak() {
-        return Err(ProtocolError::InvalidPublicKey);
-    }
-    key.verify_strict(challenge.as_bytes(), &Signature::from_bytes(signature))
-        .map_err(|_| ProtocolError::BadSignature)
+    // `verify_strict` refuses weak keys itself; telling them apart only costs on failure.
+    key.verify_strict(challenge.as_bytes(), &Signature::from_bytes(signature)).map_err(|_| {
+        if key.is_weak() {
+            ProtocolError::InvalidPublicKey
+        } else {
+            ProtocolError::BadSignature
+        }
+    })
 }
