@@ -118,6 +118,12 @@ impl Node {
     async fn join(args: &Args, source: IpAddr, index: u64) -> Result<Self, String> {
         let codec = if args.bincode { Codec::Bincode } else { Codec::Json };
         let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        // Real clients close from many hosts; this one closes tens of thousands of sockets from a
+        // few addresses, and their TIME_WAIT states would exhaust its ports and slow every later
+        // connect (and the next run). A zero linger closes with a reset and leaves none; tokio
+        // deprecates SO_LINGER because a non-zero linger blocks on drop, which zero does not.
+        #[allow(deprecated)]
+        socket.set_linger(Some(Duration::ZERO)).map_err(|e| e.to_string())?;
         socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
         let stream = socket.connect(args.server).await.map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
