@@ -135,6 +135,10 @@
 //! | `WsConfig::handshake_timeout` | 10 s | time to complete the WebSocket handshake |
 //! | `WsConfig::max_message_size` | 2 × `max_frame_size` | one WebSocket message, before the core sees it |
 //! | `WsConfig::ping_interval` | 30 s | silence, even of a pong, lasting two intervals |
+//! | `WsConfig::write_fragment_size` | 2 KiB | a connection's write buffer (longer messages go out fragmented) |
+//! | `WsConfig::read_buffer_size` | 1 KiB | a connection's read buffer until a longer message arrives |
+//! | `WsConfig::listen_backlog` | 4096 | connections waiting for `accept` (capped by the kernel) |
+//! | `WsConfig::event_queue` | 4096 | transport events waiting for the driver (then connections stop reading) |
 //!
 //! # The run loop
 //!
