@@ -439,7 +439,8 @@ pub struct SignalServer {
     push: PendingPush,
     /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
     full_list: PerCodec,
-    system_config: FledgerConfig,
+    /// The `SystemConfig` frame, the same for every node: encoded once per codec.
+    system_config: PerCodec,
     out: VecDeque<SignalOut>,
     last_now: Option<Instant>,
     stopped: bool,
@@ -467,7 +468,7 @@ impl SignalServer {
             None => ChaCha20Rng::from_entropy(),
         };
         Self {
-            system_config: FledgerConfig { system_realm: config.system_realm },
+            system_config: PerCodec::default(),
             config,
             rng,
             conns: HashMap::new(),
@@ -683,7 +684,14 @@ impl SignalServer {
         self.full_list = PerCodec::default();
         self.stats.joins += 1;
 
-        self.send(conn, codec, &WSSignalMessageToNode::SystemConfig(self.system_config.clone()));
+        if self.system_config.slot(codec).is_none() {
+            let message =
+                WSSignalMessageToNode::SystemConfig(FledgerConfig { system_realm: self.config.system_realm });
+            *self.system_config.slot(codec) = codec.encode(&message).ok();
+        }
+        if let Some(frame) = self.system_config.slot(codec).clone() {
+            self.push_frame(conn, frame);
+        }
         self.send_list(conn, codec);
         self.out.push_back(SignalOut::Event(SignalEvent::NewNode(id)));
 
