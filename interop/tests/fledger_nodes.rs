@@ -65,8 +65,8 @@ async fn three_nodes(server: &WsServer) -> [FledgerNode; 3] {
 
 #[test]
 fn three_fledger_nodes_authenticate_list_each_other_and_relay_a_setup() {
+    let server = WsServer::start();
     run(LIMIT, async {
-        let server = WsServer::start();
         let [mut a, mut b, _c] = three_nodes(&server).await;
         let deadline = Instant::now() + STEP;
 
@@ -106,8 +106,8 @@ fn three_fledger_nodes_authenticate_list_each_other_and_relay_a_setup() {
 
 #[test]
 fn a_fledger_node_that_closes_its_websocket_leaves_the_lists_for_good() {
+    let server = WsServer::start();
     run(LIMIT, async {
-        let server = WsServer::start();
         let [mut a, mut b, mut leaver] = three_nodes(&server).await;
         leaver.disconnect().await;
         let deadline = Instant::now() + STEP;
@@ -127,10 +127,10 @@ fn a_fledger_node_that_closes_its_websocket_leaves_the_lists_for_good() {
                 while let Some(list) = node.next_list(deadline).await {
                     assert!(
                         !lists_id(&list, leaver.id),
-                        "{}: the node that left is listed again: {:?}; it got {:?} since it left",
+                        "{}: the node that left is listed again: {:?}; since it left, it got {:?}",
                         node.name,
                         names(&list),
-                        leaver.pending_out(),
+                        leaver.pending_out().iter().map(ToString::to_string).collect::<Vec<_>>(),
                     );
                     assert_eq!(list.len(), 2, "{}: {:?}", node.name, names(&list));
                 }
@@ -140,7 +140,8 @@ fn a_fledger_node_that_closes_its_websocket_leaves_the_lists_for_good() {
         let heard = leaver.pending_out();
         assert!(
             !heard.iter().any(|out| matches!(out, NetworkOut::SystemConfig(_))),
-            "the node that left announced again: {heard:?}"
+            "the node that left announced again; since it left, it got {:?}",
+            heard.iter().map(ToString::to_string).collect::<Vec<_>>()
         );
     });
 }
