@@ -109,12 +109,19 @@ struct Args {
     /// Seconds between server pings; two silent intervals close a connection.
     #[arg(long, default_value_t = 30)]
     ping_interval_secs: u64,
-    /// Read buffer each connection starts with, in bytes.
-    #[arg(long, default_value_t = 1024)]
+    /// Bytes read from a socket at a time (idle connections hold no read buffer).
+    #[arg(long, default_value_t = WsConfig::default().read_buffer_size)]
     read_buffer_size: usize,
-    /// Largest WebSocket frame written; longer messages go out fragmented.
-    #[arg(long, default_value_t = 2048)]
-    write_fragment_size: usize,
+    /// Bytes queued for one connection before it is closed as a slow reader; past half of it,
+    /// relays to the connection are refused with "destination busy".
+    #[arg(long, default_value_t = WsConfig::default().send_backlog_bytes)]
+    send_backlog_bytes: usize,
+    /// Seconds a write may make no progress before the connection is closed as a slow reader.
+    #[arg(long, default_value_t = WsConfig::default().write_timeout.as_secs())]
+    write_timeout_secs: u64,
+    /// Milliseconds a closing connection waits for the peer's close frame.
+    #[arg(long, default_value_t = WsConfig::default().close_linger.as_millis() as u64)]
+    close_linger_ms: u64,
     /// Runtime threads. With 1 (the default), the server and every connection share one thread,
     /// which avoids a cross-thread wake-up per frame and is the fastest on small machines.
     #[arg(long, default_value_t = 1)]
@@ -160,7 +167,9 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             read_buffer_size: self.read_buffer_size,
             max_connections_per_ip: self.max_connections_per_ip,
-            write_fragment_size: self.write_fragment_size,
+            send_backlog_bytes: self.send_backlog_bytes,
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+            close_linger: Duration::from_millis(self.close_linger_ms),
             ..WsConfig::for_server(config)
         }
     }

@@ -19,7 +19,8 @@ use peer_signal::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use ws::*;
 
@@ -146,20 +147,30 @@ async fn deep_nesting_is_refused_without_recursing() {
 }
 
 #[tokio::test]
-async fn oversize_frames_get_an_error_then_close_1009() {
+async fn messages_over_the_frame_limit_are_closed_with_1009_however_they_are_fragmented() {
     let config = SignalConfig { max_frame_size: 1024, ..config() };
     let ws = WsConfig::for_server(&config);
+    assert_eq!(ws.max_message_size, 1024, "the WebSocket limit is the core's");
     let mut arena = arena(config, ws).await;
+    // At the limit: the core gets the frame and answers.
     let (mut attacker, _) = arena.stranger().await;
-    // Over the core's limit, within the WebSocket layer's: the core answers, the connection stays.
-    attacker.send(&" ".repeat(1500)).await;
-    assert_eq!(attacker.error().await, "frame too large: 1500 bytes, limit is 1024");
-    attacker.send("\"ListIDsRequest\"").await;
-    assert_eq!(attacker.error().await, "not authenticated: announce first");
-    // Over the WebSocket layer's limit (twice the core's): closed as too big, before buffering it.
-    attacker.send(&" ".repeat(3000)).await;
+    attacker.send(&" ".repeat(1024)).await;
+    assert!(attacker.error().await.starts_with("malformed message: "));
+    // One byte over: closed as too big.
+    attacker.send(&" ".repeat(1025)).await;
     assert_eq!(attacker.closed().await, Some(CloseCode::Size));
     eventually("oversize counted", || arena.server.ws.get().oversize == 1).await;
+
+    // Fragments count together: three of 400 bytes are over the limit, each alone is not.
+    let (mut attacker, _) = arena.stranger().await;
+    for (i, opcode) in [OpData::Text, OpData::Continue, OpData::Continue].into_iter().enumerate() {
+        let frame = Frame::message(vec![b' '; 400], OpCode::Data(opcode), i == 2);
+        if attacker.ws.send(Message::Frame(frame)).await.is_err() {
+            break; // The server closed before the last fragment.
+        }
+    }
+    assert_eq!(attacker.closed().await, Some(CloseCode::Size));
+    eventually("both counted", || arena.server.ws.get().oversize == 2).await;
     arena.still_serves().await;
 }
 
