@@ -108,6 +108,8 @@ async fn bad_input_over_the_wire_gets_its_answer_and_good_nodes_carry_on() {
     let read = within("half-open close", silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     still_relaying(&mut a, &mut b).await;
+    // Counted when each connection's task ends, after its closing handshake.
+    eventually("counted", || server.ws.get().oversize == 1).await;
     let ws = server.ws.get();
     assert_eq!((ws.oversize, ws.failed_handshakes, ws.slow_readers), (1, 1, 0), "{ws:?}");
     server.handle.stop();
