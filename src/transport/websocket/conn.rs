@@ -158,7 +158,8 @@ impl Connection<'_> {
                     Ok(None) => break,
                     Err(violation) => {
                         let (code, reason) = violation.close();
-                        let cause = if violation == Violation::TooBig { End::Oversize } else { End::Violation };
+                        let cause =
+                            if violation == Violation::TooBig { End::Oversize } else { End::Violation };
                         closing.start(&mut out, OutFrame::close(code, reason), Some(cause));
                         // The stream cannot be parsed past a violation: from now on it is noise,
                         // read and dropped until the peer closes or the linger ends.

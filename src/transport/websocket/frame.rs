@@ -117,7 +117,8 @@ impl Reader {
             return Ok(Some(pending));
         }
         let mut cursor = Cursor::new(&buf[..]);
-        let parsed = FrameHeader::parse(&mut cursor).map_err(|_| Violation::Protocol("invalid frame header"))?;
+        let parsed =
+            FrameHeader::parse(&mut cursor).map_err(|_| Violation::Protocol("invalid frame header"))?;
         let Some((header, len)) = parsed else { return Ok(None) };
         let consumed = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
         if header.rsv1 || header.rsv2 || header.rsv3 {
@@ -147,7 +148,9 @@ impl Reader {
         let first = match header.opcode {
             OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload.freeze()))),
             OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
-            OpCode::Control(Control::Close) => return close_code(&payload).map(|code| Some(Incoming::Close(code))),
+            OpCode::Control(Control::Close) => {
+                return close_code(&payload).map(|code| Some(Incoming::Close(code)))
+            }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 return Err(Violation::Protocol("reserved opcode"));
             }
@@ -382,7 +385,10 @@ mod tests {
         let claim = &client_frame(true, 2, &[0; 70_000])[..14];
         assert_eq!(read_all(&mut Reader::new(65_536), claim), Err(Violation::TooBig));
 
-        assert_eq!(read_all(&mut Reader::new(100), &client_frame(true, 1, &[0xff, 0xfe])), Err(Violation::NotUtf8));
+        assert_eq!(
+            read_all(&mut Reader::new(100), &client_frame(true, 1, &[0xff, 0xfe])),
+            Err(Violation::NotUtf8)
+        );
         let unmasked = [0x81, 0x01, b'x'];
         assert!(matches!(read_all(&mut Reader::new(100), &unmasked), Err(Violation::Protocol(_))));
         let rsv = {
@@ -392,11 +398,11 @@ mod tests {
         };
         assert!(matches!(read_all(&mut Reader::new(100), &rsv), Err(Violation::Protocol(_))));
         for bad in [
-            client_frame(false, 9, b""),       // fragmented control frame
-            client_frame(true, 9, &[0; 126]),  // control frame too long
-            client_frame(true, 0, b"x"),       // continuation of nothing
-            client_frame(true, 3, b"x"),       // reserved opcode
-            client_frame(true, 8, &[0x03]),    // close of one byte
+            client_frame(false, 9, b""),          // fragmented control frame
+            client_frame(true, 9, &[0; 126]),     // control frame too long
+            client_frame(true, 0, b"x"),          // continuation of nothing
+            client_frame(true, 3, b"x"),          // reserved opcode
+            client_frame(true, 8, &[0x03]),       // close of one byte
             client_frame(true, 8, &[0x03, 0xed]), // close code 1005 may not be sent
         ] {
             assert!(matches!(read_all(&mut Reader::new(200), &bad), Err(Violation::Protocol(_))), "{bad:?}");
@@ -415,7 +421,10 @@ mod tests {
             assert_eq!(head[0], 0x82);
             let mut cursor = Cursor::new(head.to_vec());
             let (parsed, parsed_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
-            assert_eq!((parsed.is_final, parsed.opcode, parsed.mask, parsed_len), (true, OpCode::Data(Data::Binary), None, len as u64));
+            assert_eq!(
+                (parsed.is_final, parsed.opcode, parsed.mask, parsed_len),
+                (true, OpCode::Data(Data::Binary), None, len as u64)
+            );
         }
         let mut frame = OutFrame::new(Opcode::Text, Bytes::from_static(b"hello"));
         assert_eq!(frame.advance(1), None);

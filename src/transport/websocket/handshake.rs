@@ -128,7 +128,8 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: &'static str) -> 
 mod tests {
     use super::*;
 
-    const GOOD: &str = "GET /any/path HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+    const GOOD: &str =
+        "GET /any/path HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
     #[test]
@@ -144,14 +145,21 @@ mod tests {
     #[test]
     fn requests_that_are_not_upgrades_are_refused_with_a_status() {
         let without = |name: &str| {
-            let head: String = GOOD.split("\r\n").filter(|line| !line.starts_with(name)).map(|l| format!("{l}\r\n")).collect();
+            let head: String = GOOD
+                .split("\r\n")
+                .filter(|line| !line.starts_with(name))
+                .map(|l| format!("{l}\r\n"))
+                .collect();
             parse(format!("{head}\r\n").as_bytes()).err()
         };
         assert_eq!(without("Upgrade"), Some("426 Upgrade Required"));
         assert_eq!(without("Connection"), Some("426 Upgrade Required"));
         assert_eq!(without("Sec-WebSocket-Version"), Some("426 Upgrade Required"));
         assert_eq!(without("Sec-WebSocket-Key"), Some("400 Bad Request"));
-        assert_eq!(parse(format!("{}\r\n", GOOD.replace("GET", "POST")).as_bytes()).err(), Some("400 Bad Request"));
+        assert_eq!(
+            parse(format!("{}\r\n", GOOD.replace("GET", "POST")).as_bytes()).err(),
+            Some("400 Bad Request")
+        );
         assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").err(), Some("400 Bad Request"));
     }
 
@@ -175,6 +183,9 @@ mod tests {
         let endless = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         client.write_all(endless.as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
-        assert_eq!(accept(&mut server, &mut buf).await, Err(Refusal::Http("431 Request Header Fields Too Large")));
+        assert_eq!(
+            accept(&mut server, &mut buf).await,
+            Err(Refusal::Http("431 Request Header Fields Too Large"))
+        );
     }
 }
