@@ -376,44 +376,76 @@ async fn floods_over_the_rate_limits_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_is_closed_and_the_others_go_on() {
+async fn a_reader_with_a_full_window_is_released_by_the_write_timeout() {
     let config = SignalConfig {
-        max_send_backlog: 4,
         max_setup_len: 60_000,
         frame_rate: RateLimit::UNLIMITED,
         byte_rate: RateLimit::UNLIMITED,
+        // Queues with room for everything the sender sends: only the write timeout can end it.
+        max_send_backlog: 10_000,
         ..config()
     };
-    let ws = WsConfig::for_server(&config);
-    let mut arena = arena(config, ws).await;
-    // Joins and never reads again.
-    let sluggard = fledger_announce(Fledger::connect_small(&arena.server.url).await, 4).await;
-    let sluggard_id = U256(SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes());
-
-    // Offers of 50 KB until the server gives up on it: the socket buffers and the queue of 4
-    // frames hold a few MB at most, so 200 offers (10 MB) are more than enough.
-    let mut sender = join(&arena.server.url, 60, Codec::Json).await;
-    let offer = PeerInfo {
-        id_init: sender.id(),
-        id_follow: sluggard_id,
-        message: PeerMessage::Offer("x".repeat(50_000)),
+    // Room for the two good nodes, the sender and the victim, and nobody else.
+    let ws = WsConfig {
+        max_connections: 4,
+        write_timeout: Duration::from_millis(500),
+        send_backlog_bytes: 1 << 30,
+        ..WsConfig::for_server(&config)
     };
+    let mut arena = arena(config, ws).await;
+    // Joins, then never reads again, on a socket with a 4 KiB receive buffer.
+    let mut victim = RawWs::connect_small(&arena.server.url).await;
+    let victim_id = U256(SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes());
+    victim_announce(&mut victim, 4).await;
+    let mut sender = join(&arena.server.url, 60, Codec::Json).await;
+    let tasks = arena.server.ws.get().connection_tasks;
+    assert_eq!(tasks, 4);
+
+    // Full: a newcomer's TCP connection is dropped right after `accept`.
+    let mut refused = TcpStream::connect(host(&arena.server.url)).await.unwrap();
+    let mut byte = [0u8; 1];
+    assert!(matches!(within("refusal", refused.read(&mut byte)).await, Ok(0) | Err(_)));
+    assert_eq!(arena.server.ws.get().refused, 1);
+
+    // 16 KB candidates until the server lets the victim go. Its socket buffers fill within a few
+    // hundred KB; from then on its writes make no progress, and the write timeout ends it.
+    let candidate = PeerInfo {
+        id_init: sender.id(),
+        id_follow: victim_id,
+        message: PeerMessage::IceCandidate("c".repeat(16_000)),
+    };
+    let started = std::time::Instant::now();
     let mut left = false;
-    for _ in 0..200 {
-        within("send", sender.send_setup(offer.clone())).await.unwrap();
+    for _ in 0..2_000 {
+        within("send", sender.send_setup(candidate.clone())).await.unwrap();
         while let Some(Some(event)) = futures::StreamExt::next(&mut arena.server.events).now_or_never() {
-            left |= event == SignalEvent::NodeLeft(sluggard_id);
+            left |= event == SignalEvent::NodeLeft(victim_id);
         }
         if left {
             break;
         }
+        tokio::task::yield_now().await;
     }
     if !left {
-        wait_event(&mut arena.server.events, |e| *e == SignalEvent::NodeLeft(sluggard_id)).await;
+        wait_event(&mut arena.server.events, |e| *e == SignalEvent::NodeLeft(victim_id)).await;
     }
+    eventually("the victim's task ended", || arena.server.ws.get().connection_tasks == tasks - 1).await;
+    eprintln!("stuck reader released after {:?}", started.elapsed());
     assert_eq!(arena.server.ws.get().slow_readers, 1);
-    drop(sluggard);
+    drop(victim);
+    // Its slot is free again: the newcomer of `still_serves` gets in.
     arena.still_serves().await;
+}
+
+/// Answers the challenge on a raw JSON connection with an announce for key `seed`.
+async fn victim_announce(raw: &mut RawWs, seed: u8) {
+    let (_, challenge) = raw.frame().await.expect("challenge");
+    let Ok(WSSignalMessageToNode::Challenge(3, challenge)) = Codec::Json.decode(&challenge) else {
+        panic!("expected a challenge")
+    };
+    raw.send(TEXT, announce_text(&SigningKey::from_bytes(&[seed; 32]), challenge).as_bytes()).await;
+    let (_, accepted) = raw.frame().await.expect("system config");
+    assert!(accepted.starts_with(b"{\"SystemConfig\""));
 }
 
 #[tokio::test]
