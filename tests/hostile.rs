@@ -542,3 +542,28 @@ async fn the_per_ip_cap_refuses_the_connection_over_it() {
     arena.still_serves().await;
     assert_eq!(arena.server.ws.get().refused_per_ip, 1);
 }
+
+#[tokio::test]
+async fn a_maximal_frame_holds_a_read_buffer_only_until_it_is_handled() {
+    let mut arena = arena_default().await;
+    let mut raw = RawWs::connect(&arena.server.url, false).await;
+    victim_announce(&mut raw, 5).await;
+    let _list = raw.frame().await.expect("the list after the announce");
+    eventually("idle connections hold no read buffer", || arena.server.ws.get().read_buffer_bytes == 0).await;
+
+    // A list request padded to the frame limit with JSON whitespace, sent in two halves.
+    let limit = config().max_frame_size;
+    let request = format!("{:width$}\"ListIDsRequest\"", "", width = limit - 16);
+    let frame = client_frame(TEXT, request.as_bytes());
+    let (first, second) = frame.split_at(frame.len() / 2);
+    raw.stream.write_all(first).await.unwrap();
+    // While the frame arrives, the buffer has room for all of it.
+    eventually("a buffer for the frame", || arena.server.ws.get().read_buffer_bytes >= limit as u64 / 2)
+        .await;
+    raw.stream.write_all(second).await.unwrap();
+    let (_, reply) = raw.frame().await.expect("the list");
+    assert!(reply.starts_with(b"{\"ListIDsReply\":["));
+    // Handled: the connection idles with no read buffer, as if it had never sent the frame.
+    eventually("the buffer given back", || arena.server.ws.get().read_buffer_bytes == 0).await;
+    arena.still_serves().await;
+}

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::frame::{Incoming, Opcode, OutFrame, Reader, Violation};
-use super::{Event, WsConfig};
+use super::{Counters, Event, WsConfig};
 use crate::{CloseReason, Codec, ConnId, ProtocolError};
 
 /// Frames taken from the send queue into the write queue at most; the rest wait in the send
@@ -95,6 +95,31 @@ pub(super) struct Connection<'a> {
     pub(super) config: &'a WsConfig,
     pub(super) shared: &'a Shared,
     pub(super) events: &'a mpsc::Sender<Event>,
+    pub(super) counters: &'a Counters,
+}
+
+/// A connection's share of [`WsStats::read_buffer_bytes`](super::WsStats::read_buffer_bytes):
+/// the capacity of its read buffer as last counted, taken back when the connection ends.
+struct HeldBuffer<'a> {
+    counters: &'a Counters,
+    held: usize,
+}
+
+impl HeldBuffer<'_> {
+    fn update(&mut self, capacity: usize) {
+        if capacity > self.held {
+            self.counters.read_buffers.fetch_add(capacity - self.held, Ordering::Relaxed);
+        } else if capacity < self.held {
+            self.counters.read_buffers.fetch_sub(self.held - capacity, Ordering::Relaxed);
+        }
+        self.held = capacity;
+    }
+}
+
+impl Drop for HeldBuffer<'_> {
+    fn drop(&mut self) {
+        self.update(0);
+    }
 }
 
 impl Connection<'_> {
@@ -116,6 +141,8 @@ impl Connection<'_> {
         // A frame for the transport that waits for room in its queue; reading stops meanwhile.
         let mut inbox: Option<Event> = None;
         let mut report_drained = false;
+        let mut held = HeldBuffer { counters: self.counters, held: 0 };
+        held.update(buf.capacity());
 
         let killed = self.shared.kill.notified();
         tokio::pin!(killed);
@@ -176,6 +203,7 @@ impl Connection<'_> {
                 // Give the buffer back: an idle connection holds no read buffer, and one that
                 // once received a maximal message does not keep it.
                 buf = BytesMut::new();
+                held.update(0);
             }
 
             if !out.is_empty() {
@@ -270,7 +298,9 @@ impl Connection<'_> {
                         return End::Error;
                     }
                     let wanted = reader.wanted(&buf);
-                    match self.read_now(&stream, &mut buf, wanted) {
+                    let read = self.read_now(&stream, &mut buf, wanted);
+                    held.update(buf.capacity());
+                    match read {
                         Ok(Some(0)) => {
                             // The peer hung up: after our close that is its answer, before it
                             // there is nobody left to answer.

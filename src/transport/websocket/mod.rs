@@ -152,6 +152,10 @@ pub struct WsStats {
     pub ping_timeouts: u64,
     /// Connections whose closing handshake completed: each side sent its close frame.
     pub clean_closes: u64,
+    /// Bytes held in read buffers now, by every connection together. A gauge: a connection holds
+    /// a buffer only while a message is arriving or waits to be handed on, so idle connections
+    /// add nothing, whatever they sent before.
+    pub read_buffer_bytes: u64,
 }
 
 /// A shared view of a [`WsTransport`]'s [`WsStats`], usable after the transport moved into a driver.
@@ -172,6 +176,7 @@ struct Counters {
     protocol_violations: AtomicU64,
     ping_timeouts: AtomicU64,
     clean_closes: AtomicU64,
+    read_buffers: AtomicUsize,
 }
 
 impl Counters {
@@ -196,6 +201,7 @@ impl WsStatsHandle {
             protocol_violations: read(&c.protocol_violations),
             ping_timeouts: read(&c.ping_timeouts),
             clean_closes: read(&c.clean_closes),
+            read_buffer_bytes: c.read_buffers.load(Ordering::Relaxed) as u64,
         }
     }
 
@@ -548,7 +554,7 @@ async fn serve_connection(
     if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
         return;
     }
-    let connection = Connection { conn, codec, config, shared: &shared, events: &events };
+    let connection = Connection { conn, codec, config, shared: &shared, events: &events, counters };
     let end = connection.run(stream, buf, outbound).await;
     let counter = match end {
         End::Closed => Some(&counters.clean_closes),
