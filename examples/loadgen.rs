@@ -95,6 +95,11 @@ enum Scenario {
         secs: f64,
         #[arg(long, default_value_t = 256)]
         window: usize,
+        /// Before idling, each node sends one list request of this many bytes (padded with JSON
+        /// whitespace; 65536 is the server's default frame limit) and reads the reply: what a
+        /// connection that once sent a maximal frame keeps costing. 0: no such frame.
+        #[arg(long, default_value_t = 0)]
+        big_frame: usize,
     },
     /// Connect, announce, relay, disconnect, in loops.
     Churn {
@@ -177,6 +182,17 @@ impl Node {
             self.ws.feed(message).await.map_err(|e| e.to_string())?;
         }
         self.ws.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Sends `text` as one frame and reads the reply it earns.
+    async fn send_raw(&mut self, text: &str) -> Result<(), String> {
+        let message = if self.client.codec().is_binary() {
+            Message::Binary(bytes::Bytes::copy_from_slice(text.as_bytes()))
+        } else {
+            Message::Text(text.into())
+        };
+        self.ws.send(message).await.map_err(|e| e.to_string())?;
+        self.read_one().await
     }
 
     /// Sends a set-up message.
@@ -351,9 +367,19 @@ async fn main() {
             }
             close_all(nodes).await;
         }
-        Scenario::Idle { conns, secs, window } => {
+        Scenario::Idle { conns, secs, window, big_frame } => {
             progress(stats.clone(), done.clone(), "joined");
-            let (nodes, took) = join_many(&args, conns, window, &stats).await;
+            let (mut nodes, took) = join_many(&args, conns, window, &stats).await;
+            if big_frame > 0 {
+                let request =
+                    format!("{:width$}\"ListIDsRequest\"", "", width = big_frame.saturating_sub(16));
+                for node in &mut nodes {
+                    if let Err(e) = node.send_raw(&request).await {
+                        eprintln!("big frame: {e}");
+                    }
+                }
+                extra.insert("big_frame_bytes".into(), json!(request.len()));
+            }
             let held = read_proc(args.server_pid);
             tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             let after = read_proc(args.server_pid);

@@ -109,12 +109,23 @@ struct Args {
     /// Seconds between server pings; two silent intervals close a connection.
     #[arg(long, default_value_t = 30)]
     ping_interval_secs: u64,
-    /// Read buffer each connection starts with, in bytes.
-    #[arg(long, default_value_t = 1024)]
+    /// Bytes read from a socket at a time (idle connections hold no read buffer).
+    #[arg(long, default_value_t = WsConfig::default().read_buffer_size)]
     read_buffer_size: usize,
-    /// Largest WebSocket frame written; longer messages go out fragmented.
-    #[arg(long, default_value_t = 2048)]
-    write_fragment_size: usize,
+    /// Bytes queued for one connection before it is closed as a slow reader; past half of it,
+    /// relays to the connection are refused with "destination busy".
+    #[arg(long, default_value_t = WsConfig::default().send_backlog_bytes)]
+    send_backlog_bytes: usize,
+    /// Seconds a write may make no progress before the connection is closed as a slow reader.
+    #[arg(long, default_value_t = WsConfig::default().write_timeout.as_secs())]
+    write_timeout_secs: u64,
+    /// Milliseconds a closing connection waits for the peer's close frame.
+    #[arg(long, default_value_t = WsConfig::default().close_linger.as_millis() as u64)]
+    close_linger_ms: u64,
+    /// Seconds to wait, on SIGTERM or Ctrl-C, for clients to finish their closing handshake
+    /// before the process exits.
+    #[arg(long, env = "PEER_SIGNAL_DRAIN_SECS", default_value_t = 5)]
+    drain_secs: u64,
     /// Runtime threads. With 1 (the default), the server and every connection share one thread,
     /// which avoids a cross-thread wake-up per frame and is the fastest on small machines.
     #[arg(long, default_value_t = 1)]
@@ -160,13 +171,15 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             read_buffer_size: self.read_buffer_size,
             max_connections_per_ip: self.max_connections_per_ip,
-            write_fragment_size: self.write_fragment_size,
+            send_backlog_bytes: self.send_backlog_bytes,
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+            close_linger: Duration::from_millis(self.close_linger_ms),
             ..WsConfig::for_server(config)
         }
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -175,24 +188,68 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     raise_fd_limit(args.max_connections);
     let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     };
-    runtime.block_on(serve(args))
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(serve(args)),
+        Err(e) => Err(Failure::Runtime(format!("cannot start the runtime: {e}"))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("ws_server: {failure}");
+            failure.exit_code()
+        }
+    }
 }
 
-async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Why the server could not run, as one sentence for the operator.
+#[derive(Debug)]
+enum Failure {
+    /// Something the server needs is not available (exit status 1).
+    Runtime(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> std::process::ExitCode {
+        match self {
+            Self::Runtime(_) => std::process::ExitCode::FAILURE,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Runtime(text) => f.write_str(text),
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), Failure> {
     let config = args.signal_config();
-    let transport = WsTransport::bind(args.listen, args.ws_config(&config)).await?;
+    let ws_config = args.ws_config(&config);
+    let listen = args.listen;
+    let transport = WsTransport::bind(listen, ws_config).await.map_err(|e| {
+        Failure::Runtime(format!("cannot listen for nodes on {listen}: {}; pass --listen ADDR", reason(&e)))
+    })?;
     info!("signalling on ws://{}", transport.local_addr());
     let ws_stats = transport.stats_handle();
 
     let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 4096);
     if args.metrics != "off" {
-        let listener = TcpListener::bind(&args.metrics).await?;
-        info!("metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(serve_metrics(listener, handle.clone(), ws_stats));
+        let listener = TcpListener::bind(&args.metrics).await.map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot listen for metrics on {}: {}; pass --metrics ADDR or --metrics off",
+                args.metrics,
+                reason(&e)
+            ))
+        })?;
+        let local = listener.local_addr().map_err(|e| Failure::Runtime(format!("metrics listener: {e}")))?;
+        info!("metrics on http://{local}/metrics");
+        tokio::spawn(serve_metrics(listener, handle.clone(), ws_stats.clone()));
     }
     tokio::spawn(stop_on_signal(handle.clone()));
     tokio::spawn(async move {
@@ -209,9 +266,27 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // A task of its own, so that on a multi-threaded runtime it runs on a worker like the
     // connections rather than on the thread that blocks on `main`.
-    let server = tokio::spawn(driver.run(ticks(Duration::from_millis(250)))).await?;
+    let server = tokio::spawn(driver.run(ticks(Duration::from_millis(250))))
+        .await
+        .map_err(|e| Failure::Runtime(format!("the server task failed: {e}")))?;
+    // Every connection was sent its close; give them time to finish the closing handshake.
+    let drain = Duration::from_secs(args.drain_secs);
+    match tokio::time::timeout(drain, ws_stats.all_ended()).await {
+        Ok(()) => info!("every connection closed"),
+        Err(_) => warn!(left = ws_stats.get().connection_tasks, "drain timeout: closing the rest"),
+    }
     info!(stats = ?server.stats(), "bye");
     Ok(())
+}
+
+/// An I/O error as the end of a sentence: "address in use", not "Os { code: 98, … }".
+fn reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => "address in use".into(),
+        std::io::ErrorKind::AddrNotAvailable => "no such local address".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => error.to_string(),
+    }
 }
 
 /// Room for `connections` sockets plus some: the soft limit up to the hard one, and as root both.
@@ -254,8 +329,21 @@ async fn stop_on_signal(handle: DriverHandle) {
 /// A minimal HTTP/1.1 responder for `GET /health` and `GET /metrics`: one request per
 /// connection, a bounded request head, a deadline.
 async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: WsStatsHandle) {
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // Out of descriptors, typically: wait for some to be freed rather than spin.
+                debug!("metrics accept failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
         let (handle, ws_stats) = (handle.clone(), ws_stats.clone());
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(512);
@@ -285,7 +373,7 @@ async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: Ws
                 "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response.as_bytes())).await;
         });
     }
 }
@@ -315,6 +403,7 @@ fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats) -> String 
         "Application events dropped because nobody read them.",
         dropped_events,
     );
+    metric("ws_connection_tasks", "gauge", "WebSocket connection tasks alive.", ws.connection_tasks);
     metric("ws_accepted_total", "counter", "TCP connections accepted.", ws.accepted);
     metric("ws_refused_total", "counter", "TCP connections refused: too many open.", ws.refused);
     metric(
@@ -329,7 +418,24 @@ fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats) -> String 
         "WebSocket handshakes that failed or timed out.",
         ws.failed_handshakes,
     );
-    metric("ws_slow_readers_total", "counter", "Connections closed for reading too slowly.", ws.slow_readers);
+    metric(
+        "ws_slow_readers_total",
+        "counter",
+        "Connections closed for reading too slowly (full queue or write timeout).",
+        ws.slow_readers,
+    );
+    metric(
+        "ws_protocol_violations_total",
+        "counter",
+        "Connections closed for breaking the WebSocket protocol.",
+        ws.protocol_violations,
+    );
+    metric(
+        "ws_clean_closes_total",
+        "counter",
+        "Connections whose closing handshake completed.",
+        ws.clean_closes,
+    );
     metric("ws_oversize_total", "counter", "Connections closed for an oversize message.", ws.oversize);
     metric(
         "ws_ping_timeouts_total",

@@ -133,10 +133,12 @@
 //! | `WsConfig::max_connections` | as `max_connections` | TCP connections, in the WebSocket handshake or not |
 //! | `WsConfig::max_connections_per_ip` | none | TCP connections from one IPv4 address or IPv6 /64 |
 //! | `WsConfig::handshake_timeout` | 10 s | time to complete the WebSocket handshake |
-//! | `WsConfig::max_message_size` | 2 × `max_frame_size` | one WebSocket message, before the core sees it |
+//! | `WsConfig::max_message_size` | `max_frame_size` | one WebSocket message, however fragmented (close 1009 above it) |
+//! | `WsConfig::send_backlog_bytes` | 1 MiB | bytes queued for one connection (busy past half, closed above) |
+//! | `WsConfig::write_timeout` | 10 s | a write that makes no progress (then closed as a slow reader) |
+//! | `WsConfig::close_linger` | 1 s | wait for the peer's close frame after the server's |
 //! | `WsConfig::ping_interval` | 30 s | silence, even of a pong, lasting two intervals |
-//! | `WsConfig::write_fragment_size` | 2 KiB | a connection's write buffer (longer messages go out fragmented) |
-//! | `WsConfig::read_buffer_size` | 1 KiB | a connection's read buffer until a longer message arrives |
+//! | `WsConfig::read_buffer_size` | 4 KiB | bytes read at a time; an idle connection holds no read buffer |
 //! | `WsConfig::listen_backlog` | 4096 | connections waiting for `accept` (capped by the kernel) |
 //! | `WsConfig::event_queue` | 4096 | transport events waiting for the driver (then connections stop reading) |
 //!

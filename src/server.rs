@@ -276,6 +276,14 @@ pub enum SignalIn {
         /// The frame's payload.
         frame: Bytes,
     },
+    /// The transport's send queue for `conn` passed half its capacity (`busy: true`) or drained
+    /// below it again (`busy: false`).
+    Busy {
+        /// The connection.
+        conn: ConnId,
+        /// Whether its queue is more than half full.
+        busy: bool,
+    },
     /// The connection went away (the peer closed it, or the transport did).
     Closed {
         /// The connection.
@@ -512,6 +520,7 @@ impl SignalServer {
             SignalIn::Opened { conn, codec } => self.handle_opened(now, conn, codec),
             SignalIn::Frame { conn, frame } => self.handle_frame(now, conn, frame),
             SignalIn::Closed { conn } => self.forget(conn),
+            SignalIn::Busy { .. } => {}
             SignalIn::Tick => self.handle_tick(now),
             SignalIn::Stop => self.handle_stop(),
         }

@@ -19,7 +19,8 @@ use peer_signal::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use ws::*;
 
@@ -146,20 +147,30 @@ async fn deep_nesting_is_refused_without_recursing() {
 }
 
 #[tokio::test]
-async fn oversize_frames_get_an_error_then_close_1009() {
+async fn messages_over_the_frame_limit_are_closed_with_1009_however_they_are_fragmented() {
     let config = SignalConfig { max_frame_size: 1024, ..config() };
     let ws = WsConfig::for_server(&config);
+    assert_eq!(ws.max_message_size, 1024, "the WebSocket limit is the core's");
     let mut arena = arena(config, ws).await;
+    // At the limit: the core gets the frame and answers.
     let (mut attacker, _) = arena.stranger().await;
-    // Over the core's limit, within the WebSocket layer's: the core answers, the connection stays.
-    attacker.send(&" ".repeat(1500)).await;
-    assert_eq!(attacker.error().await, "frame too large: 1500 bytes, limit is 1024");
-    attacker.send("\"ListIDsRequest\"").await;
-    assert_eq!(attacker.error().await, "not authenticated: announce first");
-    // Over the WebSocket layer's limit (twice the core's): closed as too big, before buffering it.
-    attacker.send(&" ".repeat(3000)).await;
+    attacker.send(&" ".repeat(1024)).await;
+    assert!(attacker.error().await.starts_with("malformed message: "));
+    // One byte over: closed as too big.
+    attacker.send(&" ".repeat(1025)).await;
     assert_eq!(attacker.closed().await, Some(CloseCode::Size));
     eventually("oversize counted", || arena.server.ws.get().oversize == 1).await;
+
+    // Fragments count together: three of 400 bytes are over the limit, each alone is not.
+    let (mut attacker, _) = arena.stranger().await;
+    for (i, opcode) in [OpData::Text, OpData::Continue, OpData::Continue].into_iter().enumerate() {
+        let frame = Frame::message(vec![b' '; 400], OpCode::Data(opcode), i == 2);
+        if attacker.ws.send(Message::Frame(frame)).await.is_err() {
+            break; // The server closed before the last fragment.
+        }
+    }
+    assert_eq!(attacker.closed().await, Some(CloseCode::Size));
+    eventually("both counted", || arena.server.ws.get().oversize == 2).await;
     arena.still_serves().await;
 }
 
@@ -365,44 +376,76 @@ async fn floods_over_the_rate_limits_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_is_closed_and_the_others_go_on() {
+async fn a_reader_with_a_full_window_is_released_by_the_write_timeout() {
     let config = SignalConfig {
-        max_send_backlog: 4,
         max_setup_len: 60_000,
         frame_rate: RateLimit::UNLIMITED,
         byte_rate: RateLimit::UNLIMITED,
+        // Queues with room for everything the sender sends: only the write timeout can end it.
+        max_send_backlog: 10_000,
         ..config()
     };
-    let ws = WsConfig::for_server(&config);
-    let mut arena = arena(config, ws).await;
-    // Joins and never reads again.
-    let sluggard = fledger_announce(Fledger::connect_small(&arena.server.url).await, 4).await;
-    let sluggard_id = U256(SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes());
-
-    // Offers of 50 KB until the server gives up on it: the socket buffers and the queue of 4
-    // frames hold a few MB at most, so 200 offers (10 MB) are more than enough.
-    let mut sender = join(&arena.server.url, 60, Codec::Json).await;
-    let offer = PeerInfo {
-        id_init: sender.id(),
-        id_follow: sluggard_id,
-        message: PeerMessage::Offer("x".repeat(50_000)),
+    // Room for the two good nodes, the sender and the victim, and nobody else.
+    let ws = WsConfig {
+        max_connections: 4,
+        write_timeout: Duration::from_millis(500),
+        send_backlog_bytes: 1 << 30,
+        ..WsConfig::for_server(&config)
     };
+    let mut arena = arena(config, ws).await;
+    // Joins, then never reads again, on a socket with a 4 KiB receive buffer.
+    let mut victim = RawWs::connect_small(&arena.server.url).await;
+    let victim_id = U256(SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes());
+    victim_announce(&mut victim, 4).await;
+    let mut sender = join(&arena.server.url, 60, Codec::Json).await;
+    let tasks = arena.server.ws.get().connection_tasks;
+    assert_eq!(tasks, 4);
+
+    // Full: a newcomer's TCP connection is dropped right after `accept`.
+    let mut refused = TcpStream::connect(host(&arena.server.url)).await.unwrap();
+    let mut byte = [0u8; 1];
+    assert!(matches!(within("refusal", refused.read(&mut byte)).await, Ok(0) | Err(_)));
+    assert_eq!(arena.server.ws.get().refused, 1);
+
+    // 16 KB candidates until the server lets the victim go. Its socket buffers fill within a few
+    // hundred KB; from then on its writes make no progress, and the write timeout ends it.
+    let candidate = PeerInfo {
+        id_init: sender.id(),
+        id_follow: victim_id,
+        message: PeerMessage::IceCandidate("c".repeat(16_000)),
+    };
+    let started = std::time::Instant::now();
     let mut left = false;
-    for _ in 0..200 {
-        within("send", sender.send_setup(offer.clone())).await.unwrap();
+    for _ in 0..2_000 {
+        within("send", sender.send_setup(candidate.clone())).await.unwrap();
         while let Some(Some(event)) = futures::StreamExt::next(&mut arena.server.events).now_or_never() {
-            left |= event == SignalEvent::NodeLeft(sluggard_id);
+            left |= event == SignalEvent::NodeLeft(victim_id);
         }
         if left {
             break;
         }
+        tokio::task::yield_now().await;
     }
     if !left {
-        wait_event(&mut arena.server.events, |e| *e == SignalEvent::NodeLeft(sluggard_id)).await;
+        wait_event(&mut arena.server.events, |e| *e == SignalEvent::NodeLeft(victim_id)).await;
     }
+    eventually("the victim's task ended", || arena.server.ws.get().connection_tasks == tasks - 1).await;
+    eprintln!("stuck reader released after {:?}", started.elapsed());
     assert_eq!(arena.server.ws.get().slow_readers, 1);
-    drop(sluggard);
+    drop(victim);
+    // Its slot is free again: the newcomer of `still_serves` gets in.
     arena.still_serves().await;
+}
+
+/// Answers the challenge on a raw JSON connection with an announce for key `seed`.
+async fn victim_announce(raw: &mut RawWs, seed: u8) {
+    let (_, challenge) = raw.frame().await.expect("challenge");
+    let Ok(WSSignalMessageToNode::Challenge(3, challenge)) = Codec::Json.decode(&challenge) else {
+        panic!("expected a challenge")
+    };
+    raw.send(TEXT, announce_text(&SigningKey::from_bytes(&[seed; 32]), challenge).as_bytes()).await;
+    let (_, accepted) = raw.frame().await.expect("system config");
+    assert!(accepted.starts_with(b"{\"SystemConfig\""));
 }
 
 #[tokio::test]
@@ -498,4 +541,29 @@ async fn the_per_ip_cap_refuses_the_connection_over_it() {
     wait_event(&mut arena.server.events, |e| *e == SignalEvent::NodeLeft(id(70))).await;
     arena.still_serves().await;
     assert_eq!(arena.server.ws.get().refused_per_ip, 1);
+}
+
+#[tokio::test]
+async fn a_maximal_frame_holds_a_read_buffer_only_until_it_is_handled() {
+    let mut arena = arena_default().await;
+    let mut raw = RawWs::connect(&arena.server.url, false).await;
+    victim_announce(&mut raw, 5).await;
+    let _list = raw.frame().await.expect("the list after the announce");
+    eventually("idle connections hold no read buffer", || arena.server.ws.get().read_buffer_bytes == 0).await;
+
+    // A list request padded to the frame limit with JSON whitespace, sent in two halves.
+    let limit = config().max_frame_size;
+    let request = format!("{:width$}\"ListIDsRequest\"", "", width = limit - 16);
+    let frame = client_frame(TEXT, request.as_bytes());
+    let (first, second) = frame.split_at(frame.len() / 2);
+    raw.stream.write_all(first).await.unwrap();
+    // While the frame arrives, the buffer has room for all of it.
+    eventually("a buffer for the frame", || arena.server.ws.get().read_buffer_bytes >= limit as u64 / 2)
+        .await;
+    raw.stream.write_all(second).await.unwrap();
+    let (_, reply) = raw.frame().await.expect("the list");
+    assert!(reply.starts_with(b"{\"ListIDsReply\":["));
+    // Handled: the connection idles with no read buffer, as if it had never sent the frame.
+    eventually("the buffer given back", || arena.server.ws.get().read_buffer_bytes == 0).await;
+    arena.still_serves().await;
 }

@@ -35,6 +35,15 @@ pub enum TransportEvent {
         /// Its payload, undecoded.
         frame: Bytes,
     },
+    /// `conn`'s send queue passed half its capacity (`busy: true`), or drained below half again
+    /// (`busy: false`). Reported on each change, never twice in a row with the same value; a
+    /// transport that does not track its queues never reports it.
+    Busy {
+        /// The connection.
+        conn: ConnId,
+        /// Whether its queue is more than half full.
+        busy: bool,
+    },
     /// `conn` is gone: the peer left, or the transport closed it (on request, or as a slow
     /// reader). Reported exactly once per `Opened`.
     Closed {
@@ -48,6 +57,7 @@ impl From<TransportEvent> for SignalIn {
         match event {
             TransportEvent::Opened { conn, codec } => SignalIn::Opened { conn, codec },
             TransportEvent::Frame { conn, frame } => SignalIn::Frame { conn, frame },
+            TransportEvent::Busy { conn, busy } => SignalIn::Busy { conn, busy },
             TransportEvent::Closed { conn } => SignalIn::Closed { conn },
         }
     }

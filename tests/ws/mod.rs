@@ -249,3 +249,166 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     })
     .await;
 }
+
+/// How a raw connection ended, as the client's socket saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The server ended the TCP stream cleanly (FIN): a read returned 0.
+    Eof,
+    /// The connection was reset: data were lost.
+    Reset,
+}
+
+/// A WebSocket client written by hand on a TCP socket, so that a test sees exactly what the
+/// server sends and how the connection ends: each frame, the close frames and the end of the
+/// stream, which a library client would handle for itself.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+
+impl RawWs {
+    /// Connects and upgrades; with `bincode` asks for the bincode subprotocol.
+    pub async fn connect(url: &str, bincode: bool) -> Self {
+        let stream = TcpStream::connect(host(url)).await.unwrap();
+        Self::upgrade(stream, bincode).await
+    }
+
+    /// As `connect`, with a 4 KiB receive buffer, so that a client that stops reading backs up
+    /// fast.
+    pub async fn connect_small(url: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(host(url).parse().unwrap()).await.unwrap();
+        Self::upgrade(stream, false).await
+    }
+
+    async fn upgrade(mut stream: TcpStream, bincode: bool) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let protocol = if bincode {
+            format!("Sec-WebSocket-Protocol: {BINCODE_SUBPROTOCOL}\r\n")
+        } else {
+            String::new()
+        };
+        let request = format!(
+            "GET /raw HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = within("upgrade", async {
+            loop {
+                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return at + 4;
+                }
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed during the upgrade");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
+        assert_eq!(head.contains(BINCODE_SUBPROTOCOL), bincode, "{head}");
+        buf.drain(..head_end);
+        Self { stream, buf }
+    }
+
+    /// Sends one masked, final frame.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(&client_frame(opcode, payload)).await.unwrap();
+    }
+
+    /// Sends a close frame with `code`.
+    pub async fn send_close(&mut self, code: u16) {
+        self.send(CLOSE, &code.to_be_bytes()).await;
+    }
+
+    /// The next frame's opcode and payload; `Err` with how the stream ended if it ended first.
+    pub async fn frame(&mut self) -> Result<(u8, Vec<u8>), StreamEnd> {
+        use tokio::io::AsyncReadExt;
+        within("frame", async {
+            loop {
+                if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                    self.buf.drain(..used);
+                    return Ok(frame);
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) => return Err(StreamEnd::Eof),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => return Err(StreamEnd::Reset),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Skips data frames (and pings) up to the server's close frame; returns its code.
+    pub async fn close_frame(&mut self) -> u16 {
+        loop {
+            match self.frame().await {
+                Ok((CLOSE, payload)) => {
+                    assert!(payload.len() >= 2, "a close frame without a code");
+                    return u16::from_be_bytes([payload[0], payload[1]]);
+                }
+                Ok(_) => {}
+                Err(end) => panic!("the stream ended ({end:?}) before a close frame"),
+            }
+        }
+    }
+
+    /// How the stream ends after everything the server still sends, which must be nothing but
+    /// pings.
+    pub async fn end(&mut self) -> StreamEnd {
+        loop {
+            match self.frame().await {
+                Ok((PING, _)) => {}
+                Ok((opcode, payload)) => panic!("a frame after the close: {opcode} {payload:?}"),
+                Err(end) => return end,
+            }
+        }
+    }
+}
+
+/// A frame as a client writes it: final, masked.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    out
+}
+
+/// One unmasked frame from the front of `buf`: its opcode, payload and length in `buf`.
+fn parse_server_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
+    let (&first, &second) = (buf.first()?, buf.get(1)?);
+    assert_eq!(second & 0x80, 0, "the server masked a frame");
+    assert_ne!(first & 0x80, 0, "the server fragmented a message");
+    let (len, head) = match second & 0x7f {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(head..head + len)?.to_vec();
+    Some(((first & 0x0f, payload), head + len))
+}

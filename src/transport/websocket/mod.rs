@@ -1,35 +1,40 @@
-//! The WebSocket transport: tokio + tokio-tungstenite, behind the `websocket` feature.
+//! The WebSocket transport, behind the `websocket` feature: tokio sockets, WebSocket framing of
+//! our own on tungstenite's frame headers, and tokio-tungstenite for [`WsClient`].
 //!
 //! One task accepts TCP connections; each connection gets its own task, which does the WebSocket
 //! handshake under a timeout and then moves frames between the socket and two bounded queues: the
 //! connection's send queue, and the events queue that [`WsTransport::next_event`] reads. The
 //! transport addresses connections by id in a map it alone owns, so the relay path takes no lock.
+//!
+//! The framing is ours so that the connection task controls its buffers and its waits: it holds no
+//! read buffer while idle, writes every queued frame in one vectored system call without copying
+//! it, and bounds every write, ping and closing handshake by a deadline.
+
+mod conn;
+mod frame;
+mod handshake;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use self::conn::{Connection, End, Outbound, Shared};
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
-use crate::{CloseReason, Codec, ConnId, ProtocolError, SignalConfig, TransportError};
+use crate::{CloseReason, Codec, ConnId, SignalConfig, TransportError};
 
 /// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
 /// connection speaks JSON in text frames, as fledger nodes do.
@@ -40,8 +45,8 @@ pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
 /// [`WsConfig::for_server`] derives the limits shared with the core from a [`SignalConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsConfig {
-    /// Open TCP connections, including those still in the WebSocket handshake. Connections over
-    /// it are dropped right after `accept`. Default 100,000.
+    /// Open TCP connections, including those still in the WebSocket handshake or closing. Connections
+    /// over it are dropped right after `accept`. Default 100,000.
     pub max_connections: usize,
     /// Open TCP connections from one IPv4 address, or one IPv6 /64 (a host usually owns a whole
     /// /64), counted from `accept` until the connection's task ends. Connections over it are
@@ -52,25 +57,32 @@ pub struct WsConfig {
     pub max_connections_per_ip: Option<usize>,
     /// Time a client has to complete the WebSocket handshake. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Largest WebSocket message (and frame) accepted; a larger one closes the connection with
-    /// code 1009. Default 128 KiB, twice the core's frame limit, so that the core gets to answer
-    /// `frame too large` for frames in between.
+    /// Largest WebSocket message accepted, however it is fragmented; a longer one closes the
+    /// connection with code 1009 before its payload is read. Default 64 KiB, the core's
+    /// [`SignalConfig::max_frame_size`], which [`for_server`](Self::for_server) copies.
     pub max_message_size: usize,
     /// Frames queued for one connection. A connection whose queue is full reads too slowly and
     /// is closed at once. Default 256.
     pub send_backlog: usize,
+    /// Bytes queued for one connection, counted by payload until written. A frame that would
+    /// take the queue over it closes the connection as a slow reader; past half of it the
+    /// connection is reported busy (see [`TransportEvent::Busy`]), and the core refuses relays to
+    /// it. Default 1 MiB.
+    pub send_backlog_bytes: usize,
+    /// Longest a write may make no progress: a connection whose peer does not take its bytes for
+    /// this long is closed as a slow reader ([`WsStats::slow_readers`]), and its task, socket and
+    /// slots are released. Default 10 s.
+    pub write_timeout: Duration,
+    /// How long a closing connection waits for the peer's close frame after sending its own,
+    /// reading and dropping what still arrives, before it ends the TCP connection. Default 1 s.
+    pub close_linger: Duration,
     /// How often the server pings a quiet connection. A connection from which nothing (not even a
     /// pong) arrived for two intervals is closed. Default 30 s.
     pub ping_interval: Duration,
-    /// The read buffer each connection starts with. A longer message grows it to the message's
-    /// size. Default 1 KiB: most frames are smaller, and tungstenite's own default of 128 KiB
-    /// would dominate the memory of an idle connection.
+    /// Bytes read from the socket at a time. The buffer is allocated when the socket has data and
+    /// given back once its messages are handled, so an idle connection holds none; a longer
+    /// message gets a buffer of its size for as long as it takes to arrive. Default 4 KiB.
     pub read_buffer_size: usize,
-    /// Largest WebSocket frame the server writes. A longer message (a long node list, a big SDP)
-    /// goes out as a fragmented message, which every WebSocket client reassembles. This bounds
-    /// each connection's write buffer, which otherwise keeps the size of the longest message it
-    /// ever sent for as long as the connection lives. Default 2 KiB.
-    pub write_fragment_size: usize,
     /// Connections the kernel queues for `accept` (the listen backlog; the kernel caps it at
     /// `net.core.somaxconn`). A full backlog drops connection attempts, which the client retries
     /// only a second later. Default 4096.
@@ -86,11 +98,13 @@ impl Default for WsConfig {
             max_connections: 100_000,
             max_connections_per_ip: None,
             handshake_timeout: Duration::from_secs(10),
-            max_message_size: 128 * 1024,
+            max_message_size: 64 * 1024,
             send_backlog: 256,
+            send_backlog_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            close_linger: Duration::from_secs(1),
             ping_interval: Duration::from_secs(30),
-            read_buffer_size: 1024,
-            write_fragment_size: 2 * 1024,
+            read_buffer_size: 4 * 1024,
             listen_backlog: 4096,
             event_queue: 4096,
         }
@@ -102,7 +116,7 @@ impl WsConfig {
     pub fn for_server(config: &SignalConfig) -> Self {
         Self {
             max_connections: config.max_connections,
-            max_message_size: config.max_frame_size.saturating_mul(2),
+            max_message_size: config.max_frame_size,
             send_backlog: config.max_send_backlog,
             ..Self::default()
         }
@@ -114,6 +128,9 @@ impl WsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WsStats {
+    /// Connection tasks alive now: in the WebSocket handshake, open, or closing. A gauge; it
+    /// returns to zero once every connection has ended.
+    pub connection_tasks: u64,
     /// TCP connections accepted.
     pub accepted: u64,
     /// TCP connections dropped at once because [`WsConfig::max_connections`] were open.
@@ -123,12 +140,22 @@ pub struct WsStats {
     pub refused_per_ip: u64,
     /// Connections that failed or timed out in the WebSocket handshake.
     pub failed_handshakes: u64,
-    /// Connections closed because their send queue was full (slow readers).
+    /// Connections closed as slow readers: their send queue was full, or a write made no progress
+    /// for [`WsConfig::write_timeout`].
     pub slow_readers: u64,
     /// Connections closed for a message over [`WsConfig::max_message_size`].
     pub oversize: u64,
+    /// Connections closed for breaking the WebSocket protocol (unmasked or malformed frames, text
+    /// that is not UTF-8, and the like).
+    pub protocol_violations: u64,
     /// Connections closed because nothing arrived for two ping intervals.
     pub ping_timeouts: u64,
+    /// Connections whose closing handshake completed: each side sent its close frame.
+    pub clean_closes: u64,
+    /// Bytes held in read buffers now, by every connection together. A gauge: a connection holds
+    /// a buffer only while a message is arriving or waits to be handed on, so idle connections
+    /// add nothing, whatever they sent before.
+    pub read_buffer_bytes: u64,
 }
 
 /// A shared view of a [`WsTransport`]'s [`WsStats`], usable after the transport moved into a driver.
@@ -137,13 +164,19 @@ pub struct WsStatsHandle(Arc<Counters>);
 
 #[derive(Debug, Default)]
 struct Counters {
+    tasks: AtomicUsize,
+    /// Woken when `tasks` drops to zero.
+    all_ended: Notify,
     accepted: AtomicU64,
     refused: AtomicU64,
     refused_per_ip: AtomicU64,
     failed_handshakes: AtomicU64,
     slow_readers: AtomicU64,
     oversize: AtomicU64,
+    protocol_violations: AtomicU64,
     ping_timeouts: AtomicU64,
+    clean_closes: AtomicU64,
+    read_buffers: AtomicUsize,
 }
 
 impl Counters {
@@ -158,37 +191,70 @@ impl WsStatsHandle {
         let c = &self.0;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         WsStats {
+            connection_tasks: c.tasks.load(Ordering::Acquire) as u64,
             accepted: read(&c.accepted),
             refused: read(&c.refused),
             refused_per_ip: read(&c.refused_per_ip),
             failed_handshakes: read(&c.failed_handshakes),
             slow_readers: read(&c.slow_readers),
             oversize: read(&c.oversize),
+            protocol_violations: read(&c.protocol_violations),
             ping_timeouts: read(&c.ping_timeouts),
+            clean_closes: read(&c.clean_closes),
+            read_buffer_bytes: c.read_buffers.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// Waits until no connection task is alive: every connection has finished its closing
+    /// handshake, or given up on it. Each closing connection ends within
+    /// [`WsConfig::write_timeout`] plus [`WsConfig::close_linger`], so after a
+    /// [`DriverHandle::stop`](crate::DriverHandle::stop) this is how a server drains before its
+    /// process exits; bound it with your own timeout all the same.
+    pub async fn all_ended(&self) {
+        loop {
+            let notified = self.0.all_ended.notified();
+            if self.0.tasks.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts a connection task from `accept` to its end, however it ends.
+struct TaskGuard(Arc<Counters>);
+
+impl TaskGuard {
+    fn new(counters: &Arc<Counters>) -> Self {
+        counters.tasks.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(counters))
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_ended.notify_waiters();
         }
     }
 }
 
 /// What a connection task tells the transport.
+#[derive(Debug)]
 enum Event {
     Opened { conn: ConnId, codec: Codec, handle: ConnHandle },
     Frame { conn: ConnId, frame: Bytes },
+    Busy { conn: ConnId, busy: bool },
     Closed { conn: ConnId },
 }
 
-/// What the transport tells a connection task.
-enum Outbound {
-    Frame(Bytes),
-    Close(CloseReason),
-}
-
 /// The transport's side of one connection.
+#[derive(Debug)]
 struct ConnHandle {
     /// `futures`' channel rather than tokio's: it allocates nothing up front, where tokio's
     /// preallocates a block of 32 slots, a fair share of an idle connection's memory.
     queue: futures::channel::mpsc::Sender<Outbound>,
-    /// Ends the connection's task at once, without draining its queue.
-    kill: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
 /// A [`Transport`] that accepts WebSocket connections on a TCP listener.
@@ -208,8 +274,11 @@ struct ConnHandle {
 pub struct WsTransport {
     events: mpsc::Receiver<Event>,
     conns: HashMap<ConnId, ConnHandle>,
-    /// Closes the transport decided on itself (slow readers), reported before anything else.
-    closed: VecDeque<ConnId>,
+    /// What the transport decided on itself (slow readers closed, connections turned busy),
+    /// reported before anything else.
+    local: VecDeque<TransportEvent>,
+    /// [`WsConfig::send_backlog_bytes`].
+    backlog_bytes: usize,
     local_addr: SocketAddr,
     accept: JoinHandle<()>,
     stats: WsStatsHandle,
@@ -254,8 +323,17 @@ impl WsTransport {
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
         let stats = WsStatsHandle::default();
+        let backlog_bytes = config.send_backlog_bytes;
         let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx, stats.0.clone()));
-        Ok(Self { events, conns: HashMap::new(), closed: VecDeque::new(), local_addr, accept, stats })
+        Ok(Self {
+            events,
+            conns: HashMap::new(),
+            local: VecDeque::new(),
+            backlog_bytes,
+            local_addr,
+            accept,
+            stats,
+        })
     }
 
     /// The address the listener is bound to.
@@ -273,13 +351,25 @@ impl WsTransport {
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
+
+    /// Drops `conn` at once, without a closing handshake: its queue is full or its task is gone.
+    fn kill(&mut self, conn: ConnId) {
+        if let Some(handle) = self.conns.remove(&conn) {
+            handle.shared.kill.notify_one();
+            Counters::bump(&self.stats.0.slow_readers);
+            self.local.push_back(TransportEvent::Closed { conn });
+        }
+    }
 }
 
+/// Stops accepting and ends the connections still open at once. Connections that were asked to
+/// close finish their closing handshake on their own, within bounded time; wait for them with
+/// [`WsStatsHandle::all_ended`].
 impl Drop for WsTransport {
     fn drop(&mut self) {
         self.accept.abort();
         for handle in self.conns.values() {
-            handle.kill.notify_one();
+            handle.shared.kill.notify_one();
         }
     }
 }
@@ -287,8 +377,8 @@ impl Drop for WsTransport {
 #[async_trait]
 impl Transport for WsTransport {
     async fn next_event(&mut self) -> Option<TransportEvent> {
-        if let Some(conn) = self.closed.pop_front() {
-            return Some(TransportEvent::Closed { conn });
+        if let Some(event) = self.local.pop_front() {
+            return Some(event);
         }
         loop {
             // Frames and closes of connections already closed here are stale: drop them.
@@ -300,24 +390,29 @@ impl Transport for WsTransport {
                 Event::Frame { conn, frame } if self.conns.contains_key(&conn) => {
                     return Some(TransportEvent::Frame { conn, frame });
                 }
+                Event::Busy { conn, busy } if self.conns.contains_key(&conn) => {
+                    return Some(TransportEvent::Busy { conn, busy });
+                }
                 Event::Closed { conn } if self.conns.remove(&conn).is_some() => {
                     return Some(TransportEvent::Closed { conn });
                 }
-                Event::Frame { .. } | Event::Closed { .. } => {}
+                Event::Frame { .. } | Event::Busy { .. } | Event::Closed { .. } => {}
             }
         }
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
         let handle = self.conns.get_mut(&conn).ok_or(TransportError::Closed(conn))?;
-        if handle.queue.try_send(Outbound::Frame(frame)).is_err() {
-            // A full queue is a slow reader; a closed one, a task that just ended.
-            if let Some(handle) = self.conns.remove(&conn) {
-                handle.kill.notify_one();
-                Counters::bump(&self.stats.0.slow_readers);
-            }
-            self.closed.push_back(conn);
+        let len = frame.len();
+        let queued = handle.shared.queued.fetch_add(len, Ordering::AcqRel).saturating_add(len);
+        // Over the byte bound, or a full queue: a slow reader. A closed queue: a task that just
+        // ended, whose close is on its way.
+        if queued > self.backlog_bytes || handle.queue.try_send(Outbound::Frame(frame)).is_err() {
+            self.kill(conn);
             return Err(TransportError::Closed(conn));
+        }
+        if queued > self.backlog_bytes / 2 && !handle.shared.busy.swap(true, Ordering::AcqRel) {
+            self.local.push_back(TransportEvent::Busy { conn, busy: true });
         }
         Ok(())
     }
@@ -325,7 +420,7 @@ impl Transport for WsTransport {
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(mut handle) = self.conns.remove(&conn) {
             if handle.queue.try_send(Outbound::Close(reason)).is_err() {
-                handle.kill.notify_one();
+                handle.shared.kill.notify_one();
             }
         }
     }
@@ -340,11 +435,20 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
     let per_ip = config.max_connections_per_ip.map(|limit| Arc::new(PerIp::new(limit)));
     let mut next_id = 0u64;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            // Out of file descriptors or similar: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            Err(_) => {
+                // Out of file descriptors or similar: back off instead of spinning, longer while
+                // it lasts.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
         };
         Counters::bump(&counters.accepted);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -363,11 +467,16 @@ async fn accept_loop(
         };
         next_id += 1;
         let conn = ConnId::new(next_id);
-        let (config, events, counters) = (config.clone(), events.clone(), counters.clone());
+        let (config, events) = (config.clone(), events.clone());
+        let guard = TaskGuard::new(&counters);
         let slots = (slot, ip_slot);
-        tokio::spawn(async move { serve_connection(stream, conn, &config, events, &counters, slots).await });
+        tokio::spawn(async move { serve_connection(stream, conn, &config, events, guard, slots).await });
     }
 }
+
+/// The first wait after an `accept` error, doubled while errors go on, up to the second.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Open connections per address. Locked once when a connection is accepted and once when its
 /// task ends, never on the frame path.
@@ -421,225 +530,46 @@ impl Drop for IpSlot {
     }
 }
 
-// tungstenite's handshake callback dictates the closure's (large) error type.
-#[allow(clippy::result_large_err)]
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     conn: ConnId,
     config: &WsConfig,
     events: mpsc::Sender<Event>,
-    counters: &Counters,
+    guard: TaskGuard,
     slots: (OwnedSemaphorePermit, Option<IpSlot>),
 ) {
+    let counters = &guard.0;
     let _ = stream.set_nodelay(true);
-    let mut codec = Codec::Json;
-    let choose_codec = |request: &Request, mut response: Response| {
-        let wants_bincode = request
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|protocol| protocol.trim() == BINCODE_SUBPROTOCOL);
-        if wants_bincode {
-            codec = Codec::Bincode;
-            response
-                .headers_mut()
-                .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
-        }
-        Ok(response)
-    };
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(config.write_fragment_size)
-        .max_write_buffer_size(config.max_message_size.saturating_mul(4))
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size));
-    // Boxed: the handshake's state is large and needed only until the upgrade, so it should not
-    // size the task that lives as long as the connection.
-    let handshake =
-        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(stream, choose_codec, Some(ws_config)));
-    let Ok(Ok(ws)) = tokio::time::timeout(config.handshake_timeout, handshake).await else {
+    let mut buf = BytesMut::new();
+    let handshake = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &mut buf));
+    let Ok(Ok(codec)) = handshake.await else {
         Counters::bump(&counters.failed_handshakes);
         return; // Never became a WebSocket: the core never hears of it.
     };
 
     // Capacity is `buffer` plus one per sender, and there is one sender.
     let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
-    let kill = Arc::new(Notify::new());
-    let handle = ConnHandle { queue, kill: kill.clone() };
+    let shared = Arc::new(Shared::default());
+    let handle = ConnHandle { queue, shared: Arc::clone(&shared) };
     if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
         return;
     }
-    let end = run_connection(ws, conn, codec, config, outbound, &kill, &events).await;
-    match end {
-        End::Oversize => Counters::bump(&counters.oversize),
-        End::PingTimeout => Counters::bump(&counters.ping_timeouts),
-        End::Other => {}
+    let connection = Connection { conn, codec, config, shared: &shared, events: &events, counters };
+    let end = connection.run(stream, buf, outbound).await;
+    let counter = match end {
+        End::Closed => Some(&counters.clean_closes),
+        End::Oversize => Some(&counters.oversize),
+        End::PingTimeout => Some(&counters.ping_timeouts),
+        End::WriteTimeout => Some(&counters.slow_readers),
+        End::Violation => Some(&counters.protocol_violations),
+        End::Gone | End::Killed | End::Error => None,
+    };
+    if let Some(counter) = counter {
+        Counters::bump(counter);
     }
     // Given back before the close is reported, so that whoever sees the close can reconnect.
     drop(slots);
     let _ = events.send(Event::Closed { conn }).await;
-}
-
-/// Why a connection task ended, where a counter cares.
-enum End {
-    Oversize,
-    PingTimeout,
-    Other,
-}
-
-async fn run_connection(
-    ws: WebSocketStream<TcpStream>,
-    conn: ConnId,
-    codec: Codec,
-    config: &WsConfig,
-    mut outbound: futures::channel::mpsc::Receiver<Outbound>,
-    kill: &Notify,
-    events: &mpsc::Sender<Event>,
-) -> End {
-    let ping_interval = config.ping_interval;
-    let (mut sink, mut stream) = ws.split();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    let mut last_heard = Instant::now();
-    // Registered once, not on every wake-up.
-    let killed = kill.notified();
-    tokio::pin!(killed);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut killed => return End::Other,
-            next = outbound.next() => {
-                let Some(first) = next else { return End::Other };
-                // Write everything already queued, then flush once.
-                let mut item = Some(first);
-                while let Some(out) = item.take() {
-                    match out {
-                        Outbound::Frame(frame) => {
-                            for message in to_messages(codec, frame, config.write_fragment_size) {
-                                if sink.feed(message).await.is_err() {
-                                    return End::Other;
-                                }
-                            }
-                        }
-                        Outbound::Close(reason) => {
-                            close_and_linger(&mut sink, &mut stream, close_frame(&reason)).await;
-                            return End::Other;
-                        }
-                    }
-                    item = outbound.try_recv().ok();
-                }
-                if sink.flush().await.is_err() {
-                    return End::Other;
-                }
-            }
-            incoming = stream.next() => {
-                let frame = match incoming {
-                    Some(Ok(Message::Text(text))) => Bytes::from(text),
-                    Some(Ok(Message::Binary(data))) => data,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        last_heard = Instant::now();
-                        continue;
-                    }
-                    Some(Err(WsError::Capacity(_))) => {
-                        let close = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
-                        let _ = sink.send(Message::Close(Some(close))).await;
-                        return End::Oversize;
-                    }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return End::Other,
-                };
-                last_heard = Instant::now();
-                if events.send(Event::Frame { conn, frame }).await.is_err() {
-                    return End::Other;
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= ping_interval * 2 {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "ping timeout".into() }))).await;
-                    return End::PingTimeout;
-                }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return End::Other;
-                }
-            }
-        }
-    }
-}
-
-/// How long a connection that the server closes goes on reading, and dropping, what the peer still
-/// sends, until the peer answers the close or hangs up.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// Sends `frame`, then drains the peer for at most [`CLOSE_LINGER`]. A socket dropped with unread
-/// data in it is reset by the kernel, and a reset peer may never read the `Error` and the close
-/// frame queued before it; a client that floods the server is exactly such a peer.
-async fn close_and_linger<S, R>(sink: &mut S, stream: &mut R, frame: CloseFrame)
-where
-    S: futures::Sink<Message> + Unpin,
-    R: futures::Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    if sink.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    let drain = async {
-        while let Some(Ok(message)) = stream.next().await {
-            if message.is_close() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
-}
-
-/// Text frames for JSON, binary for bincode. A text frame must be UTF-8; JSON frames the core
-/// produced or relayed always are, so this drops nothing in practice.
-fn to_message(codec: Codec, frame: Bytes) -> Option<Message> {
-    if codec.is_binary() {
-        Some(Message::Binary(frame))
-    } else {
-        Utf8Bytes::try_from(frame).ok().map(Message::Text)
-    }
-}
-
-/// One message, or for a frame longer than `fragment` a fragmented message: a first data frame,
-/// continuation frames, the last one final. The pieces share the frame's buffer.
-fn to_messages(codec: Codec, frame: Bytes, fragment: usize) -> impl Iterator<Item = Message> {
-    let fragment = fragment.max(1);
-    let (single, pieces) = if frame.len() <= fragment {
-        (to_message(codec, frame), None)
-    } else if codec.is_binary() || std::str::from_utf8(&frame).is_ok() {
-        // UTF-8 is checked over the whole message: a fragment may end inside a character.
-        let first = if codec.is_binary() { OpData::Binary } else { OpData::Text };
-        let count = frame.len().div_ceil(fragment);
-        let pieces = (0..count).map(move |i| {
-            let piece = frame.slice(i * fragment..((i + 1) * fragment).min(frame.len()));
-            let opcode = if i == 0 { first } else { OpData::Continue };
-            Message::Frame(Frame::message(piece, OpCode::Data(opcode), i + 1 == count))
-        });
-        (None, Some(pieces))
-    } else {
-        (None, None)
-    };
-    single.into_iter().chain(pieces.into_iter().flatten())
-}
-
-/// The WebSocket close code and reason for a close the core asked for.
-fn close_frame(reason: &CloseReason) -> CloseFrame {
-    let code = match reason {
-        CloseReason::Stopped => CloseCode::Away,
-        CloseReason::Error(ProtocolError::ServerFull | ProtocolError::TooManyHandshakes) => CloseCode::Again,
-        CloseReason::Error(_) => CloseCode::Policy,
-    };
-    let text = match reason {
-        CloseReason::Stopped => "server stopping".to_string(),
-        CloseReason::Error(error) => error.to_string(),
-    };
-    // A close reason holds at most 123 bytes.
-    let mut end = text.len().min(123);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    CloseFrame { code, reason: Utf8Bytes::from(&text[..end]) }
 }
 
 /// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for
@@ -692,11 +622,20 @@ impl WsClient {
         Ok(Self { ws, codec })
     }
 
-    /// Closes the connection with a normal close frame.
+    /// Closes the connection with a normal close frame and waits, at most two seconds, for the
+    /// server's close frame and the end of the stream.
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        let handshake = async {
+            if self.ws.close(None).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, handshake).await;
     }
 }
+
+/// How long [`WsClient`] waits on the server to finish a closing handshake.
+const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 #[async_trait]
 impl ClientConnection for WsClient {
@@ -705,7 +644,11 @@ impl ClientConnection for WsClient {
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        let message = to_message(self.codec, frame).ok_or(TransportError::Shutdown)?;
+        let message = if self.codec.is_binary() {
+            Message::Binary(frame)
+        } else {
+            Message::Text(Utf8Bytes::try_from(frame).map_err(|_| TransportError::Shutdown)?)
+        };
         self.ws.send(message).await.map_err(|_| TransportError::Shutdown)
     }
 
@@ -714,7 +657,13 @@ impl ClientConnection for WsClient {
             match self.ws.next().await? {
                 Ok(Message::Text(text)) => return Some(Bytes::from(text)),
                 Ok(Message::Binary(data)) => return Some(data),
-                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(Message::Close(_)) => {
+                    // tungstenite queued the reply to the server's close; send it, so that the
+                    // server sees a finished handshake.
+                    let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, self.ws.flush()).await;
+                    return None;
+                }
+                Err(_) => return None,
                 Ok(_) => {}
             }
         }
@@ -745,48 +694,5 @@ mod tests {
         let none = Arc::new(PerIp::new(0));
         assert!(PerIp::acquire(&none, ip("10.0.0.1")).is_none());
         assert!(none.open.lock().unwrap().is_empty(), "refusals leave no entry");
-    }
-
-    fn frames(messages: impl Iterator<Item = Message>) -> Vec<(OpCode, bool, Bytes)> {
-        messages
-            .map(|message| match message {
-                Message::Frame(frame) => {
-                    (frame.header().opcode, frame.header().is_final, Bytes::copy_from_slice(frame.payload()))
-                }
-                other => panic!("expected a raw frame, got {other:?}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn short_frames_go_out_whole() {
-        let out: Vec<Message> = to_messages(Codec::Json, Bytes::from_static(b"\"short\""), 16).collect();
-        assert_eq!(out, vec![Message::text("\"short\"")]);
-        let out: Vec<Message> = to_messages(Codec::Bincode, Bytes::from_static(&[1, 2, 3]), 3).collect();
-        assert_eq!(out, vec![Message::binary(vec![1, 2, 3])]);
-    }
-
-    #[test]
-    fn long_frames_are_fragmented_into_one_message() {
-        // "é" is two bytes; with 3-byte fragments it is split across the first two.
-        let text = Bytes::from("abé-defgh");
-        let pieces = frames(to_messages(Codec::Json, text.clone(), 3));
-        assert_eq!(pieces.len(), 4);
-        assert_eq!(pieces[0].0, OpCode::Data(OpData::Text));
-        assert!(pieces[1..].iter().all(|(op, _, _)| *op == OpCode::Data(OpData::Continue)));
-        let finals: Vec<bool> = pieces.iter().map(|(_, fin, _)| *fin).collect();
-        assert_eq!(finals, vec![false, false, false, true]);
-        let joined: Vec<u8> = pieces.iter().flat_map(|(_, _, p)| p.to_vec()).collect();
-        assert_eq!(joined, text.to_vec());
-
-        let binary = frames(to_messages(Codec::Bincode, Bytes::from(vec![7u8; 10]), 4));
-        assert_eq!(binary.iter().map(|(_, _, p)| p.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
-        assert_eq!(binary[0].0, OpCode::Data(OpData::Binary));
-    }
-
-    #[test]
-    fn invalid_utf8_is_never_sent_as_text() {
-        assert_eq!(to_messages(Codec::Json, Bytes::from_static(&[0xff, 0xfe]), 16).count(), 0);
-        assert_eq!(to_messages(Codec::Json, Bytes::from(vec![0xff; 40]), 16).count(), 0);
     }
 }

@@ -1,0 +1,434 @@
+//! One WebSocket connection after its handshake, in one task: reads messages and hands them to the
+//! transport, writes what the transport queued, answers pings and closes, and ends within bounded
+//! time whatever the peer does.
+//!
+//! Every wait on the peer has a deadline: a write that makes no progress for
+//! [`WsConfig::write_timeout`], a closing handshake the peer does not finish within
+//! [`WsConfig::close_linger`], silence past two ping intervals. The kill notification beats all of
+//! them.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::frame::{Incoming, Opcode, OutFrame, Reader, Violation};
+use super::{Counters, Event, WsConfig};
+use crate::{CloseReason, Codec, ConnId, ProtocolError};
+
+/// Frames taken from the send queue into the write queue at most; the rest wait in the send
+/// queue, where they count against the backlog.
+const MAX_WRITE_QUEUE: usize = 64;
+
+/// Slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Bytes read in one turn at most before the messages in them are handled.
+const READ_BATCH: usize = 64 * 1024;
+
+/// What the transport and a connection's task share.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Ends the task at once, without a closing handshake.
+    pub(super) kill: Notify,
+    /// Payload bytes queued for the connection and not written yet.
+    pub(super) queued: AtomicUsize,
+    /// Whether the transport reported the connection busy (`queued` over half the backlog) and
+    /// has not heard it drained since.
+    pub(super) busy: AtomicBool,
+}
+
+/// What the transport tells a connection task.
+#[derive(Debug)]
+pub(super) enum Outbound {
+    Frame(Bytes),
+    Close(CloseReason),
+}
+
+/// Why a connection task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The closing handshake finished: each side sent its close frame.
+    Closed,
+    /// The connection ended without a finished closing handshake, for none of the reasons below:
+    /// the peer hung up, or did not answer our close in time.
+    Gone,
+    /// The transport killed it, or went away.
+    Killed,
+    /// A write made no progress for the write timeout: a slow reader.
+    WriteTimeout,
+    /// Nothing arrived for two ping intervals.
+    PingTimeout,
+    /// A message over the size limit.
+    Oversize,
+    /// The peer broke the WebSocket protocol.
+    Violation,
+    /// The socket failed.
+    Error,
+}
+
+/// How the connection is closing.
+#[derive(Default)]
+struct Closing {
+    /// Our close frame is queued: no data frame goes out after it.
+    sent: bool,
+    /// The peer's close frame arrived: nothing more is read from it.
+    received: bool,
+    /// Why we started closing, when it was a problem of the peer's.
+    cause: Option<End>,
+    /// When the linger for the peer's close frame ends.
+    linger_until: Option<Instant>,
+    /// The peer broke the protocol: what it still sends is not parsed.
+    garbage: bool,
+}
+
+pub(super) struct Connection<'a> {
+    pub(super) conn: ConnId,
+    pub(super) codec: Codec,
+    pub(super) config: &'a WsConfig,
+    pub(super) shared: &'a Shared,
+    pub(super) events: &'a mpsc::Sender<Event>,
+    pub(super) counters: &'a Counters,
+}
+
+/// A connection's share of [`WsStats::read_buffer_bytes`](super::WsStats::read_buffer_bytes):
+/// the capacity of its read buffer as last counted, taken back when the connection ends.
+struct HeldBuffer<'a> {
+    counters: &'a Counters,
+    held: usize,
+}
+
+impl HeldBuffer<'_> {
+    fn update(&mut self, capacity: usize) {
+        if capacity > self.held {
+            self.counters.read_buffers.fetch_add(capacity - self.held, Ordering::Relaxed);
+        } else if capacity < self.held {
+            self.counters.read_buffers.fetch_sub(self.held - capacity, Ordering::Relaxed);
+        }
+        self.held = capacity;
+    }
+}
+
+impl Drop for HeldBuffer<'_> {
+    fn drop(&mut self) {
+        self.update(0);
+    }
+}
+
+impl Connection<'_> {
+    /// Serves the connection until it ends; `buf` holds what was read after the handshake.
+    ///
+    /// One task owns the socket and waits on its readiness, so reads and writes need no lock
+    /// between them, a read takes every message that arrived, and a write sends every frame
+    /// queued, in one vectored system call.
+    pub(super) async fn run(
+        &self,
+        mut stream: TcpStream,
+        mut buf: BytesMut,
+        mut outbound: futures::channel::mpsc::Receiver<Outbound>,
+    ) -> End {
+        let config = self.config;
+        let mut reader = Reader::new(config.max_message_size);
+        let mut out = VecDeque::<OutFrame>::new();
+        let mut closing = Closing::default();
+        // A frame for the transport that waits for room in its queue; reading stops meanwhile.
+        let mut inbox: Option<Event> = None;
+        let mut report_drained = false;
+        let mut held = HeldBuffer { counters: self.counters, held: 0 };
+        held.update(buf.capacity());
+
+        let killed = self.shared.kill.notified();
+        tokio::pin!(killed);
+        let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        // When the oldest unwritten byte last moved; a write deadline runs from it.
+        let mut last_progress = Instant::now();
+        let deadline = tokio::time::sleep_until(last_progress);
+        tokio::pin!(deadline);
+
+        loop {
+            // Take whole messages out of the buffer while the transport has room for them.
+            while inbox.is_none() && !closing.received {
+                match reader.next(&mut buf) {
+                    Ok(Some(Incoming::Text(frame) | Incoming::Binary(frame))) => {
+                        if closing.sent {
+                            continue; // Closing: what the peer still sends is dropped.
+                        }
+                        match self.events.try_send(Event::Frame { conn: self.conn, frame }) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(event)) => inbox = Some(event),
+                            Err(mpsc::error::TrySendError::Closed(_)) => return End::Killed,
+                        }
+                    }
+                    Ok(Some(Incoming::Ping(payload))) => {
+                        // A peer that pings without reading gets no more pongs than the write
+                        // queue holds.
+                        if !closing.sent && out.len() < MAX_WRITE_QUEUE {
+                            out.push_back(OutFrame::new(Opcode::Pong, payload));
+                        }
+                    }
+                    Ok(Some(Incoming::Pong)) => {}
+                    Ok(Some(Incoming::Close(code))) => {
+                        closing.received = true;
+                        // Echo the peer's code (§5.5.1); a close without one gets 1000.
+                        let code = code.map_or(CloseCode::Normal, CloseCode::from);
+                        closing.start(&mut out, OutFrame::close(code, ""), None);
+                    }
+                    Ok(None) => break,
+                    Err(violation) => {
+                        let (code, reason) = violation.close();
+                        let cause =
+                            if violation == Violation::TooBig { End::Oversize } else { End::Violation };
+                        closing.start(&mut out, OutFrame::close(code, reason), Some(cause));
+                        // The stream cannot be parsed past a violation: from now on it is noise,
+                        // read and dropped until the peer closes or the linger ends.
+                        closing.garbage = true;
+                        reader = Reader::new(0);
+                        break;
+                    }
+                }
+            }
+            if closing.garbage {
+                buf.clear();
+            }
+            if buf.is_empty() && !reader.is_assembling() {
+                // Give the buffer back: an idle connection holds no read buffer, and one that
+                // once received a maximal message does not keep it.
+                buf = BytesMut::new();
+                held.update(0);
+            }
+
+            if !out.is_empty() {
+                match self.write_now(&stream, &mut out) {
+                    Ok((progress, drained)) => {
+                        if progress {
+                            last_progress = Instant::now();
+                        }
+                        report_drained |= drained;
+                    }
+                    Err(_) => return End::Error,
+                }
+            }
+
+            let wake_at = if !out.is_empty() {
+                Some(last_progress + config.write_timeout)
+            } else if closing.sent {
+                let until = *closing.linger_until.get_or_insert_with(|| Instant::now() + config.close_linger);
+                if closing.received || until <= Instant::now() {
+                    let _ = tokio::time::timeout(config.write_timeout, stream.shutdown()).await;
+                    return closing.end();
+                }
+                Some(until)
+            } else {
+                None
+            };
+            // Re-armed only when it must fire earlier: progress moves the write deadline later at
+            // every write, and the timer catches up when it fires.
+            if let Some(at) = wake_at {
+                if deadline.deadline() > at || deadline.is_elapsed() {
+                    deadline.as_mut().reset(at);
+                }
+            }
+
+            let room = out.len() < MAX_WRITE_QUEUE && !closing.sent;
+            let reading = inbox.is_none() && !closing.received;
+            let reporting = inbox.is_some() || report_drained;
+            tokio::select! {
+                biased;
+                () = &mut killed => return End::Killed,
+                () = &mut deadline, if wake_at.is_some() => {
+                    if wake_at.is_some_and(|at| at <= Instant::now()) && !out.is_empty() {
+                        return End::WriteTimeout;
+                    }
+                    // Early (progress moved the deadline) or the linger ended: the next turn
+                    // re-arms or finishes the close.
+                }
+                ready = stream.writable(), if !out.is_empty() => {
+                    if ready.is_err() {
+                        return End::Error;
+                    }
+                }
+                permit = self.events.reserve(), if reporting => {
+                    let Ok(permit) = permit else { return End::Killed };
+                    if let Some(event) = inbox.take() {
+                        permit.send(event);
+                    } else {
+                        report_drained = false;
+                        permit.send(Event::Busy { conn: self.conn, busy: false });
+                    }
+                }
+                next = outbound.next(), if room => {
+                    let Some(first) = next else {
+                        // The transport let go of the connection without a close: it is gone.
+                        return End::Killed;
+                    };
+                    if out.is_empty() {
+                        last_progress = Instant::now();
+                    }
+                    let mut next = Some(first);
+                    while let Some(item) = next.take() {
+                        match item {
+                            Outbound::Frame(frame) => {
+                                // JSON frames from the core are UTF-8: serde_json wrote them, or
+                                // they are relayed frames that the codec checked on arrival.
+                                let opcode = if self.codec.is_binary() { Opcode::Binary } else { Opcode::Text };
+                                out.push_back(OutFrame::new(opcode, frame));
+                            }
+                            Outbound::Close(reason) => {
+                                let (code, text) = close_frame(&reason);
+                                closing.start(&mut out, OutFrame::close(code, &text), None);
+                                break;
+                            }
+                        }
+                        if out.len() < MAX_WRITE_QUEUE {
+                            next = outbound.try_recv().ok();
+                        }
+                    }
+                }
+                ready = stream.readable(), if reading => {
+                    if ready.is_err() {
+                        return End::Error;
+                    }
+                    let wanted = reader.wanted(&buf);
+                    let read = self.read_now(&stream, &mut buf, wanted);
+                    held.update(buf.capacity());
+                    match read {
+                        Ok(Some(0)) => {
+                            // The peer hung up: after our close that is its answer, before it
+                            // there is nobody left to answer.
+                            return closing.end();
+                        }
+                        Ok(Some(_)) => last_heard = Instant::now(),
+                        Ok(None) => {}
+                        Err(_) => return End::Error,
+                    }
+                }
+                _ = ping.tick(), if !closing.sent => {
+                    if last_heard.elapsed() >= config.ping_interval.saturating_mul(2) {
+                        closing.start(&mut out, OutFrame::close(CloseCode::Away, "ping timeout"), Some(End::PingTimeout));
+                    } else if out.len() < MAX_WRITE_QUEUE {
+                        out.push_back(OutFrame::new(Opcode::Ping, Bytes::new()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has, up to [`READ_BATCH`] bytes, without waiting. Returns the bytes
+    /// read, 0 at the end of the stream, `None` when nothing had arrived after all.
+    fn read_now(&self, stream: &TcpStream, buf: &mut BytesMut, wanted: usize) -> io::Result<Option<usize>> {
+        let mut total = 0;
+        loop {
+            buf.reserve(wanted.saturating_sub(total).max(self.config.read_buffer_size).max(1));
+            match stream.try_read_buf(buf) {
+                Ok(0) => return Ok(Some(total)),
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((total > 0).then_some(total)),
+                Err(e) => return Err(e),
+            }
+            if total >= READ_BATCH || total >= wanted.max(self.config.read_buffer_size) {
+                return Ok(Some(total));
+            }
+        }
+    }
+
+    /// Writes what is queued until the socket would block. Returns whether anything was written,
+    /// and whether that drained a busy connection below half its backlog (the transport must
+    /// hear that).
+    fn write_now(&self, stream: &TcpStream, out: &mut VecDeque<OutFrame>) -> io::Result<(bool, bool)> {
+        let (mut progress, mut drained) = (false, false);
+        while !out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = fill_slices(out, &mut slices);
+            let mut n = match stream.try_write_vectored(slices.get(..count).unwrap_or_default()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            progress = true;
+            while n > 0 {
+                let Some(front) = out.front_mut() else { break };
+                let Some(rest) = front.advance(n) else { break };
+                n = rest;
+                if front.counted {
+                    drained |= self.written(front.payload_len());
+                }
+                out.pop_front();
+            }
+        }
+        if out.is_empty() && out.capacity() > MAX_WRITE_QUEUE {
+            *out = VecDeque::new();
+        }
+        Ok((progress, drained))
+    }
+
+    /// Records `len` payload bytes written; true when this drained a busy connection below half
+    /// its backlog.
+    fn written(&self, len: usize) -> bool {
+        let left = self.shared.queued.fetch_sub(len, Ordering::AcqRel).saturating_sub(len);
+        left <= self.config.send_backlog_bytes / 2
+            && self.shared.busy.compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+impl Closing {
+    /// Queues our close frame; from now on no data frame is written, and the peer has
+    /// [`WsConfig::close_linger`] after it is written to answer.
+    fn start(&mut self, out: &mut VecDeque<OutFrame>, frame: OutFrame, cause: Option<End>) {
+        if self.sent {
+            return;
+        }
+        self.sent = true;
+        self.cause = cause;
+        out.push_back(frame);
+    }
+
+    /// How the connection ended, once it has.
+    fn end(&self) -> End {
+        match self.cause {
+            Some(cause) => cause,
+            None if self.sent && self.received => End::Closed,
+            None => End::Gone,
+        }
+    }
+}
+
+/// The slices of what is left to write, oldest first; returns how many it filled.
+fn fill_slices<'a>(out: &'a VecDeque<OutFrame>, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+    let mut n = 0;
+    for frame in out {
+        let (head, payload) = frame.remaining();
+        for part in [head, payload] {
+            if part.is_empty() {
+                continue;
+            }
+            let Some(slot) = slices.get_mut(n) else { return n };
+            *slot = IoSlice::new(part);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The WebSocket close code and reason for a close the core asked for.
+pub(super) fn close_frame(reason: &CloseReason) -> (CloseCode, String) {
+    let code = match reason {
+        CloseReason::Stopped => CloseCode::Away,
+        CloseReason::Error(ProtocolError::ServerFull | ProtocolError::TooManyHandshakes) => CloseCode::Again,
+        CloseReason::Error(_) => CloseCode::Policy,
+    };
+    let text = match reason {
+        CloseReason::Stopped => "server stopping".to_string(),
+        CloseReason::Error(error) => error.to_string(),
+    };
+    (code, text)
+}

@@ -1,0 +1,191 @@
+//! The server side of the WebSocket opening handshake (RFC 6455 §4.2): one HTTP/1.1 `GET` with
+//! `Upgrade: websocket`, answered with `101 Switching Protocols`.
+//!
+//! httparse reads the request and tungstenite derives the accept key; this module only checks the
+//! headers the RFC requires and picks the codec. The bytes a client sends after its request stay
+//! in the read buffer for the framing layer, so that nothing is lost between the two.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::BINCODE_SUBPROTOCOL;
+use crate::Codec;
+
+/// Longest request head accepted, in bytes: far more than browsers and fledger nodes send.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Most headers in a request.
+const MAX_HEADERS: usize = 32;
+
+/// Why a handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// The connection ended or failed before the request was complete.
+    Io,
+    /// Not a WebSocket upgrade request, or a malformed one: answered with this status line.
+    Http(&'static str),
+}
+
+/// Reads the upgrade request from `stream` (bytes already read start `buf`), answers it, and
+/// returns the codec the client asked for. Whatever follows the request stays in `buf`.
+///
+/// Has no deadline of its own: the caller bounds it with the handshake timeout.
+pub(super) async fn accept<S>(stream: &mut S, buf: &mut BytesMut) -> Result<Codec, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head_len = loop {
+        if let Some(end) = find_head_end(buf) {
+            break end;
+        }
+        if buf.len() >= MAX_HEAD {
+            return refuse(stream, "431 Request Header Fields Too Large").await;
+        }
+        buf.reserve(1024.min(MAX_HEAD - buf.len()));
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(Refusal::Io),
+            Ok(_) => {}
+        }
+    };
+    let upgrade = match parse(buf.get(..head_len).unwrap_or_default()) {
+        Ok(upgrade) => upgrade,
+        Err(status) => return refuse(stream, status).await,
+    };
+    buf.advance(head_len);
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        upgrade.accept
+    );
+    if upgrade.codec.is_binary() {
+        response.push_str("Sec-WebSocket-Protocol: ");
+        response.push_str(BINCODE_SUBPROTOCOL);
+        response.push_str("\r\n");
+    }
+    response.push_str("\r\n");
+    stream.write_all(response.as_bytes()).await.map_err(|_| Refusal::Io)?;
+    Ok(upgrade.codec)
+}
+
+/// What a valid upgrade request asks for.
+struct Upgrade {
+    codec: Codec,
+    accept: String,
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+}
+
+/// Checks the request head as §4.2.1 requires; the error is the HTTP status to answer with.
+fn parse(head: &[u8]) -> Result<Upgrade, &'static str> {
+    const BAD: &str = "400 Bad Request";
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) | Err(_) => return Err(BAD),
+    }
+    if request.method != Some("GET") || request.version != Some(1) {
+        return Err(BAD);
+    }
+    let values = |name: &'static str| {
+        request
+            .headers
+            .iter()
+            .filter(move |header| header.name.eq_ignore_ascii_case(name))
+            .filter_map(|header| std::str::from_utf8(header.value).ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+    };
+    let has = |name: &'static str, token: &str| values(name).any(|value| value.eq_ignore_ascii_case(token));
+    if !has("upgrade", "websocket") || !has("connection", "upgrade") {
+        return Err("426 Upgrade Required");
+    }
+    if !has("sec-websocket-version", "13") {
+        return Err("426 Upgrade Required");
+    }
+    let key = request
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|header| header.value)
+        .filter(|key| !key.is_empty())
+        .ok_or(BAD)?;
+    let codec = if has("sec-websocket-protocol", BINCODE_SUBPROTOCOL) { Codec::Bincode } else { Codec::Json };
+    Ok(Upgrade { codec, accept: derive_accept_key(key) })
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: &'static str) -> Result<Codec, Refusal> {
+    let version = if status.starts_with("426") { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+    let response = format!("HTTP/1.1 {status}\r\n{version}Connection: close\r\nContent-Length: 0\r\n\r\n");
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    Err(Refusal::Http(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str =
+        "GET /any/path HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+    #[test]
+    fn a_valid_request_gets_the_rfc_accept_key_and_its_codec() {
+        let upgrade = parse(format!("{GOOD}\r\n").as_bytes()).ok().unwrap();
+        // The example of RFC 6455 §1.3.
+        assert_eq!(upgrade.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(upgrade.codec, Codec::Json);
+        let bincode = format!("{GOOD}Sec-WebSocket-Protocol: chat, {BINCODE_SUBPROTOCOL}\r\n\r\n");
+        assert_eq!(parse(bincode.as_bytes()).ok().unwrap().codec, Codec::Bincode);
+    }
+
+    #[test]
+    fn requests_that_are_not_upgrades_are_refused_with_a_status() {
+        let without = |name: &str| {
+            let head: String = GOOD
+                .split("\r\n")
+                .filter(|line| !line.starts_with(name))
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            parse(format!("{head}\r\n").as_bytes()).err()
+        };
+        assert_eq!(without("Upgrade"), Some("426 Upgrade Required"));
+        assert_eq!(without("Connection"), Some("426 Upgrade Required"));
+        assert_eq!(without("Sec-WebSocket-Version"), Some("426 Upgrade Required"));
+        assert_eq!(without("Sec-WebSocket-Key"), Some("400 Bad Request"));
+        assert_eq!(
+            parse(format!("{}\r\n", GOOD.replace("GET", "POST")).as_bytes()).err(),
+            Some("400 Bad Request")
+        );
+        assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").err(), Some("400 Bad Request"));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_request_stay_in_the_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(format!("{GOOD}\r\nEXTRA").as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(accept(&mut server, &mut buf).await, Ok(Codec::Json));
+        assert_eq!(&buf[..], b"EXTRA");
+        let mut response = vec![0; 4096];
+        let n = client.read(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response[..n]);
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{response}");
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[tokio::test]
+    async fn an_endless_head_is_refused_at_its_limit() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let endless = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        client.write_all(endless.as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            accept(&mut server, &mut buf).await,
+            Err(Refusal::Http("431 Request Header Fields Too Large"))
+        );
+    }
+}

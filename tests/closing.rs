@@ -1,0 +1,159 @@
+//! How WebSocket connections end, seen from a raw socket: every close gets its closing handshake
+//! (RFC 6455 §5.5.1, §7.1.1) and then a clean end of the TCP stream, whoever starts it, and a
+//! connection ends within bounded time whatever the peer does.
+//!
+//! Nothing sleeps; waits have a safety timeout (`within`).
+
+mod nodes;
+mod ws;
+
+use std::time::Duration;
+
+use nodes::{config, key, within};
+use peer_signal::{
+    sign_challenge, Codec, MessageAnnounce, NodeInfo, SignalConfig, WSSignalMessageFromNode,
+    WSSignalMessageToNode, WsConfig,
+};
+use ws::*;
+
+/// Reads the challenge on `raw` and announces with key `seed`; returns once the server accepted.
+async fn announce(raw: &mut RawWs, codec: Codec, seed: u32) {
+    let (_, challenge) = raw.frame().await.expect("challenge");
+    let Ok(WSSignalMessageToNode::Challenge(3, challenge)) = codec.decode(&challenge) else {
+        panic!("expected a challenge")
+    };
+    let key = key(seed);
+    let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
+        version: 3,
+        challenge,
+        node_info: NodeInfo::new("raw", "test", key.verifying_key().to_bytes()),
+        signature: sign_challenge(&key, &challenge),
+    });
+    let opcode = if codec.is_binary() { BINARY } else { TEXT };
+    raw.send(opcode, &codec.encode(&announce).unwrap()).await;
+    let (_, accepted) = raw.frame().await.expect("system config");
+    assert!(matches!(codec.decode(&accepted), Ok(WSSignalMessageToNode::SystemConfig(_))));
+}
+
+#[tokio::test]
+async fn a_close_from_the_peer_gets_a_close_reply_and_then_a_clean_end_of_stream() {
+    let server = start_default().await;
+    let mut clean = 0;
+    for codec in [Codec::Json, Codec::Bincode] {
+        for announced in [false, true] {
+            let mut raw = RawWs::connect(&server.url, codec.is_binary()).await;
+            if announced {
+                announce(&mut raw, codec, 1 + u32::from(codec.is_binary())).await;
+            }
+            raw.send_close(1000).await;
+            assert_eq!(raw.close_frame().await, 1000, "{codec:?}, announced: {announced}");
+            assert_eq!(raw.end().await, StreamEnd::Eof, "{codec:?}, announced: {announced}");
+            clean += 1;
+            eventually("clean close counted", || server.ws.get().clean_closes == clean).await;
+        }
+    }
+    // A close with another code gets that code back, and one without a code gets 1000.
+    let mut raw = RawWs::connect(&server.url, false).await;
+    raw.send_close(4321).await;
+    assert_eq!(raw.close_frame().await, 4321);
+    assert_eq!(raw.end().await, StreamEnd::Eof);
+    let mut raw = RawWs::connect(&server.url, false).await;
+    raw.send(CLOSE, &[]).await;
+    assert_eq!(raw.close_frame().await, 1000);
+    assert_eq!(raw.end().await, StreamEnd::Eof);
+    eventually("every task ended", || server.ws.get().connection_tasks == 0).await;
+}
+
+#[tokio::test]
+async fn a_close_the_server_starts_waits_for_the_peer_and_ends_cleanly_either_way() {
+    let config = SignalConfig { max_errors: 1, ..config() };
+    let ws = WsConfig { close_linger: Duration::from_millis(300), ..WsConfig::for_server(&config) };
+    let server = start(config, ws).await;
+
+    // A peer that answers the close: the server ends the stream as soon as the answer arrives.
+    let mut polite = RawWs::connect(&server.url, false).await;
+    polite.frame().await.expect("challenge");
+    polite.send(TEXT, b"not json").await;
+    assert_eq!(polite.close_frame().await, 1008);
+    polite.send_close(1000).await;
+    assert_eq!(polite.end().await, StreamEnd::Eof);
+    eventually("clean close counted", || server.ws.get().clean_closes == 1).await;
+
+    // A peer that never answers: the server still ends the stream cleanly, after its linger.
+    let mut mute = RawWs::connect(&server.url, true).await;
+    mute.frame().await.expect("challenge");
+    mute.send(BINARY, &[0xff; 3]).await;
+    assert_eq!(mute.close_frame().await, 1008);
+    assert_eq!(mute.end().await, StreamEnd::Eof);
+
+    // A peer that goes on sending after the server's close: dropped unread, then a clean end.
+    let mut chatty = RawWs::connect(&server.url, false).await;
+    chatty.frame().await.expect("challenge");
+    chatty.send(TEXT, b"[]").await;
+    for _ in 0..50 {
+        chatty.send(TEXT, &[b' '; 1000]).await;
+    }
+    assert_eq!(chatty.close_frame().await, 1008);
+    assert_eq!(chatty.end().await, StreamEnd::Eof);
+    eventually("every task ended", || server.ws.get().connection_tasks == 0).await;
+    assert_eq!(server.ws.get().clean_closes, 1, "only the polite peer finished the handshake");
+}
+
+#[tokio::test]
+async fn protocol_violations_are_closed_with_their_codes() {
+    let server = start_default().await;
+    // An unmasked frame (1002), text that is not UTF-8 (1007), a fragmented ping (1002).
+    let unmasked = [0x81, 0x02, b'h', b'i'];
+    let mut fragmented_ping = client_frame(PING, b"x");
+    fragmented_ping[0] &= 0x7f;
+    for (bytes, code) in
+        [(unmasked.to_vec(), 1002), (client_frame(TEXT, &[0xc3, 0x28]), 1007), (fragmented_ping, 1002)]
+    {
+        let mut raw = RawWs::connect(&server.url, false).await;
+        raw.frame().await.expect("challenge");
+        tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &bytes).await.unwrap();
+        assert_eq!(raw.close_frame().await, code);
+        raw.send_close(code).await;
+        assert_eq!(raw.end().await, StreamEnd::Eof);
+    }
+    eventually("violations counted", || server.ws.get().protocol_violations == 3).await;
+}
+
+#[tokio::test]
+async fn pings_get_pongs_with_their_payload() {
+    let server = start_default().await;
+    let mut raw = RawWs::connect(&server.url, false).await;
+    raw.frame().await.expect("challenge");
+    raw.send(PING, b"are you there").await;
+    assert_eq!(raw.frame().await, Ok((0xa, b"are you there".to_vec())));
+}
+
+#[tokio::test]
+async fn stop_closes_every_client_with_1001_and_drains_before_the_transport_is_gone() {
+    let server = start_default().await;
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let mut raw = RawWs::connect(&server.url, i % 2 == 1).await;
+        raw.frame().await.expect("challenge");
+        clients.push(raw);
+    }
+    server.handle.stop();
+    let stopped = within("server task", server.task).await.unwrap();
+    assert!(stopped.is_stopped());
+    // The driver is done and the transport dropped; the connections finish their handshakes.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut raw| {
+            tokio::spawn(async move {
+                let code = raw.close_frame().await;
+                raw.send_close(code).await;
+                (code, raw.end().await)
+            })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(within("client", reader).await.unwrap(), (1001, StreamEnd::Eof));
+    }
+    within("drained", server.ws.all_ended()).await;
+    assert_eq!(server.ws.get().clean_closes, 200);
+}

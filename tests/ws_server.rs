@@ -1,0 +1,83 @@
+//! The `ws_server` example as an operator runs it: a process on a loopback port, stopped with
+//! SIGTERM. `cargo test` builds the examples before it runs any test.
+
+mod nodes;
+mod ws;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use nodes::within;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use ws::*;
+
+/// The `ws_server` binary that cargo built next to this test's own.
+fn ws_server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/examples/ws_server
+    let profile = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let binary = profile.join("examples").join(format!("ws_server{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "{} is missing: build the examples (cargo test does)", binary.display());
+    binary
+}
+
+/// A `ws_server` process on an ephemeral loopback port, and its URL once it listens.
+async fn spawn_server(extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(ws_server_binary())
+        .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ws_server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The server says where it listens; that line is the signal that it is ready.
+    let url = within("ws_server listening", async {
+        while let Some(line) = lines.next_line().await.expect("read the server's log") {
+            if let Some(at) = line.find("signalling on ws://") {
+                return line[at + "signalling on ".len()..].trim().to_string();
+            }
+        }
+        panic!("ws_server exited before it listened");
+    })
+    .await;
+    // Keep reading its log, so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("{url}/"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_every_client_1001_and_waits_for_their_closing_handshakes() {
+    let (mut child, url) = spawn_server(&["--drain-secs", "10"]).await;
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let mut raw = RawWs::connect(&url, i % 2 == 1).await;
+        raw.frame().await.expect("challenge");
+        clients.push(raw);
+    }
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    assert!(killed.success());
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut raw| {
+            tokio::spawn(async move {
+                let code = raw.close_frame().await;
+                raw.send_close(code).await;
+                (code, raw.end().await)
+            })
+        })
+        .collect();
+    let mut closed = 0;
+    for reader in readers {
+        assert_eq!(within("client", reader).await.unwrap(), (1001, StreamEnd::Eof));
+        closed += 1;
+    }
+    assert_eq!(closed, 200);
+    let status = within("ws_server exits", child.wait()).await.expect("wait");
+    assert!(status.success(), "{status:?}");
+}
