@@ -8,13 +8,14 @@ mod common;
 use std::time::Duration;
 
 use common::node::{lists, lists_id, names, FledgerNode};
-use common::run;
 use common::server::{WsServer, SYSTEM_REALM};
+use common::{run, OwnRuntime};
 use flarch::web_rtc::messages::PeerMessage;
 use flarch::web_rtc::node_connection::Direction;
 use flarch::web_rtc::WebRTCConnIn;
 use flmodules::network::broker::NetworkOut;
 use flmodules::nodeconfig::NodeInfo;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 /// For one step of a scenario. flarch's client reads its first frame one second after it
@@ -32,13 +33,14 @@ const LIMIT: Duration = Duration::from_secs(40);
 /// 60 s of its timer. Each scenario ends long before that (see [`LIMIT`]).
 const STAYS_GONE: Duration = Duration::from_secs(3);
 
-/// Starts three nodes and waits until each has authenticated and lists all three.
-async fn three_nodes(server: &WsServer) -> [FledgerNode; 3] {
+/// Starts three nodes, the third on `third_runtime`, and waits until each has authenticated and
+/// lists all three.
+async fn three_nodes(server: &WsServer, third_runtime: &Handle) -> [FledgerNode; 3] {
     let url = server.url();
     let mut nodes = [
         FledgerNode::connect(&url, "interop-a").await,
         FledgerNode::connect(&url, "interop-b").await,
-        FledgerNode::connect(&url, "interop-c").await,
+        FledgerNode::connect_on(third_runtime, &url, "interop-c").await,
     ];
     let deadline = Instant::now() + STEP;
     for node in &mut nodes {
@@ -67,7 +69,7 @@ async fn three_nodes(server: &WsServer) -> [FledgerNode; 3] {
 fn three_fledger_nodes_authenticate_list_each_other_and_relay_a_setup() {
     let server = WsServer::start();
     run(LIMIT, async {
-        let [mut a, mut b, _c] = three_nodes(&server).await;
+        let [mut a, mut b, _c] = three_nodes(&server, &Handle::current()).await;
         let deadline = Instant::now() + STEP;
 
         // `Network` asks its engine to connect; fledger's engine would now start an offer.
@@ -107,8 +109,9 @@ fn three_fledger_nodes_authenticate_list_each_other_and_relay_a_setup() {
 #[test]
 fn a_fledger_node_that_closes_its_websocket_leaves_the_lists_for_good() {
     let server = WsServer::start();
+    let leaver_runtime = OwnRuntime::new();
     run(LIMIT, async {
-        let [mut a, mut b, mut leaver] = three_nodes(&server).await;
+        let [mut a, mut b, mut leaver] = three_nodes(&server, leaver_runtime.handle()).await;
         leaver.disconnect().await;
         let deadline = Instant::now() + STEP;
         for node in [&mut a, &mut b] {

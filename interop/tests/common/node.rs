@@ -63,6 +63,13 @@ impl FledgerNode {
         Self { name: name.to_string(), info, id, ws, network, network_out, webrtc, webrtc_in, _timer: timer }
     }
 
+    /// Connects a node whose tasks all run on `runtime`: flarch spawns them on the runtime it is
+    /// called from.
+    pub async fn connect_on(runtime: &tokio::runtime::Handle, url: &str, name: &str) -> Self {
+        let (url, name) = (url.to_string(), name.to_string());
+        runtime.spawn(async move { Self::connect(&url, &name).await }).await.expect("connect the node")
+    }
+
     /// Waits for the `SystemConfig` that follows a successful announce.
     pub async fn authenticated(&mut self, deadline: Instant) -> FledgerConfig {
         loop {
