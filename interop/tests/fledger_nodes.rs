@@ -79,7 +79,7 @@ fn three_fledger_nodes_authenticate_list_each_other_and_relay_a_setup() {
             other => panic!("a: expected Connect(b) for the engine, got {other:?}"),
         }
 
-        // The exchange, in the order WebRTC makes it: a (id_init) sends Init, its offer and its
+        // A setup exchange in the order WebRTC makes it: a (id_init) sends Init, its offer and its
         // candidates; b answers and sends its own. fledger 0.10's native engine turns Init into an
         // offer locally, but the relay must carry all four kinds.
         let from_a = [
