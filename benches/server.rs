@@ -47,7 +47,11 @@ impl Bench {
             byte_rate: RateLimit::UNLIMITED,
             ..config
         };
-        let mut bench = Self { server: SignalServer::new(config), now: Instant::now(), ids: Vec::new() };
+        let mut bench = Self {
+            server: SignalServer::new(config).expect("a valid config"),
+            now: Instant::now(),
+            ids: Vec::new(),
+        };
         for n in 1..=nodes {
             bench.join(ConnId::new(u64::from(n)), &key(n), codec);
         }

@@ -188,7 +188,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     info!("signalling on ws://{}", transport.local_addr());
     let ws_stats = transport.stats_handle();
 
-    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 4096);
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config)?, transport, 4096);
     if args.metrics != "off" {
         let listener = TcpListener::bind(&args.metrics).await?;
         info!("metrics on http://{}/metrics", listener.local_addr()?);

@@ -169,7 +169,8 @@
 //! use peer_signal::ed25519_dalek::SigningKey;
 //! use peer_signal::*;
 //!
-//! let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+//! let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() })
+//!     .expect("a valid config");
 //! let now = Instant::now();
 //! let codec = Codec::Json;
 //!
@@ -237,7 +238,7 @@ pub use ed25519_dalek;
 
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
-pub use error::{CodecError, ProtocolError, TransportError};
+pub use error::{CodecError, ConfigError, ProtocolError, TransportError};
 pub use protocol::{
     FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,

@@ -78,7 +78,7 @@ struct Known {
 /// and no more connections than allowed.
 pub fn run(ops: &[Op]) {
     let config = config();
-    let mut server = SignalServer::new(config.clone());
+    let mut server = SignalServer::new(config.clone()).expect("a valid config");
     let mut now = Instant::now();
     let mut all: Vec<ConnId> = Vec::new();
     let mut open: BTreeMap<ConnId, Known> = BTreeMap::new();

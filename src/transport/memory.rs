@@ -60,7 +60,7 @@ struct Link {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let config = SignalConfig::default();
 /// let (transport, connector) = MemoryTransport::new(&config);
-/// let (driver, _handle, mut events) = Driver::new(SignalServer::new(config), transport, 64);
+/// let (driver, _handle, mut events) = Driver::new(SignalServer::new(config)?, transport, 64);
 /// let server = tokio::spawn(driver.run(futures::stream::pending()));
 ///
 /// let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);

@@ -627,7 +627,7 @@ fn to_messages(codec: Codec, frame: Bytes, fragment: usize) -> impl Iterator<Ite
 fn close_frame(reason: &CloseReason) -> CloseFrame {
     let code = match reason {
         CloseReason::Stopped => CloseCode::Away,
-        CloseReason::Error(ProtocolError::ServerFull | ProtocolError::TooManyHandshakes) => CloseCode::Again,
+        CloseReason::Error(ProtocolError::ServerFull) => CloseCode::Again,
         CloseReason::Error(_) => CloseCode::Policy,
     };
     let text = match reason {
