@@ -88,7 +88,13 @@ fn the_byte_bucket_counts_every_frame_even_unauthenticated_and_oversize_ones() {
 
 #[test]
 fn a_frame_larger_than_the_byte_burst_never_passes() {
-    let config = SignalConfig { byte_rate: RateLimit::new(1_000_000, 100), ..SignalConfig::default() };
+    // The burst may not be below `max_frame_size` (see `config.rs`), so only an oversize frame
+    // can be larger than it; it never passes, however long the connection waits.
+    let config = SignalConfig {
+        byte_rate: RateLimit::new(1_000_000, 100),
+        max_frame_size: 100,
+        ..SignalConfig::default()
+    };
     let mut h = Harness::with(config);
     let (conn, _) = h.open(Codec::Json);
     h.now += Duration::from_secs(60);
