@@ -1209,6 +1209,38 @@ mod tests {
     }
 
     #[test]
+    fn the_timer_heap_stays_bounded_without_ticks() {
+        let config = SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() };
+        let mut server = SignalServer::new(config).expect("a valid config");
+        let now = Instant::now();
+        // A few live connections, whose entries must survive every sweep.
+        let live: Vec<ConnId> = (0..10).map(|n| ConnId::new(1_000_000 + n)).collect();
+        for &conn in &live {
+            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+        }
+        let mut most = 0;
+        for n in 0..100_000 {
+            let conn = ConnId::new(n);
+            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+            server.handle(now, SignalIn::Closed { conn });
+            while server.poll_output().is_some() {}
+            most = most.max(server.timers.len());
+        }
+        // Live: the ten, and the one just opened.
+        assert!(most <= 2 * (live.len() + 1) + 1024, "the heap grew to {most} entries");
+        // Every live connection still has its entry: their handshake timeouts still fire.
+        server.handle(later(now, server.config.handshake_timeout), SignalIn::Tick);
+        let closed: Vec<ConnId> = std::iter::from_fn(|| server.poll_output())
+            .filter_map(|out| match out {
+                SignalOut::Close { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed.len(), live.len());
+        assert!(live.iter().all(|conn| closed.contains(conn)));
+    }
+
+    #[test]
     fn sample_is_distinct_in_range_and_covers_everything() {
         let mut rng = ChaCha20Rng::from_seed([1; 32]);
         let mut seen = [0u32; 10];
