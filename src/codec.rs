@@ -14,15 +14,16 @@ use crate::error::{cut, CodecError};
 ///
 /// # What decoding may allocate
 ///
-/// Neither decoder trusts a length that the frame claims. bincode reads a string or a byte string
-/// only once its bytes are in the frame, and stops at the frame's end. The sequences of this
-/// crate's messages (the stats of `NodeStats`, the nodes of `ListIDsReply`) reserve room for at
-/// most 4 KiB of elements up front, whatever length they claim, and grow only with elements
-/// actually decoded, each of which takes at least 34 bytes of the frame. So decoding a frame of
-/// `n` bytes allocates at most 4 KiB plus a small multiple of `n` (the decoded message, with its
-/// vectors at most twice the size of their elements), and a failed decode at most that plus its
-/// [`CodecError`] text. serde_json announces no lengths, so JSON allocates what the message holds
-/// and the error text. `tests/alloc.rs` measures this with hostile frames.
+/// Neither decoder trusts a length that the frame claims. bincode copies a string only once its
+/// bytes are in the frame, and never reads past the frame's end. The sequences of this crate's
+/// messages (the stats of `NodeStats`, the nodes of `ListIDsReply`) reserve room for at most
+/// 4 KiB of elements up front, whatever length they claim, and then grow only with elements
+/// actually decoded, each of which takes at least 36 bytes of the frame (serde's own `Vec`
+/// would reserve up to 1 MiB on the claim alone). So decoding a bincode frame of `n` bytes into
+/// this crate's messages allocates at most 4 KiB + 8 × `n` bytes at its peak (the message, with a
+/// growing vector's old and new buffers), plus, when it fails, the error's text, cut to 128
+/// bytes. serde_json claims no lengths: JSON allocates what the message holds and the error.
+/// `tests/alloc.rs` pins these bounds with a counting allocator and hostile frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Codec {
