@@ -53,7 +53,7 @@ const YIELD_EVERY: u32 = 64;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let config = SignalConfig::default();
 /// let (transport, _connector) = MemoryTransport::new(&config);
-/// let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 64);
+/// let (driver, handle, mut events) = Driver::new(SignalServer::new(config).expect("a valid config"), transport, 64);
 /// // Real applications tick every second or so, e.g. from `tokio::time::interval`.
 /// let (mut ticks, tick_stream) = futures::channel::mpsc::channel::<()>(1);
 /// let server = tokio::spawn(driver.run(tick_stream));

@@ -423,7 +423,7 @@ fn fill_slices<'a>(out: &'a VecDeque<OutFrame>, slices: &mut [IoSlice<'a>; MAX_S
 pub(super) fn close_frame(reason: &CloseReason) -> (CloseCode, String) {
     let code = match reason {
         CloseReason::Stopped => CloseCode::Away,
-        CloseReason::Error(ProtocolError::ServerFull | ProtocolError::TooManyHandshakes) => CloseCode::Again,
+        CloseReason::Error(ProtocolError::ServerFull) => CloseCode::Again,
         CloseReason::Error(_) => CloseCode::Policy,
     };
     let text = match reason {
