@@ -326,19 +326,34 @@ struct Buckets {
     refilled: Instant,
     frames: u64,
     bytes: u64,
+    /// Replies charged beyond what the byte bucket held: the refill pays this first, and no frame
+    /// passes until it is paid. So a node's own replies count in full against its rate, however
+    /// small the requests that earn them.
+    debt: u64,
 }
 
 impl Buckets {
     fn full(now: Instant, config: &SignalConfig) -> Self {
-        Self { refilled: now, frames: config.frame_rate.capacity(), bytes: config.byte_rate.capacity() }
+        Self {
+            refilled: now,
+            frames: config.frame_rate.capacity(),
+            bytes: config.byte_rate.capacity(),
+            debt: 0,
+        }
     }
 
-    /// Takes `len` bytes that the server sends out of the byte bucket, down to empty at most: a
-    /// reply is never held back, the connection's next frame pays for it. Called right after
-    /// [`take`](Self::take) at the same `now`, so no refill is due.
+    /// Takes `len` bytes that the server sends out of the byte bucket; what the bucket does not
+    /// hold becomes debt. A reply is never held back: the connection's next frames pay for it.
+    /// Called right after [`take`](Self::take) at the same `now`, so no refill is due.
     fn charge(&mut self, len: usize) {
         let cost = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS_PER_SEC);
-        self.bytes = self.bytes.saturating_sub(cost);
+        match self.bytes.checked_sub(cost) {
+            Some(left) => self.bytes = left,
+            None => {
+                self.debt = self.debt.saturating_add(cost - self.bytes);
+                self.bytes = 0;
+            }
+        }
     }
 
     /// Takes one frame of `len` bytes out of the buckets; `false` when either is short.
@@ -347,10 +362,16 @@ impl Buckets {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.refilled = now;
         let frames = config.frame_rate.refill(self.frames, nanos);
-        let bytes = config.byte_rate.refill(self.bytes, nanos);
+        // The refill pays the debt first; an unlimited rate forgives it at once.
+        let unlimited = config.byte_rate.per_sec == u64::MAX;
+        let added = nanos.saturating_mul(config.byte_rate.per_sec);
+        let paid = added.min(self.debt);
+        self.debt = if unlimited { 0 } else { self.debt - paid };
+        let bytes = config.byte_rate.refill(self.bytes.saturating_add(added - paid), 0);
         let cost = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS_PER_SEC);
+        self.bytes = bytes;
         match (frames.checked_sub(NANOS_PER_SEC), bytes.checked_sub(cost)) {
-            (Some(frames), Some(bytes)) => {
+            (Some(frames), Some(bytes)) if self.debt == 0 => {
                 (self.frames, self.bytes) = (frames, bytes);
                 true
             }
@@ -1237,6 +1258,22 @@ mod tests {
             .collect();
         assert_eq!(closed.len(), live.len());
         assert!(live.iter().all(|conn| closed.contains(conn)));
+    }
+
+    #[test]
+    fn replies_beyond_the_bucket_are_debt_that_the_refill_pays_first() {
+        let config = SignalConfig { byte_rate: RateLimit::new(1000, 1000), ..SignalConfig::default() };
+        let start = Instant::now();
+        let mut buckets = Buckets::full(start, &config);
+        assert!(buckets.take(start, 10, &config));
+        // A reply of 5,000 bytes: 990 from the bucket, 4,010 owed.
+        buckets.charge(5_000);
+        // 4 s refill 4,000 bytes: not yet paid, so even a 1-byte frame is refused.
+        assert!(!buckets.take(start + Duration::from_secs(4), 1, &config));
+        // After 4.1 s in all the debt is paid and 90 bytes are back.
+        let later = start + Duration::from_millis(4_100);
+        assert!(buckets.take(later, 80, &config));
+        assert!(!buckets.take(later, 20, &config));
     }
 
     #[test]
