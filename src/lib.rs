@@ -105,11 +105,18 @@
 //! the failure that reaches it is followed by `too many failed announces` and a close.
 //!
 //! The WebSocket transport adds limits of its own, which close without an `Error` frame: messages
-//! over `WsConfig::max_message_size` (close code 1009), send queues over
-//! [`SignalConfig::max_send_backlog`] (slow readers), WebSocket handshakes over
-//! `WsConfig::handshake_timeout`, silence past two pings, and TCP connections over
+//! over `WsConfig::max_message_size` (close code 1009), frames that break RFC 6455 (1002, and
+//! 1007 for text that is not UTF-8), send queues over [`SignalConfig::max_send_backlog`] frames
+//! or `WsConfig::send_backlog_bytes` bytes and writes that make no progress for
+//! `WsConfig::write_timeout` (slow readers, closed at once), WebSocket handshakes over
+//! `WsConfig::handshake_timeout`, silence past two pings (1001), and TCP connections over
 //! `WsConfig::max_connections` or `WsConfig::max_connections_per_ip` (dropped right after
 //! `accept`). `WsStats` counts each.
+//!
+//! Every WebSocket close has its closing handshake: a close from the node is answered with the
+//! same code before the server ends the TCP connection, and a close the server starts waits up
+//! to `WsConfig::close_linger` for the node's answer. A node that disconnects therefore sees a
+//! clean close, not a network error that would make it reconnect.
 //!
 //! # Limits
 //!
@@ -119,8 +126,8 @@
 //! ([`SignalConfig::validate`]).
 //!
 //! What a node makes the server send is charged to that node: every reply to its own frames (the
-//! list, errors) comes out of its [`SignalConfig::byte_rate`] budget, down to empty at most, and
-//! its next frame over budget closes it as any flood. Set-ups relayed to it are charged to their
+//! list, errors) comes out of its [`SignalConfig::byte_rate`] budget, beyond it as debt that the
+//! refill pays first, and its next frame over budget closes it as any flood. Set-ups relayed to it are charged to their
 //! senders, and are held back while its send queue is busy; pushes of joins are bounded by
 //! [`SignalConfig::list_push_fanout`].
 //!

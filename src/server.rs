@@ -127,9 +127,10 @@ pub struct SignalConfig {
     /// Every received frame counts, oversize ones too. So does every frame the server sends the
     /// connection in answer to its own frame: the `SystemConfig` and `ListIDsReply` after an
     /// announce, the `ListIDsReply` to a `ListIDsRequest`, every `Error`. A reply always goes out
-    /// whole and takes the bucket down to empty at most; the connection's next frame that does
-    /// not fit is refused with `rate limit exceeded` and a close, as any flood. So a 16-byte
-    /// request cannot buy more output than the budget allows (a list of 100 nodes is about
+    /// whole; what the bucket does not hold becomes debt, which the refill pays before anything
+    /// else, and the connection's next frame that does not fit is refused with
+    /// `rate limit exceeded` and a close, as any flood. So a 16-byte request cannot buy more
+    /// output than the rate allows, however often it is sent (a list of 100 nodes is about
     /// 25 KB). Frames the connection did not ask for, `PeerSetup` relayed from other nodes and
     /// pushes of joins, are not charged to it: they are charged to their senders, or bounded by
     /// `list_push_fanout`.
