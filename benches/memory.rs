@@ -45,7 +45,7 @@ fn main() {
     let now = Instant::now();
     let config =
         SignalConfig { rng_seed: Some([7; 32]), max_pending_handshakes: 1 << 20, ..SignalConfig::default() };
-    let mut server = SignalServer::new(config);
+    let mut server = SignalServer::new(config).expect("a valid config");
 
     // Frames and keys are made before counting starts, so that only the server's share counts.
     let keys: Vec<SigningKey> = (0..n).map(key).collect();

@@ -47,7 +47,11 @@ impl Bench {
             byte_rate: RateLimit::UNLIMITED,
             ..config
         };
-        let mut bench = Self { server: SignalServer::new(config), now: Instant::now(), ids: Vec::new() };
+        let mut bench = Self {
+            server: SignalServer::new(config).expect("a valid config"),
+            now: Instant::now(),
+            ids: Vec::new(),
+        };
         for n in 1..=nodes {
             bench.join(ConnId::new(u64::from(n)), &key(n), codec);
         }
@@ -193,7 +197,8 @@ fn join(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for &n in sizes {
         // Each iteration moves the clock by a push interval; the `n` nodes must not expire.
-        let config = SignalConfig { ttl: Duration::MAX, ..SignalConfig::default() };
+        let config =
+            SignalConfig { ttl: Duration::from_secs(100 * 365 * 24 * 3600), ..SignalConfig::default() };
         let mut bench = Bench::new(config, n, Codec::Json);
         let signer = key(u32::MAX);
         let (mut joins, mut frames, mut bytes) = (0u64, 0u64, 0u64);

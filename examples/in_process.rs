@@ -20,7 +20,7 @@ type Peer = AsyncClient<MemoryClient>;
 async fn main() -> Result<(), Box<dyn Error>> {
     let config = SignalConfig { ttl: Duration::from_secs(60), ..SignalConfig::default() };
     let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 256);
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config)?, transport, 256);
 
     // The server wants a tick about once a second for its timeouts; any timer will do.
     let ticks =

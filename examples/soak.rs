@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = SignalConfig::default();
     let transport = WsTransport::bind("127.0.0.1:0", WsConfig::for_server(&config)).await?;
     let url = format!("ws://{}", transport.local_addr());
-    let (driver, handle, _events) = Driver::new(SignalServer::new(config), transport, 1024);
+    let (driver, handle, _events) = Driver::new(SignalServer::new(config)?, transport, 1024);
     let server = tokio::spawn(driver.run(ticks(Duration::from_millis(250))));
 
     let started = Instant::now();

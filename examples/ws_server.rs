@@ -18,8 +18,8 @@ use clap::Parser;
 use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
-    Driver, DriverHandle, RateLimit, RealmID, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig,
-    WsStats, WsStatsHandle, WsTransport,
+    ConfigError, Driver, DriverHandle, RateLimit, RealmID, ServerStats, SignalConfig, SignalEvent,
+    SignalServer, WsConfig, WsStats, WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -208,6 +208,8 @@ fn main() -> std::process::ExitCode {
 /// Why the server could not run, as one sentence for the operator.
 #[derive(Debug)]
 enum Failure {
+    /// The flags do not make a valid configuration (exit status 2, as for a usage error).
+    Config(String),
     /// Something the server needs is not available (exit status 1).
     Runtime(String),
 }
@@ -215,6 +217,7 @@ enum Failure {
 impl Failure {
     fn exit_code(&self) -> std::process::ExitCode {
         match self {
+            Self::Config(_) => std::process::ExitCode::from(2),
             Self::Runtime(_) => std::process::ExitCode::FAILURE,
         }
     }
@@ -223,14 +226,62 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Runtime(text) => f.write_str(text),
+            Self::Config(text) | Self::Runtime(text) => f.write_str(text),
         }
     }
+}
+
+impl Failure {
+    /// A refused setting, named by the flag that sets it; `ws` for a field of `WsConfig`.
+    fn config(error: ConfigError, ws: bool) -> Self {
+        let mut text = error.to_string();
+        let mut fields = vec![error.field()];
+        if let ConfigError::Below { other, .. } = &error {
+            fields.push(other);
+        }
+        for field in fields {
+            if let Some(flag) = flag_of(field, ws) {
+                text = text.replacen(field, flag, 1);
+            }
+        }
+        Self::Config(format!("invalid configuration: {text}"))
+    }
+}
+
+/// The flag that sets a field of `SignalConfig`, or with `ws` of `WsConfig`.
+fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
+    Some(match field {
+        "ttl" => "--ttl-secs",
+        "handshake_timeout" if ws => "--ws-handshake-timeout-secs",
+        "handshake_timeout" => "--handshake-timeout-secs",
+        "max_list_len" => "--max-list-len",
+        "max_connections" => "--max-connections",
+        "max_pending_handshakes" => "--max-pending-handshakes",
+        "max_frame_size" | "max_message_size" => "--max-frame-size",
+        "max_name_len" => "--max-name-len",
+        "max_client_len" => "--max-client-len",
+        "max_setup_len" => "--max-setup-len",
+        "max_node_stats" => "--max-node-stats",
+        "frame_rate.burst" => "--frame-burst",
+        "byte_rate.burst" => "--byte-burst",
+        "max_send_backlog" | "send_backlog" => "--max-send-backlog",
+        "list_push_interval" => "--list-push-interval-ms",
+        "max_connections_per_ip" => "--max-connections-per-ip",
+        "send_backlog_bytes" => "--send-backlog-bytes",
+        "write_timeout" => "--write-timeout-secs",
+        "close_linger" => "--close-linger-ms",
+        "ping_interval" => "--ping-interval-secs",
+        "read_buffer_size" => "--read-buffer-size",
+        _ => return None,
+    })
 }
 
 async fn serve(args: Args) -> Result<(), Failure> {
     let config = args.signal_config();
     let ws_config = args.ws_config(&config);
+    // Checked before anything starts, so that a bad flag is one line and status 2.
+    config.validate().map_err(|e| Failure::config(e, false))?;
+    ws_config.validate().map_err(|e| Failure::config(e, true))?;
     let listen = args.listen;
     let transport = WsTransport::bind(listen, ws_config).await.map_err(|e| {
         Failure::Runtime(format!("cannot listen for nodes on {listen}: {}; pass --listen ADDR", reason(&e)))
@@ -238,7 +289,8 @@ async fn serve(args: Args) -> Result<(), Failure> {
     info!("signalling on ws://{}", transport.local_addr());
     let ws_stats = transport.stats_handle();
 
-    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 4096);
+    let (driver, handle, mut events) =
+        Driver::new(SignalServer::new(config).map_err(|e| Failure::config(e, false))?, transport, 4096);
     if args.metrics != "off" {
         let listener = TcpListener::bind(&args.metrics).await.map_err(|e| {
             Failure::Runtime(format!(

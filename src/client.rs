@@ -44,6 +44,11 @@ pub enum ClientError {
     /// The server's challenge names another protocol version; it was not answered.
     #[error("unsupported protocol version {0}, expected 3")]
     UnsupportedVersion(u64),
+    /// The server sent a second challenge on the connection; it was not answered. The client signs
+    /// one challenge per connection: otherwise a server could collect the node's signatures over
+    /// bytes of its choosing.
+    #[error("unexpected challenge: this connection's challenge was answered already")]
+    UnexpectedChallenge,
     /// A request before the server accepted the announce; it was not sent.
     #[error("not connected yet")]
     NotConnected,
@@ -83,7 +88,8 @@ enum State {
 ///     ClientEvent, Codec, ConnId, NodeInfo, SignalClient, SignalConfig, SignalIn, SignalOut, SignalServer,
 /// };
 ///
-/// let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+/// let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() })
+///     .expect("a valid config");
 /// let key = SigningKey::from_bytes(&[1; 32]);
 /// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());
 /// let mut client = SignalClient::new(key, info, Codec::Json);
@@ -181,20 +187,24 @@ impl SignalClient {
 
     /// Handles one frame from the server.
     ///
-    /// A `Challenge` is answered at once with an `Announce` signed by the node's key; anything
-    /// else becomes a [`ClientEvent`]. Drain [`poll_transmit`](Self::poll_transmit) and
-    /// [`poll_event`](Self::poll_event) afterwards.
+    /// The first `Challenge` of the connection is answered at once with an `Announce` signed by
+    /// the node's key; anything else becomes a [`ClientEvent`]. Drain
+    /// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event) afterwards.
     ///
     /// # Errors
     ///
     /// [`ClientError::Malformed`] for a frame that does not decode,
-    /// [`ClientError::UnsupportedVersion`] for a challenge of another protocol version, and
+    /// [`ClientError::UnsupportedVersion`] for a challenge of another protocol version,
+    /// [`ClientError::UnexpectedChallenge`] for any challenge after the one answered, and
     /// [`ClientError::Backlog`] when the announce cannot be queued. The frame is ignored and the
     /// client stays usable.
     pub fn handle_frame(&mut self, frame: &[u8]) -> Result<(), ClientError> {
         let message = self.codec.decode(frame).map_err(ClientError::Malformed)?;
         let event = match message {
             WSSignalMessageToNode::Challenge(version, challenge) => {
+                if self.state != State::AwaitingChallenge {
+                    return Err(ClientError::UnexpectedChallenge);
+                }
                 if version != SIGNAL_VERSION {
                     return Err(ClientError::UnsupportedVersion(version));
                 }
@@ -341,7 +351,7 @@ pub trait ClientConnection: Send {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let config = SignalConfig::default();
 /// let (transport, connector) = MemoryTransport::new(&config);
-/// let (driver, handle, _events) = Driver::new(SignalServer::new(config), transport, 64);
+/// let (driver, handle, _events) = Driver::new(SignalServer::new(config)?, transport, 64);
 /// let server = tokio::spawn(driver.run(futures::stream::pending()));
 ///
 /// let mut nodes = Vec::new();

@@ -1,8 +1,25 @@
-//! Errors, one enum per audience: the peer ([`ProtocolError`]), the codec ([`CodecError`]) and the
-//! transports ([`TransportError`]).
+//! Errors, one enum per audience: the peer ([`ProtocolError`]), the codec ([`CodecError`]), the
+//! transports ([`TransportError`]) and the host's configuration ([`ConfigError`]).
+
+use std::borrow::Cow;
+use std::time::Duration;
 
 use crate::protocol::NodeID;
 use crate::server::ConnId;
+
+/// At most this many bytes of a decoder's description go into a [`CodecError`], and so into an
+/// `Error` reply: the description may quote what the peer sent (an unknown variant, a string of
+/// the wrong type), and a reply must not echo a whole frame back.
+pub(crate) const MAX_QUOTE: usize = 128;
+
+/// `text`, cut to [`MAX_QUOTE`] bytes on a char boundary, with `…` marking the cut.
+pub(crate) fn cut(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_QUOTE {
+        return Cow::Borrowed(text);
+    }
+    let end = (0..=MAX_QUOTE).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
+    Cow::Owned(format!("{}…", text.get(..end).unwrap_or_default()))
+}
 
 /// What a peer did wrong, or why the server refuses it.
 ///
@@ -19,7 +36,8 @@ pub enum ProtocolError {
         /// The configured limit.
         limit: usize,
     },
-    /// The frame does not decode as a message from a node.
+    /// The frame does not decode as a message from a node. The text is the decoder's, with at
+    /// most 128 bytes of its description (see [`CodecError`]).
     #[error("malformed message: {0}")]
     Malformed(CodecError),
     /// Anything but `Announce` before the node has announced.
@@ -40,12 +58,12 @@ pub enum ProtocolError {
     /// The signature over the challenge does not verify under the announced key.
     #[error("signature does not verify")]
     BadSignature,
-    /// A string field is longer than its configured limit.
+    /// A string field is longer than its configured limit, measured as encoded in JSON.
     #[error("{field} too long: {len} bytes, limit is {limit}")]
     TooLong {
         /// Which field.
         field: &'static str,
-        /// Its length.
+        /// Its length as encoded in JSON, escapes included.
         len: usize,
         /// The configured limit.
         limit: usize,
@@ -64,6 +82,10 @@ pub enum ProtocolError {
     /// A `PeerSetup` for a node that is not connected.
     #[error("unknown destination {0}")]
     UnknownDestination(NodeID),
+    /// A `PeerSetup` for a node whose connection cannot take more frames for now: its transport
+    /// reported it busy with [`SignalIn::Busy`](crate::SignalIn::Busy). The message was dropped.
+    #[error("destination busy: {0}")]
+    DestinationBusy(NodeID),
     /// Another connection announced the same id and took over; this one is closed.
     /// The text is fledger's own.
     #[error("New Connection with same ID")]
@@ -71,10 +93,9 @@ pub enum ProtocolError {
     /// The server holds [`SignalConfig::max_connections`](crate::SignalConfig::max_connections).
     #[error("server full")]
     ServerFull,
-    /// Too many connections have not announced yet.
-    #[error("too many pending handshakes")]
-    TooManyHandshakes,
-    /// The connection did not announce within the handshake timeout.
+    /// The connection did not announce within the handshake timeout, or it was the oldest of
+    /// [`SignalConfig::max_pending_handshakes`](crate::SignalConfig::max_pending_handshakes)
+    /// pending connections when a new one arrived.
     #[error("handshake timeout")]
     HandshakeTimeout,
     /// The node sent nothing valid for longer than the TTL.
@@ -111,9 +132,9 @@ impl ProtocolError {
             Self::TooManyStats { .. } => "too_many_stats",
             Self::NotInPair => "not_in_pair",
             Self::UnknownDestination(_) => "unknown_destination",
+            Self::DestinationBusy(_) => "destination_busy",
             Self::Replaced => "replaced",
             Self::ServerFull => "server_full",
-            Self::TooManyHandshakes => "too_many_handshakes",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::IdleTimeout => "idle_timeout",
             Self::TooManyErrors => "too_many_errors",
@@ -124,6 +145,9 @@ impl ProtocolError {
 }
 
 /// A frame that does not decode, or a message that does not encode.
+///
+/// The text is the decoder's description, cut to its first 128 bytes (the cut marked with `…`),
+/// and for JSON followed by the position: a description may quote what the peer sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {
@@ -150,6 +174,54 @@ pub enum TransportError {
     Connect(String),
 }
 
+/// A [`SignalConfig`](crate::SignalConfig) setting that the server cannot work with, from
+/// [`SignalConfig::validate`](crate::SignalConfig::validate) and
+/// [`SignalServer::new`](crate::SignalServer::new).
+///
+/// The text names the field, e.g. `ttl must be more than zero`;
+/// [`field`](Self::field) returns the name alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting that must not be zero is zero.
+    #[error("{field} must be more than zero")]
+    Zero {
+        /// The field, as it is spelt in `SignalConfig` (`frame_rate.burst` for a part of one).
+        field: &'static str,
+    },
+    /// A duration longer than a century: no deadline that far can be computed on every platform.
+    #[error("{field} ({value:?}) must be at most a century")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: Duration,
+    },
+    /// A limit smaller than another that it must hold, e.g. a byte burst smaller than the largest
+    /// frame, which could then never pass.
+    #[error("{field} ({value}) must be at least {other} ({other_value})")]
+    Below {
+        /// The field that is too small.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The field it must hold.
+        other: &'static str,
+        /// That field's value.
+        other_value: u64,
+    },
+}
+
+impl ConfigError {
+    /// The name of the refused field, as it is spelt in its config struct (`SignalConfig` or
+    /// `WsConfig`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Zero { field } | Self::TooLong { field, .. } | Self::Below { field, .. } => field,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,9 +244,9 @@ mod tests {
             TooManyStats { len: 300, limit: 256 },
             NotInPair,
             UnknownDestination(NodeID::from([0xab; 32])),
+            DestinationBusy(NodeID::from([0xcd; 32])),
             Replaced,
             ServerFull,
-            TooManyHandshakes,
             HandshakeTimeout,
             IdleTimeout,
             TooManyErrors,
@@ -186,7 +258,7 @@ mod tests {
                 FrameTooLarge { .. } | Malformed(_) | NotAuthenticated | AlreadyAuthenticated => {}
                 UnsupportedVersion(_) | UnknownChallenge | InvalidPublicKey | BadSignature => {}
                 TooLong { .. } | TooManyStats { .. } | NotInPair | UnknownDestination(_) => {}
-                Replaced | ServerFull | TooManyHandshakes | HandshakeTimeout | IdleTimeout => {}
+                DestinationBusy(_) | Replaced | ServerFull | HandshakeTimeout | IdleTimeout => {}
                 TooManyErrors | RateLimited | TooManyAnnounceFailures => {}
             }
         }
@@ -213,9 +285,12 @@ mod tests {
                 "unknown destination abababababababababababababababababababababababababababababababab",
                 "unknown_destination",
             ),
+            (
+                "destination busy: cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+                "destination_busy",
+            ),
             ("New Connection with same ID", "replaced"),
             ("server full", "server_full"),
-            ("too many pending handshakes", "too_many_handshakes"),
             ("handshake timeout", "handshake_timeout"),
             ("idle timeout", "idle_timeout"),
             ("too many errors", "too_many_errors"),
@@ -224,5 +299,43 @@ mod tests {
         ];
         let expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
         assert_eq!(texts, expected);
+    }
+
+    #[test]
+    fn config_errors_name_their_field() {
+        let errors = [
+            (ConfigError::Zero { field: "ttl" }, "ttl must be more than zero"),
+            (
+                ConfigError::TooLong { field: "handshake_timeout", value: Duration::from_secs(5) },
+                "handshake_timeout (5s) must be at most a century",
+            ),
+            (
+                ConfigError::Below {
+                    field: "byte_rate.burst",
+                    value: 1000,
+                    other: "max_frame_size",
+                    other_value: 65536,
+                },
+                "byte_rate.burst (1000) must be at least max_frame_size (65536)",
+            ),
+        ];
+        for (error, text) in errors {
+            assert_eq!(error.to_string(), text);
+            assert!(text.starts_with(error.field()));
+        }
+    }
+
+    #[test]
+    fn cut_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(cut("short"), "short");
+        let exact = "a".repeat(MAX_QUOTE);
+        assert_eq!(cut(&exact), exact.as_str());
+        let long = "b".repeat(10 * MAX_QUOTE);
+        assert_eq!(cut(&long), format!("{}…", "b".repeat(MAX_QUOTE)));
+        // 'é' is two bytes: byte 128 falls inside the 64th of them, which is dropped whole.
+        let accents = format!("a{}", "é".repeat(MAX_QUOTE));
+        let cut_text = cut(&accents);
+        assert_eq!(cut_text, format!("a{}…", "é".repeat(63)));
+        assert!(cut_text.len() <= MAX_QUOTE + '…'.len_utf8());
     }
 }

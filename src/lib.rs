@@ -45,7 +45,9 @@
 //! 3. **List.** `ListIDsRequest` gets a `ListIDsReply` with at most
 //!    [`SignalConfig::max_list_len`] nodes, a fresh uniform sample each time.
 //! 4. **Relay.** `PeerSetup(PeerInfo{id_init, id_follow, message})` from one of the two ids goes to
-//!    the other, as the very same frame when both speak the same codec.
+//!    the other, as the very same frame when both speak the same codec. While the other node's
+//!    transport reports its send queue over half full ([`SignalIn::Busy`]), the sender gets
+//!    `destination busy` instead, so that its peers cannot get a slow reader closed.
 //! 5. **Stats.** `NodeStats` is handed to the application as [`SignalEvent::NodeStats`].
 //! 6. **Same id twice.** A new connection announcing a connected id takes it over; the old one
 //!    gets `Error("New Connection with same ID")` and is closed.
@@ -67,68 +69,84 @@
 //!
 //! Each is a [`ProtocolError`]; its `Display` text is the `Error(String)` on the wire, and these
 //! texts are stable (a test pins every one). A closed connection gets its `Error` frame first,
-//! then the close (over WebSocket: code 1013 "try again later" for `server full` and
-//! `too many pending handshakes`, 1001 when the server stops, 1008 "policy" for the rest).
+//! then the close (over WebSocket: code 1013 "try again later" for `server full`, 1001 when the
+//! server stops, 1008 "policy" for the rest). Where an error quotes the frame (the decoder's
+//! description of a malformed one), it quotes at most 128 bytes of it, the cut marked with `…`.
+//! Every `Error` is charged to its receiver's [`SignalConfig::byte_rate`], like every reply.
 //!
 //! | Error text | Cause | Connection |
 //! |---|---|---|
 //! | `frame too large: N bytes, limit is L` | frame over [`SignalConfig::max_frame_size`] | open¹ |
-//! | `malformed message: …` | not a message of this protocol (the decoder says why) | open¹ |
+//! | `malformed message: …` | not a message of this protocol (the decoder says why, in at most 128 bytes) | open¹ |
 //! | `not authenticated: announce first` | anything but `Announce` before announcing | open¹ |
 //! | `already authenticated` | a second `Announce` | open¹ |
 //! | `unsupported protocol version V, expected 3` | `Announce.version` is not 3 | open² |
 //! | `unknown challenge` | `Announce.challenge` is not this connection's | open² |
 //! | `invalid public key` | not an ed25519 point, or a weak one | open² |
 //! | `signature does not verify` | bad signature over the challenge | open² |
-//! | `FIELD too long: N bytes, limit is L` | `name` or `client` of an announce (²); `version` of a stat or `peer message` of a set-up (¹) | open¹ ² |
+//! | `FIELD too long: N bytes, limit is L` | `name` or `client` of an announce (²); `version` of a stat or `peer message` of a set-up (¹); N is the length as encoded in JSON | open¹ ² |
 //! | `too many node stats: N, limit is L` | `NodeStats` over [`SignalConfig::max_node_stats`] | open¹ |
 //! | `sender is neither id_init nor id_follow` | a `PeerSetup` for someone else's pair | open¹ |
 //! | `unknown destination ID` | the other node is not connected | open, no strike |
+//! | `destination busy: ID` | the other node's send queue is over half full ([`SignalIn::Busy`]); the set-up was dropped | open, no strike |
 //! | `New Connection with same ID` | another connection announced this id | closed |
-//! | `server full` | [`SignalConfig::max_connections`] reached | closed |
-//! | `too many pending handshakes` | [`SignalConfig::max_pending_handshakes`] reached | closed |
-//! | `handshake timeout` | no announce within the handshake timeout | closed |
+//! | `server full` | [`SignalConfig::max_connections`] reached, every connection an announced node | closed |
+//! | `handshake timeout` | no announce within the handshake timeout; or the oldest pending connection, when a newcomer finds [`SignalConfig::max_pending_handshakes`] (or `max_connections`) reached | closed |
 //! | `idle timeout` | no valid frame within the TTL | closed |
 //! | `too many errors` | [`SignalConfig::max_errors`] strikes (¹) | closed |
 //! | `too many failed announces` | [`SignalConfig::max_announce_failures`] failed announces (²) | closed |
 //! | `rate limit exceeded` | more frames or bytes than [`SignalConfig::frame_rate`] or [`SignalConfig::byte_rate`] allow | closed |
 //!
 //! ¹ The error counts as a strike. The strike that reaches [`SignalConfig::max_errors`] is followed
-//! by `too many errors` and a close. An unknown destination is not the sender's fault (the other
-//! node may just have left), so it is no strike.
+//! by `too many errors` and a close. An unknown or busy destination is not the sender's fault (the
+//! other node may just have left, or be reading slowly), so it is no strike.
 //!
 //! ² A failed announce: no strike, but it counts towards [`SignalConfig::max_announce_failures`];
 //! the failure that reaches it is followed by `too many failed announces` and a close.
 //!
 //! The WebSocket transport adds limits of its own, which close without an `Error` frame: messages
-//! over `WsConfig::max_message_size` (close code 1009), send queues over
-//! [`SignalConfig::max_send_backlog`] (slow readers), WebSocket handshakes over
-//! `WsConfig::handshake_timeout`, silence past two pings, and TCP connections over
+//! over `WsConfig::max_message_size` (close code 1009), frames that break RFC 6455 (1002, and
+//! 1007 for text that is not UTF-8), send queues over [`SignalConfig::max_send_backlog`] frames
+//! or `WsConfig::send_backlog_bytes` bytes and writes that make no progress for
+//! `WsConfig::write_timeout` (slow readers, closed at once), WebSocket handshakes over
+//! `WsConfig::handshake_timeout`, silence past two pings (1001), and TCP connections over
 //! `WsConfig::max_connections` or `WsConfig::max_connections_per_ip` (dropped right after
 //! `accept`). `WsStats` counts each.
+//!
+//! Every WebSocket close has its closing handshake: a close from the node is answered with the
+//! same code before the server ends the TCP connection, and a close the server starts waits up
+//! to `WsConfig::close_linger` for the node's answer. A node that disconnects therefore sees a
+//! clean close, not a network error that would make it reconnect.
 //!
 //! # Limits
 //!
 //! Everything a stranger can make the server hold is bounded; every limit is a field of
 //! [`SignalConfig`] (or `WsConfig` for the WebSocket layer), and `examples/ws_server.rs` has a
-//! flag for each.
+//! flag for each. [`SignalServer::new`] refuses settings it cannot work with
+//! ([`SignalConfig::validate`]).
+//!
+//! What a node makes the server send is charged to that node: every reply to its own frames (the
+//! list, errors) comes out of its [`SignalConfig::byte_rate`] budget, beyond it as debt that the
+//! refill pays first, and its next frame over budget closes it as any flood. Set-ups relayed to it are charged to their
+//! senders, and are held back while its send queue is busy; pushes of joins are bounded by
+//! [`SignalConfig::list_push_fanout`].
 //!
 //! | Limit | Default | Bounds |
 //! |---|---|---|
 //! | [`SignalConfig::max_connections`] | 100,000 | open connections |
-//! | [`SignalConfig::max_pending_handshakes`] | 16,384 | connections that have not announced |
+//! | [`SignalConfig::max_pending_handshakes`] | 16,384 | connections that have not announced (the oldest makes room for a newcomer) |
 //! | [`SignalConfig::handshake_timeout`] | 10 s | time to announce |
 //! | [`SignalConfig::ttl`] | 120 s | silence of an announced node |
 //! | [`SignalConfig::max_frame_size`] | 64 KiB | one frame, before decoding |
 //! | [`SignalConfig::frame_rate`] | 50/s, bursts of 100 | frames per connection |
-//! | [`SignalConfig::byte_rate`] | 256 KiB/s, bursts of 512 KiB | bytes per connection |
+//! | [`SignalConfig::byte_rate`] | 256 KiB/s, bursts of 512 KiB | bytes per connection, received and sent in reply |
 //! | [`SignalConfig::max_announce_failures`] | 3 | failed announces (signature checks) per connection |
 //! | [`SignalConfig::max_errors`] | 5 | other errors per connection |
-//! | [`SignalConfig::max_name_len`], [`max_client_len`](SignalConfig::max_client_len) | 256 B, 64 B | `NodeInfo` strings, stat versions |
-//! | [`SignalConfig::max_setup_len`] | 32 KiB | SDP or ICE candidate in a `PeerSetup` |
+//! | [`SignalConfig::max_name_len`], [`max_client_len`](SignalConfig::max_client_len) | 256 B, 64 B | `NodeInfo` strings, stat versions, as encoded in JSON |
+//! | [`SignalConfig::max_setup_len`] | 32 KiB | SDP or ICE candidate in a `PeerSetup`, as encoded in JSON |
 //! | [`SignalConfig::max_node_stats`] | 256 | entries in one `NodeStats` |
 //! | [`SignalConfig::max_list_len`] | 100 | nodes in one `ListIDsReply` |
-//! | [`SignalConfig::max_send_backlog`] | 256 frames | a connection's send queue in a transport |
+//! | [`SignalConfig::max_send_backlog`] | 256 frames | a connection's send queue in a transport (relays to it pause at half, see [`SignalIn::Busy`]) |
 //! | [`SignalConfig::list_push_fanout`] | 16 | frames one push of joins costs |
 //! | `WsConfig::max_connections` | as `max_connections` | TCP connections, in the WebSocket handshake or not |
 //! | `WsConfig::max_connections_per_ip` | none | TCP connections from one IPv4 address or IPv6 /64 |
@@ -149,7 +167,8 @@
 //! 1. Wait for whichever comes first: a transport event, or the instant of
 //!    [`SignalServer::poll_timeout`].
 //! 2. Feed it with [`SignalServer::handle`]`(now, input)`, where `now` is the driver's clock:
-//!    [`SignalIn::Opened`], [`SignalIn::Frame`], [`SignalIn::Closed`] or [`SignalIn::Tick`].
+//!    [`SignalIn::Opened`], [`SignalIn::Frame`], [`SignalIn::Closed`], [`SignalIn::Busy`] or
+//!    [`SignalIn::Tick`].
 //! 3. Drain [`SignalServer::poll_output`] until `None`: send each [`SignalOut::Send`] frame (text
 //!    for JSON, binary for bincode), close each [`SignalOut::Close`] connection after its queued
 //!    frames, and hand each [`SignalOut::Event`] to the application.
@@ -171,7 +190,8 @@
 //! use peer_signal::ed25519_dalek::SigningKey;
 //! use peer_signal::*;
 //!
-//! let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+//! let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() })
+//!     .expect("a valid config");
 //! let now = Instant::now();
 //! let codec = Codec::Json;
 //!
@@ -239,7 +259,7 @@ pub use ed25519_dalek;
 
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
-pub use error::{CodecError, ProtocolError, TransportError};
+pub use error::{CodecError, ConfigError, ProtocolError, TransportError};
 pub use protocol::{
     FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,

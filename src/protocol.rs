@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,47 @@ mod fixed_bytes {
         }
         pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
             super::deserialize(d, "signature")
+        }
+    }
+}
+
+/// `#[serde(deserialize_with)]` for the sequences of the messages. bincode writes a sequence's
+/// length before its elements, and serde's own `Vec` reserves room for up to 1 MiB of elements on
+/// the strength of that number alone; a ten-byte frame could claim 2^60 of them. Here the claim
+/// reserves at most [`PREALLOC`](bounded_seq::PREALLOC) bytes, and the vector grows only with
+/// elements actually decoded, each of which the frame has to hold.
+mod bounded_seq {
+    use std::marker::PhantomData;
+
+    use super::*;
+
+    /// The most a claimed length may reserve up front, in bytes.
+    pub(crate) const PREALLOC: usize = 4096;
+
+    pub(crate) fn deserialize<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        deserializer.deserialize_seq(Bounded(PhantomData))
+    }
+
+    struct Bounded<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let most = PREALLOC / std::mem::size_of::<T>().max(1);
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(most));
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(items)
         }
     }
 }
@@ -432,7 +473,7 @@ pub enum WSSignalMessageToNode {
     /// Sent on connect: the protocol version and 32 random bytes to sign.
     Challenge(u64, U256),
     /// Known nodes, possibly a random sample.
-    ListIDsReply(Vec<NodeInfo>),
+    ListIDsReply(#[serde(deserialize_with = "bounded_seq::deserialize")] Vec<NodeInfo>),
     /// A set-up message from the other node of a pair.
     PeerSetup(PeerInfo),
     /// Sent after a successful announce.
@@ -451,7 +492,7 @@ pub enum WSSignalMessageFromNode {
     /// A set-up message for the other node of the pair.
     PeerSetup(PeerInfo),
     /// Statistics about the node's peers.
-    NodeStats(Vec<NodeStat>),
+    NodeStats(#[serde(deserialize_with = "bounded_seq::deserialize")] Vec<NodeStat>),
 }
 
 /// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.
@@ -474,7 +515,7 @@ pub(crate) enum Inbound {
     Announce(MessageAnnounce),
     ListIDsRequest,
     PeerSetup(SetupRoute),
-    NodeStats(Vec<NodeStat>),
+    NodeStats(#[serde(deserialize_with = "bounded_seq::deserialize")] Vec<NodeStat>),
 }
 
 /// A `PeerInfo` as far as routing needs it: the pair, and the encoded length of the message text.
@@ -496,7 +537,8 @@ pub(crate) enum SetupMessage {
 }
 
 impl SetupMessage {
-    /// The length of the SDP or candidate text as encoded in the frame (JSON: with its escapes).
+    /// The length of the SDP or candidate text as encoded in JSON, escapes included: as the frame
+    /// holds it for JSON, as a relay to a JSON node would write it for bincode.
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             Self::Init => 0,
@@ -538,6 +580,6 @@ impl Visitor<'_> for TextLen {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<usize, E> {
-        Ok(text.len())
+        Ok(crate::codec::encoded_len(text))
     }
 }

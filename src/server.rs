@@ -11,9 +11,9 @@ use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::codec::Codec;
+use crate::codec::{encoded_len, Codec};
 use crate::crypto;
-use crate::error::ProtocolError;
+use crate::error::{ConfigError, ProtocolError};
 use crate::protocol::{
     FledgerConfig, Inbound, ListIDsReplyRef, MessageAnnounce, NodeID, NodeInfo, NodeStat, RealmID,
     SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
@@ -51,7 +51,8 @@ impl fmt::Display for ConnId {
 /// Every setting and every limit of a [`SignalServer`].
 ///
 /// The defaults suit a public server; each limit bounds a map, a queue or a string that would
-/// otherwise grow with what peers send. Build one with struct-update syntax:
+/// otherwise grow with what peers send. Build one with struct-update syntax;
+/// [`SignalServer::new`] checks it with [`validate`](Self::validate):
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,39 +60,55 @@ impl fmt::Display for ConnId {
 ///
 /// let config = SignalConfig { ttl: Duration::from_secs(60), max_list_len: 20, ..SignalConfig::default() };
 /// assert_eq!(config.max_frame_size, 64 * 1024);
+/// assert!(config.validate().is_ok());
+///
+/// let broken = SignalConfig { ttl: Duration::ZERO, ..config };
+/// assert_eq!(broken.validate().unwrap_err().to_string(), "ttl must be more than zero");
 /// ```
+///
+/// Durations must be more than zero and at most a century; counts and sizes must be more than
+/// zero, except where a field documents what zero means.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignalConfig {
     /// How long an announced node may stay silent before it is closed. Every valid frame restarts
     /// it. Default 120 s (fledger's `ttl_minutes: 2`).
     pub ttl: Duration,
-    /// How long a new connection has to announce. Default 10 s.
+    /// How long a new connection has at most to announce. Default 10 s. It may get less: see
+    /// `max_pending_handshakes`.
     pub handshake_timeout: Duration,
     /// The realm sent in `SystemConfig`. Default none.
     pub system_realm: Option<RealmID>,
     /// At most this many nodes in one `ListIDsReply`, sampled uniformly at random when more are
     /// connected. Default 100; `usize::MAX` lists everybody, as fledger does without a limit.
     pub max_list_len: usize,
-    /// Open connections, announced or not. Further connections get `server full` and are closed.
-    /// Default 100,000.
+    /// Open connections, announced or not. When they are all announced nodes, further
+    /// connections get `server full` and are closed; while some have not announced yet, the oldest
+    /// of those makes room, as for `max_pending_handshakes`. Default 100,000.
     pub max_connections: usize,
-    /// Connections that have not announced yet. Further connections get
-    /// `too many pending handshakes` and are closed. Default 16,384.
+    /// Connections that have not announced yet. When a new connection would exceed it, the oldest
+    /// pending connection is closed with `handshake timeout` (as if its handshake had timed out
+    /// early) and the newcomer gets its challenge: a flood of connections that never announce
+    /// cannot lock newcomers out, it only shortens everyone's time to announce to the time the
+    /// flood takes to open this many connections. An honest node answers its challenge within a
+    /// round trip. Default 16,384.
     pub max_pending_handshakes: usize,
     /// Longest frame accepted, in bytes, checked before decoding. Default 64 KiB.
     pub max_frame_size: usize,
-    /// Longest `NodeInfo.name`, in bytes. Default 256.
+    /// Longest `NodeInfo.name`, in bytes as encoded in JSON, escapes included: a control
+    /// character counts six bytes (`\u0001`), a quote two. So a name within the limit is within it
+    /// in every codec, and lists cost what the limit says. Default 256.
     pub max_name_len: usize,
-    /// Longest `NodeInfo.client` and `NodeStat.version`, in bytes. Default 64.
+    /// Longest `NodeInfo.client` and `NodeStat.version`, in bytes as encoded in JSON, as for
+    /// `max_name_len`. Default 64.
     pub max_client_len: usize,
-    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes as encoded in the frame (for JSON,
-    /// with its escapes). Default 32 KiB.
+    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes as encoded in JSON, escapes
+    /// included (for a JSON frame, as it is in the frame). Default 32 KiB.
     pub max_setup_len: usize,
     /// Most entries in one `NodeStats`. Default 256.
     pub max_node_stats: usize,
     /// Errors a connection may make (malformed frames, refused requests) before it is closed with
     /// `too many errors`. Failed announces have their own budget, `max_announce_failures`.
-    /// Default 5.
+    /// Default 5; 0 acts as 1.
     pub max_errors: u32,
     /// Failed announces (wrong challenge, version, key or signature, or strings too long) a
     /// connection may make before it is closed with `too many failed announces`. Each may cost a
@@ -105,17 +122,32 @@ pub struct SignalConfig {
     /// Default 50 per second, bursts of 100: a fledger node asks for the list once a minute and
     /// sends a few dozen set-up messages when it connects to its peers, far below that.
     pub frame_rate: RateLimit,
-    /// Bytes a connection may send, as for `frame_rate`; every received frame counts, oversize
-    /// ones too. Keep the burst at least `max_frame_size`, or the largest frames can never pass.
+    /// Bytes a connection may send, and make the server send back to it, as for `frame_rate`.
+    ///
+    /// Every received frame counts, oversize ones too. So does every frame the server sends the
+    /// connection in answer to its own frame: the `SystemConfig` and `ListIDsReply` after an
+    /// announce, the `ListIDsReply` to a `ListIDsRequest`, every `Error`. A reply always goes out
+    /// whole; what the bucket does not hold becomes debt, which the refill pays before anything
+    /// else, and the connection's next frame that does not fit is refused with
+    /// `rate limit exceeded` and a close, as any flood. So a 16-byte request cannot buy more
+    /// output than the rate allows, however often it is sent (a list of 100 nodes is about
+    /// 25 KB). Frames the connection did not ask for, `PeerSetup` relayed from other nodes and
+    /// pushes of joins, are not charged to it: they are charged to their senders, or bounded by
+    /// `list_push_fanout`.
+    ///
+    /// The burst must be at least `max_frame_size`, or the largest frames could never pass.
     /// Default 256 KiB per second, bursts of 512 KiB (eight frames of the maximum size).
     pub byte_rate: RateLimit,
     /// Frames a transport may queue for one connection before it closes it as a slow reader.
-    /// The core never holds frames itself; transports read this. Default 256.
+    /// The core never holds frames itself; transports read this. A transport that reports
+    /// [`SignalIn::Busy`] when the queue passes half of it keeps other nodes' set-up messages from
+    /// filling it. Default 256.
     pub max_send_backlog: usize,
-    /// How often joins are pushed to other nodes, at most. Default 1 s.
+    /// How often joins are pushed to other nodes, at most. Default 1 s. Any value when
+    /// `list_push_fanout` is 0.
     pub list_push_interval: Duration,
     /// How many nodes, chosen at random, receive each push of new joins. 0 turns pushing off.
-    /// Default 16.
+    /// Busy nodes (see [`SignalIn::Busy`]) are skipped. Default 16.
     pub list_push_fanout: usize,
     /// Seed for the server's CSPRNG (challenges, list samples). `None` seeds it from the OS once.
     /// Set it only in tests: a fixed seed makes challenges predictable.
@@ -146,6 +178,68 @@ impl Default for SignalConfig {
             rng_seed: None,
         }
     }
+}
+
+/// The longest duration a deadline may be away: `Instant` plus a century fits on every platform.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl SignalConfig {
+    /// Checks that a server can work with these settings: every duration more than zero and at
+    /// most a century, every size and count more than zero (except where a field says what zero
+    /// means: `max_errors`, `max_announce_failures`, `list_push_fanout`, and the `per_sec` of the
+    /// rates), and `byte_rate.burst` at least `max_frame_size`.
+    ///
+    /// [`SignalServer::new`] calls it.
+    ///
+    /// # Errors
+    ///
+    /// The first setting, in the order of the fields, that the server cannot work with, as a
+    /// [`ConfigError`] that names it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        duration("ttl", self.ttl)?;
+        duration("handshake_timeout", self.handshake_timeout)?;
+        nonzero("max_list_len", self.max_list_len)?;
+        nonzero("max_connections", self.max_connections)?;
+        nonzero("max_pending_handshakes", self.max_pending_handshakes)?;
+        nonzero("max_frame_size", self.max_frame_size)?;
+        nonzero("max_name_len", self.max_name_len)?;
+        nonzero("max_client_len", self.max_client_len)?;
+        nonzero("max_setup_len", self.max_setup_len)?;
+        nonzero("max_node_stats", self.max_node_stats)?;
+        nonzero("frame_rate.burst", self.frame_rate.burst)?;
+        nonzero("byte_rate.burst", self.byte_rate.burst)?;
+        let max_frame_size = u64::try_from(self.max_frame_size).unwrap_or(u64::MAX);
+        if self.byte_rate.burst < max_frame_size {
+            return Err(ConfigError::Below {
+                field: "byte_rate.burst",
+                value: self.byte_rate.burst,
+                other: "max_frame_size",
+                other_value: max_frame_size,
+            });
+        }
+        nonzero("max_send_backlog", self.max_send_backlog)?;
+        if self.list_push_fanout > 0 {
+            duration("list_push_interval", self.list_push_interval)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn nonzero<T: Default + PartialEq>(field: &'static str, value: T) -> Result<(), ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::Zero { field });
+    }
+    Ok(())
+}
+
+pub(crate) fn duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::Zero { field });
+    }
+    if value > CENTURY {
+        return Err(ConfigError::TooLong { field, value });
+    }
+    Ok(())
 }
 
 impl fmt::Debug for SignalConfig {
@@ -233,11 +327,34 @@ struct Buckets {
     refilled: Instant,
     frames: u64,
     bytes: u64,
+    /// Replies charged beyond what the byte bucket held: the refill pays this first, and no frame
+    /// passes until it is paid. So a node's own replies count in full against its rate, however
+    /// small the requests that earn them.
+    debt: u64,
 }
 
 impl Buckets {
     fn full(now: Instant, config: &SignalConfig) -> Self {
-        Self { refilled: now, frames: config.frame_rate.capacity(), bytes: config.byte_rate.capacity() }
+        Self {
+            refilled: now,
+            frames: config.frame_rate.capacity(),
+            bytes: config.byte_rate.capacity(),
+            debt: 0,
+        }
+    }
+
+    /// Takes `len` bytes that the server sends out of the byte bucket; what the bucket does not
+    /// hold becomes debt. A reply is never held back: the connection's next frames pay for it.
+    /// Called right after [`take`](Self::take) at the same `now`, so no refill is due.
+    fn charge(&mut self, len: usize) {
+        let cost = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS_PER_SEC);
+        match self.bytes.checked_sub(cost) {
+            Some(left) => self.bytes = left,
+            None => {
+                self.debt = self.debt.saturating_add(cost - self.bytes);
+                self.bytes = 0;
+            }
+        }
     }
 
     /// Takes one frame of `len` bytes out of the buckets; `false` when either is short.
@@ -246,10 +363,16 @@ impl Buckets {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.refilled = now;
         let frames = config.frame_rate.refill(self.frames, nanos);
-        let bytes = config.byte_rate.refill(self.bytes, nanos);
+        // The refill pays the debt first; an unlimited rate forgives it at once.
+        let unlimited = config.byte_rate.per_sec == u64::MAX;
+        let added = nanos.saturating_mul(config.byte_rate.per_sec);
+        let paid = added.min(self.debt);
+        self.debt = if unlimited { 0 } else { self.debt - paid };
+        let bytes = config.byte_rate.refill(self.bytes.saturating_add(added - paid), 0);
         let cost = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS_PER_SEC);
+        self.bytes = bytes;
         match (frames.checked_sub(NANOS_PER_SEC), bytes.checked_sub(cost)) {
-            (Some(frames), Some(bytes)) => {
+            (Some(frames), Some(bytes)) if self.debt == 0 => {
                 (self.frames, self.bytes) = (frames, bytes);
                 true
             }
@@ -276,18 +399,23 @@ pub enum SignalIn {
         /// The frame's payload.
         frame: Bytes,
     },
-    /// The transport's send queue for `conn` passed half its capacity (`busy: true`) or drained
-    /// below it again (`busy: false`).
-    Busy {
-        /// The connection.
-        conn: ConnId,
-        /// Whether its queue is more than half full.
-        busy: bool,
-    },
     /// The connection went away (the peer closed it, or the transport did).
     Closed {
         /// The connection.
         conn: ConnId,
+    },
+    /// The transport's send queue for `conn` passed half of its capacity (`busy: true`), or
+    /// drained below it again (`busy: false`); see [`TransportEvent::Busy`](crate::TransportEvent::Busy).
+    ///
+    /// While a connection is busy, `PeerSetup` messages for its node are not forwarded: each
+    /// sender gets `destination busy` (no strike), so that several senders cannot get a node
+    /// that reads slower than they write closed as a slow reader. Pushes of joins skip it too.
+    /// Replies to its own requests still go out, charged to it. Ignored for unknown connections.
+    Busy {
+        /// The connection.
+        conn: ConnId,
+        /// Whether its send queue is over half full.
+        busy: bool,
     },
     /// A deadline from [`SignalServer::poll_timeout`] has passed.
     Tick,
@@ -357,6 +485,8 @@ pub struct ServerStats {
     pub connections: usize,
     /// Announced nodes.
     pub nodes: usize,
+    /// Connections that have not announced yet.
+    pub pending_handshakes: usize,
     /// Frames received.
     pub frames_in: u64,
     /// Bytes received.
@@ -369,15 +499,17 @@ pub struct ServerStats {
     pub relays: u64,
     /// Successful announces.
     pub joins: u64,
-    /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`.
+    /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`; pending
+    /// connections closed to make room for newer ones are `handshake_timeout`.
     pub errors: BTreeMap<&'static str, u64>,
 }
 
 /// Where a connection is in the protocol.
 #[derive(Clone, Copy)]
 enum Phase {
-    /// Sent this challenge; waiting for the announce.
-    Challenged(U256),
+    /// Sent this challenge; waiting for the announce. `seq` is its key in
+    /// `SignalServer::pending`.
+    Challenged { challenge: U256, seq: u64 },
     /// Announced as this node.
     Node(NodeID),
 }
@@ -393,6 +525,8 @@ struct Conn {
     errors: u32,
     announce_failures: u32,
     rate: Buckets,
+    /// The transport reported its send queue over half full.
+    busy: bool,
 }
 
 struct Node {
@@ -443,7 +577,13 @@ pub struct SignalServer {
     nodes: HashMap<NodeID, Node>,
     /// Every announced node once, in no particular order: what list samples are drawn from.
     order: Vec<NodeID>,
+    /// One entry per connection at its `armed` deadline, plus stale entries of closed or re-armed
+    /// connections, which `arm` sweeps out before they outnumber the live ones.
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Connections that have not announced, oldest first: the first makes room when the table is
+    /// full.
+    pending: BTreeMap<u64, ConnId>,
+    next_seq: u64,
     push: PendingPush,
     /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
     full_list: PerCodec,
@@ -461,6 +601,7 @@ impl fmt::Debug for SignalServer {
             .field("config", &self.config)
             .field("connections", &self.conns.len())
             .field("nodes", &self.nodes.len())
+            .field("pending_handshakes", &self.pending.len())
             .field("queued_outputs", &self.out.len())
             .field("stopped", &self.stopped)
             // rng and challenges: not printed.
@@ -470,12 +611,18 @@ impl fmt::Debug for SignalServer {
 
 impl SignalServer {
     /// A server with no connections. Seeds its CSPRNG from `config.rng_seed`, or from the OS.
-    pub fn new(config: SignalConfig) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting of `config` that
+    /// [`SignalConfig::validate`] refuses.
+    pub fn new(config: SignalConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
         let rng = match config.rng_seed {
             Some(seed) => ChaCha20Rng::from_seed(seed),
             None => ChaCha20Rng::from_entropy(),
         };
-        Self {
+        Ok(Self {
             system_config: PerCodec::default(),
             config,
             rng,
@@ -483,13 +630,15 @@ impl SignalServer {
             nodes: HashMap::new(),
             order: Vec::new(),
             timers: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+            next_seq: 0,
             push: PendingPush::default(),
             full_list: PerCodec::default(),
             out: VecDeque::new(),
             last_now: None,
             stopped: false,
             stats: ServerStats::default(),
-        }
+        })
     }
 
     /// The configuration the server was made with.
@@ -520,7 +669,11 @@ impl SignalServer {
             SignalIn::Opened { conn, codec } => self.handle_opened(now, conn, codec),
             SignalIn::Frame { conn, frame } => self.handle_frame(now, conn, frame),
             SignalIn::Closed { conn } => self.forget(conn),
-            SignalIn::Busy { .. } => {}
+            SignalIn::Busy { conn, busy } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.busy = busy;
+                }
+            }
             SignalIn::Tick => self.handle_tick(now),
             SignalIn::Stop => self.handle_stop(),
         }
@@ -566,7 +719,12 @@ impl SignalServer {
 
     /// Counters, for metrics.
     pub fn stats(&self) -> ServerStats {
-        ServerStats { connections: self.conns.len(), nodes: self.nodes.len(), ..self.stats.clone() }
+        ServerStats {
+            connections: self.conns.len(),
+            nodes: self.nodes.len(),
+            pending_handshakes: self.pending.len(),
+            ..self.stats.clone()
+        }
     }
 
     fn handle_opened(&mut self, now: Instant, conn: ConnId, codec: Codec) {
@@ -574,35 +732,40 @@ impl SignalServer {
             // The transport reused an open id: its bug, and nothing we can repair.
             return;
         }
-        let pending = self.conns.len().saturating_sub(self.nodes.len());
-        let refusal = if self.conns.len() >= self.config.max_connections {
-            Some(ProtocolError::ServerFull)
-        } else if pending >= self.config.max_pending_handshakes {
-            Some(ProtocolError::TooManyHandshakes)
-        } else {
-            None
-        };
-        if let Some(error) = refusal {
+        let full = self.conns.len() >= self.config.max_connections;
+        if full && self.pending.is_empty() {
+            let error = ProtocolError::ServerFull;
             self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
             self.count_error(&error);
             self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
             return;
         }
+        if full || self.pending.len() >= self.config.max_pending_handshakes {
+            // Refusing the newcomer would let a flood of silent connections lock everybody out.
+            // The oldest pending connection is the one most likely to never announce.
+            if let Some((_, oldest)) = self.pending.pop_first() {
+                self.close(oldest, ProtocolError::HandshakeTimeout);
+            }
+        }
         let challenge = crypto::new_challenge(&mut self.rng);
         let deadline = later(now, self.config.handshake_timeout);
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.pending.insert(seq, conn);
         self.conns.insert(
             conn,
             Conn {
                 codec,
-                phase: Phase::Challenged(challenge),
+                phase: Phase::Challenged { challenge, seq },
                 deadline,
                 armed: deadline,
                 errors: 0,
                 announce_failures: 0,
                 rate: Buckets::full(now, &self.config),
+                busy: false,
             },
         );
-        self.timers.push(Reverse((deadline, conn)));
+        self.arm(deadline, conn);
         self.send(conn, codec, &WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge));
     }
 
@@ -628,7 +791,7 @@ impl SignalServer {
         };
         let id = match phase {
             Phase::Node(id) => id,
-            Phase::Challenged(challenge) => {
+            Phase::Challenged { challenge, .. } => {
                 return match message {
                     Inbound::Announce(announce) => match self.check_announce(&challenge, &announce) {
                         Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
@@ -683,6 +846,9 @@ impl SignalServer {
             self.close(old, ProtocolError::Replaced);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
+            if let Phase::Challenged { seq, .. } = c.phase {
+                self.pending.remove(&seq);
+            }
             c.phase = Phase::Node(id);
         }
         self.refresh(conn, later(now, self.config.ttl));
@@ -699,7 +865,7 @@ impl SignalServer {
             *self.system_config.slot(codec) = codec.encode(&message).ok();
         }
         if let Some(frame) = self.system_config.slot(codec).clone() {
-            self.push_frame(conn, frame);
+            self.reply(conn, frame);
         }
         self.send_list(conn, codec);
         self.out.push_back(SignalOut::Event(SignalEvent::NewNode(id)));
@@ -737,11 +903,16 @@ impl SignalServer {
         }
         let Some((to, to_codec)) = self.nodes.get(&destination).map(|node| (node.conn, node.codec)) else {
             // Not the sender's fault: the other node may just have left. No strike.
-            let error = ProtocolError::UnknownDestination(destination);
-            self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
-            self.count_error(&error);
+            self.send_error(conn, &ProtocolError::UnknownDestination(destination));
             return Ok(());
         };
+        if self.conns.get(&to).is_some_and(|c| c.busy) {
+            // Forwarding would fill a queue that the reader is not emptying fast enough, until its
+            // transport closes it as a slow reader: its peers could get it closed. Not the
+            // sender's fault either: no strike.
+            self.send_error(conn, &ProtocolError::DestinationBusy(destination));
+            return Ok(());
+        }
         if to_codec == codec {
             self.push_frame(to, frame);
         } else if let Ok(WSSignalMessageFromNode::PeerSetup(info)) = codec.decode(&frame) {
@@ -761,14 +932,16 @@ impl SignalServer {
                 *self.full_list.slot(codec) = frame;
             }
             if let Some(frame) = self.full_list.slot(codec).clone() {
-                self.push_frame(conn, frame);
+                self.reply(conn, frame);
             }
             return;
         }
         let slots = sample(&mut self.rng, self.order.len(), self.config.max_list_len);
         let ids: Vec<NodeID> = slots.into_iter().filter_map(|slot| self.order.get(slot).copied()).collect();
-        let frame = self.encode_list(codec, &ids);
-        self.push_encoded(conn, frame);
+        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
+        if let Ok(frame) = self.encode_list(codec, &ids) {
+            self.reply(conn, frame);
+        }
     }
 
     /// A `ListIDsReply` of the nodes `ids`. JSON splices each node's pre-encoded text.
@@ -798,18 +971,15 @@ impl SignalServer {
             }
             if c.deadline > now {
                 c.armed = c.deadline;
-                self.timers.push(Reverse((c.deadline, conn)));
+                let deadline = c.deadline;
+                self.arm(deadline, conn);
                 continue;
             }
             let error = match c.phase {
-                Phase::Challenged(_) => ProtocolError::HandshakeTimeout,
+                Phase::Challenged { .. } => ProtocolError::HandshakeTimeout,
                 Phase::Node(_) => ProtocolError::IdleTimeout,
             };
             self.close(conn, error);
-        }
-        // Closed connections leave their entries behind; rebuild before they dominate the heap.
-        if self.timers.len() > 2 * self.conns.len() + 1024 {
-            self.timers = self.conns.iter().map(|(&conn, c)| Reverse((c.armed, conn))).collect();
         }
         if self.push.due.is_some_and(|due| due <= now) {
             self.push_joins();
@@ -845,6 +1015,7 @@ impl SignalServer {
                 .filter_map(|slot| self.order.get(slot))
                 .filter(|id| joined.binary_search(id).is_err())
                 .filter_map(|id| self.nodes.get(id))
+                .filter(|node| !self.conns.get(&node.conn).is_some_and(|c| c.busy))
                 .map(|node| (node.conn, node.codec))
                 .collect();
         // One reply for all recipients, encoded at most once per codec.
@@ -869,6 +1040,7 @@ impl SignalServer {
         self.nodes.clear();
         self.order.clear();
         self.timers.clear();
+        self.pending.clear();
         self.push = PendingPush::default();
         self.full_list = PerCodec::default();
         self.stopped = true;
@@ -880,7 +1052,18 @@ impl SignalServer {
         c.deadline = deadline;
         if deadline < c.armed {
             c.armed = deadline;
-            self.timers.push(Reverse((deadline, conn)));
+            self.arm(deadline, conn);
+        }
+    }
+
+    /// Adds `conn`'s timer entry at `at`, which must be its new `armed`. Closed and re-armed
+    /// connections leave stale entries behind, and a host may feed many inputs between ticks (or
+    /// none at all): once stale entries outnumber live ones, the heap is rebuilt from the live
+    /// ones. The rebuild costs O(live + stale), paid for by the stale entries' own pushes.
+    fn arm(&mut self, at: Instant, conn: ConnId) {
+        self.timers.push(Reverse((at, conn)));
+        if self.timers.len() > self.conns.len().saturating_mul(2).saturating_add(1024) {
+            self.timers = self.conns.iter().map(|(&conn, c)| Reverse((c.armed, conn))).collect();
         }
     }
 
@@ -903,9 +1086,7 @@ impl SignalServer {
 
     /// Sends `error`, then closes with `close` if there is one.
     fn answer(&mut self, conn: ConnId, error: ProtocolError, close: Option<ProtocolError>) {
-        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else { return };
-        self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
-        self.count_error(&error);
+        self.send_error(conn, &error);
         if let Some(close) = close {
             self.close(conn, close);
         }
@@ -913,17 +1094,34 @@ impl SignalServer {
 
     /// Sends `error`, then closes the connection and forgets it.
     fn close(&mut self, conn: ConnId, error: ProtocolError) {
-        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else { return };
-        self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
-        self.count_error(&error);
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        self.send_error(conn, &error);
         self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
         self.forget(conn);
+    }
+
+    /// Sends `error` to an open connection as an `Error` reply, and counts it.
+    fn send_error(&mut self, conn: ConnId, error: &ProtocolError) {
+        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else { return };
+        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
+        if let Ok(frame) = codec.encode(&WSSignalMessageToNode::Error(error.to_string())) {
+            self.reply(conn, frame);
+        }
+        self.count_error(error);
     }
 
     /// Drops a connection and, if it was a node's, the node.
     fn forget(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
-        let Phase::Node(id) = c.phase else { return };
+        let id = match c.phase {
+            Phase::Node(id) => id,
+            Phase::Challenged { seq, .. } => {
+                self.pending.remove(&seq);
+                return;
+            }
+        };
         if self.nodes.get(&id).is_none_or(|node| node.conn != conn) {
             return;
         }
@@ -942,15 +1140,19 @@ impl SignalServer {
     }
 
     fn send(&mut self, conn: ConnId, codec: Codec, message: &impl Serialize) {
-        let frame = codec.encode(message);
-        self.push_encoded(conn, frame);
-    }
-
-    fn push_encoded(&mut self, conn: ConnId, frame: Result<Bytes, crate::CodecError>) {
         // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
-        if let Ok(frame) = frame {
+        if let Ok(frame) = codec.encode(message) {
             self.push_frame(conn, frame);
         }
+    }
+
+    /// Queues `frame` for `conn` in answer to `conn`'s own frame, and charges it to `conn`'s byte
+    /// budget (see [`SignalConfig::byte_rate`]).
+    fn reply(&mut self, conn: ConnId, frame: Bytes) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.rate.charge(frame.len());
+        }
+        self.push_frame(conn, frame);
     }
 
     fn push_frame(&mut self, conn: ConnId, frame: Bytes) {
@@ -964,13 +1166,14 @@ impl SignalServer {
 /// century. (No platform's `Instant` fails to add a century; if one did, the deadline would be
 /// `now`, and the connection would expire rather than the server panic.)
 fn later(now: Instant, wait: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(wait).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
 }
 
+/// Checks a string against its limit as encoded in JSON, the longer of the codecs' encodings.
 fn check_len(field: &'static str, text: &str, limit: usize) -> Result<(), ProtocolError> {
-    if text.len() > limit {
-        return Err(ProtocolError::TooLong { field, len: text.len(), limit });
+    let len = encoded_len(text);
+    if len > limit {
+        return Err(ProtocolError::TooLong { field, len, limit });
     }
     Ok(())
 }
@@ -1024,6 +1227,54 @@ mod tests {
         let limited = SignalConfig { frame_rate: RateLimit::new(10, 3), ..SignalConfig::default() };
         let mut buckets = Buckets::full(now, &limited);
         assert_eq!((0..5).filter(|_| buckets.take(now, 1, &limited)).count(), 3);
+    }
+
+    #[test]
+    fn the_timer_heap_stays_bounded_without_ticks() {
+        let config = SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() };
+        let mut server = SignalServer::new(config).expect("a valid config");
+        let now = Instant::now();
+        // A few live connections, whose entries must survive every sweep.
+        let live: Vec<ConnId> = (0..10).map(|n| ConnId::new(1_000_000 + n)).collect();
+        for &conn in &live {
+            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+        }
+        let mut most = 0;
+        for n in 0..100_000 {
+            let conn = ConnId::new(n);
+            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+            server.handle(now, SignalIn::Closed { conn });
+            while server.poll_output().is_some() {}
+            most = most.max(server.timers.len());
+        }
+        // Live: the ten, and the one just opened.
+        assert!(most <= 2 * (live.len() + 1) + 1024, "the heap grew to {most} entries");
+        // Every live connection still has its entry: their handshake timeouts still fire.
+        server.handle(later(now, server.config.handshake_timeout), SignalIn::Tick);
+        let closed: Vec<ConnId> = std::iter::from_fn(|| server.poll_output())
+            .filter_map(|out| match out {
+                SignalOut::Close { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed.len(), live.len());
+        assert!(live.iter().all(|conn| closed.contains(conn)));
+    }
+
+    #[test]
+    fn replies_beyond_the_bucket_are_debt_that_the_refill_pays_first() {
+        let config = SignalConfig { byte_rate: RateLimit::new(1000, 1000), ..SignalConfig::default() };
+        let start = Instant::now();
+        let mut buckets = Buckets::full(start, &config);
+        assert!(buckets.take(start, 10, &config));
+        // A reply of 5,000 bytes: 990 from the bucket, 4,010 owed.
+        buckets.charge(5_000);
+        // 4 s refill 4,000 bytes: not yet paid, so even a 1-byte frame is refused.
+        assert!(!buckets.take(start + Duration::from_secs(4), 1, &config));
+        // After 4.1 s in all the debt is paid and 90 bytes are back.
+        let later = start + Duration::from_millis(4_100);
+        assert!(buckets.take(later, 80, &config));
+        assert!(!buckets.take(later, 20, &config));
     }
 
     #[test]

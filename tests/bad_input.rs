@@ -6,7 +6,8 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peer_signal::{
-    Codec, NodeStat, PeerInfo, PeerMessage, SignalConfig, SignalEvent, WSSignalMessageFromNode, U256,
+    sign_challenge, Codec, MessageAnnounce, Modules, NodeInfo, NodeStat, PeerInfo, PeerMessage, SignalConfig,
+    SignalEvent, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 
 /// What a bad frame is built from.
@@ -44,6 +45,19 @@ fn json(message: &WSSignalMessageFromNode) -> Bytes {
 
 fn announce_json(ctx: &Ctx) -> String {
     String::from_utf8(json(&announce(&key(1), ctx.challenge)).to_vec()).unwrap()
+}
+
+/// A valid announce by key 1, with these strings.
+fn announce_named(ctx: &Ctx, name: String, client: &str) -> Bytes {
+    let key = key(1);
+    let mut info = NodeInfo::new(name, client, key.verifying_key().to_bytes());
+    info.modules = Modules::stable();
+    json(&WSSignalMessageFromNode::Announce(MessageAnnounce {
+        version: SIGNAL_VERSION,
+        challenge: ctx.challenge,
+        node_info: info,
+        signature: sign_challenge(&key, &ctx.challenge),
+    }))
 }
 
 fn cases() -> Vec<Case> {
@@ -249,6 +263,37 @@ fn cases() -> Vec<Case> {
             kind: "too_long",
         },
         Case {
+            name: "stat version of control characters",
+            phase: Node,
+            // 11 characters, 66 bytes as JSON escapes: over 64.
+            frame: |c| {
+                json(&WSSignalMessageFromNode::NodeStats(vec![NodeStat {
+                    id: c.other,
+                    version: "\u{1}".repeat(11),
+                    ping_ms: 1,
+                    ping_rx: 1,
+                }]))
+            },
+            reply: Exact("version too long: 66 bytes, limit is 64"),
+            kind: "too_long",
+        },
+        Case {
+            name: "name of control characters",
+            phase: Pending,
+            // 43 characters, 258 bytes as JSON escapes: over 256.
+            frame: |c| announce_named(c, "\u{1f}".repeat(43), "test"),
+            reply: Exact("name too long: 258 bytes, limit is 256"),
+            kind: "too_long",
+        },
+        Case {
+            name: "client of quotes",
+            phase: Pending,
+            // 33 quotes, 66 bytes as JSON escapes: over 64.
+            frame: |c| announce_named(c, "node".into(), &"\"".repeat(33)),
+            reply: Exact("client too long: 66 bytes, limit is 64"),
+            kind: "too_long",
+        },
+        Case {
             name: "ping out of range",
             phase: Node,
             frame: |c| {
@@ -341,7 +386,7 @@ fn bad_binary_frames_get_an_error_too() {
 fn a_bincode_length_prefix_cannot_make_the_server_allocate() {
     // A NodeStats claiming 2^60 entries in a 12-byte frame.
     let mut frame = vec![3u8];
-    frame.extend_from_slice(&[0xff]); // varint marker for a u64
+    frame.push(253); // bincode's varint marker for a u64
     frame.extend_from_slice(&(1u64 << 60).to_le_bytes());
     let mut h = Harness::new();
     let node = h.join_with(&key(1), Codec::Bincode);
@@ -358,4 +403,67 @@ fn errors_are_counted_per_connection_and_limits_are_configurable() {
     assert_eq!(messages_to(&out, conn, Codec::Json), vec![error("frame too large: 16 bytes, limit is 10")]);
     let out = h.frame(conn, "{");
     assert_eq!(closed(&out), vec![conn]);
+}
+
+#[test]
+fn strings_within_their_limit_as_json_escapes_are_accepted_in_both_codecs() {
+    for codec in [Codec::Json, Codec::Bincode] {
+        let mut h = Harness::new();
+        let (conn, challenge) = h.open(codec);
+        let key = key(1);
+        // 42 control characters: 252 bytes as JSON escapes, within 256.
+        let info = NodeInfo::new("\u{1}".repeat(42), "\\".repeat(32), key.verifying_key().to_bytes());
+        let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
+            version: SIGNAL_VERSION,
+            challenge,
+            node_info: info.clone(),
+            signature: sign_challenge(&key, &challenge),
+        });
+        let out = h.send(conn, codec, &announce);
+        assert_eq!(events(&out), vec![SignalEvent::NewNode(info.id())], "{codec:?}");
+        // One more of each is refused, in bincode too, which writes them as single bytes.
+        let (conn, challenge) = h.open(codec);
+        let long = NodeInfo::new("\u{1}".repeat(43), "test", key.verifying_key().to_bytes());
+        let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
+            version: SIGNAL_VERSION,
+            challenge,
+            node_info: long,
+            signature: sign_challenge(&key, &challenge),
+        });
+        let out = h.send(conn, codec, &announce);
+        assert_eq!(messages_to(&out, conn, codec), vec![error("name too long: 258 bytes, limit is 256")]);
+    }
+}
+
+#[test]
+fn error_replies_quote_at_most_128_bytes_of_the_frame() {
+    let long = "x".repeat(10 * 1024);
+    let frames: Vec<(&str, String)> = vec![
+        ("unknown variant", format!("{{\"{long}\":1}}")),
+        ("unknown variant, as a string", format!("\"{long}\"")),
+        ("unknown field", format!("{{\"PeerSetup\":{{\"{long}\":1}}}}")),
+        ("string for a sequence", format!("{{\"NodeStats\":\"{long}\"}}")),
+        ("unknown module", format!("{{\"Announce\":{{\"version\":3,\"challenge\":\"{}\",\"node_info\":{{\"NodeInfoV3\":{{\"name\":\"a\",\"client\":\"b\",\"pubkey\":\"{}\",\"modules\":\"{long}\"}}}},\"signature\":\"{}\"}}}}", "00".repeat(32), "00".repeat(32), "00".repeat(64))),
+        ("a number for an SDP", format!("{{\"PeerSetup\":{{\"id_init\":\"{0}\",\"id_follow\":\"{0}\",\"message\":{{\"Offer\":[{1}]}}}}}}", "00".repeat(32), "1,".repeat(5000) + "1")),
+        ("an id of the wrong length", format!("{{\"PeerSetup\":{{\"id_init\":\"{long}\"}}}}")),
+        ("control characters", format!("{{\"{}\":1}}", "\\u0001".repeat(2000))),
+        ("multi-byte characters", format!("{{\"{}\":1}}", "日".repeat(3000))),
+    ];
+    for (name, frame) in frames {
+        assert!(frame.len() > 9000, "{name}");
+        let mut h = Harness::new();
+        let node = h.join(1);
+        let out = h.frame(node.conn, frame);
+        let sent = frames_to(&out, node.conn);
+        let [reply] = sent.as_slice() else { panic!("{name}: {out:?}") };
+        let Ok(WSSignalMessageToNode::Error(text)) = Codec::Json.decode(reply) else {
+            panic!("{name}: {reply:?}")
+        };
+        assert!(text.starts_with("malformed message: "), "{name}: {text}");
+        // The prefix, 128 bytes of the decoder's description, the cut mark and a position.
+        assert!(text.len() <= 19 + 128 + 3 + 30, "{name}: {} bytes: {text}", text.len());
+        // As JSON, each quoted control character may take six bytes.
+        assert!(reply.len() <= 32 + 6 * 128 + 60, "{name}: a reply of {} bytes", reply.len());
+        assert_eq!(h.server.stats().errors.get("malformed"), Some(&1), "{name}");
+    }
 }

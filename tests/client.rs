@@ -71,6 +71,29 @@ fn announces_the_key_it_signs_with_whatever_info_says() {
 }
 
 #[test]
+fn only_the_first_challenge_of_a_connection_is_signed() {
+    for codec in [Codec::Json, Codec::Bincode] {
+        let mut client = SignalClient::new(key(1), node_info(&key(1)), codec);
+        let first = to_node(codec, &WSSignalMessageToNode::Challenge(3, U256([1; 32])));
+        client.handle_frame(&first).unwrap();
+        assert_eq!(announce_sent(&mut client).challenge, U256([1; 32]));
+        // A server asking again, before or after accepting: bytes of its choosing, never signed.
+        let second = to_node(codec, &WSSignalMessageToNode::Challenge(3, U256([2; 32])));
+        assert_eq!(client.handle_frame(&second), Err(ClientError::UnexpectedChallenge));
+        assert_eq!(client.handle_frame(&first), Err(ClientError::UnexpectedChallenge));
+        client
+            .handle_frame(&to_node(codec, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default())))
+            .unwrap();
+        assert_eq!(client.handle_frame(&second), Err(ClientError::UnexpectedChallenge));
+        assert!(transmitted(&mut client).is_empty());
+        // The client is still usable.
+        assert!(client.is_connected());
+        client.request_list().unwrap();
+        assert_eq!(transmitted(&mut client), vec![WSSignalMessageFromNode::ListIDsRequest]);
+    }
+}
+
+#[test]
 fn a_challenge_of_another_version_is_not_answered() {
     let mut client = SignalClient::new(key(1), node_info(&key(1)), Codec::Json);
     let frame = to_node(Codec::Json, &WSSignalMessageToNode::Challenge(2, U256([1; 32])));
@@ -204,7 +227,8 @@ fn pump(server: &mut SignalServer, clients: &mut [(ConnId, SignalClient)], now: 
 
 #[test]
 fn two_clients_join_and_relay_through_the_core_without_an_executor() {
-    let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() });
+    let mut server =
+        SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() }).unwrap();
     let now = Instant::now();
     let mut clients = vec![
         (ConnId::new(1), SignalClient::new(key(1), node_info(&key(1)), Codec::Json)),

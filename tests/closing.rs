@@ -157,3 +157,17 @@ async fn stop_closes_every_client_with_1001_and_drains_before_the_transport_is_g
     within("drained", server.ws.all_ended()).await;
     assert_eq!(server.ws.get().clean_closes, 200);
 }
+
+#[tokio::test]
+async fn a_transport_with_a_bad_configuration_is_refused_naming_the_field() {
+    let ws = WsConfig { write_timeout: Duration::ZERO, ..WsConfig::default() };
+    let error = peer_signal::WsTransport::bind("127.0.0.1:0", ws).await.expect_err("refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    let config_error =
+        error.get_ref().and_then(|e| e.downcast_ref::<peer_signal::ConfigError>()).expect("a ConfigError");
+    assert_eq!(config_error.field(), "write_timeout");
+    assert_eq!(error.to_string(), "write_timeout must be more than zero");
+    let ws = WsConfig { send_backlog_bytes: 100, ..WsConfig::default() };
+    let error = peer_signal::WsTransport::bind("127.0.0.1:0", ws).await.expect_err("refused");
+    assert_eq!(error.to_string(), "send_backlog_bytes (100) must be at least max_message_size (65536)");
+}

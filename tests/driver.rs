@@ -22,7 +22,7 @@ async fn ttl_evicts_idle_nodes_on_manual_ticks() {
     let set_clock = |by: Duration| *clock.lock().unwrap() = start + by;
     let (mut ticks, tick_stream) = futures::channel::mpsc::channel::<()>(1);
     let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, _handle, mut events) = Driver::new(SignalServer::new(config), transport, 64);
+    let (driver, _handle, mut events) = Driver::new(SignalServer::new(config).unwrap(), transport, 64);
     let now = {
         let clock = Arc::clone(&clock);
         move || *clock.lock().unwrap()
@@ -86,7 +86,7 @@ async fn stop_closes_every_client_and_returns_the_stopped_server() {
 async fn a_slow_event_consumer_loses_events_not_the_server() {
     let config = config();
     let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 1);
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1);
     let server = tokio::spawn(driver.run(futures::stream::pending()));
 
     let mut nodes = Vec::new();
@@ -126,7 +126,7 @@ async fn a_transport_that_shuts_down_stops_the_server() {
 fn runs_on_any_executor() {
     let config = config();
     let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, handle, mut events) = Driver::new(SignalServer::new(config), transport, 16);
+    let (driver, handle, mut events) = Driver::new(SignalServer::new(config).unwrap(), transport, 16);
     let mut pool = futures::executor::LocalPool::new();
     let client = async move {
         // No tokio here, so no `nodes::join` (its safety-net timeout needs tokio's timer).

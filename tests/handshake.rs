@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use peer_signal::{
-    sign_challenge, CloseReason, Codec, FledgerConfig, MessageAnnounce, ProtocolError, SignalConfig,
+    sign_challenge, CloseReason, Codec, ConnId, FledgerConfig, MessageAnnounce, ProtocolError, SignalConfig,
     SignalEvent, SignalIn, SignalOut, WSSignalMessageFromNode, WSSignalMessageToNode, U256,
 };
 
@@ -24,14 +24,15 @@ fn challenges_come_from_the_configured_seed() {
     let challenges = |seed: [u8; 32]| {
         let mut h = Harness::with(SignalConfig::default());
         h.server =
-            peer_signal::SignalServer::new(SignalConfig { rng_seed: Some(seed), ..SignalConfig::default() });
+            peer_signal::SignalServer::new(SignalConfig { rng_seed: Some(seed), ..SignalConfig::default() })
+                .unwrap();
         (h.open(Codec::Json).1, h.open(Codec::Json).1)
     };
     assert_eq!(challenges([1; 32]), challenges([1; 32]));
     assert_ne!(challenges([1; 32]), challenges([2; 32]));
     // Without a seed, the OS seeds the RNG: two servers disagree.
     let unseeded = || {
-        let mut server = peer_signal::SignalServer::new(SignalConfig::default());
+        let mut server = peer_signal::SignalServer::new(SignalConfig::default()).unwrap();
         server.handle(
             std::time::Instant::now(),
             SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json },
@@ -233,32 +234,100 @@ fn the_same_id_twice_replaces_the_old_connection() {
 }
 
 #[test]
-fn connection_limits_refuse_newcomers_with_an_error() {
+fn a_full_pending_table_closes_its_oldest_connection_for_a_newcomer() {
     let mut h = Harness::with(SignalConfig {
         max_connections: 10,
         max_pending_handshakes: 2,
         ..SignalConfig::default()
     });
     let node = h.join(1);
-    h.open(Codec::Json);
-    h.open(Codec::Json);
-    // Two handshakes pending: the next connection is refused as a handshake.
-    let refused = peer_signal::ConnId::new(100);
-    let out = h.input(SignalIn::Opened { conn: refused, codec: Codec::Json });
-    assert_eq!(messages_to(&out, refused, Codec::Json), vec![error("too many pending handshakes")]);
+    let (oldest, _) = h.open(Codec::Json);
+    let (second, challenge) = h.open(Codec::Json);
+    // Two handshakes pending: the next connection pushes out the oldest, as a handshake timeout.
+    let newcomer = ConnId::new(100);
+    let out = h.input(SignalIn::Opened { conn: newcomer, codec: Codec::Json });
+    assert_eq!(messages_to(&out, oldest, Codec::Json), vec![error("handshake timeout")]);
+    assert!(out.contains(&SignalOut::Close {
+        conn: oldest,
+        reason: CloseReason::Error(ProtocolError::HandshakeTimeout)
+    }));
+    assert!(matches!(
+        messages_to(&out, newcomer, Codec::Json).as_slice(),
+        [WSSignalMessageToNode::Challenge(3, _)]
+    ));
+    assert_eq!(touched(&out), vec![oldest, newcomer]);
+    let stats = h.server.stats();
+    assert_eq!(stats.errors.get("handshake_timeout"), Some(&1));
+    assert_eq!((stats.connections, stats.pending_handshakes), (3, 2));
+    // The evicted connection is forgotten: its frames are ignored.
+    assert!(h.send(oldest, Codec::Json, &announce(&key(2), challenge)).is_empty());
+    // The second one is now the oldest, and still announces.
+    assert_eq!(events(&h.send(second, Codec::Json, &announce(&key(2), challenge))).len(), 1);
+    assert_eq!(h.server.stats().pending_handshakes, 1);
+    // A free slot again: nobody is pushed out.
+    let out = h.input(SignalIn::Opened { conn: ConnId::new(101), codec: Codec::Json });
+    assert_eq!(touched(&out), vec![ConnId::new(101)]);
+    assert_eq!(h.server.node_conn(&node.id), Some(node.conn));
+}
+
+#[test]
+fn a_handshake_flood_cannot_lock_an_honest_node_out() {
+    let pending = 16;
+    let mut h = Harness::with(SignalConfig { max_pending_handshakes: pending, ..SignalConfig::default() });
+    let mut honest = Vec::new();
+    let mut opened = 0usize;
+    for round in 0..20u8 {
+        // The flood keeps the pending table full...
+        for _ in 0..100 {
+            h.open(Codec::Json);
+            opened += 1;
+            assert_eq!(h.server.stats().pending_handshakes, pending.min(opened - honest.len()));
+        }
+        // ...and an honest node answers its challenge while fewer than `pending` others arrive.
+        let (conn, challenge) = h.open(Codec::Json);
+        for _ in 0..pending - 1 {
+            h.open(Codec::Json);
+        }
+        opened += pending;
+        let key = key(round + 1);
+        let out = h.send(conn, Codec::Json, &announce(&key, challenge));
+        let id = U256(key.verifying_key().to_bytes());
+        assert_eq!(events(&out), vec![SignalEvent::NewNode(id)], "round {round}");
+        honest.push(id);
+    }
+    let stats = h.server.stats();
+    assert_eq!(stats.nodes, honest.len());
+    assert_eq!(stats.pending_handshakes, pending - 1);
+    // Every connection that is gone was pushed out as a handshake timeout; none was refused.
+    let gone = (opened - stats.connections) as u64;
+    assert_eq!(stats.errors.get("handshake_timeout"), Some(&gone));
+    assert!(!stats.errors.contains_key("server_full"));
+}
+
+#[test]
+fn a_server_full_of_nodes_refuses_newcomers_and_one_with_pending_connections_makes_room() {
+    let mut h = Harness::with(SignalConfig {
+        max_connections: 3,
+        max_pending_handshakes: 10,
+        ..SignalConfig::default()
+    });
+    h.join(1);
+    h.join(2);
+    let (pending, _) = h.open(Codec::Json);
+    // Full, but one connection has not announced: it makes room.
+    let (newcomer, challenge) = h.open(Codec::Json);
+    assert_eq!(h.server.stats().errors.get("handshake_timeout"), Some(&1));
+    assert_eq!(h.server.stats().connections, 3);
+    assert!(h.send(pending, Codec::Json, &WSSignalMessageFromNode::ListIDsRequest).is_empty());
+    h.send(newcomer, Codec::Json, &announce(&key(3), challenge));
+    // Full of nodes: refused.
+    let full = ConnId::new(100);
+    let out = h.input(SignalIn::Opened { conn: full, codec: Codec::Json });
+    assert_eq!(messages_to(&out, full, Codec::Json), vec![error("server full")]);
     assert_eq!(
         out.last(),
-        Some(&SignalOut::Close {
-            conn: refused,
-            reason: CloseReason::Error(ProtocolError::TooManyHandshakes)
-        })
+        Some(&SignalOut::Close { conn: full, reason: CloseReason::Error(ProtocolError::ServerFull) })
     );
-    // One connection allowed and taken: full.
-    let full = peer_signal::ConnId::new(101);
-    let mut h2 = Harness::with(SignalConfig { max_connections: 1, ..SignalConfig::default() });
-    h2.join(1);
-    let out = h2.input(SignalIn::Opened { conn: full, codec: Codec::Json });
-    assert_eq!(messages_to(&out, full, Codec::Json), vec![error("server full")]);
-    assert_eq!(h.server.stats().connections, 3);
-    assert_eq!(h.server.node_conn(&node.id), Some(node.conn));
+    assert_eq!(touched(&out), vec![full]);
+    assert_eq!(h.server.stats().nodes, 3);
 }

@@ -335,6 +335,7 @@ async fn floods_over_the_rate_limits_are_cut_off() {
     let config = SignalConfig {
         frame_rate: RateLimit::new(20, 40),
         byte_rate: RateLimit::new(1_000, 20_000),
+        max_frame_size: 16 * 1024,
         ..config()
     };
     let ws = WsConfig::for_server(&config);
@@ -357,7 +358,7 @@ async fn floods_over_the_rate_limits_are_cut_off() {
         assert_eq!(text, "{\"Error\":\"rate limit exceeded\"}");
         break;
     }
-    assert!((39..500).contains(&replies), "{replies} replies");
+    assert!((20..500).contains(&replies), "{replies} replies");
     assert_eq!(flooder.closed().await, Some(CloseCode::Policy));
 
     // Bytes: valid list requests padded to 8 KB; two fit in the 20 KB burst, the third does not.
@@ -566,4 +567,139 @@ async fn a_maximal_frame_holds_a_read_buffer_only_until_it_is_handled() {
     // Handled: the connection idles with no read buffer, as if it had never sent the frame.
     eventually("the buffer given back", || arena.server.ws.get().read_buffer_bytes == 0).await;
     arena.still_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_that_never_reads_its_lists_is_cut_off_at_its_own_cost() {
+    let mut arena = arena_default().await;
+    // Nodes with long names make each list reply a few KB, for a request of 16 bytes.
+    let mut crowd = Vec::new();
+    for i in 0..20u32 {
+        let (mut raw, challenge) = arena.stranger().await;
+        let key = key(300 + i);
+        let mut announce = announce_of(&key, challenge);
+        announce.node_info.name = "n".repeat(200);
+        raw.send(&json(&WSSignalMessageFromNode::Announce(announce))).await;
+        assert!(raw.recv().await.starts_with("{\"SystemConfig\""));
+        crowd.push(raw);
+    }
+    let mut greedy = RawWs::connect_small(&arena.server.url).await;
+    victim_announce(&mut greedy, 6).await;
+    let greedy_id = U256(SigningKey::from_bytes(&[6; 32]).verifying_key().to_bytes());
+    let (mut sent, mut left) = (0, false);
+    while sent < 10_000 && !left {
+        // The server may close the socket before all of them are written.
+        if greedy.stream.write_all(&client_frame(TEXT, b"\"ListIDsRequest\"")).await.is_err() {
+            break;
+        }
+        sent += 1;
+        while let Some(Some(event)) = futures::StreamExt::next(&mut arena.server.events).now_or_never() {
+            left |= event == SignalEvent::NodeLeft(greedy_id);
+        }
+    }
+    if !left {
+        wait_event(&mut arena.server.events, |e| *e == SignalEvent::NodeLeft(greedy_id)).await;
+    }
+    // Cut off by its own byte budget (each reply is charged to it), or as a slow reader if its
+    // queue filled first: either way what it could make the server hold was bounded.
+    eventually("the cut-off counted", || {
+        let rate_limited = arena.server.handle.stats().errors.get("rate_limited").copied().unwrap_or(0);
+        rate_limited + arena.server.ws.get().slow_readers == 1
+    })
+    .await;
+    assert!(sent < 10_000, "never cut off");
+    eventually("its task ended", || arena.server.ws.get().connection_tasks == 23).await;
+    drop(crowd);
+    arena.still_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_cannot_get_a_reading_node_closed_they_get_destination_busy() {
+    let config = SignalConfig {
+        max_setup_len: 60_000,
+        frame_rate: RateLimit::UNLIMITED,
+        byte_rate: RateLimit::UNLIMITED,
+        ..config()
+    };
+    let ws = WsConfig::for_server(&config);
+    let mut arena = arena(config, ws).await;
+    // The victim reads, but only after the senders are done: slower than they write.
+    let mut victim = RawWs::connect_small(&arena.server.url).await;
+    victim_announce(&mut victim, 7).await;
+    let victim_id = U256(SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes());
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        senders.push(join(&arena.server.url, 70 + i, Codec::Json).await);
+    }
+    // 14 MB in all: more than the socket buffers and the send queue hold together.
+    const EACH: usize = 300;
+    for sender in &mut senders {
+        for n in 0..EACH {
+            let candidate = PeerInfo {
+                id_init: sender.id(),
+                id_follow: victim_id,
+                message: PeerMessage::IceCandidate(format!("{n:05}{}", "c".repeat(16_000))),
+            };
+            within("send", sender.send_setup(candidate)).await.unwrap();
+        }
+    }
+    // Each sender learns of every refused relay; a list round trip shows all answers are in.
+    let mut refused = 0;
+    for sender in &mut senders {
+        within("list", sender.request_list()).await.unwrap();
+        loop {
+            match within("answers", sender.next_event()).await.unwrap() {
+                ClientEvent::Error(error) => {
+                    assert_eq!(error, format!("destination busy: {victim_id}"));
+                    refused += 1;
+                }
+                ClientEvent::NodeList(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(refused > 0, "the victim never became busy");
+    // The victim reads everything that was forwarded, and is still connected.
+    let mut delivered = 0;
+    while delivered + refused < 3 * EACH {
+        let (_, frame) = victim.frame().await.expect("a relayed candidate");
+        if frame.starts_with(b"{\"ListIDsReply\"") {
+            continue; // The list that followed its announce.
+        }
+        assert!(frame.starts_with(b"{\"PeerSetup\""), "{}", String::from_utf8_lossy(&frame[..40]));
+        delivered += 1;
+    }
+    victim.send(TEXT, b"\"ListIDsRequest\"").await;
+    let (_, list) = victim.frame().await.expect("a list");
+    assert!(list.starts_with(b"{\"ListIDsReply\""));
+    assert_eq!(arena.server.ws.get().slow_readers, 0);
+    eventually("refusals counted", || {
+        arena.server.handle.stats().errors.get("destination_busy").copied() == Some(refused as u64)
+    })
+    .await;
+    arena.still_serves().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_silent_handshakes_cannot_lock_an_honest_node_out() {
+    let config = SignalConfig { max_pending_handshakes: 20, ..config() };
+    let ws = WsConfig::for_server(&config);
+    let mut arena = arena(config, ws).await;
+    // Sixty connections take their challenge and say nothing.
+    let mut flood = Vec::new();
+    for _ in 0..60 {
+        let (raw, _) = arena.stranger().await;
+        flood.push(raw);
+    }
+    // The oldest were closed to make room, as if their handshake had timed out.
+    for raw in flood.iter_mut().take(40) {
+        assert_eq!(raw.error().await, "handshake timeout");
+        assert_eq!(raw.closed().await, Some(CloseCode::Policy));
+    }
+    // The table is full of the newest twenty; an honest node still gets in and relays.
+    arena.still_serves().await;
+    eventually("the evictions counted", || {
+        arena.server.handle.stats().errors.get("handshake_timeout").copied().unwrap_or(0) >= 40
+    })
+    .await;
 }

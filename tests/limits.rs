@@ -88,7 +88,13 @@ fn the_byte_bucket_counts_every_frame_even_unauthenticated_and_oversize_ones() {
 
 #[test]
 fn a_frame_larger_than_the_byte_burst_never_passes() {
-    let config = SignalConfig { byte_rate: RateLimit::new(1_000_000, 100), ..SignalConfig::default() };
+    // The burst may not be below `max_frame_size` (see `config.rs`), so only an oversize frame
+    // can be larger than it; it never passes, however long the connection waits.
+    let config = SignalConfig {
+        byte_rate: RateLimit::new(1_000_000, 100),
+        max_frame_size: 100,
+        ..SignalConfig::default()
+    };
     let mut h = Harness::with(config);
     let (conn, _) = h.open(Codec::Json);
     h.now += Duration::from_secs(60);
@@ -139,4 +145,93 @@ fn the_defaults_leave_a_busy_fledger_node_alone() {
         }
     }
     assert_eq!(h.server.stats().errors.get("rate_limited"), None);
+}
+
+/// Tight byte budgets, and nodes that stay listed however long a test runs.
+fn budget(byte_rate: RateLimit, max_frame_size: usize) -> SignalConfig {
+    SignalConfig { byte_rate, max_frame_size, ttl: Duration::from_secs(24 * 3600), ..SignalConfig::default() }
+}
+
+#[test]
+fn list_replies_are_charged_to_the_node_that_asks() {
+    let burst = 16 * 1024;
+    let config = SignalConfig { max_list_len: 20, ..budget(RateLimit::new(256, burst), 4096) };
+    let mut h = Harness::with(config);
+    let nodes: Vec<Joined> = (1..=20).map(|seed| h.join(seed)).collect();
+    let (greedy, honest) = (nodes[0], nodes[1]);
+    // A quiet spell refills every bucket; then the list is the same reply for every request.
+    h.now += Duration::from_secs(3600);
+    let reply_len = frames_to(&h.frame(honest.conn, LIST), honest.conn)[0].len() as u64;
+    assert!(reply_len > 3000, "a list of 20 nodes is {reply_len} bytes");
+    // Each request costs its own bytes and its reply's; the bucket may go down to empty, so a
+    // request passes while its own bytes still fit.
+    let request = LIST.len() as u64;
+    let expected = (burst - request) / (request + reply_len) + 1;
+    let mut answered = 0;
+    loop {
+        let out = h.frame(greedy.conn, LIST);
+        if rate_limited(&out, greedy.conn) {
+            break;
+        }
+        assert_eq!(frames_to(&out, greedy.conn).len(), 1);
+        answered += 1;
+        assert!(answered <= expected, "{answered} lists answered");
+    }
+    assert_eq!(answered, expected);
+    assert_eq!(h.server.node_conn(&greedy.id), None);
+    // A node that asks once a minute, as fledger nodes do, is never cut off.
+    for minute in 0..120 {
+        h.now += Duration::from_secs(60);
+        let out = h.frame(honest.conn, LIST);
+        assert_eq!(frames_to(&out, honest.conn).len(), 1, "minute {minute}");
+        assert!(closed(&out).is_empty(), "minute {minute}");
+    }
+    assert_eq!(h.server.stats().errors.get("rate_limited"), Some(&1));
+}
+
+#[test]
+fn error_replies_are_charged_to_the_node_that_caused_them() {
+    let burst = 1024;
+    let mut h = Harness::with(budget(RateLimit::new(burst, burst), 1024));
+    let node = h.join(1);
+    h.now += Duration::from_secs(10);
+    // A set-up for a node that is not there: an error reply, but no strike, so only the byte
+    // budget stops it.
+    let setup = WSSignalMessageFromNode::PeerSetup(PeerInfo {
+        id_init: node.id,
+        id_follow: peer_signal::U256([0x42; 32]),
+        message: PeerMessage::Init,
+    });
+    let frame = Codec::Json.encode(&setup).unwrap();
+    let mut replies = Vec::new();
+    loop {
+        let out = h.frame(node.conn, frame.clone());
+        if rate_limited(&out, node.conn) {
+            break;
+        }
+        replies.extend(frames_to(&out, node.conn));
+    }
+    let (request, reply) = (frame.len() as u64, replies[0].len() as u64);
+    assert_eq!(replies.len() as u64, (burst - request) / (request + reply) + 1);
+    // Charging the requests alone would have let more through.
+    assert!(replies.len() as u64 + 1 < burst / request, "{} replies", replies.len());
+}
+
+#[test]
+fn frames_a_node_did_not_ask_for_are_not_charged_to_it() {
+    let mut h = Harness::with(budget(RateLimit::new(4096, 4096), 4096));
+    let a = h.join(1);
+    let b = h.join(2);
+    let sdp = "a=candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host\r\n".repeat(36);
+    // b receives 20 offers of 2 KiB in 20 s, ten times its own byte burst, paid for by a.
+    for _ in 0..20 {
+        h.now += Duration::from_secs(1);
+        let setup = PeerInfo { id_init: a.id, id_follow: b.id, message: PeerMessage::Offer(sdp.clone()) };
+        let out = h.from(a, &WSSignalMessageFromNode::PeerSetup(setup));
+        assert_eq!(touched(&out), vec![b.conn]);
+    }
+    // At the same instant, b's own request passes.
+    let out = h.frame(b.conn, LIST);
+    assert!(closed(&out).is_empty());
+    assert_eq!(frames_to(&out, b.conn).len(), 1);
 }

@@ -165,6 +165,19 @@ fn a_join_costs_the_same_frames_whatever_the_number_of_nodes() {
 }
 
 #[test]
+fn pushes_skip_busy_nodes() {
+    // A fanout larger than the network: every node but the newcomer would get the push.
+    let config = SignalConfig { list_push_fanout: 16, ..SignalConfig::default() };
+    let (mut h, nodes) = settled(config, 6);
+    for node in &nodes[..4] {
+        h.input(SignalIn::Busy { conn: node.conn, busy: true });
+    }
+    h.join(50);
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(touched(&out), vec![nodes[4].conn, nodes[5].conn]);
+}
+
+#[test]
 fn pushing_can_be_turned_off() {
     let config = SignalConfig { list_push_fanout: 0, ..SignalConfig::default() };
     let (mut h, _) = settled(config, 5);

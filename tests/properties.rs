@@ -1,5 +1,5 @@
 //! Layer 3: properties. Both codecs round-trip arbitrary messages, and random scripts of opens,
-//! frames (valid, mutated, random), closes, ticks and stops keep the state machine's invariants
+//! frames (valid, mutated, random), closes, busy reports, ticks and stops keep the state machine's invariants
 //! after every step. `PROPTEST_CASES=10000 cargo test --test properties` for a longer run.
 
 mod common;
@@ -207,6 +207,11 @@ enum Op {
     Close {
         conn: usize,
     },
+    /// The transport reports the connection's send queue over (or back under) half full.
+    Busy {
+        conn: usize,
+        busy: bool,
+    },
     Advance {
         millis: u64,
     },
@@ -251,7 +256,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (conn.clone(), msg(), mutation()).prop_map(|(conn, msg, mutation)| Op::Mutated { conn, msg, mutation }),
         1 => (conn.clone(), proptest::collection::vec(any::<u8>(), 0..48)).prop_map(|(conn, bytes)| Op::Random { conn, bytes }),
         1 => (conn.clone(), 1..12usize).prop_map(|(conn, n)| Op::Burst { conn, n }),
-        1 => conn.prop_map(|conn| Op::Close { conn }),
+        1 => conn.clone().prop_map(|conn| Op::Close { conn }),
+        1 => (conn, any::<bool>()).prop_map(|(conn, busy)| Op::Busy { conn, busy }),
         2 => prop_oneof![0..2_000u64, 0..40_000u64].prop_map(|millis| Op::Advance { millis }),
     ]
 }
@@ -404,6 +410,12 @@ impl Script {
                 self.open.remove(&conn);
                 SignalIn::Closed { conn }
             }
+            Op::Busy { conn, busy } => {
+                let Some(conn) = self.pick(*conn) else { return Ok(()) };
+                let out = self.h.input(SignalIn::Busy { conn, busy: *busy });
+                prop_assert!(out.is_empty(), "a busy report caused {out:?}");
+                return self.check(&out);
+            }
             Op::Advance { millis } => {
                 self.h.now += Duration::from_millis(*millis);
                 SignalIn::Tick
@@ -472,6 +484,8 @@ impl Script {
         let stats = self.h.server.stats();
         prop_assert_eq!(stats.connections, self.open.len());
         prop_assert!(stats.connections <= script_config().max_connections);
+        prop_assert_eq!(stats.pending_handshakes, self.open.values().filter(|k| k.node.is_none()).count());
+        prop_assert!(stats.pending_handshakes <= script_config().max_pending_handshakes);
         if self.stopped {
             prop_assert!(self.open.is_empty() && listed.is_empty());
         }

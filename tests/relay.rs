@@ -5,8 +5,8 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peer_signal::{
-    Codec, NodeStat, PeerInfo, PeerMessage, SignalConfig, SignalEvent, WSSignalMessageFromNode,
-    WSSignalMessageToNode, U256,
+    Codec, ConnId, NodeStat, PeerInfo, PeerMessage, SignalConfig, SignalEvent, SignalIn, SignalOut,
+    WSSignalMessageFromNode, WSSignalMessageToNode, U256,
 };
 
 fn vector(name: &str) -> Bytes {
@@ -131,6 +131,59 @@ fn an_unknown_destination_gets_an_error_without_a_strike() {
     assert_eq!(h.server.stats().errors.get("unknown_destination"), Some(&5));
 }
 
+fn set_busy(h: &mut Harness, conn: ConnId, busy: bool) -> Vec<SignalOut> {
+    h.input(SignalIn::Busy { conn, busy })
+}
+
+#[test]
+fn a_busy_destination_gets_no_setup_and_its_senders_an_error_without_a_strike() {
+    let mut h = Harness::with(SignalConfig { max_errors: 2, ..SignalConfig::default() });
+    let reader = h.join(1);
+    let senders: Vec<Joined> = (2..5).map(|seed| h.join(seed)).collect();
+    assert!(set_busy(&mut h, reader.conn, true).is_empty());
+    let busy = error(&format!("destination busy: {}", reader.id));
+    for _round in 0..5 {
+        for sender in &senders {
+            let offer = setup(sender, &reader, PeerMessage::Offer("v=0".into()));
+            let out = h.from(*sender, &offer);
+            assert_eq!(messages_to(&out, sender.conn, Codec::Json), vec![busy.clone()]);
+            assert_eq!(touched(&out), vec![sender.conn], "the reader got something, or a close");
+        }
+    }
+    let stats = h.server.stats();
+    assert_eq!(stats.errors.get("destination_busy"), Some(&15));
+    assert_eq!((stats.relays, stats.nodes), (0, 4));
+    // The busy node still gets its own replies, and still reaches others.
+    let out = h.from(reader, &WSSignalMessageFromNode::ListIDsRequest);
+    assert_eq!(touched(&out), vec![reader.conn]);
+    let out = h.from(reader, &setup(&reader, &senders[0], PeerMessage::Init));
+    assert_eq!(touched(&out), vec![senders[0].conn]);
+    // Drained: set-ups flow again.
+    assert!(set_busy(&mut h, reader.conn, false).is_empty());
+    let out = h.from(senders[0], &setup(&senders[0], &reader, PeerMessage::Init));
+    assert_eq!(touched(&out), vec![reader.conn]);
+    assert_eq!(h.server.stats().relays, 2);
+}
+
+#[test]
+fn busy_reports_for_unknown_or_pending_connections() {
+    let mut h = Harness::new();
+    let a = h.join(1);
+    // Unknown, and closed: ignored.
+    assert!(set_busy(&mut h, ConnId::new(999), true).is_empty());
+    let b = h.join(2);
+    h.input(SignalIn::Closed { conn: b.conn });
+    assert!(set_busy(&mut h, b.conn, true).is_empty());
+    assert_eq!(h.server.stats().connections, 1);
+    // A connection busy before it announces is busy once it has.
+    let (conn, challenge) = h.open(Codec::Json);
+    assert!(set_busy(&mut h, conn, true).is_empty());
+    h.send(conn, Codec::Json, &announce(&key(3), challenge));
+    let c = Joined { conn, id: U256(key(3).verifying_key().to_bytes()), codec: Codec::Json };
+    let out = h.from(a, &setup(&a, &c, PeerMessage::Init));
+    assert_eq!(messages_to(&out, a.conn, Codec::Json), vec![error(&format!("destination busy: {}", c.id))]);
+}
+
 #[test]
 fn an_oversized_setup_message_is_refused() {
     let mut h = Harness::with(SignalConfig { max_setup_len: 100, ..SignalConfig::default() });
@@ -228,10 +281,18 @@ fn the_setup_length_limit_counts_encoded_bytes() {
     );
     let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("0123456789".into())));
     assert_eq!(touched(&out), vec![b.conn]);
-    // bincode carries the text as is.
+    // bincode carries the text as is, but it is measured as JSON would write it: a relay may
+    // have to, for a JSON node, and a text within the limit must be within it in both codecs.
     let mut h = Harness::with(SignalConfig { max_setup_len: 10, ..SignalConfig::default() });
     let a = h.join_with(&key(1), Codec::Bincode);
-    let b = h.join_with(&key(2), Codec::Bincode);
+    let b = h.join(2);
     let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("\r\n\r\n\r\n\r\n\r\n".into())));
-    assert_eq!(touched(&out), vec![b.conn]);
+    assert_eq!(
+        messages_to(&out, a.conn, Codec::Bincode),
+        vec![error("peer message too long: 20 bytes, limit is 10")]
+    );
+    let within = setup(&a, &b, PeerMessage::Offer("\r\n\r\n\r".into()));
+    let out = h.from(a, &within);
+    let WSSignalMessageFromNode::PeerSetup(info) = within else { unreachable!() };
+    assert_eq!(messages_to(&out, b.conn, Codec::Json), vec![WSSignalMessageToNode::PeerSetup(info)]);
 }

@@ -81,3 +81,57 @@ async fn sigterm_sends_every_client_1001_and_waits_for_their_closing_handshakes(
     let status = within("ws_server exits", child.wait()).await.expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_bad_flag_is_one_sentence_naming_it_and_exit_status_2() {
+    for (flags, expected) in [
+        (
+            &["--ping-interval-secs", "0"][..],
+            "ws_server: invalid configuration: --ping-interval-secs must be more than zero",
+        ),
+        (&["--ttl-secs", "0"][..], "ws_server: invalid configuration: --ttl-secs must be more than zero"),
+        (
+            &["--byte-burst", "1000"][..],
+            "ws_server: invalid configuration: --byte-burst (1000) must be at least --max-frame-size (65536)",
+        ),
+        (
+            &["--write-timeout-secs", "0"][..],
+            "ws_server: invalid configuration: --write-timeout-secs must be more than zero",
+        ),
+    ] {
+        let output = within(
+            "ws_server refuses",
+            Command::new(ws_server_binary())
+                .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+                .args(flags)
+                .env("NO_COLOR", "1")
+                .output(),
+        )
+        .await
+        .expect("run ws_server");
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end(), expected, "{flags:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_sentence_with_the_flag_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = within(
+        "ws_server fails",
+        Command::new(ws_server_binary())
+            .args(["--listen", &addr, "--metrics", "off"])
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .expect("run ws_server");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!("ws_server: cannot listen for nodes on {addr}: address in use; pass --listen ADDR")
+    );
+}

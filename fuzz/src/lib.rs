@@ -31,6 +31,8 @@ pub enum Op {
     /// A well-formed message, optionally with `splice` bytes written over it at `at`.
     Message { conn: u8, message: Message, splice: Option<(u16, Vec<u8>)> },
     Close { conn: u8 },
+    /// The transport reports the connection's send queue over (or back under) half full.
+    Busy { conn: u8, busy: bool },
     /// Moves virtual time forward, then ticks.
     Tick { millis: u16 },
     Stop,
@@ -78,7 +80,7 @@ struct Known {
 /// and no more connections than allowed.
 pub fn run(ops: &[Op]) {
     let config = config();
-    let mut server = SignalServer::new(config.clone());
+    let mut server = SignalServer::new(config.clone()).expect("a valid config");
     let mut now = Instant::now();
     let mut all: Vec<ConnId> = Vec::new();
     let mut open: BTreeMap<ConnId, Known> = BTreeMap::new();
@@ -112,6 +114,10 @@ pub fn run(ops: &[Op]) {
                 let Some(conn) = pick(conn) else { continue };
                 open.remove(&conn);
                 SignalIn::Closed { conn }
+            }
+            Op::Busy { conn, busy } => {
+                let Some(conn) = pick(conn) else { continue };
+                SignalIn::Busy { conn, busy: *busy }
             }
             Op::Tick { millis } => {
                 now += Duration::from_millis(u64::from(*millis) * 16);
@@ -149,6 +155,7 @@ pub fn run(ops: &[Op]) {
         let stats = server.stats();
         assert_eq!(stats.connections, open.len());
         assert!(stats.connections <= config.max_connections);
+        assert!(stats.pending_handshakes <= config.max_pending_handshakes);
         assert_eq!(stats.nodes, open.values().filter(|known| known.node.is_some()).count());
     }
 }

@@ -60,7 +60,7 @@ struct Link {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let config = SignalConfig::default();
 /// let (transport, connector) = MemoryTransport::new(&config);
-/// let (driver, _handle, mut events) = Driver::new(SignalServer::new(config), transport, 64);
+/// let (driver, _handle, mut events) = Driver::new(SignalServer::new(config)?, transport, 64);
 /// let server = tokio::spawn(driver.run(futures::stream::pending()));
 ///
 /// let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
@@ -98,6 +98,11 @@ impl fmt::Debug for MemoryTransport {
 
 impl MemoryTransport {
     /// A transport whose queues hold `config.max_send_backlog` frames, and its connector.
+    ///
+    /// It reads nothing else of `config`, and every backlog works here (0 acts as 1, as in
+    /// [`with_capacity`](Self::with_capacity); the queues reserve nothing up front), so it does
+    /// not fail: [`SignalServer::new`](crate::SignalServer::new) validates the whole
+    /// configuration, the backlog included.
     pub fn new(config: &SignalConfig) -> (Self, MemoryConnector) {
         Self::with_capacity(config.max_send_backlog)
     }

@@ -133,7 +133,7 @@ impl From<TransportEvent> for SignalIn {
 ///     ]),
 ///     sent: Arc::clone(&sent),
 /// };
-/// let server = SignalServer::new(SignalConfig::default());
+/// let server = SignalServer::new(SignalConfig::default()).expect("a valid config");
 /// let (driver, _handle, _events) = Driver::new(server, script, 16);
 /// let server = futures::executor::block_on(driver.run(futures::stream::pending()));
 /// assert!(server.is_stopped());

@@ -56,7 +56,7 @@ impl Harness {
     /// A harness whose server has `config`, with the RNG seed pinned.
     pub fn with(config: SignalConfig) -> Self {
         let config = SignalConfig { rng_seed: Some([7; 32]), ..config };
-        Self { server: SignalServer::new(config), now: Instant::now(), next_conn: 1 }
+        Self { server: SignalServer::new(config).expect("a valid config"), now: Instant::now(), next_conn: 1 }
     }
 
     /// Feeds one input and returns everything it caused.

@@ -52,7 +52,7 @@ pub struct Running {
 
 pub fn start(config: SignalConfig) -> Running {
     let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, handle, events) = Driver::new(SignalServer::new(config), transport, 4096);
+    let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 4096);
     let server = tokio::spawn(driver.run(futures::stream::pending()));
     Running { connector, handle, events, server }
 }

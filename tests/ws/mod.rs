@@ -51,7 +51,7 @@ async fn start_with_ticks(
     let transport = WsTransport::bind("127.0.0.1:0", ws).await.expect("bind loopback");
     let url = format!("ws://{}/any/path", transport.local_addr());
     let ws = transport.stats_handle();
-    let (driver, handle, events) = Driver::new(SignalServer::new(config), transport, 4096);
+    let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 4096);
     let task = tokio::spawn(driver.run(ticks));
     Server { url, handle, events, task, ws }
 }

@@ -328,13 +328,17 @@ impl Connection<'_> {
         let mut total = 0;
         loop {
             buf.reserve(wanted.saturating_sub(total).max(self.config.read_buffer_size).max(1));
+            let room = buf.capacity() - buf.len();
             match stream.try_read_buf(buf) {
                 Ok(0) => return Ok(Some(total)),
                 Ok(n) => total += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((total > 0).then_some(total)),
                 Err(e) => return Err(e),
             }
-            if total >= READ_BATCH || total >= wanted.max(self.config.read_buffer_size) {
+            // A read that left room took everything the socket had: another would only find it
+            // empty, a system call for nothing. The socket stays marked readable until a read
+            // finds it empty, so the next turn comes back here.
+            if total >= READ_BATCH || buf.len() < buf.capacity() || total >= room.max(wanted) {
                 return Ok(Some(total));
             }
         }
@@ -423,7 +427,7 @@ fn fill_slices<'a>(out: &'a VecDeque<OutFrame>, slices: &mut [IoSlice<'a>; MAX_S
 pub(super) fn close_frame(reason: &CloseReason) -> (CloseCode, String) {
     let code = match reason {
         CloseReason::Stopped => CloseCode::Away,
-        CloseReason::Error(ProtocolError::ServerFull | ProtocolError::TooManyHandshakes) => CloseCode::Again,
+        CloseReason::Error(ProtocolError::ServerFull) => CloseCode::Again,
         CloseReason::Error(_) => CloseCode::Policy,
     };
     let text = match reason {

@@ -34,7 +34,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use self::conn::{Connection, End, Outbound, Shared};
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
-use crate::{CloseReason, Codec, ConnId, SignalConfig, TransportError};
+use crate::server::{duration, nonzero};
+use crate::{CloseReason, Codec, ConfigError, ConnId, SignalConfig, TransportError};
 
 /// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
 /// connection speaks JSON in text frames, as fledger nodes do.
@@ -112,6 +113,41 @@ impl Default for WsConfig {
 }
 
 impl WsConfig {
+    /// Checks every setting: zero sizes, counts and intervals are refused (a zero
+    /// [`close_linger`](Self::close_linger) is allowed: it means not to wait), as are durations
+    /// over a century and a byte backlog too small for one message of the largest size.
+    /// [`WsTransport::bind`] and [`WsTransport::from_listener`] run it.
+    ///
+    /// # Errors
+    ///
+    /// The first refused setting, in field order, as a [`ConfigError`] that names it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        nonzero("max_connections", self.max_connections)?;
+        if let Some(per_ip) = self.max_connections_per_ip {
+            nonzero("max_connections_per_ip", per_ip)?;
+        }
+        duration("handshake_timeout", self.handshake_timeout)?;
+        nonzero("max_message_size", self.max_message_size)?;
+        nonzero("send_backlog", self.send_backlog)?;
+        if self.send_backlog_bytes < self.max_message_size {
+            return Err(ConfigError::Below {
+                field: "send_backlog_bytes",
+                value: u64::try_from(self.send_backlog_bytes).unwrap_or(u64::MAX),
+                other: "max_message_size",
+                other_value: u64::try_from(self.max_message_size).unwrap_or(u64::MAX),
+            });
+        }
+        duration("write_timeout", self.write_timeout)?;
+        if !self.close_linger.is_zero() {
+            duration("close_linger", self.close_linger)?;
+        }
+        duration("ping_interval", self.ping_interval)?;
+        nonzero("read_buffer_size", self.read_buffer_size)?;
+        nonzero("listen_backlog", self.listen_backlog)?;
+        nonzero("event_queue", self.event_queue)?;
+        Ok(())
+    }
+
     /// The defaults, with the limits the core also knows taken from `config`.
     pub fn for_server(config: &SignalConfig) -> Self {
         Self {
@@ -298,8 +334,10 @@ impl WsTransport {
     ///
     /// # Errors
     ///
-    /// The error of binding the listener.
+    /// The error of binding the listener, or an [`InvalidInput`](std::io::ErrorKind::InvalidInput)
+    /// error whose source is the [`ConfigError`] of [`WsConfig::validate`].
     pub async fn bind(addr: impl ToSocketAddrs, config: WsConfig) -> std::io::Result<Self> {
+        config.validate().map_err(invalid_config)?;
         let mut last_error = None;
         for addr in tokio::net::lookup_host(addr).await? {
             let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -318,8 +356,10 @@ impl WsTransport {
     ///
     /// # Errors
     ///
-    /// The error of reading the listener's local address.
+    /// The error of reading the listener's local address, or an invalid configuration as for
+    /// [`bind`](Self::bind).
     pub fn from_listener(listener: TcpListener, config: WsConfig) -> std::io::Result<Self> {
+        config.validate().map_err(invalid_config)?;
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
         let stats = WsStatsHandle::default();
@@ -360,6 +400,10 @@ impl WsTransport {
             self.local.push_back(TransportEvent::Closed { conn });
         }
     }
+}
+
+fn invalid_config(error: ConfigError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, error)
 }
 
 /// Stops accepting and ends the connections still open at once. Connections that were asked to
