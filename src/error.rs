@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::ids::ConnId;
 use crate::protocol::NodeID;
-use crate::server::ConnId;
 
 /// At most this many bytes of a decoder's description go into a [`CodecError`], and so into an
 /// `Error` reply: the description may quote what the peer sent (an unknown variant, a string of

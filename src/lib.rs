@@ -250,6 +250,7 @@
 mod codec;
 mod crypto;
 mod error;
+mod ids;
 mod protocol;
 mod server;
 mod transport;
