@@ -247,6 +247,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod cluster;
 mod codec;
 mod crypto;
 mod error;
@@ -258,6 +259,9 @@ mod transport;
 /// The ed25519 crate whose keys this crate's API takes.
 pub use ed25519_dalek;
 
+pub use cluster::{
+    Backplane, ClusterConfig, ClusterIn, ClusterOut, ClusterStats, MemoryBackplane, MemoryBus, Undelivered,
+};
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
 pub use error::{CodecError, ConfigError, ProtocolError, TransportError};
@@ -273,7 +277,7 @@ mod client;
 mod driver;
 
 pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
-pub use driver::{Driver, DriverEvents, DriverHandle};
+pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::{Transport, TransportEvent};
 #[cfg(feature = "websocket")]

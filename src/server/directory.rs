@@ -60,6 +60,9 @@ impl SignalServer {
     }
 
     pub(super) fn send_list(&mut self, conn: ConnId, codec: Codec) {
+        if self.cluster.as_ref().is_some_and(|cluster| !cluster.pool.is_empty()) {
+            return self.send_mixed_list(conn, codec);
+        }
         if self.config.max_list_len >= self.order.len() {
             // Everybody fits: the same reply for every request until a node joins or leaves.
             if self.full_list.slot(codec).is_none() {
@@ -75,6 +78,51 @@ impl SignalServer {
         let ids: Vec<NodeID> = slots.into_iter().filter_map(|slot| self.order.get(slot).copied()).collect();
         // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
         if let Ok(frame) = self.encode_list(codec, &ids) {
+            self.reply(conn, frame);
+        }
+    }
+
+    /// A list of local and remote nodes, in proportion to their numbers: of `max_list_len`
+    /// places, remote nodes get their share of all nodes (as the last sample counted them), at
+    /// most the pool; local nodes the rest; and either side fills what the other cannot.
+    fn send_mixed_list(&mut self, conn: ConnId, codec: Codec) {
+        let Some(cluster) = self.cluster.as_ref() else { return };
+        let limit = self.config.max_list_len;
+        let (local, pool) = (self.order.len(), cluster.pool.len());
+        let remote_total = usize::try_from(cluster.remote_total).unwrap_or(usize::MAX).max(pool);
+        let all = local.saturating_add(remote_total);
+        let share = if all <= limit {
+            remote_total
+        } else {
+            // limit * remote / all, rounded; u128 cannot overflow with two usize factors.
+            let scaled = (limit as u128 * remote_total as u128 + all as u128 / 2) / all.max(1) as u128;
+            usize::try_from(scaled).unwrap_or(limit)
+        };
+        let mut remote = share.min(pool);
+        let local_places = local.min(limit.saturating_sub(remote));
+        remote = pool.min(limit.saturating_sub(local_places));
+        let ids: Vec<NodeID> = sample(&mut self.rng, local, local_places)
+            .into_iter()
+            .filter_map(|slot| self.order.get(slot).copied())
+            .collect();
+        let remotes = sample(&mut self.rng, pool, remote);
+        let Some(cluster) = self.cluster.as_ref() else { return };
+        let locals = ids.iter().filter_map(|id| self.nodes.get(id));
+        let others = remotes.iter().filter_map(|&slot| cluster.pool.get(slot));
+        let frame = match codec {
+            Codec::Json => {
+                let raw: Vec<&RawValue> =
+                    locals.map(|node| &*node.json).chain(others.map(|remote| &*remote.json)).collect();
+                codec.encode(&ListIDsReplyRef(&raw))
+            }
+            Codec::Bincode => {
+                let infos: Vec<&NodeInfo> =
+                    locals.map(|node| &node.info).chain(others.map(|remote| &remote.info)).collect();
+                codec.encode(&ListIDsReplyRef(&infos))
+            }
+        };
+        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
+        if let Ok(frame) = frame {
             self.reply(conn, frame);
         }
     }

@@ -19,6 +19,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::Serialize;
 
+use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, ClusterStats};
 use crate::codec::{encoded_len, Codec};
 use crate::crypto;
 use crate::error::{ConfigError, ProtocolError};
@@ -29,9 +30,12 @@ use crate::protocol::{
 
 pub use crate::ids::ConnId;
 pub use config::SignalConfig;
-pub(crate) use config::{duration, later, nonzero};
+#[cfg(feature = "websocket")]
+pub(crate) use config::duration;
+pub(crate) use config::{later, nonzero};
 use directory::{Node, PerCodec};
 use rate::Buckets;
+use routing::Cluster;
 pub use rate::RateLimit;
 
 /// Something the host observed, fed to [`SignalServer::handle`].
@@ -74,6 +78,9 @@ pub enum SignalIn {
     Tick,
     /// Close every connection and stop.
     Stop,
+    /// What the other instances said, from a [`Backplane`](crate::Backplane). Ignored by a
+    /// server made without [`SignalServer::with_cluster`].
+    Cluster(ClusterIn),
 }
 
 /// Something the host must do or may want to know, drained from [`SignalServer::poll_output`].
@@ -97,6 +104,9 @@ pub enum SignalOut {
     },
     /// For the application.
     Event(SignalEvent),
+    /// For the other instances, through a [`Backplane`](crate::Backplane). Only a server made
+    /// with [`SignalServer::with_cluster`] emits it.
+    Cluster(ClusterOut),
 }
 
 /// Why the server closes a connection.
@@ -155,6 +165,8 @@ pub struct ServerStats {
     /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`; pending
     /// connections closed to make room for newer ones are `handshake_timeout`.
     pub errors: BTreeMap<&'static str, u64>,
+    /// The cluster's counters, for a server made with [`SignalServer::with_cluster`].
+    pub cluster: Option<ClusterStats>,
 }
 
 /// Where a connection is in the protocol.
@@ -218,6 +230,8 @@ pub struct SignalServer {
     last_now: Option<Instant>,
     stopped: bool,
     stats: ServerStats,
+    /// What a server that shares its network with other instances adds; `None` costs nothing.
+    cluster: Option<Box<Cluster>>,
 }
 
 impl fmt::Debug for SignalServer {
@@ -263,7 +277,24 @@ impl SignalServer {
             last_now: None,
             stopped: false,
             stats: ServerStats::default(),
+            cluster: None,
         })
+    }
+
+    /// A server that shares its network with other instances: it emits [`SignalOut::Cluster`]
+    /// for a [`Backplane`](crate::Backplane) and takes [`SignalIn::Cluster`] from it. Until the
+    /// backplane reports [`ClusterIn::Up`], relays to nodes that are not here are answered with
+    /// `unknown destination`, as without a cluster.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting of `config` or `cluster` that
+    /// [`SignalConfig::validate`] or [`ClusterConfig::validate`] refuses.
+    pub fn with_cluster(config: SignalConfig, cluster: ClusterConfig) -> Result<Self, ConfigError> {
+        cluster.validate()?;
+        let mut server = Self::new(config)?;
+        server.cluster = Some(Box::new(Cluster::new(cluster)));
+        Ok(server)
     }
 
     /// The configuration the server was made with.
@@ -301,6 +332,7 @@ impl SignalServer {
             }
             SignalIn::Tick => self.handle_tick(now),
             SignalIn::Stop => self.handle_stop(),
+            SignalIn::Cluster(input) => self.handle_cluster(now, input),
         }
     }
 
@@ -348,6 +380,7 @@ impl SignalServer {
             connections: self.conns.len(),
             nodes: self.nodes.len(),
             pending_handshakes: self.pending.len(),
+            cluster: self.cluster.as_ref().map(|cluster| cluster.stats()),
             ..self.stats.clone()
         }
     }
@@ -477,6 +510,7 @@ impl SignalServer {
             c.phase = Phase::Node(id);
         }
         self.refresh(conn, later(now, self.config.ttl));
+        self.cluster_joined(id, conn, &info);
         self.insert_node(id, conn, codec, info);
         self.stats.joins += 1;
 
@@ -525,6 +559,7 @@ impl SignalServer {
     }
 
     fn handle_stop(&mut self) {
+        self.cluster_stop();
         let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
         conns.sort_unstable();
         for conn in conns {
@@ -620,6 +655,7 @@ impl SignalServer {
             return;
         }
         self.remove_node(&id);
+        self.cluster_left(id, conn);
         self.out.push_back(SignalOut::Event(SignalEvent::NodeLeft(id)));
     }
 
