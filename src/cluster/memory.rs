@@ -111,8 +111,9 @@ impl MemoryBus {
 
     /// Cuts instance `index` off the bus (`up: false`), as a lost connection to Redis would:
     /// its nodes vanish from the bus at once and it gets [`ClusterIn::Down`]. Reconnecting
-    /// (`up: true`) registers its nodes again, except those another instance took meanwhile,
-    /// which it is told about with [`ClusterIn::TakenOver`], then [`ClusterIn::Up`].
+    /// (`up: true`) registers its nodes again, except those another instance holds now (even
+    /// when the returning instance's connection is the newer one: it cannot tell), which it is
+    /// told about with [`ClusterIn::TakenOver`] of rank `u64::MAX`; then [`ClusterIn::Up`].
     pub fn set_up(&self, index: usize, up: bool) {
         let mut state = self.lock();
         let Some(instance) = state.instances.get(index).filter(|i| !i.dead && i.up != up) else { return };
@@ -199,7 +200,10 @@ impl State {
                 let holders = self.holders_of(index, to);
                 if holders.is_empty() {
                     let about = to;
-                    self.push(index, ClusterIn::Undeliverable { to: from, about, reason: Undelivered::Unknown });
+                    self.push(
+                        index,
+                        ClusterIn::Undeliverable { to: from, about, reason: Undelivered::Unknown },
+                    );
                 }
                 for holder in holders {
                     self.push(holder, ClusterIn::Frame { to, codec, frame: frame.clone() });
@@ -262,13 +266,16 @@ impl State {
         let Some(instance) = self.instances.get_mut(index) else { return };
         instance.up = true;
         instance.stale_sample = true;
-        let held: Vec<(NodeID, Option<u64>)> = instance.held.iter().map(|(id, held)| (*id, held.gen)).collect();
+        let held: Vec<(NodeID, Option<u64>)> =
+            instance.held.iter().map(|(id, held)| (*id, held.gen)).collect();
         for (id, gen) in held {
             let taken = self.channels.get(&id).is_some_and(|set| !set.is_empty());
+            // Whoever holds an id on the bus keeps it: a returning instance cannot tell whether
+            // its own connection is the newer one, and must not evict a newer owner.
             match gen {
-                // Claimed while cut off: a new claim, the newest.
+                _ if taken => self.push(index, ClusterIn::TakenOver { id, gen: u64::MAX }),
+                // Announced while cut off, and nobody else has it: a claim like any other.
                 None => self.claim(index, id),
-                Some(_) if taken => self.push(index, ClusterIn::TakenOver { id, gen: u64::MAX }),
                 Some(_) => {
                     self.channels.entry(id).or_default().insert(index);
                 }

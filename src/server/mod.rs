@@ -29,14 +29,14 @@ use crate::protocol::{
 };
 
 pub use crate::ids::ConnId;
-pub use config::SignalConfig;
 #[cfg(feature = "websocket")]
 pub(crate) use config::duration;
+pub use config::SignalConfig;
 pub(crate) use config::{later, nonzero};
 use directory::{Node, PerCodec};
 use rate::Buckets;
-use routing::Cluster;
 pub use rate::RateLimit;
+use routing::Cluster;
 
 /// Something the host observed, fed to [`SignalServer::handle`].
 #[derive(Debug, Clone)]

@@ -18,7 +18,9 @@ use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, ClusterStats, Undeliv
 use crate::codec::Codec;
 use crate::error::ProtocolError;
 use crate::ids::ConnId;
-use crate::protocol::{Inbound, NodeID, NodeInfo, SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode};
+use crate::protocol::{
+    Inbound, NodeID, NodeInfo, SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode,
+};
 
 use super::{check_len, SignalOut, SignalServer};
 
@@ -179,6 +181,8 @@ impl SignalServer {
                 match claim.gen {
                     Some(mine) if mine < gen => self.taken_over(id),
                     Some(_) => {}
+                    // Beats any rank this claim can still get.
+                    None if gen == u64::MAX => self.taken_over(id),
                     None => claim.beaten_by = claim.beaten_by.max(Some(gen)),
                 }
             }
