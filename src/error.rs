@@ -210,14 +210,23 @@ pub enum ConfigError {
         /// That field's value.
         other_value: u64,
     },
+    /// A name with characters or a length the setting does not allow, e.g. an instance id of a
+    /// cluster.
+    #[error("{field} is not a valid name")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+    },
 }
 
 impl ConfigError {
-    /// The name of the refused field, as it is spelt in its config struct (`SignalConfig` or
-    /// `WsConfig`).
+    /// The name of the refused field, as it is spelt in its config struct (`SignalConfig`,
+    /// `WsConfig`, `ClusterConfig` or `RedisConfig`).
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Zero { field } | Self::TooLong { field, .. } | Self::Below { field, .. } => field,
+            Self::Zero { field } | Self::TooLong { field, .. } | Self::Below { field, .. } | Self::Invalid { field } => {
+                field
+            }
         }
     }
 }

@@ -262,6 +262,8 @@ pub use ed25519_dalek;
 pub use cluster::{
     Backplane, ClusterConfig, ClusterIn, ClusterOut, ClusterStats, MemoryBackplane, MemoryBus, Undelivered,
 };
+#[cfg(feature = "redis")]
+pub use cluster::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
 pub use error::{CodecError, ConfigError, ProtocolError, TransportError};

@@ -17,6 +17,7 @@ use crate::protocol::{NodeID, NodeInfo};
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod wire;
 
 /// The settings of a server that shares its network with other instances; pass it to
 /// [`SignalServer::with_cluster`](crate::SignalServer::with_cluster).
@@ -239,3 +240,5 @@ pub trait Backplane: Send {
 }
 
 pub use memory::{MemoryBackplane, MemoryBus};
+#[cfg(feature = "redis")]
+pub use redis::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
