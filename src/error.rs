@@ -224,9 +224,10 @@ impl ConfigError {
     /// `WsConfig`, `ClusterConfig` or `RedisConfig`).
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Zero { field } | Self::TooLong { field, .. } | Self::Below { field, .. } | Self::Invalid { field } => {
-                field
-            }
+            Self::Zero { field }
+            | Self::TooLong { field, .. }
+            | Self::Below { field, .. }
+            | Self::Invalid { field } => field,
         }
     }
 }

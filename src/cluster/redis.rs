@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::wire::{self, BusMessage};
@@ -191,6 +191,8 @@ pub struct RedisStats {
     pub rejected: u64,
     /// Local nodes this instance holds.
     pub held: usize,
+    /// Local nodes registered in Redis now.
+    pub registered: usize,
 }
 
 /// The [`Backplane`] over Redis: give it to a [`Driver`](crate::Driver) with a server made by
@@ -232,6 +234,8 @@ struct Shared {
     presence_wake: Notify,
     relay_wake: Notify,
     up: AtomicBool,
+    /// `up`, for those who wait for it to change.
+    up_watch: watch::Sender<bool>,
     /// Redis may have forgotten our subscriptions or our hash: register everything again.
     reregister: AtomicBool,
     stop: AtomicBool,
@@ -247,6 +251,7 @@ struct Counters {
     dropped_out: AtomicU64,
     dropped_in: AtomicU64,
     rejected: AtomicU64,
+    registered: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -322,6 +327,7 @@ impl Shared {
         self.reregister.store(true, Ordering::Release);
         if self.up.swap(false, Ordering::AcqRel) {
             self.counters.downs.fetch_add(1, Ordering::Relaxed);
+            self.up_watch.send_replace(false);
             self.emit(ClusterIn::Down);
         }
         self.presence_wake.notify_one();
@@ -334,7 +340,8 @@ impl Shared {
             PushKind::Disconnection => self.down(),
             PushKind::Message => {
                 let mut data = push.data.into_iter();
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) = (data.next(), data.next())
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
                 else {
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -412,6 +419,7 @@ impl RedisBackplane {
             presence_wake: Notify::new(),
             relay_wake: Notify::new(),
             up: AtomicBool::new(false),
+            up_watch: watch::Sender::new(false),
             reregister: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
@@ -431,7 +439,8 @@ impl RedisBackplane {
             .map_err(|e| RedisError::Url(e.to_string()))?;
         let presence = tokio::spawn(presence_task(Arc::clone(&shared), manager.clone()));
         let relays = tokio::spawn(relay_task(Arc::clone(&shared), manager));
-        let handle = RedisHandle { shared: Arc::clone(&shared), tasks: Arc::new(Mutex::new(vec![presence, relays])) };
+        let handle =
+            RedisHandle { shared: Arc::clone(&shared), tasks: Arc::new(Mutex::new(vec![presence, relays])) };
         Ok((Self { shared, events: receiver }, handle))
     }
 }
@@ -455,6 +464,13 @@ impl RedisHandle {
         self.shared.up.load(Ordering::Acquire)
     }
 
+    /// Waits until [`is_up`](Self::is_up) is `up`; at once when it already is.
+    pub async fn wait_up(&self, up: bool) {
+        let mut watch = self.shared.up_watch.subscribe();
+        // The sender lives in `shared`, which this handle keeps: the wait cannot fail.
+        let _ = watch.wait_for(|now| *now == up).await;
+    }
+
     /// The backplane's counters.
     pub fn stats(&self) -> RedisStats {
         let c = &self.shared.counters;
@@ -468,6 +484,7 @@ impl RedisHandle {
             dropped_in: c.dropped_in.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             held: self.shared.lock().held.len(),
+            registered: c.registered.load(Ordering::Relaxed),
         }
     }
 
@@ -524,14 +541,22 @@ impl Backplane for RedisBackplane {
                 if !shared.up.load(Ordering::Acquire) {
                     return shared.undeliverable(from, to);
                 }
-                let item = Outgoing { channel: to, payload: wire::encode_frame(codec, &frame), relay_from: Some(from) };
+                let item = Outgoing {
+                    channel: to,
+                    payload: wire::encode_frame(codec, &frame),
+                    relay_from: Some(from),
+                };
                 if shared.queue(item).is_err() {
                     shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
                     shared.undeliverable(from, to);
                 }
             }
             ClusterOut::Undeliverable { to, about, reason } => {
-                let item = Outgoing { channel: to, payload: wire::encode_undeliverable(about, reason), relay_from: None };
+                let item = Outgoing {
+                    channel: to,
+                    payload: wire::encode_undeliverable(about, reason),
+                    relay_from: None,
+                };
                 if shared.queue(item).is_err() {
                     shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
                 }
@@ -689,6 +714,7 @@ impl Presence {
         }
         let previous: Vec<NodeID> = self.on_bus.keys().copied().collect();
         self.on_bus.clear();
+        self.shared.counters.registered.store(0, Ordering::Relaxed);
         // Our own subscriptions, if the connection survived, must not count as someone else's.
         for chunk in previous.chunks(PUBLISH_BATCH) {
             let channels: Vec<String> = chunk.iter().map(|id| self.shared.channel(id)).collect();
@@ -700,6 +726,12 @@ impl Presence {
 
     /// Brings one id's registration in line with what the server holds.
     async fn sync(&mut self, id: NodeID) -> Result<(), Unreachable> {
+        let result = self.sync_one(id).await;
+        self.shared.counters.registered.store(self.on_bus.len(), Ordering::Relaxed);
+        result
+    }
+
+    async fn sync_one(&mut self, id: NodeID) -> Result<(), Unreachable> {
         let held = self.shared.lock().held.get(&id).map(|held| (held.conn, held.json.clone(), held.gen));
         let channel = self.shared.channel(&id);
         let mut redis = self.redis.clone();
@@ -708,8 +740,9 @@ impl Presence {
             (Some((conn, json, gen)), registered) => {
                 if gen.is_some() && registered.is_none() {
                     // Registered before Redis lost it: an id someone else took meanwhile is theirs.
-                    let counts: Vec<(String, i64)> =
-                        self.run(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut redis)).await?;
+                    let counts: Vec<(String, i64)> = self
+                        .run(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut redis))
+                        .await?;
                     if counts.first().is_some_and(|(_, n)| *n > 0) {
                         self.shared.emit(ClusterIn::TakenOver { id, gen: u64::MAX });
                         return Ok(());
@@ -746,7 +779,9 @@ impl Presence {
             }
             (None, Some(_)) => {
                 self.run(redis.unsubscribe(&channel)).await?;
-                let _: i64 = self.run(redis::cmd("HDEL").arg(self.shared.hash()).arg(hex_id(&id)).query_async(&mut redis)).await?;
+                let _: i64 = self
+                    .run(redis::cmd("HDEL").arg(self.shared.hash()).arg(hex_id(&id)).query_async(&mut redis))
+                    .await?;
                 self.on_bus.remove(&id);
                 Ok(())
             }
@@ -766,7 +801,8 @@ impl Presence {
         let mut redis = self.redis.clone();
         let values: Vec<Vec<u8>> = self.run(invocation.invoke_async(&mut redis)).await?;
         let mut values = values.into_iter();
-        let total = values.next().and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok()).unwrap_or(0);
+        let total =
+            values.next().and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok()).unwrap_or(0);
         let mut nodes = Vec::new();
         for json in values {
             if nodes.len() >= self.shared.config.max_sample {
@@ -797,6 +833,7 @@ impl Presence {
             }
         }
         if !self.shared.up.swap(true, Ordering::AcqRel) {
+            self.shared.up_watch.send_replace(true);
             self.shared.emit(ClusterIn::Up);
             self.take_sample().await?;
         }
@@ -854,4 +891,3 @@ async fn presence_task(shared: Arc<Shared>, redis: ConnectionManager) {
         let _ = presence.round(beat, resample).await;
     }
 }
-

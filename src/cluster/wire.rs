@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(decode(&bounce, 100), Ok(BusMessage::Undeliverable { about, reason: Undelivered::Busy }));
         let mut takeover = takeover_prefix().to_vec();
         takeover.extend_from_slice(b"42 instance-a");
-        assert_eq!(decode(&takeover, 100), Ok(BusMessage::TakenOver { gen: 42, instance: "instance-a".into() }));
+        assert_eq!(
+            decode(&takeover, 100),
+            Ok(BusMessage::TakenOver { gen: 42, instance: "instance-a".into() })
+        );
     }
 
     #[test]
