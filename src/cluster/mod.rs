@@ -91,8 +91,10 @@ pub enum ClusterOut {
         /// The sender's frame, as it arrived.
         frame: Bytes,
     },
-    /// A frame from another instance could not be delivered here: tell its sender `to`, a
-    /// node of another instance, as [`ClusterIn::Undeliverable`] there.
+    /// A frame from another instance could not be delivered here because its destination is
+    /// busy: tell its sender `to`, a node of another instance, as [`ClusterIn::Undeliverable`]
+    /// there. (A frame for a node that is not here is dropped and counted, not bounced: another
+    /// instance that holds the node may have received it too.)
     Undeliverable {
         /// The sender of the frame, on another instance.
         to: NodeID,
@@ -197,7 +199,8 @@ pub struct ClusterStats {
     pub relays_in: u64,
     /// Relays from local nodes that reached no one, answered with an error.
     pub undeliverable: u64,
-    /// Frames from other instances that could not be delivered here (the node left or is busy).
+    /// Frames from other instances not delivered here: the node is not here (it left, or another
+    /// instance took it over), or it is busy (then its sender is told).
     pub bounced: u64,
     /// Inputs from the bus refused by the checks (too large, not a `PeerSetup` for its
     /// destination, strings over the limits).

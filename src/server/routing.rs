@@ -226,20 +226,25 @@ impl SignalServer {
         };
         let from = if route.id_init == to { route.id_follow } else { route.id_init };
         let local = self.nodes.get(&to).map(|node| (node.conn, node.codec));
-        let reason = match local {
-            None => Undelivered::Unknown,
-            Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => Undelivered::Busy,
+        match local {
+            // Another instance may hold it (a takeover crossed this frame on the bus, and both
+            // instances received it): a bounce would tell the sender "unknown" for a node that
+            // is reachable. Delivery is at most once; the frame is dropped and counted.
+            None => {}
+            Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => {
+                let reason = Undelivered::Busy;
+                self.out.push_back(SignalOut::Cluster(ClusterOut::Undeliverable { to: from, about: to, reason }));
+            }
             Some((conn, to_codec)) => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.stats.relays_in += 1;
                 }
                 return self.forward(conn, to_codec, codec, frame);
             }
-        };
+        }
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.stats.bounced += 1;
         }
-        self.out.push_back(SignalOut::Cluster(ClusterOut::Undeliverable { to: from, about: to, reason }));
     }
 
     fn check_remote_frame(&self, to: NodeID, codec: Codec, frame: &[u8]) -> Option<SetupRoute> {
