@@ -29,9 +29,9 @@ use clap::Parser;
 use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
-    ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, RateLimit, RealmID, RedisBackplane, RedisConfig,
-    RedisHandle, RedisStats, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig, WsStats, WsStatsHandle,
-    WsTransport,
+    ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, RateLimit, RealmID, RedisBackplane,
+    RedisConfig, RedisHandle, RedisStats, ServerStats, SignalConfig, SignalEvent, SignalServer, WsConfig,
+    WsStats, WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -355,7 +355,8 @@ async fn serve(args: Args) -> Result<(), Failure> {
         cluster_config.validate().map_err(|e| Failure::config(e, false))?;
         let redis_config = args.redis_config(url, &config);
         redis_config.validate().map_err(|e| Failure::config(e, false))?;
-        let server = SignalServer::with_cluster(config.clone(), cluster_config).map_err(|e| Failure::config(e, false))?;
+        let server = SignalServer::with_cluster(config.clone(), cluster_config)
+            .map_err(|e| Failure::config(e, false))?;
         let (backplane, redis) = RedisBackplane::start(redis_config).map_err(|e| match e {
             peer_signal::RedisError::Config(e) => Failure::config(e, false),
             other => Failure::Config(format!("{other}; pass --redis redis://HOST:PORT")),
@@ -603,10 +604,25 @@ fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats, redis: Opt
         ws.ping_timeouts,
     );
     if let (Some(cluster), Some(redis)) = (&stats.cluster, redis) {
-        metric("cluster_up", "gauge", "1 while Redis answers and every local node is registered.", u64::from(redis.up));
+        metric(
+            "cluster_up",
+            "gauge",
+            "1 while Redis answers and every local node is registered.",
+            u64::from(redis.up),
+        );
         metric("cluster_downs_total", "counter", "Times Redis became unreachable.", redis.downs);
-        metric("cluster_relays_out_total", "counter", "Set-ups handed to other instances.", cluster.relays_out);
-        metric("cluster_relays_in_total", "counter", "Set-ups from other instances delivered here.", cluster.relays_in);
+        metric(
+            "cluster_relays_out_total",
+            "counter",
+            "Set-ups handed to other instances.",
+            cluster.relays_out,
+        );
+        metric(
+            "cluster_relays_in_total",
+            "counter",
+            "Set-ups from other instances delivered here.",
+            cluster.relays_in,
+        );
         metric(
             "cluster_undeliverable_total",
             "counter",
@@ -619,13 +635,38 @@ fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats, redis: Opt
             "Set-ups from other instances for nodes gone or busy here.",
             cluster.bounced,
         );
-        metric("cluster_rejected_total", "counter", "Bus inputs refused by the checks.", cluster.rejected + redis.rejected);
-        metric("cluster_taken_over_total", "counter", "Local nodes replaced by a newer connection elsewhere.", cluster.taken_over);
+        metric(
+            "cluster_rejected_total",
+            "counter",
+            "Bus inputs refused by the checks.",
+            cluster.rejected + redis.rejected,
+        );
+        metric(
+            "cluster_taken_over_total",
+            "counter",
+            "Local nodes replaced by a newer connection elsewhere.",
+            cluster.taken_over,
+        );
         metric("cluster_pool", "gauge", "Remote nodes in the pool for lists.", cluster.pool as u64);
-        metric("cluster_remote_nodes", "gauge", "Nodes on other instances, as last sampled.", cluster.remote_nodes);
+        metric(
+            "cluster_remote_nodes",
+            "gauge",
+            "Nodes on other instances, as last sampled.",
+            cluster.remote_nodes,
+        );
         metric("cluster_presence", "gauge", "Local nodes registered in Redis.", redis.registered as u64);
-        metric("cluster_dropped_out_total", "counter", "Messages dropped: the queue to Redis was full.", redis.dropped_out);
-        metric("cluster_dropped_in_total", "counter", "Messages dropped: the queue to the server was full.", redis.dropped_in);
+        metric(
+            "cluster_dropped_out_total",
+            "counter",
+            "Messages dropped: the queue to Redis was full.",
+            redis.dropped_out,
+        );
+        metric(
+            "cluster_dropped_in_total",
+            "counter",
+            "Messages dropped: the queue to the server was full.",
+            redis.dropped_in,
+        );
     }
     out.push_str("# HELP peer_signal_errors_total Error replies, by reason.\n# TYPE peer_signal_errors_total counter\n");
     for (reason, count) in &stats.errors {

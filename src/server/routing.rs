@@ -233,7 +233,11 @@ impl SignalServer {
             None => {}
             Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => {
                 let reason = Undelivered::Busy;
-                self.out.push_back(SignalOut::Cluster(ClusterOut::Undeliverable { to: from, about: to, reason }));
+                self.out.push_back(SignalOut::Cluster(ClusterOut::Undeliverable {
+                    to: from,
+                    about: to,
+                    reason,
+                }));
             }
             Some((conn, to_codec)) => {
                 if let Some(cluster) = self.cluster.as_mut() {
