@@ -392,11 +392,15 @@ impl WsTransport {
         self.conns.len()
     }
 
-    /// Drops `conn` at once, without a closing handshake: its queue is full or its task is gone.
-    fn kill(&mut self, conn: ConnId) {
+    /// Drops `conn` at once, without a closing handshake, and reports it closed: its queue is
+    /// full (`slow`, counted as a slow reader), or its task has just ended for a reason of its own
+    /// (counted there).
+    fn kill(&mut self, conn: ConnId, slow: bool) {
         if let Some(handle) = self.conns.remove(&conn) {
             handle.shared.kill.notify_one();
-            Counters::bump(&self.stats.0.slow_readers);
+            if slow {
+                Counters::bump(&self.stats.0.slow_readers);
+            }
             self.local.push_back(TransportEvent::Closed { conn });
         }
     }
@@ -451,8 +455,13 @@ impl Transport for WsTransport {
         let queued = handle.shared.queued.fetch_add(len, Ordering::AcqRel).saturating_add(len);
         // Over the byte bound, or a full queue: a slow reader. A closed queue: a task that just
         // ended, whose close is on its way.
-        if queued > self.backlog_bytes || handle.queue.try_send(Outbound::Frame(frame)).is_err() {
-            self.kill(conn);
+        let refused = if queued > self.backlog_bytes {
+            Some(true)
+        } else {
+            handle.queue.try_send(Outbound::Frame(frame)).err().map(|e| e.is_full())
+        };
+        if let Some(slow) = refused {
+            self.kill(conn, slow);
             return Err(TransportError::Closed(conn));
         }
         if queued > self.backlog_bytes / 2 && !handle.shared.busy.swap(true, Ordering::AcqRel) {
