@@ -256,6 +256,9 @@ mod transport;
 
 /// The ed25519 crate whose keys this crate's API takes.
 pub use ed25519_dalek;
+/// The TLS crate whose certificate types [`ServerTls`] and [`TlsRoots`] take (feature `tls`).
+#[cfg(feature = "tls")]
+pub use rustls;
 
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
@@ -274,6 +277,8 @@ mod driver;
 pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
 pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
+#[cfg(feature = "tls")]
+pub use transport::{ServerTls, TlsError, TlsRoots};
 pub use transport::{Transport, TransportEvent};
 #[cfg(feature = "websocket")]
 pub use transport::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};

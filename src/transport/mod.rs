@@ -14,6 +14,8 @@ use crate::server::{CloseReason, ConnId, SignalIn};
 pub(crate) mod memory;
 #[cfg(feature = "websocket")]
 mod websocket;
+#[cfg(feature = "tls")]
+pub use websocket::{ServerTls, TlsError, TlsRoots};
 #[cfg(feature = "websocket")]
 pub use websocket::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};
 

@@ -13,6 +13,12 @@
 mod conn;
 mod frame;
 mod handshake;
+mod link;
+#[cfg(feature = "tls")]
+mod tls;
+
+#[cfg(feature = "tls")]
+pub use self::tls::{ServerTls, TlsError, TlsRoots};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +38,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::conn::{Connection, End, Outbound, Shared};
+use self::link::Link;
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
 use crate::server::{duration, nonzero};
@@ -91,6 +98,11 @@ pub struct WsConfig {
     /// Events (opens, frames, closes) waiting for the driver. When it is full, connections stop
     /// reading until the driver catches up. Default 4096.
     pub event_queue: usize,
+    /// Serve wss:// with this certificate (feature `tls`): every connection starts with a TLS
+    /// handshake, within [`handshake_timeout`](Self::handshake_timeout) together with the
+    /// WebSocket one. Default `None`: plain ws://.
+    #[cfg(feature = "tls")]
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for WsConfig {
@@ -108,6 +120,8 @@ impl Default for WsConfig {
             read_buffer_size: 4 * 1024,
             listen_backlog: 4096,
             event_queue: 4096,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -584,7 +598,7 @@ impl Drop for IpSlot {
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     conn: ConnId,
     config: &WsConfig,
     events: mpsc::Sender<Event>,
@@ -594,8 +608,12 @@ async fn serve_connection(
     let counters = &guard.0;
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::new();
-    let handshake = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &mut buf));
-    let Ok(Ok(codec)) = handshake.await else {
+    let handshake = async {
+        let mut link = open_link(stream, config).await?;
+        let codec = handshake::accept(&mut link, &mut buf).await.ok()?;
+        Some((link, codec))
+    };
+    let Ok(Some((link, codec))) = tokio::time::timeout(config.handshake_timeout, handshake).await else {
         Counters::bump(&counters.failed_handshakes);
         return; // Never became a WebSocket: the core never hears of it.
     };
@@ -608,7 +626,7 @@ async fn serve_connection(
         return;
     }
     let connection = Connection { conn, codec, config, shared: &shared, events: &events, counters };
-    let end = connection.run(stream, buf, outbound).await;
+    let end = connection.run(link, buf, outbound).await;
     let counter = match end {
         End::Closed => Some(&counters.clean_closes),
         End::Oversize => Some(&counters.oversize),
@@ -623,6 +641,19 @@ async fn serve_connection(
     // Given back before the close is reported, so that whoever sees the close can reconnect.
     drop(slots);
     let _ = events.send(Event::Closed { conn }).await;
+}
+
+/// The stream a connection's WebSocket runs on: TCP, or TLS over it once its handshake is done.
+async fn open_link(stream: TcpStream, config: &WsConfig) -> Option<Link> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        let mut link = link::tls::TlsLink::new(stream, tls.config()).ok()?;
+        link.handshake().await.ok()?;
+        return Some(Link::Tls(Box::new(link)));
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = config;
+    Some(Link::Plain(stream))
 }
 
 /// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for
@@ -652,13 +683,38 @@ impl std::fmt::Debug for WsClient {
 }
 
 impl WsClient {
-    /// Connects to `url` (`ws://host:port/any/path`). With [`Codec::Bincode`] it asks for
+    /// Connects to `url` (`ws://host:port/any/path`, or with feature `tls` `wss://…`, trusting
+    /// the [webpki roots](TlsRoots::WebPki)). With [`Codec::Bincode`] it asks for
     /// [`BINCODE_SUBPROTOCOL`] and fails if the server does not agree.
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] when the server cannot be reached or refuses the upgrade.
+    /// [`TransportError::Connect`] when the server cannot be reached, its certificate is not
+    /// trusted, or it refuses the upgrade.
     pub async fn connect(url: &str, codec: Codec) -> Result<Self, TransportError> {
+        #[cfg(feature = "tls")]
+        return Self::connect_trusting(url, codec, &TlsRoots::WebPki).await;
+        #[cfg(not(feature = "tls"))]
+        Self::connect_with(url, codec, None).await
+    }
+
+    /// Connects to `url` as [`connect`](Self::connect) does, trusting `roots` for wss://: a
+    /// private CA, or a self-signed certificate (feature `tls`).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    #[cfg(feature = "tls")]
+    pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, TransportError> {
+        let config = roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
+        Self::connect_with(url, codec, Some(tokio_tungstenite::Connector::Rustls(config))).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        codec: Codec,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> Result<Self, TransportError> {
         let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
         let mut request = url.into_client_request().map_err(|e| connect_error(&e))?;
         if codec.is_binary() {
@@ -666,8 +722,11 @@ impl WsClient {
                 .headers_mut()
                 .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
         }
-        let (ws, response) =
-            tokio_tungstenite::connect_async(request).await.map_err(|e| connect_error(&e))?;
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+        let (ws, response) = connecting.await.map_err(|e| match untrusted(&e) {
+            Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
+            None => connect_error(&e),
+        })?;
         let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         if codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
             return Err(TransportError::Connect("the server does not speak bincode".into()));
@@ -685,6 +744,19 @@ impl WsClient {
         };
         let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, handshake).await;
     }
+}
+
+/// Why the server's certificate was refused, when that is why a connection failed.
+fn untrusted(error: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
+    #[cfg(feature = "tls")]
+    if let tokio_tungstenite::tungstenite::Error::Io(io) = error {
+        if let Some(rustls::Error::InvalidCertificate(why)) = io.get_ref().and_then(|e| e.downcast_ref()) {
+            return Some(format!("{why:?}"));
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = error;
+    None
 }
 
 /// How long [`WsClient`] waits on the server to finish a closing handshake.
