@@ -695,7 +695,7 @@ impl WsClient {
         #[cfg(feature = "tls")]
         return Self::connect_trusting(url, codec, &TlsRoots::WebPki).await;
         #[cfg(not(feature = "tls"))]
-        Self::connect_with(url, codec, None).await
+        Self::connect_with(url, codec, ()).await
     }
 
     /// Connects to `url` as [`connect`](Self::connect) does, trusting `roots` for wss://: a
@@ -707,14 +707,11 @@ impl WsClient {
     #[cfg(feature = "tls")]
     pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, TransportError> {
         let config = roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
-        Self::connect_with(url, codec, Some(tokio_tungstenite::Connector::Rustls(config))).await
+        Self::connect_with(url, codec, tokio_tungstenite::Connector::Rustls(config)).await
     }
 
-    async fn connect_with(
-        url: &str,
-        codec: Codec,
-        connector: Option<tokio_tungstenite::Connector>,
-    ) -> Result<Self, TransportError> {
+    /// `tls` is how to connect to a wss:// URL; without the `tls` feature there is none.
+    async fn connect_with(url: &str, codec: Codec, tls: Connector) -> Result<Self, TransportError> {
         let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
         let mut request = url.into_client_request().map_err(|e| connect_error(&e))?;
         if codec.is_binary() {
@@ -722,7 +719,13 @@ impl WsClient {
                 .headers_mut()
                 .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
         }
-        let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+        #[cfg(feature = "tls")]
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls));
+        #[cfg(not(feature = "tls"))]
+        let connecting = {
+            let () = tls;
+            tokio_tungstenite::connect_async_with_config(request, None, true)
+        };
         let (ws, response) = connecting.await.map_err(|e| match untrusted(&e) {
             Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
             None => connect_error(&e),
@@ -758,6 +761,11 @@ fn untrusted(error: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
     let _ = error;
     None
 }
+
+#[cfg(feature = "tls")]
+type Connector = tokio_tungstenite::Connector;
+#[cfg(not(feature = "tls"))]
+type Connector = ();
 
 /// How long [`WsClient`] waits on the server to finish a closing handshake.
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);
