@@ -6,19 +6,22 @@
 //! RUST_LOG=peer_signal=debug cargo run --release --example ws_server
 //! ```
 //!
-//! Nodes connect with plain `ws://` on any path. `GET /health` and `GET /metrics` (Prometheus text)
-//! are served on the metrics address. Ctrl-C or SIGTERM closes every client, then exits.
+//! Nodes connect with plain `ws://` on any path, or `wss://` with `--tls-cert` and `--tls-key`
+//! (reloaded on SIGHUP). `GET /health` and `GET /metrics` (Prometheus text) are served on the
+//! metrics address. Ctrl-C or SIGTERM closes every client, waits for their closing handshakes
+//! (`--drain-secs`), then exits.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
-    ConfigError, Driver, DriverHandle, RateLimit, RealmID, ServerStats, SignalConfig, SignalEvent,
+    ConfigError, Driver, DriverHandle, RateLimit, RealmID, ServerStats, ServerTls, SignalConfig, SignalEvent,
     SignalServer, WsConfig, WsStats, WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +35,13 @@ struct Args {
     /// Where nodes connect (plain ws://, any path).
     #[arg(long, env = "PEER_SIGNAL_LISTEN", default_value = "0.0.0.0:8765")]
     listen: SocketAddr,
+    /// PEM certificate chain (leaf first): serve wss:// instead of ws://, with --tls-key.
+    /// Both files are read again on SIGHUP, for new connections; open ones go on.
+    #[arg(long, env = "PEER_SIGNAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PEER_SIGNAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Where /health and /metrics are served; "off" serves neither.
     #[arg(long, env = "PEER_SIGNAL_METRICS", default_value = "127.0.0.1:9765")]
     metrics: String,
@@ -278,15 +288,22 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
 
 async fn serve(args: Args) -> Result<(), Failure> {
     let config = args.signal_config();
-    let ws_config = args.ws_config(&config);
+    let mut ws_config = args.ws_config(&config);
     // Checked before anything starts, so that a bad flag is one line and status 2.
     config.validate().map_err(|e| Failure::config(e, false))?;
     ws_config.validate().map_err(|e| Failure::config(e, true))?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = ServerTls::from_pem_files(cert, key)
+            .map_err(|e| Failure::Runtime(format!("{e}; check --tls-cert and --tls-key")))?;
+        tokio::spawn(reload_on_hangup(tls.clone(), cert.clone(), key.clone()));
+        ws_config.tls = Some(tls);
+    }
+    let scheme = if ws_config.tls.is_some() { "wss" } else { "ws" };
     let listen = args.listen;
     let transport = WsTransport::bind(listen, ws_config).await.map_err(|e| {
         Failure::Runtime(format!("cannot listen for nodes on {listen}: {}; pass --listen ADDR", reason(&e)))
     })?;
-    info!("signalling on ws://{}", transport.local_addr());
+    info!("signalling on {scheme}://{}", transport.local_addr());
     let ws_stats = transport.stats_handle();
 
     let (driver, handle, mut events) =
@@ -354,6 +371,26 @@ fn raise_fd_limit(connections: usize) {
             Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
         }
     }
+}
+
+/// Reads the certificate and key again on each SIGHUP; a file that does not parse leaves the
+/// certificate in use as it is.
+async fn reload_on_hangup(tls: ServerTls, cert: PathBuf, key: PathBuf) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(e) => return warn!("cannot listen for SIGHUP, the certificate will not be reloaded: {e}"),
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload_pem_files(&cert, &key) {
+                Ok(()) => info!(cert = %cert.display(), "SIGHUP: certificate reloaded for new connections"),
+                Err(e) => warn!("SIGHUP: keeping the certificate in use: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tls, cert, key);
 }
 
 async fn stop_on_signal(handle: DriverHandle) {
