@@ -113,6 +113,10 @@ struct Args {
     /// off behind a reverse proxy, where every connection comes from the proxy).
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// A reverse proxy whose X-Forwarded-For header names the client, for the per-IP limit
+    /// (repeat the flag, or separate addresses with commas). Only these are believed.
+    #[arg(long = "trusted-proxy", env = "PEER_SIGNAL_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Seconds a client has for the WebSocket handshake.
     #[arg(long, default_value_t = 10)]
     ws_handshake_timeout_secs: u64,
@@ -181,6 +185,7 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             read_buffer_size: self.read_buffer_size,
             max_connections_per_ip: self.max_connections_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
             send_backlog_bytes: self.send_backlog_bytes,
             write_timeout: Duration::from_secs(self.write_timeout_secs),
             close_linger: Duration::from_millis(self.close_linger_ms),

@@ -27,11 +27,23 @@ pub(super) enum Refusal {
     Http(&'static str),
 }
 
-/// Reads the upgrade request from `link` (bytes already read start `buf`), answers it, and
-/// returns the codec the client asked for. Whatever follows the request stays in `buf`.
+/// A valid upgrade request, not answered yet.
+#[derive(Debug)]
+pub(super) struct Upgrade {
+    /// The codec the client asked for.
+    pub(super) codec: Codec,
+    accept: String,
+    /// Every `X-Forwarded-For` value, in order, joined by commas: believed only from a trusted
+    /// proxy.
+    pub(super) forwarded_for: Option<String>,
+}
+
+/// Reads and checks the upgrade request from `link` (bytes already read start `buf`); answers a
+/// request that is not a valid upgrade with its HTTP status. Whatever follows the request stays in
+/// `buf`. Accept it with [`accept`], or refuse it with [`refuse`].
 ///
 /// Has no deadline of its own: the caller bounds it with the handshake timeout.
-pub(super) async fn accept(link: &mut Link, buf: &mut BytesMut) -> Result<Codec, Refusal> {
+pub(super) async fn read_request(link: &mut Link, buf: &mut BytesMut) -> Result<Upgrade, Refusal> {
     let head_len = loop {
         if let Some(end) = find_head_end(buf) {
             break end;
@@ -50,6 +62,11 @@ pub(super) async fn accept(link: &mut Link, buf: &mut BytesMut) -> Result<Codec,
         Err(status) => return refuse(link, status).await,
     };
     buf.advance(head_len);
+    Ok(upgrade)
+}
+
+/// Answers `upgrade` with `101 Switching Protocols`: from now on the link speaks WebSocket.
+pub(super) async fn accept(link: &mut Link, upgrade: &Upgrade) -> Result<(), Refusal> {
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         upgrade.accept
@@ -60,14 +77,7 @@ pub(super) async fn accept(link: &mut Link, buf: &mut BytesMut) -> Result<Codec,
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
-    link.write_all(response.as_bytes()).await.map_err(|_| Refusal::Io)?;
-    Ok(upgrade.codec)
-}
-
-/// What a valid upgrade request asks for.
-struct Upgrade {
-    codec: Codec,
-    accept: String,
+    link.write_all(response.as_bytes()).await.map_err(|_| Refusal::Io)
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -110,10 +120,13 @@ fn parse(head: &[u8]) -> Result<Upgrade, &'static str> {
         .filter(|key| !key.is_empty())
         .ok_or(BAD)?;
     let codec = if has("sec-websocket-protocol", BINCODE_SUBPROTOCOL) { Codec::Bincode } else { Codec::Json };
-    Ok(Upgrade { codec, accept: derive_accept_key(key) })
+    let forwarded: Vec<&str> = values("x-forwarded-for").collect();
+    let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(","));
+    Ok(Upgrade { codec, accept: derive_accept_key(key), forwarded_for })
 }
 
-async fn refuse(link: &mut Link, status: &'static str) -> Result<Codec, Refusal> {
+/// Answers with `status` and ends the connection.
+pub(super) async fn refuse<T>(link: &mut Link, status: &'static str) -> Result<T, Refusal> {
     let version = if status.starts_with("426") { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     let response = format!("HTTP/1.1 {status}\r\n{version}Connection: close\r\nContent-Length: 0\r\n\r\n");
     if link.write_all(response.as_bytes()).await.is_ok() {
@@ -176,7 +189,9 @@ mod tests {
         let (mut client, mut server) = pair().await;
         client.write_all(format!("{GOOD}\r\nEXTRA").as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
-        assert_eq!(accept(&mut server, &mut buf).await, Ok(Codec::Json));
+        let upgrade = read_request(&mut server, &mut buf).await.unwrap();
+        assert_eq!(upgrade.codec, Codec::Json);
+        accept(&mut server, &upgrade).await.unwrap();
         assert_eq!(&buf[..], b"EXTRA");
         let mut response = vec![0; 4096];
         let n = client.read(&mut response).await.unwrap();
@@ -191,9 +206,7 @@ mod tests {
         let endless = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         client.write_all(endless.as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
-        assert_eq!(
-            accept(&mut server, &mut buf).await,
-            Err(Refusal::Http("431 Request Header Fields Too Large"))
-        );
+        let refused = read_request(&mut server, &mut buf).await.map(|upgrade| upgrade.codec);
+        assert_eq!(refused, Err(Refusal::Http("431 Request Header Fields Too Large")));
     }
 }

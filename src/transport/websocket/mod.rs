@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::conn::{Connection, End, Outbound, Shared};
+use self::handshake::Refusal;
 use self::link::Link;
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
@@ -63,6 +64,13 @@ pub struct WsConfig {
     /// where every connection comes from the proxy), and `max_connections` and the core's
     /// `max_pending_handshakes` bound the total anyway. Set it when clients connect directly.
     pub max_connections_per_ip: Option<usize>,
+    /// Reverse proxies whose `X-Forwarded-For` header is believed: for a connection from one of
+    /// these addresses, the client is the nearest address in that header that is not itself a
+    /// trusted proxy, and [`max_connections_per_ip`](Self::max_connections_per_ip) counts that
+    /// client (checked after the request is read; over the limit, it gets `429 Too Many
+    /// Requests`). From any other address the header is ignored, so that nobody can pick the
+    /// address they are counted under. Default: none.
+    pub trusted_proxies: Vec<IpAddr>,
     /// Time a client has to complete the WebSocket handshake. Default 10 s.
     pub handshake_timeout: Duration,
     /// Largest WebSocket message accepted, however it is fragmented; a longer one closes the
@@ -110,6 +118,7 @@ impl Default for WsConfig {
         Self {
             max_connections: 100_000,
             max_connections_per_ip: None,
+            trusted_proxies: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
             send_backlog: 256,
@@ -522,23 +531,61 @@ async fn accept_loop(
             Counters::bump(&counters.refused);
             continue; // Full: the stream is dropped, which closes it.
         };
+        // A connection from a trusted proxy is counted under its client, once the request names it.
+        let proxied = is_trusted(&config, peer.ip());
         let ip_slot = match &per_ip {
-            Some(per_ip) => match PerIp::acquire(per_ip, peer.ip()) {
+            Some(per_ip) if !proxied => match PerIp::acquire(per_ip, peer.ip()) {
                 Some(ip_slot) => Some(ip_slot),
                 None => {
                     Counters::bump(&counters.refused_per_ip);
                     continue;
                 }
             },
-            None => None,
+            _ => None,
         };
         next_id += 1;
         let conn = ConnId::new(next_id);
         let (config, events) = (config.clone(), events.clone());
         let guard = TaskGuard::new(&counters);
-        let slots = (slot, ip_slot);
-        tokio::spawn(async move { serve_connection(stream, conn, &config, events, guard, slots).await });
+        let slots = Slots { _connection: slot, ip: ip_slot, per_ip: per_ip.clone().filter(|_| proxied) };
+        tokio::spawn(
+            async move { serve_connection(stream, peer, conn, &config, events, guard, slots).await },
+        );
     }
+}
+
+/// What a connection holds while its task lives: its place under `max_connections`, and under
+/// `max_connections_per_ip`: taken at `accept`, or for a connection from a trusted proxy, once
+/// its request names the client (`per_ip` is then where to take it).
+struct Slots {
+    _connection: OwnedSemaphorePermit,
+    ip: Option<IpSlot>,
+    per_ip: Option<Arc<PerIp>>,
+}
+
+fn is_trusted(config: &WsConfig, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    config.trusted_proxies.iter().any(|proxy| proxy.to_canonical() == ip)
+}
+
+/// The client of a connection from `peer`: walking `X-Forwarded-For` from the right (the hop
+/// nearest to us), the first address that is not a trusted proxy. Stops at an entry that is not
+/// an address, keeping the last good one; with no header, or from an untrusted peer, the peer.
+fn client_address(config: &WsConfig, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+    let mut client = peer;
+    let Some(forwarded) = forwarded_for.filter(|_| is_trusted(config, peer)) else { return peer };
+    for hop in forwarded.rsplit(',') {
+        let hop = hop.trim();
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(config, ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The first wait after an `accept` error, doubled while errors go on, up to the second.
@@ -599,23 +646,39 @@ impl Drop for IpSlot {
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     conn: ConnId,
     config: &WsConfig,
     events: mpsc::Sender<Event>,
     guard: TaskGuard,
-    slots: (OwnedSemaphorePermit, Option<IpSlot>),
+    mut slots: Slots,
 ) {
     let counters = &guard.0;
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::new();
     let handshake = async {
-        let mut link = open_link(stream, config).await?;
-        let codec = handshake::accept(&mut link, &mut buf).await.ok()?;
-        Some((link, codec))
+        let mut link = open_link(stream, config).await.ok_or(Refusal::Io)?;
+        let upgrade = handshake::read_request(&mut link, &mut buf).await?;
+        if let Some(per_ip) = &slots.per_ip {
+            let client = client_address(config, peer.ip(), upgrade.forwarded_for.as_deref());
+            match PerIp::acquire(per_ip, client) {
+                Some(ip_slot) => slots.ip = Some(ip_slot),
+                None => {
+                    Counters::bump(&counters.refused_per_ip);
+                    return handshake::refuse(&mut link, "429 Too Many Requests").await;
+                }
+            }
+        }
+        handshake::accept(&mut link, &upgrade).await?;
+        Ok((link, upgrade.codec))
     };
-    let Ok(Some((link, codec))) = tokio::time::timeout(config.handshake_timeout, handshake).await else {
-        Counters::bump(&counters.failed_handshakes);
-        return; // Never became a WebSocket: the core never hears of it.
+    let (link, codec) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(Refusal::Http("429 Too Many Requests"))) => return, // Counted as a per-IP refusal.
+        Ok(Err(_)) | Err(_) => {
+            Counters::bump(&counters.failed_handshakes);
+            return; // Never became a WebSocket: the core never hears of it.
+        }
     };
 
     // Capacity is `buffer` plus one per sender, and there is one sender.
@@ -806,6 +869,30 @@ impl ClientConnection for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_forwarded_address_that_is_not_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let config =
+            WsConfig { trusted_proxies: vec![ip("10.0.0.1"), ip("10.0.0.2")], ..WsConfig::default() };
+        let client = |peer: &str, header: Option<&str>| client_address(&config, ip(peer), header);
+        // Through one proxy, and through two (the second one trusted too).
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7, 10.0.0.2")), ip("203.0.113.7"));
+        // Whatever the client wrote in the header itself stands left of the address the proxy saw.
+        assert_eq!(client("10.0.0.1", Some("1.1.1.1, 203.0.113.7")), ip("203.0.113.7"));
+        // Ports and IPv6 addresses, with and without brackets; IPv4-mapped proxies.
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7:4711")), ip("203.0.113.7"));
+        assert_eq!(client("10.0.0.1", Some("2001:db8::7")), ip("2001:db8::7"));
+        assert_eq!(client("10.0.0.1", Some("[2001:db8::7]:4711")), ip("2001:db8::7"));
+        assert_eq!(client("::ffff:10.0.0.1", Some("203.0.113.7")), ip("203.0.113.7"));
+        // Not an address: the last good hop counts (here the trusted proxy itself).
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7, junk, 10.0.0.2")), ip("10.0.0.2"));
+        assert_eq!(client("10.0.0.1", Some("junk")), ip("10.0.0.1"));
+        // From anyone else, or without the header, the peer.
+        assert_eq!(client("192.0.2.9", Some("203.0.113.7")), ip("192.0.2.9"));
+        assert_eq!(client("10.0.0.1", None), ip("10.0.0.1"));
+    }
 
     #[test]
     fn per_ip_slots_are_counted_per_address_and_per_ipv6_slash_64_and_given_back() {
