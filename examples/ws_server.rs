@@ -46,95 +46,96 @@ struct Args {
     #[arg(long, env = "PEER_SIGNAL_METRICS", default_value = "127.0.0.1:9765")]
     metrics: String,
     /// Seconds a node may stay silent before it is closed.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, env = "PEER_SIGNAL_TTL_SECS", default_value_t = SignalConfig::default().ttl.as_secs())]
     ttl_secs: u64,
     /// Seconds a new connection has to announce.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "PEER_SIGNAL_HANDSHAKE_TIMEOUT_SECS", default_value_t = SignalConfig::default().handshake_timeout.as_secs())]
     handshake_timeout_secs: u64,
     /// Realm sent to every node in SystemConfig (64 hex digits).
-    #[arg(long)]
+    #[arg(long, env = "PEER_SIGNAL_SYSTEM_REALM")]
     system_realm: Option<RealmID>,
     /// Most nodes in one list reply.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_LIST_LEN", default_value_t = SignalConfig::default().max_list_len)]
     max_list_len: usize,
     /// Most open connections.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_CONNECTIONS", default_value_t = SignalConfig::default().max_connections)]
     max_connections: usize,
-    /// Most connections that have not announced yet.
-    #[arg(long, default_value_t = 16_384)]
+    /// Most connections that have not announced yet; a newcomer beyond it takes the place of the
+    /// oldest.
+    #[arg(long, env = "PEER_SIGNAL_MAX_PENDING_HANDSHAKES", default_value_t = SignalConfig::default().max_pending_handshakes)]
     max_pending_handshakes: usize,
     /// Longest frame the server decodes, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_FRAME_SIZE", default_value_t = SignalConfig::default().max_frame_size)]
     max_frame_size: usize,
     /// Longest node name, in bytes.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_NAME_LEN", default_value_t = SignalConfig::default().max_name_len)]
     max_name_len: usize,
     /// Longest node client string and stats version, in bytes.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_CLIENT_LEN", default_value_t = SignalConfig::default().max_client_len)]
     max_client_len: usize,
     /// Longest SDP or ICE candidate, in bytes.
-    #[arg(long, default_value_t = 32 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_SETUP_LEN", default_value_t = SignalConfig::default().max_setup_len)]
     max_setup_len: usize,
     /// Most entries in one NodeStats message.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_NODE_STATS", default_value_t = SignalConfig::default().max_node_stats)]
     max_node_stats: usize,
     /// Errors a connection may make before it is closed (failed announces not included).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_ERRORS", default_value_t = SignalConfig::default().max_errors)]
     max_errors: u32,
     /// Failed announces a connection may make before it is closed.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_ANNOUNCE_FAILURES", default_value_t = SignalConfig::default().max_announce_failures)]
     max_announce_failures: u32,
     /// Frames per second one connection may send, sustained.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "PEER_SIGNAL_FRAMES_PER_SEC", default_value_t = SignalConfig::default().frame_rate.per_sec)]
     frames_per_sec: u64,
     /// Frames one connection may send at once after a quiet spell.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "PEER_SIGNAL_FRAME_BURST", default_value_t = SignalConfig::default().frame_rate.burst)]
     frame_burst: u64,
     /// Bytes per second one connection may send, sustained.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_BYTES_PER_SEC", default_value_t = SignalConfig::default().byte_rate.per_sec)]
     bytes_per_sec: u64,
     /// Bytes one connection may send at once after a quiet spell (at least --max-frame-size).
-    #[arg(long, default_value_t = 512 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_BYTE_BURST", default_value_t = SignalConfig::default().byte_rate.burst)]
     byte_burst: u64,
     /// No frame or byte rate limit per connection (for load tests, or behind a proxy that limits
     /// rates itself); overrides the four flags above.
-    #[arg(long)]
+    #[arg(long, env = "PEER_SIGNAL_UNLIMITED_RATES")]
     unlimited_rates: bool,
     /// Frames queued for one connection before it is closed as a slow reader.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_SEND_BACKLOG", default_value_t = SignalConfig::default().max_send_backlog)]
     max_send_backlog: usize,
     /// Milliseconds between pushes of new joins to other nodes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "PEER_SIGNAL_LIST_PUSH_INTERVAL_MS", default_value_t = SignalConfig::default().list_push_interval.as_millis() as u64)]
     list_push_interval_ms: u64,
     /// Nodes that receive each push of new joins (0: off).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "PEER_SIGNAL_LIST_PUSH_FANOUT", default_value_t = SignalConfig::default().list_push_fanout)]
     list_push_fanout: usize,
     /// Most open TCP connections from one IPv4 address or IPv6 /64 (default: no cap; leave it
     /// off behind a reverse proxy, where every connection comes from the proxy).
-    #[arg(long)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
     /// A reverse proxy whose X-Forwarded-For header names the client, for the per-IP limit
     /// (repeat the flag, or separate addresses with commas). Only these are believed.
     #[arg(long = "trusted-proxy", env = "PEER_SIGNAL_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<std::net::IpAddr>,
     /// Seconds a client has for the WebSocket handshake.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "PEER_SIGNAL_WS_HANDSHAKE_TIMEOUT_SECS", default_value_t = WsConfig::default().handshake_timeout.as_secs())]
     ws_handshake_timeout_secs: u64,
     /// Seconds between server pings; two silent intervals close a connection.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "PEER_SIGNAL_PING_INTERVAL_SECS", default_value_t = WsConfig::default().ping_interval.as_secs())]
     ping_interval_secs: u64,
     /// Bytes read from a socket at a time (idle connections hold no read buffer).
-    #[arg(long, default_value_t = WsConfig::default().read_buffer_size)]
+    #[arg(long, env = "PEER_SIGNAL_READ_BUFFER_SIZE", default_value_t = WsConfig::default().read_buffer_size)]
     read_buffer_size: usize,
     /// Bytes queued for one connection before it is closed as a slow reader; past half of it,
     /// relays to the connection are refused with "destination busy".
-    #[arg(long, default_value_t = WsConfig::default().send_backlog_bytes)]
+    #[arg(long, env = "PEER_SIGNAL_SEND_BACKLOG_BYTES", default_value_t = WsConfig::default().send_backlog_bytes)]
     send_backlog_bytes: usize,
     /// Seconds a write may make no progress before the connection is closed as a slow reader.
-    #[arg(long, default_value_t = WsConfig::default().write_timeout.as_secs())]
+    #[arg(long, env = "PEER_SIGNAL_WRITE_TIMEOUT_SECS", default_value_t = WsConfig::default().write_timeout.as_secs())]
     write_timeout_secs: u64,
     /// Milliseconds a closing connection waits for the peer's close frame.
-    #[arg(long, default_value_t = WsConfig::default().close_linger.as_millis() as u64)]
+    #[arg(long, env = "PEER_SIGNAL_CLOSE_LINGER_MS", default_value_t = WsConfig::default().close_linger.as_millis() as u64)]
     close_linger_ms: u64,
     /// Seconds to wait, on SIGTERM or Ctrl-C, for clients to finish their closing handshake
     /// before the process exits.
@@ -142,7 +143,7 @@ struct Args {
     drain_secs: u64,
     /// Runtime threads. With 1 (the default), the server and every connection share one thread,
     /// which avoids a cross-thread wake-up per frame and is the fastest on small machines.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "PEER_SIGNAL_THREADS", default_value_t = 1)]
     threads: usize,
 }
 

@@ -203,3 +203,33 @@ async fn wss_with_a_certificate_that_sighup_reloads_without_dropping_connections
         nodes::within("an answer", peer_signal::ClientConnection::recv(&mut before)).await.expect("open");
     assert!(reply.starts_with(b"{\"Error\":\"not authenticated"), "{}", String::from_utf8_lossy(&reply));
 }
+
+#[tokio::test]
+async fn every_flag_has_an_environment_variable_and_it_is_read() {
+    let help = within("--help", Command::new(ws_server_binary()).arg("--help").output()).await.unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    // Each option's entry runs from its `--flag` line to the next one.
+    let entries: Vec<&str> = help.split("\n      --").skip(1).collect();
+    assert!(entries.len() > 30, "{help}");
+    for entry in entries {
+        let flag = entry.split([' ', '\n']).next().unwrap_or_default();
+        if flag == "help" || flag == "version" {
+            continue;
+        }
+        let expected = format!("[env: PEER_SIGNAL_{}=", flag.replace('-', "_").to_uppercase());
+        let folded = entry.split_whitespace().collect::<Vec<_>>().join(" ");
+        let alias = flag == "trusted-proxy" && folded.contains("[env: PEER_SIGNAL_TRUSTED_PROXIES=");
+        assert!(folded.contains(&expected) || alias, "--{flag} has no {expected}]");
+    }
+    let output = within(
+        "ws_server refuses",
+        Command::new(ws_server_binary())
+            .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+            .env("PEER_SIGNAL_PING_INTERVAL_SECS", "0")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--ping-interval-secs must be more than zero"));
+}
