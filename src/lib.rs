@@ -278,8 +278,11 @@ mod driver;
 pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
 pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
+#[cfg(feature = "websocket")]
+pub use transport::{
+    Admission, AdmissionHook, UpgradeRequest, WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport,
+    BINCODE_SUBPROTOCOL,
+};
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};
 pub use transport::{Transport, TransportEvent};
-#[cfg(feature = "websocket")]
-pub use transport::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};

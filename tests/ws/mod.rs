@@ -199,6 +199,12 @@ pub fn vector(name: &str) -> String {
     serde_json::from_str::<serde_json::Value>(line).unwrap()["json"].as_str().unwrap().to_string()
 }
 
+/// The path and query of `url`.
+pub fn target(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map_or("/".to_string(), |at| rest[at..].to_string())
+}
+
 pub fn host(url: &str) -> &str {
     url.trim_start_matches("ws://").split('/').next().unwrap()
 }
@@ -295,14 +301,19 @@ impl RawWs {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
         let stream = socket.connect(host(url).parse().unwrap()).await.unwrap();
-        Self::try_upgrade(stream, false, headers).await
+        Self::try_upgrade(stream, false, &target(url), headers).await
     }
 
     async fn upgrade(stream: TcpStream, bincode: bool) -> Self {
-        Self::try_upgrade(stream, bincode, "").await.unwrap_or_else(|status| panic!("{status}"))
+        Self::try_upgrade(stream, bincode, "/raw", "").await.unwrap_or_else(|status| panic!("{status}"))
     }
 
-    async fn try_upgrade(mut stream: TcpStream, bincode: bool, headers: &str) -> Result<Self, String> {
+    async fn try_upgrade(
+        mut stream: TcpStream,
+        bincode: bool,
+        target: &str,
+        headers: &str,
+    ) -> Result<Self, String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let protocol = if bincode {
             format!("Sec-WebSocket-Protocol: {BINCODE_SUBPROTOCOL}\r\n")
@@ -310,7 +321,7 @@ impl RawWs {
             String::new()
         };
         let request = format!(
-            "GET /raw HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}{headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;

@@ -25,6 +25,8 @@ pub(super) enum Refusal {
     Io,
     /// Not a WebSocket upgrade request, or a malformed one: answered with this status line.
     Http(&'static str),
+    /// The admission hook refused it, and the refusal was sent.
+    Admission,
 }
 
 /// A valid upgrade request, not answered yet.
@@ -36,6 +38,10 @@ pub(super) struct Upgrade {
     /// Every `X-Forwarded-For` value, in order, joined by commas: believed only from a trusted
     /// proxy.
     pub(super) forwarded_for: Option<String>,
+    /// The request target.
+    pub(super) path: String,
+    /// Every header whose value is UTF-8, for the admission hook.
+    pub(super) headers: Vec<(String, String)>,
 }
 
 /// Reads and checks the upgrade request from `link` (bytes already read start `buf`); answers a
@@ -122,7 +128,15 @@ fn parse(head: &[u8]) -> Result<Upgrade, &'static str> {
     let codec = if has("sec-websocket-protocol", BINCODE_SUBPROTOCOL) { Codec::Bincode } else { Codec::Json };
     let forwarded: Vec<&str> = values("x-forwarded-for").collect();
     let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(","));
-    Ok(Upgrade { codec, accept: derive_accept_key(key), forwarded_for })
+    let headers = request
+        .headers
+        .iter()
+        .filter_map(|header| {
+            Some((header.name.to_string(), std::str::from_utf8(header.value).ok()?.to_string()))
+        })
+        .collect();
+    let path = request.path.unwrap_or("/").to_string();
+    Ok(Upgrade { codec, accept: derive_accept_key(key), forwarded_for, path, headers })
 }
 
 /// Answers with `status` and ends the connection.

@@ -10,6 +10,7 @@
 //! read buffer while idle, writes every queued frame in one vectored system call without copying
 //! it, and bounds every write, ping and closing handshake by a deadline.
 
+mod admission;
 mod conn;
 mod frame;
 mod handshake;
@@ -17,6 +18,7 @@ mod link;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use self::admission::{Admission, AdmissionHook, UpgradeRequest};
 #[cfg(feature = "tls")]
 pub use self::tls::{ServerTls, TlsError, TlsRoots};
 
@@ -71,6 +73,10 @@ pub struct WsConfig {
     /// Requests`). From any other address the header is ignored, so that nobody can pick the
     /// address they are counted under. Default: none.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Decides, for each upgrade request, whether it may become a connection: see
+    /// [`AdmissionHook`]. Called after the per-IP limit; a refused request gets the hook's HTTP
+    /// status and is counted in [`WsStats::refused_admission`]. Default: everybody is let in.
+    pub admission: Option<AdmissionHook>,
     /// Time a client has to complete the WebSocket handshake. Default 10 s.
     pub handshake_timeout: Duration,
     /// Largest WebSocket message accepted, however it is fragmented; a longer one closes the
@@ -119,6 +125,7 @@ impl Default for WsConfig {
             max_connections: 100_000,
             max_connections_per_ip: None,
             trusted_proxies: Vec::new(),
+            admission: None,
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
             send_backlog: 256,
@@ -199,6 +206,8 @@ pub struct WsStats {
     pub refused_per_ip: u64,
     /// Connections that failed or timed out in the WebSocket handshake.
     pub failed_handshakes: u64,
+    /// Upgrade requests that [`WsConfig::admission`] refused.
+    pub refused_admission: u64,
     /// Connections closed as slow readers: their send queue was full, or a write made no progress
     /// for [`WsConfig::write_timeout`].
     pub slow_readers: u64,
@@ -230,6 +239,7 @@ struct Counters {
     refused: AtomicU64,
     refused_per_ip: AtomicU64,
     failed_handshakes: AtomicU64,
+    refused_admission: AtomicU64,
     slow_readers: AtomicU64,
     oversize: AtomicU64,
     protocol_violations: AtomicU64,
@@ -255,6 +265,7 @@ impl WsStatsHandle {
             refused: read(&c.refused),
             refused_per_ip: read(&c.refused_per_ip),
             failed_handshakes: read(&c.failed_handshakes),
+            refused_admission: read(&c.refused_admission),
             slow_readers: read(&c.slow_readers),
             oversize: read(&c.oversize),
             protocol_violations: read(&c.protocol_violations),
@@ -659,8 +670,8 @@ async fn serve_connection(
     let handshake = async {
         let mut link = open_link(stream, config).await.ok_or(Refusal::Io)?;
         let upgrade = handshake::read_request(&mut link, &mut buf).await?;
+        let client = client_address(config, peer.ip(), upgrade.forwarded_for.as_deref());
         if let Some(per_ip) = &slots.per_ip {
-            let client = client_address(config, peer.ip(), upgrade.forwarded_for.as_deref());
             match PerIp::acquire(per_ip, client) {
                 Some(ip_slot) => slots.ip = Some(ip_slot),
                 None => {
@@ -669,12 +680,24 @@ async fn serve_connection(
                 }
             }
         }
+        if let Some(hook) = &config.admission {
+            let request = UpgradeRequest { path: &upgrade.path, headers: &upgrade.headers, peer, client };
+            if let Admission::Refuse { status, reason } = hook.decide(&request) {
+                Counters::bump(&counters.refused_admission);
+                let response = admission::refusal_response(status, &reason);
+                if link.write_all(response.as_bytes()).await.is_ok() {
+                    link.shutdown().await;
+                }
+                return Err(Refusal::Admission);
+            }
+        }
         handshake::accept(&mut link, &upgrade).await?;
         Ok((link, upgrade.codec))
     };
     let (link, codec) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(opened)) => opened,
-        Ok(Err(Refusal::Http("429 Too Many Requests"))) => return, // Counted as a per-IP refusal.
+        // Counted as they were refused.
+        Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
         Ok(Err(_)) | Err(_) => {
             Counters::bump(&counters.failed_handshakes);
             return; // Never became a WebSocket: the core never hears of it.
