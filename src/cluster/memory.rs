@@ -355,6 +355,10 @@ impl Backplane for MemoryBackplane {
             if let Some(input) = self.poll() {
                 return Poll::Ready(Some(input));
             }
+            if self.bus.lock().instances.get(self.index).is_none_or(|i| i.dead) {
+                // Killed: gone for good.
+                return Poll::Ready(None);
+            }
             waker.register(cx.waker());
             // Checked again: an input between the first check and the registration woke nobody.
             match self.poll() {
