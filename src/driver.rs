@@ -266,11 +266,11 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
         };
         drop(cluster);
         match input {
-            Some(input) => SignalIn::Cluster(input),
+            Some(input) => SignalIn::Cluster(Box::new(input)),
             None => {
                 // The backplane is gone for good: the server serves its own nodes from now on.
                 self.backplane = None;
-                SignalIn::Cluster(ClusterIn::Down)
+                SignalIn::Cluster(Box::new(ClusterIn::Down))
             }
         }
     }
@@ -285,7 +285,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                 SignalOut::Close { conn, reason } => self.transport.close(conn, reason),
                 SignalOut::Cluster(output) => {
                     if let Some(backplane) = self.backplane.as_mut() {
-                        backplane.send(output);
+                        backplane.send(*output);
                     }
                 }
                 SignalOut::Event(event) => {

@@ -79,8 +79,9 @@ pub enum SignalIn {
     /// Close every connection and stop.
     Stop,
     /// What the other instances said, from a [`Backplane`](crate::Backplane). Ignored by a
-    /// server made without [`SignalServer::with_cluster`].
-    Cluster(ClusterIn),
+    /// server made without [`SignalServer::with_cluster`]. Boxed, so that the inputs of a server
+    /// without a cluster stay as small as they were.
+    Cluster(Box<ClusterIn>),
 }
 
 /// Something the host must do or may want to know, drained from [`SignalServer::poll_output`].
@@ -105,8 +106,9 @@ pub enum SignalOut {
     /// For the application.
     Event(SignalEvent),
     /// For the other instances, through a [`Backplane`](crate::Backplane). Only a server made
-    /// with [`SignalServer::with_cluster`] emits it.
-    Cluster(ClusterOut),
+    /// with [`SignalServer::with_cluster`] emits it. Boxed, so that the outputs of a server
+    /// without a cluster stay as small as they were.
+    Cluster(Box<ClusterOut>),
 }
 
 /// Why the server closes a connection.
@@ -332,7 +334,7 @@ impl SignalServer {
             }
             SignalIn::Tick => self.handle_tick(now),
             SignalIn::Stop => self.handle_stop(),
-            SignalIn::Cluster(input) => self.handle_cluster(now, input),
+            SignalIn::Cluster(input) => self.handle_cluster(now, *input),
         }
     }
 

@@ -103,7 +103,7 @@ impl SignalServer {
             if let Some(cluster) = self.cluster.as_mut().filter(|cluster| cluster.up) {
                 cluster.stats.relays_out += 1;
                 let relay = ClusterOut::Relay { from: sender, to: destination, codec, frame };
-                self.out.push_back(SignalOut::Cluster(relay));
+                self.out.push_back(SignalOut::Cluster(Box::new(relay)));
                 return Ok(());
             }
             // Not the sender's fault: the other node may just have left. No strike.
@@ -137,7 +137,7 @@ impl SignalServer {
     pub(super) fn cluster_joined(&mut self, id: NodeID, conn: ConnId, info: &NodeInfo) {
         let Some(cluster) = self.cluster.as_mut() else { return };
         cluster.claims.insert(id, Claim { conn, gen: None, beaten_by: None });
-        self.out.push_back(SignalOut::Cluster(ClusterOut::Joined { id, conn, info: info.clone() }));
+        self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Joined { id, conn, info: info.clone() })));
     }
 
     /// A local node left: withdraw its claim.
@@ -146,7 +146,7 @@ impl SignalServer {
         if cluster.claims.get(&id).is_some_and(|claim| claim.conn == conn) {
             cluster.claims.remove(&id);
         }
-        self.out.push_back(SignalOut::Cluster(ClusterOut::Left { id, conn }));
+        self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Left { id, conn })));
     }
 
     /// The server stops: every local node leaves the bus.
@@ -157,7 +157,7 @@ impl SignalServer {
         let mut left: Vec<(NodeID, ConnId)> = self.nodes.iter().map(|(id, node)| (*id, node.conn)).collect();
         left.sort_unstable();
         for (id, conn) in left {
-            self.out.push_back(SignalOut::Cluster(ClusterOut::Left { id, conn }));
+            self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Left { id, conn })));
         }
     }
 
@@ -233,11 +233,11 @@ impl SignalServer {
             None => {}
             Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => {
                 let reason = Undelivered::Busy;
-                self.out.push_back(SignalOut::Cluster(ClusterOut::Undeliverable {
+                self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Undeliverable {
                     to: from,
                     about: to,
                     reason,
-                }));
+                })));
             }
             Some((conn, to_codec)) => {
                 if let Some(cluster) = self.cluster.as_mut() {

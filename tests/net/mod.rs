@@ -82,7 +82,7 @@ impl Net {
                 while let Some(out) = self.servers[i].poll_output() {
                     moved = true;
                     match out {
-                        SignalOut::Cluster(out) => self.planes[i].send(out),
+                        SignalOut::Cluster(out) => self.planes[i].send(*out),
                         out => seen.push(Seen { instance: i, out }),
                     }
                 }
@@ -90,7 +90,7 @@ impl Net {
             for i in 0..self.servers.len() {
                 while let Some(input) = self.planes[i].poll() {
                     moved = true;
-                    self.servers[i].handle(self.now, SignalIn::Cluster(input));
+                    self.servers[i].handle(self.now, SignalIn::Cluster(Box::new(input)));
                 }
             }
             if !moved {
@@ -158,7 +158,7 @@ impl Net {
 
     /// Feeds a raw bus input to instance `i`.
     pub fn bus_input(&mut self, i: usize, input: ClusterIn) -> Vec<Seen> {
-        self.input(i, SignalIn::Cluster(input))
+        self.input(i, SignalIn::Cluster(Box::new(input)))
     }
 }
 
