@@ -235,20 +235,24 @@
 //! (`RedisStats`). Every Redis command has a deadline, after which the bus counts as down.
 //!
 //! **What bounds a network of 1,000,000 nodes, on paper.** With 50,000 connections per instance
-//! (under 8 KiB each in the process, see BENCHMARKS.md: under 400 MiB per instance), 20
-//! instances, each on a core of its own. Redis holds about 500 B per node (the hash entry: a 64-byte key and about
-//! 200 B of JSON; the channel with its one subscriber): 500 MB, within one Redis. Presence costs
-//! one heartbeat per instance (20 scripts every 2 s) and one sample per instance (20 scripts every
-//! 2 s, each returning 1,000 entries: about 2 MB/s out of Redis in all), not work per node. A join
-//! costs three commands (`SUBSCRIBE`, the claim script, its `PUBLISH`), a leave two: all
-//! 1,000,000 nodes reconnecting within ten minutes is 1,700 joins/s, about 5,000 commands/s.
+//! (5.5 KB each in a clustered process, measured: 275 MB per instance), 20 instances, each on a
+//! core of its own. Redis holds about 650 B per node (measured: the hash entry, a 64-byte key and
+//! about 200 B of JSON, and the channel with its one subscriber): 650 MB, within one Redis.
+//! Presence costs one heartbeat per instance (20 scripts every 2 s) and one sample per instance
+//! (20 scripts every 2 s, each returning 1,000 entries: about 2 MB/s out of Redis in all), not
+//! work per node. A join costs three commands (`SUBSCRIBE`, the claim script, its `PUBLISH`), a
+//! leave two: all 1,000,000 nodes reconnecting within ten minutes is 1,700 joins/s, about 5,000
+//! commands/s, and 15 µs of Redis's CPU each (measured), a quarter of a core.
+//!
 //! Relays are what bound it. Each costs one `PUBLISH`, pipelined, and with 20 instances 95% of
-//! them cross instances. One Redis process serves on the order of 150,000 `PUBLISH`/s on one
-//! core; a WebRTC set-up is about 20 messages (Init, Offer, Answer, ICE candidates), so one Redis
-//! carries about 450,000 new peer connections a minute: each of the million nodes may open one
-//! new connection every two minutes. Beyond that, channels shard by node id over a Redis Cluster
-//! (`SPUBLISH`), which this backplane does not do yet, and the per-instance presence hashes shard
-//! with them.
+//! them cross instances. Redis spent 3 µs of CPU on each in the measurements of the README, so
+//! one Redis process carries on the order of 200,000 relays a second on its one core; each
+//! instance spends 7 µs per relay it sends or receives, so 20 instances carry that too with a
+//! fifth of their cores. A WebRTC set-up is about 20 messages (Init, Offer, Answer, ICE
+//! candidates): one Redis carries about 600,000 new peer connections a minute, so each of the
+//! million nodes may take part in about one new connection a minute. Beyond that, channels shard
+//! by node id over a Redis Cluster (`SPUBLISH`), which this backplane does not do yet, and the
+//! per-instance presence hashes shard with them.
 //!
 //! # Example
 //!
