@@ -258,7 +258,14 @@ struct Counters {
 struct State {
     /// What the server said it holds: kept through outages, to register again.
     held: HashMap<NodeID, Held>,
-    /// Ids whose registration may differ from `held`.
+    /// The ids registered in Redis now (as far as this instance knows), with the connection of
+    /// their claim.
+    on_bus: HashMap<NodeID, ConnId>,
+    /// The channels this instance may be subscribed to: a registration that failed halfway
+    /// leaves its subscription here, to be undone.
+    subscribed: std::collections::HashSet<NodeID>,
+    /// Ids whose registration may differ from `held`: a subset of `held` and `on_bus`, so it is
+    /// bounded by the nodes held, however many come and go while Redis is down.
     dirty: BTreeSet<NodeID>,
     outgoing: VecDeque<Outgoing>,
     outgoing_bytes: usize,
@@ -532,9 +539,14 @@ impl Backplane for RedisBackplane {
                 let mut state = shared.lock();
                 if state.held.get(&id).is_some_and(|held| held.conn == conn) {
                     state.held.remove(&id);
-                    state.dirty.insert(id);
-                    drop(state);
-                    shared.presence_wake.notify_one();
+                    if state.on_bus.contains_key(&id) || state.subscribed.contains(&id) {
+                        state.dirty.insert(id);
+                        drop(state);
+                        shared.presence_wake.notify_one();
+                    } else {
+                        // Never registered: nothing to undo.
+                        state.dirty.remove(&id);
+                    }
                 }
             }
             ClusterOut::Relay { from, to, codec, frame } => {
@@ -662,8 +674,6 @@ const MAX_INFO_JSON: usize = 4096;
 struct Presence {
     shared: Arc<Shared>,
     redis: ConnectionManager,
-    /// The ids registered in Redis now, with the connection of their claim.
-    on_bus: HashMap<NodeID, ConnId>,
     heartbeat: redis::Script,
     claim: redis::Script,
     sample: redis::Script,
@@ -694,7 +704,7 @@ impl Presence {
         invocation.key(hash).arg(&self.shared.instance).arg(ttl);
         let mut redis = self.redis.clone();
         let exists: i64 = self.run(invocation.invoke_async(&mut redis)).await?;
-        if exists == 0 && !self.on_bus.is_empty() {
+        if exists == 0 && !self.shared.lock().on_bus.is_empty() {
             // The hash expired (this process was paused, or Redis restarted): register again.
             self.shared.reregister.store(true, Ordering::Release);
         }
@@ -707,35 +717,44 @@ impl Presence {
         let mut redis = self.redis.clone();
         let _: String = self.run(redis::cmd("PING").query_async(&mut redis)).await?;
         self.shared.reregister.store(false, Ordering::Release);
-        {
-            let mut state = self.shared.lock();
-            let ids: Vec<NodeID> = state.held.keys().chain(self.on_bus.keys()).copied().collect();
-            state.dirty.extend(ids);
-        }
-        let previous: Vec<NodeID> = self.on_bus.keys().copied().collect();
-        self.on_bus.clear();
-        self.shared.counters.registered.store(0, Ordering::Relaxed);
+        let previous: Vec<NodeID> = {
+            let state = self.shared.lock();
+            state.on_bus.keys().chain(state.subscribed.iter()).copied().collect()
+        };
         // Our own subscriptions, if the connection survived, must not count as someone else's.
+        // Until they are all gone, `on_bus` keeps them, so that a failure here is retried.
         for chunk in previous.chunks(PUBLISH_BATCH) {
             let channels: Vec<String> = chunk.iter().map(|id| self.shared.channel(id)).collect();
             let mut redis = self.redis.clone();
             self.run(redis.unsubscribe(channels)).await?;
         }
+        let mut state = self.shared.lock();
+        state.on_bus.clear();
+        state.subscribed.clear();
+        let ids: Vec<NodeID> = state.held.keys().copied().collect();
+        state.dirty.clear();
+        state.dirty.extend(ids);
+        self.shared.counters.registered.store(0, Ordering::Relaxed);
         Ok(())
     }
 
     /// Brings one id's registration in line with what the server holds.
     async fn sync(&mut self, id: NodeID) -> Result<(), Unreachable> {
         let result = self.sync_one(id).await;
-        self.shared.counters.registered.store(self.on_bus.len(), Ordering::Relaxed);
+        let registered = self.shared.lock().on_bus.len();
+        self.shared.counters.registered.store(registered, Ordering::Relaxed);
         result
     }
 
     async fn sync_one(&mut self, id: NodeID) -> Result<(), Unreachable> {
-        let held = self.shared.lock().held.get(&id).map(|held| (held.conn, held.json.clone(), held.gen));
+        let (held, registered, subscribed) = {
+            let state = self.shared.lock();
+            let held = state.held.get(&id).map(|held| (held.conn, held.json.clone(), held.gen));
+            (held, state.on_bus.get(&id).copied(), state.subscribed.contains(&id))
+        };
         let channel = self.shared.channel(&id);
         let mut redis = self.redis.clone();
-        match (held, self.on_bus.get(&id).copied()) {
+        match (held, registered) {
             (Some((conn, _, _)), Some(registered)) if conn == registered => Ok(()),
             (Some((conn, json, gen)), registered) => {
                 if gen.is_some() && registered.is_none() {
@@ -747,17 +766,17 @@ impl Presence {
                         self.shared.emit(ClusterIn::TakenOver { id, gen: u64::MAX });
                         return Ok(());
                     }
-                    self.run(redis.subscribe(&channel)).await?;
+                    self.subscribe(&channel, id).await?;
                     let ttl = u64::try_from(self.shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
                     let mut pipe = redis::pipe();
                     pipe.hset(self.shared.hash(), hex_id(&id), &json).ignore();
                     pipe.pexpire(self.shared.hash(), i64::try_from(ttl).unwrap_or(i64::MAX)).ignore();
                     let _: () = self.run(pipe.query_async(&mut redis)).await?;
-                    self.on_bus.insert(id, conn);
+                    self.shared.lock().on_bus.insert(id, conn);
                     return Ok(());
                 }
                 // A new claim: subscribe first, so that nothing for it is missed once it is known.
-                self.run(redis.subscribe(&channel)).await?;
+                self.subscribe(&channel, id).await?;
                 let ttl = u64::try_from(self.shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
                 let prefix = wire::takeover_prefix();
                 let mut invocation = self.claim.key(format!("{}:gen", self.shared.config.prefix));
@@ -770,23 +789,33 @@ impl Presence {
                     .arg(&self.shared.instance)
                     .arg(&prefix[..]);
                 let gen: u64 = self.run(invocation.invoke_async(&mut redis)).await?;
-                self.on_bus.insert(id, conn);
-                if let Some(held) = self.shared.lock().held.get_mut(&id).filter(|held| held.conn == conn) {
+                let mut state = self.shared.lock();
+                state.on_bus.insert(id, conn);
+                if let Some(held) = state.held.get_mut(&id).filter(|held| held.conn == conn) {
                     held.gen = Some(gen);
                 }
+                drop(state);
                 self.shared.emit(ClusterIn::Claimed { id, conn, gen });
                 Ok(())
             }
-            (None, Some(_)) => {
+            (None, registered) if registered.is_some() || subscribed => {
                 self.run(redis.unsubscribe(&channel)).await?;
+                self.shared.lock().subscribed.remove(&id);
                 let _: i64 = self
                     .run(redis::cmd("HDEL").arg(self.shared.hash()).arg(hex_id(&id)).query_async(&mut redis))
                     .await?;
-                self.on_bus.remove(&id);
+                self.shared.lock().on_bus.remove(&id);
                 Ok(())
             }
-            (None, None) => Ok(()),
+            (None, _) => Ok(()),
         }
+    }
+
+    async fn subscribe(&self, channel: &str, id: NodeID) -> Result<(), Unreachable> {
+        let mut redis = self.redis.clone();
+        self.run(redis.subscribe(channel)).await?;
+        self.shared.lock().subscribed.insert(id);
+        Ok(())
     }
 
     async fn take_sample(&mut self) -> Result<(), Unreachable> {
@@ -861,7 +890,6 @@ async fn presence_task(shared: Arc<Shared>, redis: ConnectionManager) {
     let mut presence = Presence {
         shared: Arc::clone(&shared),
         redis,
-        on_bus: HashMap::new(),
         heartbeat: redis::Script::new(HEARTBEAT),
         claim: redis::Script::new(CLAIM),
         sample: redis::Script::new(SAMPLE),
