@@ -212,9 +212,11 @@
 //!
 //! - *Delivery is at most once, and in order between two instances.* An instance publishes its
 //!   relays in the order its nodes sent them, on one connection, and Redis delivers them to the
-//!   subscriber in that order. A relay is lost, never duplicated, when the destination leaves or
-//!   moves while it is in flight; the sender is told only when nobody received it (or when the
-//!   destination is busy), as a node would retry anyway.
+//!   subscriber in that order. When nobody holds the destination, when it has just left, or when
+//!   it is busy, the sender gets the `Error` a local relay would get. While an id moves to a newer
+//!   connection on another instance, a relay on its way may reach the old connection (until the
+//!   takeover reaches its instance, which then closes it), or neither, without a word; once the
+//!   move has settled, each relay reaches the one connection of its destination once.
 //! - *The newest connection of an id wins everywhere.* Every claim gets a rank from one counter in
 //!   Redis; an instance that hears of a higher rank closes its node with `New Connection with same
 //!   ID`, also when it hears of it before its own rank arrives, so two connections of one id that

@@ -315,3 +315,22 @@ fn inputs_and_outputs_stay_as_small_as_without_a_cluster() {
     assert_eq!(std::mem::size_of::<SignalIn>(), 48);
     assert_eq!(std::mem::size_of::<SignalOut>(), 56);
 }
+
+#[test]
+fn a_frame_for_a_node_that_left_is_bounced_but_not_one_for_a_node_that_moved() {
+    let mut net = Net::new(3, config());
+    let a = net.join(0, 1, Codec::Json);
+    let x = net.join(1, 5, Codec::Json);
+    let frame = |to: Joined| Codec::Json.encode(&setup(a, to, PeerMessage::Init).0).unwrap();
+    // Node 9 never was on instance 1 (or left just now): a's relay is bounced to a.
+    let gone = Joined { instance: 1, conn: x.conn, id: id(9), codec: Codec::Json };
+    let seen = net.bus_input(1, ClusterIn::Frame { to: gone.id, codec: Codec::Json, frame: frame(gone) });
+    assert_eq!(Net::received(&seen, a), [error(&format!("unknown destination {}", id(9)))]);
+    // Node 5 moves to instance 2: a frame that still reaches instance 1 is dropped in silence,
+    // since instance 2 received it too.
+    let moved = net.join(2, 5, Codec::Json);
+    assert_eq!(net.holders(&id(5)), [2]);
+    let seen = net.bus_input(1, ClusterIn::Frame { to: x.id, codec: Codec::Json, frame: frame(moved) });
+    assert!(Net::received(&seen, a).is_empty(), "{seen:?}");
+    assert_eq!(net.servers[1].stats().cluster.unwrap().bounced, 2);
+}

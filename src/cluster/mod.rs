@@ -91,10 +91,11 @@ pub enum ClusterOut {
         /// The sender's frame, as it arrived.
         frame: Bytes,
     },
-    /// A frame from another instance could not be delivered here because its destination is
-    /// busy: tell its sender `to`, a node of another instance, as [`ClusterIn::Undeliverable`]
-    /// there. (A frame for a node that is not here is dropped and counted, not bounced: another
-    /// instance that holds the node may have received it too.)
+    /// A frame from another instance could not be delivered here: its destination is busy, or
+    /// not here (it left while the frame was on its way). Tell its sender `to`, a node of
+    /// another instance, as [`ClusterIn::Undeliverable`] there. (A frame for a node that moved
+    /// to a newer connection elsewhere is dropped and counted, not bounced: the instance that
+    /// holds it now received it too.)
     Undeliverable {
         /// The sender of the frame, on another instance.
         to: NodeID,
@@ -199,8 +200,8 @@ pub struct ClusterStats {
     pub relays_in: u64,
     /// Relays from local nodes that reached no one, answered with an error.
     pub undeliverable: u64,
-    /// Frames from other instances not delivered here: the node is not here (it left, or another
-    /// instance took it over), or it is busy (then its sender is told).
+    /// Frames from other instances not delivered here: the node is busy or has left (then its
+    /// sender is told), or it moved to a newer connection elsewhere.
     pub bounced: u64,
     /// Inputs from the bus refused by the checks (too large, not a `PeerSetup` for its
     /// destination, strings over the limits).

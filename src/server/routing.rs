@@ -8,7 +8,7 @@
 //! closes when it learns of a higher rank ([`ClusterIn::TakenOver`]), even one that arrived
 //! before its own rank did.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -35,8 +35,14 @@ pub(super) struct Cluster {
     pub(super) pool: Vec<Remote>,
     /// How many remote nodes there are in all, as the last sample said; at least `pool.len()`.
     pub(super) remote_total: u64,
+    /// The ids of the last local nodes closed for a newer connection elsewhere: frames for them
+    /// that still arrive here are the newer holder's too, and are dropped without a bounce.
+    moved: VecDeque<NodeID>,
     stats: ClusterStats,
 }
+
+/// How many ids [`Cluster::moved`] remembers.
+const MOVED: usize = 1024;
 
 struct Claim {
     conn: ConnId,
@@ -59,6 +65,7 @@ impl Cluster {
             claims: HashMap::new(),
             pool: Vec::new(),
             remote_total: 0,
+            moved: VecDeque::new(),
             stats: ClusterStats::default(),
         }
     }
@@ -211,6 +218,10 @@ impl SignalServer {
         let Some(conn) = self.nodes.get(&id).map(|node| node.conn) else { return };
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.stats.taken_over += 1;
+            if cluster.moved.len() >= MOVED {
+                cluster.moved.pop_front();
+            }
+            cluster.moved.push_back(id);
         }
         self.close(conn, ProtocolError::Replaced);
     }
@@ -226,28 +237,30 @@ impl SignalServer {
         };
         let from = if route.id_init == to { route.id_follow } else { route.id_init };
         let local = self.nodes.get(&to).map(|node| (node.conn, node.codec));
-        match local {
-            // Another instance may hold it (a takeover crossed this frame on the bus, and both
-            // instances received it): a bounce would tell the sender "unknown" for a node that
-            // is reachable. Delivery is at most once; the frame is dropped and counted.
-            None => {}
-            Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => {
-                let reason = Undelivered::Busy;
-                self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Undeliverable {
-                    to: from,
-                    about: to,
-                    reason,
-                })));
-            }
+        let moved = self.cluster.as_ref().is_some_and(|cluster| cluster.moved.contains(&to));
+        let reason = match local {
+            // The node moved to a newer connection elsewhere, and that instance received this
+            // frame too: a bounce would call a reachable node unknown. Dropped and counted.
+            None if moved => None,
+            // It left (or is leaving) and its channel still reached this instance.
+            None => Some(Undelivered::Unknown),
+            Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => Some(Undelivered::Busy),
             Some((conn, to_codec)) => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.stats.relays_in += 1;
                 }
                 return self.forward(conn, to_codec, codec, frame);
             }
-        }
+        };
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.stats.bounced += 1;
+        }
+        if let Some(reason) = reason {
+            self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Undeliverable {
+                to: from,
+                about: to,
+                reason,
+            })));
         }
     }
 
