@@ -6,19 +6,22 @@
 //! RUST_LOG=peer_signal=debug cargo run --release --example ws_server
 //! ```
 //!
-//! Nodes connect with plain `ws://` on any path. `GET /health` and `GET /metrics` (Prometheus text)
-//! are served on the metrics address. Ctrl-C or SIGTERM closes every client, then exits.
+//! Nodes connect with plain `ws://` on any path, or `wss://` with `--tls-cert` and `--tls-key`
+//! (reloaded on SIGHUP). `GET /health` and `GET /metrics` (Prometheus text) are served on the
+//! metrics address. Ctrl-C or SIGTERM closes every client, waits for their closing handshakes
+//! (`--drain-secs`), then exits.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
-    ConfigError, Driver, DriverHandle, RateLimit, RealmID, ServerStats, SignalConfig, SignalEvent,
+    ConfigError, Driver, DriverHandle, RateLimit, RealmID, ServerStats, ServerTls, SignalConfig, SignalEvent,
     SignalServer, WsConfig, WsStats, WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,95 +35,107 @@ struct Args {
     /// Where nodes connect (plain ws://, any path).
     #[arg(long, env = "PEER_SIGNAL_LISTEN", default_value = "0.0.0.0:8765")]
     listen: SocketAddr,
+    /// PEM certificate chain (leaf first): serve wss:// instead of ws://, with --tls-key.
+    /// Both files are read again on SIGHUP, for new connections; open ones go on.
+    #[arg(long, env = "PEER_SIGNAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PEER_SIGNAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Where /health and /metrics are served; "off" serves neither.
     #[arg(long, env = "PEER_SIGNAL_METRICS", default_value = "127.0.0.1:9765")]
     metrics: String,
     /// Seconds a node may stay silent before it is closed.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, env = "PEER_SIGNAL_TTL_SECS", default_value_t = SignalConfig::default().ttl.as_secs())]
     ttl_secs: u64,
     /// Seconds a new connection has to announce.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "PEER_SIGNAL_HANDSHAKE_TIMEOUT_SECS", default_value_t = SignalConfig::default().handshake_timeout.as_secs())]
     handshake_timeout_secs: u64,
     /// Realm sent to every node in SystemConfig (64 hex digits).
-    #[arg(long)]
+    #[arg(long, env = "PEER_SIGNAL_SYSTEM_REALM")]
     system_realm: Option<RealmID>,
     /// Most nodes in one list reply.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_LIST_LEN", default_value_t = SignalConfig::default().max_list_len)]
     max_list_len: usize,
     /// Most open connections.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_CONNECTIONS", default_value_t = SignalConfig::default().max_connections)]
     max_connections: usize,
-    /// Most connections that have not announced yet.
-    #[arg(long, default_value_t = 16_384)]
+    /// Most connections that have not announced yet; a newcomer beyond it takes the place of the
+    /// oldest.
+    #[arg(long, env = "PEER_SIGNAL_MAX_PENDING_HANDSHAKES", default_value_t = SignalConfig::default().max_pending_handshakes)]
     max_pending_handshakes: usize,
     /// Longest frame the server decodes, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_FRAME_SIZE", default_value_t = SignalConfig::default().max_frame_size)]
     max_frame_size: usize,
     /// Longest node name, in bytes.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_NAME_LEN", default_value_t = SignalConfig::default().max_name_len)]
     max_name_len: usize,
     /// Longest node client string and stats version, in bytes.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_CLIENT_LEN", default_value_t = SignalConfig::default().max_client_len)]
     max_client_len: usize,
     /// Longest SDP or ICE candidate, in bytes.
-    #[arg(long, default_value_t = 32 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_SETUP_LEN", default_value_t = SignalConfig::default().max_setup_len)]
     max_setup_len: usize,
     /// Most entries in one NodeStats message.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_NODE_STATS", default_value_t = SignalConfig::default().max_node_stats)]
     max_node_stats: usize,
     /// Errors a connection may make before it is closed (failed announces not included).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_ERRORS", default_value_t = SignalConfig::default().max_errors)]
     max_errors: u32,
     /// Failed announces a connection may make before it is closed.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_ANNOUNCE_FAILURES", default_value_t = SignalConfig::default().max_announce_failures)]
     max_announce_failures: u32,
     /// Frames per second one connection may send, sustained.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "PEER_SIGNAL_FRAMES_PER_SEC", default_value_t = SignalConfig::default().frame_rate.per_sec)]
     frames_per_sec: u64,
     /// Frames one connection may send at once after a quiet spell.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "PEER_SIGNAL_FRAME_BURST", default_value_t = SignalConfig::default().frame_rate.burst)]
     frame_burst: u64,
     /// Bytes per second one connection may send, sustained.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_BYTES_PER_SEC", default_value_t = SignalConfig::default().byte_rate.per_sec)]
     bytes_per_sec: u64,
     /// Bytes one connection may send at once after a quiet spell (at least --max-frame-size).
-    #[arg(long, default_value_t = 512 * 1024)]
+    #[arg(long, env = "PEER_SIGNAL_BYTE_BURST", default_value_t = SignalConfig::default().byte_rate.burst)]
     byte_burst: u64,
     /// No frame or byte rate limit per connection (for load tests, or behind a proxy that limits
     /// rates itself); overrides the four flags above.
-    #[arg(long)]
+    #[arg(long, env = "PEER_SIGNAL_UNLIMITED_RATES")]
     unlimited_rates: bool,
     /// Frames queued for one connection before it is closed as a slow reader.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_SEND_BACKLOG", default_value_t = SignalConfig::default().max_send_backlog)]
     max_send_backlog: usize,
     /// Milliseconds between pushes of new joins to other nodes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "PEER_SIGNAL_LIST_PUSH_INTERVAL_MS", default_value_t = SignalConfig::default().list_push_interval.as_millis() as u64)]
     list_push_interval_ms: u64,
     /// Nodes that receive each push of new joins (0: off).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "PEER_SIGNAL_LIST_PUSH_FANOUT", default_value_t = SignalConfig::default().list_push_fanout)]
     list_push_fanout: usize,
     /// Most open TCP connections from one IPv4 address or IPv6 /64 (default: no cap; leave it
     /// off behind a reverse proxy, where every connection comes from the proxy).
-    #[arg(long)]
+    #[arg(long, env = "PEER_SIGNAL_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// A reverse proxy whose X-Forwarded-For header names the client, for the per-IP limit
+    /// (repeat the flag, or separate addresses with commas). Only these are believed.
+    #[arg(long = "trusted-proxy", env = "PEER_SIGNAL_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Seconds a client has for the WebSocket handshake.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "PEER_SIGNAL_WS_HANDSHAKE_TIMEOUT_SECS", default_value_t = WsConfig::default().handshake_timeout.as_secs())]
     ws_handshake_timeout_secs: u64,
     /// Seconds between server pings; two silent intervals close a connection.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "PEER_SIGNAL_PING_INTERVAL_SECS", default_value_t = WsConfig::default().ping_interval.as_secs())]
     ping_interval_secs: u64,
     /// Bytes read from a socket at a time (idle connections hold no read buffer).
-    #[arg(long, default_value_t = WsConfig::default().read_buffer_size)]
+    #[arg(long, env = "PEER_SIGNAL_READ_BUFFER_SIZE", default_value_t = WsConfig::default().read_buffer_size)]
     read_buffer_size: usize,
     /// Bytes queued for one connection before it is closed as a slow reader; past half of it,
     /// relays to the connection are refused with "destination busy".
-    #[arg(long, default_value_t = WsConfig::default().send_backlog_bytes)]
+    #[arg(long, env = "PEER_SIGNAL_SEND_BACKLOG_BYTES", default_value_t = WsConfig::default().send_backlog_bytes)]
     send_backlog_bytes: usize,
     /// Seconds a write may make no progress before the connection is closed as a slow reader.
-    #[arg(long, default_value_t = WsConfig::default().write_timeout.as_secs())]
+    #[arg(long, env = "PEER_SIGNAL_WRITE_TIMEOUT_SECS", default_value_t = WsConfig::default().write_timeout.as_secs())]
     write_timeout_secs: u64,
     /// Milliseconds a closing connection waits for the peer's close frame.
-    #[arg(long, default_value_t = WsConfig::default().close_linger.as_millis() as u64)]
+    #[arg(long, env = "PEER_SIGNAL_CLOSE_LINGER_MS", default_value_t = WsConfig::default().close_linger.as_millis() as u64)]
     close_linger_ms: u64,
     /// Seconds to wait, on SIGTERM or Ctrl-C, for clients to finish their closing handshake
     /// before the process exits.
@@ -128,7 +143,7 @@ struct Args {
     drain_secs: u64,
     /// Runtime threads. With 1 (the default), the server and every connection share one thread,
     /// which avoids a cross-thread wake-up per frame and is the fastest on small machines.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "PEER_SIGNAL_THREADS", default_value_t = 1)]
     threads: usize,
 }
 
@@ -171,6 +186,7 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             read_buffer_size: self.read_buffer_size,
             max_connections_per_ip: self.max_connections_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
             send_backlog_bytes: self.send_backlog_bytes,
             write_timeout: Duration::from_secs(self.write_timeout_secs),
             close_linger: Duration::from_millis(self.close_linger_ms),
@@ -278,15 +294,22 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
 
 async fn serve(args: Args) -> Result<(), Failure> {
     let config = args.signal_config();
-    let ws_config = args.ws_config(&config);
+    let mut ws_config = args.ws_config(&config);
     // Checked before anything starts, so that a bad flag is one line and status 2.
     config.validate().map_err(|e| Failure::config(e, false))?;
     ws_config.validate().map_err(|e| Failure::config(e, true))?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = ServerTls::from_pem_files(cert, key)
+            .map_err(|e| Failure::Runtime(format!("{e}; check --tls-cert and --tls-key")))?;
+        tokio::spawn(reload_on_hangup(tls.clone(), cert.clone(), key.clone()));
+        ws_config.tls = Some(tls);
+    }
+    let scheme = if ws_config.tls.is_some() { "wss" } else { "ws" };
     let listen = args.listen;
     let transport = WsTransport::bind(listen, ws_config).await.map_err(|e| {
         Failure::Runtime(format!("cannot listen for nodes on {listen}: {}; pass --listen ADDR", reason(&e)))
     })?;
-    info!("signalling on ws://{}", transport.local_addr());
+    info!("signalling on {scheme}://{}", transport.local_addr());
     let ws_stats = transport.stats_handle();
 
     let (driver, handle, mut events) =
@@ -354,6 +377,26 @@ fn raise_fd_limit(connections: usize) {
             Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
         }
     }
+}
+
+/// Reads the certificate and key again on each SIGHUP; a file that does not parse leaves the
+/// certificate in use as it is.
+async fn reload_on_hangup(tls: ServerTls, cert: PathBuf, key: PathBuf) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(e) => return warn!("cannot listen for SIGHUP, the certificate will not be reloaded: {e}"),
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload_pem_files(&cert, &key) {
+                Ok(()) => info!(cert = %cert.display(), "SIGHUP: certificate reloaded for new connections"),
+                Err(e) => warn!("SIGHUP: keeping the certificate in use: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tls, cert, key);
 }
 
 async fn stop_on_signal(handle: DriverHandle) {

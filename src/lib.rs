@@ -245,6 +245,7 @@
 //! }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod codec;
@@ -256,6 +257,9 @@ mod transport;
 
 /// The ed25519 crate whose keys this crate's API takes.
 pub use ed25519_dalek;
+/// The TLS crate whose certificate types [`ServerTls`] and [`TlsRoots`] take (feature `tls`).
+#[cfg(feature = "tls")]
+pub use rustls;
 
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
@@ -274,6 +278,11 @@ mod driver;
 pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
 pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
-pub use transport::{Transport, TransportEvent};
 #[cfg(feature = "websocket")]
-pub use transport::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};
+pub use transport::{
+    Admission, AdmissionHook, UpgradeRequest, WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport,
+    BINCODE_SUBPROTOCOL,
+};
+#[cfg(feature = "tls")]
+pub use transport::{ServerTls, TlsError, TlsRoots};
+pub use transport::{Transport, TransportEvent};

@@ -703,3 +703,36 @@ async fn a_flood_of_silent_handshakes_cannot_lock_an_honest_node_out() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn x_forwarded_for_counts_the_client_only_from_a_trusted_proxy() {
+    let config = config();
+    // The good nodes and the newcomer of `still_serves` connect from 127.0.0.1: three slots.
+    let ws = WsConfig {
+        max_connections_per_ip: Some(3),
+        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
+        ..WsConfig::for_server(&config)
+    };
+    let mut arena = arena(config, ws).await;
+    let url = arena.server.url.clone();
+    let from = |source: &'static str, client: &'static str| {
+        let url = url.clone();
+        async move { RawWs::try_connect_from(&url, source, &format!("X-Forwarded-For: {client}\r\n")).await }
+    };
+    let mut held = Vec::new();
+    // Through the trusted proxy: each client has its own three slots, whatever the proxy's address.
+    for _ in 0..3 {
+        held.push(from("127.0.0.2", "203.0.113.7").await.expect("a client behind the proxy"));
+    }
+    let refused = from("127.0.0.2", "203.0.113.7").await.err().expect("its fourth connection");
+    assert_eq!(refused, "HTTP/1.1 429 Too Many Requests");
+    held.push(from("127.0.0.2", "203.0.113.8").await.expect("another client behind the proxy"));
+    // A client cannot pick its own slot: from an untrusted address the header is ignored.
+    for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        held.push(from("127.0.0.3", client).await.expect("a direct client"));
+    }
+    let again = from("127.0.0.3", "198.51.100.4").await.err().expect("refused at accept");
+    assert_eq!(again, "closed during the upgrade");
+    eventually("refusals counted", || arena.server.ws.get().refused_per_ip == 2).await;
+    arena.still_serves().await;
+}

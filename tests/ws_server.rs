@@ -22,8 +22,9 @@ fn ws_server_binary() -> PathBuf {
     binary
 }
 
-/// A `ws_server` process on an ephemeral loopback port, and its URL once it listens.
-async fn spawn_server(extra: &[&str]) -> (Child, String) {
+/// A `ws_server` process on an ephemeral loopback port, its URL once it listens, and the lines
+/// it logs from then on (up to a thousand waiting; later ones are dropped).
+async fn spawn_server(extra: &[&str]) -> (Child, String, tokio::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(ws_server_binary())
         .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
         .args(extra)
@@ -38,7 +39,7 @@ async fn spawn_server(extra: &[&str]) -> (Child, String) {
     // The server says where it listens; that line is the signal that it is ready.
     let url = within("ws_server listening", async {
         while let Some(line) = lines.next_line().await.expect("read the server's log") {
-            if let Some(at) = line.find("signalling on ws://") {
+            if let Some(at) = line.find("signalling on ") {
                 return line[at + "signalling on ".len()..].trim().to_string();
             }
         }
@@ -46,13 +47,18 @@ async fn spawn_server(extra: &[&str]) -> (Child, String) {
     })
     .await;
     // Keep reading its log, so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("{url}/"))
+    let (log, logged) = tokio::sync::mpsc::channel(1000);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.try_send(line);
+        }
+    });
+    (child, format!("{url}/"), logged)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_every_client_1001_and_waits_for_their_closing_handshakes() {
-    let (mut child, url) = spawn_server(&["--drain-secs", "10"]).await;
+    let (mut child, url, _log) = spawn_server(&["--drain-secs", "10"]).await;
     let mut clients = Vec::new();
     for i in 0..200 {
         let mut raw = RawWs::connect(&url, i % 2 == 1).await;
@@ -134,4 +140,96 @@ async fn a_port_in_use_is_a_sentence_with_the_flag_to_change() {
         stderr.trim_end(),
         format!("ws_server: cannot listen for nodes on {addr}: address in use; pass --listen ADDR")
     );
+}
+
+/// A file in the system's temporary folder, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("peer-signal-server-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_a_certificate_that_sighup_reloads_without_dropping_connections() {
+    use peer_signal::rustls::pki_types::CertificateDer;
+    use peer_signal::{Codec, TlsRoots, WsClient};
+
+    let make = || rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (old, new) = (make(), make());
+    let chain = TempFile::new("chain.pem", &old.cert.pem());
+    let key = TempFile::new("key.pem", &old.key_pair.serialize_pem());
+    let (chain_arg, key_arg) = (chain.0.display().to_string(), key.0.display().to_string());
+    let (child, url, mut log) = spawn_server(&["--tls-cert", &chain_arg, "--tls-key", &key_arg]).await;
+    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
+    let url = url.replace("127.0.0.1", "localhost");
+    let trust =
+        |cert: &rcgen::CertifiedKey| TlsRoots::Custom(vec![CertificateDer::from(cert.cert.der().to_vec())]);
+
+    let mut before =
+        nodes::within("connect", WsClient::connect_trusting(&url, Codec::Json, &trust(&old))).await.unwrap();
+    let _ = peer_signal::ClientConnection::recv(&mut before).await.expect("the challenge");
+
+    std::fs::write(&chain.0, new.cert.pem()).unwrap();
+    std::fs::write(&key.0, new.key_pair.serialize_pem()).unwrap();
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
+    // The server says when it has reloaded; from then on new connections get the new one.
+    within("the reload", async {
+        while let Some(line) = log.recv().await {
+            if line.contains("certificate reloaded") {
+                return;
+            }
+        }
+        panic!("ws_server exited");
+    })
+    .await;
+    WsClient::connect_trusting(&url, Codec::Json, &trust(&new)).await.expect("the new certificate");
+    assert!(WsClient::connect_trusting(&url, Codec::Json, &trust(&old)).await.is_err());
+    // The connection opened before the reload is still served.
+    peer_signal::ClientConnection::send(&mut before, bytes::Bytes::from_static(b"\"ListIDsRequest\""))
+        .await
+        .unwrap();
+    let reply =
+        nodes::within("an answer", peer_signal::ClientConnection::recv(&mut before)).await.expect("open");
+    assert!(reply.starts_with(b"{\"Error\":\"not authenticated"), "{}", String::from_utf8_lossy(&reply));
+}
+
+#[tokio::test]
+async fn every_flag_has_an_environment_variable_and_it_is_read() {
+    let help = within("--help", Command::new(ws_server_binary()).arg("--help").output()).await.unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    // Each option's entry runs from its `--flag` line to the next one.
+    let entries: Vec<&str> = help.split("\n      --").skip(1).collect();
+    assert!(entries.len() > 30, "{help}");
+    for entry in entries {
+        let flag = entry.split([' ', '\n']).next().unwrap_or_default();
+        if flag == "help" || flag == "version" {
+            continue;
+        }
+        let expected = format!("[env: PEER_SIGNAL_{}=", flag.replace('-', "_").to_uppercase());
+        let folded = entry.split_whitespace().collect::<Vec<_>>().join(" ");
+        let alias = flag == "trusted-proxy" && folded.contains("[env: PEER_SIGNAL_TRUSTED_PROXIES=");
+        assert!(folded.contains(&expected) || alias, "--{flag} has no {expected}]");
+    }
+    let output = within(
+        "ws_server refuses",
+        Command::new(ws_server_binary())
+            .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+            .env("PEER_SIGNAL_PING_INTERVAL_SECS", "0")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--ping-interval-secs must be more than zero"));
 }

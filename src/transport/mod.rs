@@ -15,7 +15,12 @@ pub(crate) mod memory;
 #[cfg(feature = "websocket")]
 mod websocket;
 #[cfg(feature = "websocket")]
-pub use websocket::{WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL};
+pub use websocket::{
+    Admission, AdmissionHook, UpgradeRequest, WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport,
+    BINCODE_SUBPROTOCOL,
+};
+#[cfg(feature = "tls")]
+pub use websocket::{ServerTls, TlsError, TlsRoots};
 
 /// Something a [`Transport`] observed, for the driver to feed into the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

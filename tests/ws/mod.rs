@@ -199,6 +199,12 @@ pub fn vector(name: &str) -> String {
     serde_json::from_str::<serde_json::Value>(line).unwrap()["json"].as_str().unwrap().to_string()
 }
 
+/// The path and query of `url`.
+pub fn target(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map_or("/".to_string(), |at| rest[at..].to_string())
+}
+
 pub fn host(url: &str) -> &str {
     url.trim_start_matches("ws://").split('/').next().unwrap()
 }
@@ -288,7 +294,26 @@ impl RawWs {
         Self::upgrade(stream, false).await
     }
 
-    async fn upgrade(mut stream: TcpStream, bincode: bool) -> Self {
+    /// Connects from the loopback address `source` (any of 127.0.0.0/8), sending `headers` (whole
+    /// lines, each ending in CRLF) with the upgrade request. `Err` with the status line when the
+    /// server does not switch protocols.
+    pub async fn try_connect_from(url: &str, source: &str, headers: &str) -> Result<Self, String> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(host(url).parse().unwrap()).await.unwrap();
+        Self::try_upgrade(stream, false, &target(url), headers).await
+    }
+
+    async fn upgrade(stream: TcpStream, bincode: bool) -> Self {
+        Self::try_upgrade(stream, bincode, "/raw", "").await.unwrap_or_else(|status| panic!("{status}"))
+    }
+
+    async fn try_upgrade(
+        mut stream: TcpStream,
+        bincode: bool,
+        target: &str,
+        headers: &str,
+    ) -> Result<Self, String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let protocol = if bincode {
             format!("Sec-WebSocket-Protocol: {BINCODE_SUBPROTOCOL}\r\n")
@@ -296,29 +321,33 @@ impl RawWs {
             String::new()
         };
         let request = format!(
-            "GET /raw HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+            "GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}{headers}\r\n"
         );
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let head_end = within("upgrade", async {
             loop {
                 if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    return at + 4;
+                    return Some(at + 4);
                 }
                 let mut chunk = [0u8; 1024];
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "closed during the upgrade");
-                buf.extend_from_slice(&chunk[..n]);
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
             }
         })
-        .await;
+        .await
+        .ok_or_else(|| "closed during the upgrade".to_string())?;
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        if !head.starts_with("HTTP/1.1 101 ") {
+            return Err(head.lines().next().unwrap_or_default().to_string());
+        }
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
         assert_eq!(head.contains(BINCODE_SUBPROTOCOL), bincode, "{head}");
         buf.drain(..head_end);
-        Self { stream, buf }
+        Ok(Self { stream, buf })
     }
 
     /// Sends one masked, final frame.

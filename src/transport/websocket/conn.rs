@@ -8,27 +8,22 @@
 //! them.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::frame::{Incoming, Opcode, OutFrame, Reader, Violation};
+use super::link::Link;
 use super::{Counters, Event, WsConfig};
 use crate::{CloseReason, Codec, ConnId, ProtocolError};
 
 /// Frames taken from the send queue into the write queue at most; the rest wait in the send
 /// queue, where they count against the backlog.
 const MAX_WRITE_QUEUE: usize = 64;
-
-/// Slices handed to one vectored write.
-const MAX_SLICES: usize = 64;
 
 /// Bytes read in one turn at most before the messages in them are handled.
 const READ_BATCH: usize = 64 * 1024;
@@ -130,7 +125,7 @@ impl Connection<'_> {
     /// queued, in one vectored system call.
     pub(super) async fn run(
         &self,
-        mut stream: TcpStream,
+        mut link: Link,
         mut buf: BytesMut,
         mut outbound: futures::channel::mpsc::Receiver<Outbound>,
     ) -> End {
@@ -206,24 +201,26 @@ impl Connection<'_> {
                 held.update(0);
             }
 
-            if !out.is_empty() {
-                match self.write_now(&stream, &mut out) {
-                    Ok((progress, drained)) => {
-                        if progress {
-                            last_progress = Instant::now();
-                        }
-                        report_drained |= drained;
-                    }
+            if !out.is_empty() || link.wants_write() {
+                let mut drained = false;
+                match link.write_now(&mut out, &mut |len| drained |= self.written(len)) {
+                    Ok(true) => last_progress = Instant::now(),
+                    Ok(false) => {}
                     Err(_) => return End::Error,
                 }
+                report_drained |= drained;
+                if out.is_empty() && out.capacity() > MAX_WRITE_QUEUE {
+                    out = VecDeque::new();
+                }
             }
+            let writing = !out.is_empty() || link.wants_write();
 
-            let wake_at = if !out.is_empty() {
+            let wake_at = if writing {
                 Some(last_progress + config.write_timeout)
             } else if closing.sent {
                 let until = *closing.linger_until.get_or_insert_with(|| Instant::now() + config.close_linger);
                 if closing.received || until <= Instant::now() {
-                    let _ = tokio::time::timeout(config.write_timeout, stream.shutdown()).await;
+                    let _ = tokio::time::timeout(config.write_timeout, link.shutdown()).await;
                     return closing.end();
                 }
                 Some(until)
@@ -245,13 +242,13 @@ impl Connection<'_> {
                 biased;
                 () = &mut killed => return End::Killed,
                 () = &mut deadline, if wake_at.is_some() => {
-                    if wake_at.is_some_and(|at| at <= Instant::now()) && !out.is_empty() {
+                    if wake_at.is_some_and(|at| at <= Instant::now()) && writing {
                         return End::WriteTimeout;
                     }
                     // Early (progress moved the deadline) or the linger ended: the next turn
                     // re-arms or finishes the close.
                 }
-                ready = stream.writable(), if !out.is_empty() => {
+                ready = link.writable(), if writing => {
                     if ready.is_err() {
                         return End::Error;
                     }
@@ -293,12 +290,12 @@ impl Connection<'_> {
                         }
                     }
                 }
-                ready = stream.readable(), if reading => {
+                ready = link.readable(), if reading => {
                     if ready.is_err() {
                         return End::Error;
                     }
                     let wanted = reader.wanted(&buf);
-                    let read = self.read_now(&stream, &mut buf, wanted);
+                    let read = link.read_now(&mut buf, wanted, config.read_buffer_size, READ_BATCH);
                     held.update(buf.capacity());
                     match read {
                         Ok(Some(0)) => {
@@ -320,55 +317,6 @@ impl Connection<'_> {
                 }
             }
         }
-    }
-
-    /// Reads what the socket has, up to [`READ_BATCH`] bytes, without waiting. Returns the bytes
-    /// read, 0 at the end of the stream, `None` when nothing had arrived after all.
-    fn read_now(&self, stream: &TcpStream, buf: &mut BytesMut, wanted: usize) -> io::Result<Option<usize>> {
-        let mut total = 0;
-        loop {
-            buf.reserve(wanted.saturating_sub(total).max(self.config.read_buffer_size).max(1));
-            match stream.try_read_buf(buf) {
-                Ok(0) => return Ok(Some(total)),
-                Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((total > 0).then_some(total)),
-                Err(e) => return Err(e),
-            }
-            if total >= READ_BATCH || total >= wanted.max(self.config.read_buffer_size) {
-                return Ok(Some(total));
-            }
-        }
-    }
-
-    /// Writes what is queued until the socket would block. Returns whether anything was written,
-    /// and whether that drained a busy connection below half its backlog (the transport must
-    /// hear that).
-    fn write_now(&self, stream: &TcpStream, out: &mut VecDeque<OutFrame>) -> io::Result<(bool, bool)> {
-        let (mut progress, mut drained) = (false, false);
-        while !out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = fill_slices(out, &mut slices);
-            let mut n = match stream.try_write_vectored(slices.get(..count).unwrap_or_default()) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            };
-            progress = true;
-            while n > 0 {
-                let Some(front) = out.front_mut() else { break };
-                let Some(rest) = front.advance(n) else { break };
-                n = rest;
-                if front.counted {
-                    drained |= self.written(front.payload_len());
-                }
-                out.pop_front();
-            }
-        }
-        if out.is_empty() && out.capacity() > MAX_WRITE_QUEUE {
-            *out = VecDeque::new();
-        }
-        Ok((progress, drained))
     }
 
     /// Records `len` payload bytes written; true when this drained a busy connection below half
@@ -400,23 +348,6 @@ impl Closing {
             None => End::Gone,
         }
     }
-}
-
-/// The slices of what is left to write, oldest first; returns how many it filled.
-fn fill_slices<'a>(out: &'a VecDeque<OutFrame>, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
-    let mut n = 0;
-    for frame in out {
-        let (head, payload) = frame.remaining();
-        for part in [head, payload] {
-            if part.is_empty() {
-                continue;
-            }
-            let Some(slot) = slices.get_mut(n) else { return n };
-            *slot = IoSlice::new(part);
-            n += 1;
-        }
-    }
-    n
 }
 
 /// The WebSocket close code and reason for a close the core asked for.

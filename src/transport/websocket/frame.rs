@@ -258,6 +258,11 @@ impl OutFrame {
         Self { head, head_len, payload, written: 0, counted: matches!(opcode, Opcode::Text | Opcode::Binary) }
     }
 
+    /// Bytes written as they are, with no frame header: the handshake's HTTP response.
+    pub(super) fn raw(bytes: Bytes) -> Self {
+        Self { head: [0; 10], head_len: 0, payload: bytes, written: 0, counted: false }
+    }
+
     /// A close frame with `code` and `reason` (cut to the 123 bytes that fit, on a character
     /// boundary).
     pub(super) fn close(code: CloseCode, reason: &str) -> Self {

@@ -6,9 +6,9 @@
 //! in the read buffer for the framing layer, so that nothing is lost between the two.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::link::Link;
 use super::BINCODE_SUBPROTOCOL;
 use crate::Codec;
 
@@ -25,34 +25,54 @@ pub(super) enum Refusal {
     Io,
     /// Not a WebSocket upgrade request, or a malformed one: answered with this status line.
     Http(&'static str),
+    /// The admission hook refused it, and the refusal was sent.
+    Admission,
 }
 
-/// Reads the upgrade request from `stream` (bytes already read start `buf`), answers it, and
-/// returns the codec the client asked for. Whatever follows the request stays in `buf`.
+/// A valid upgrade request, not answered yet.
+#[derive(Debug)]
+pub(super) struct Upgrade {
+    /// The codec the client asked for.
+    pub(super) codec: Codec,
+    accept: String,
+    /// Every `X-Forwarded-For` value, in order, joined by commas: believed only from a trusted
+    /// proxy.
+    pub(super) forwarded_for: Option<String>,
+    /// The request target.
+    pub(super) path: String,
+    /// Every header whose value is UTF-8, for the admission hook.
+    pub(super) headers: Vec<(String, String)>,
+}
+
+/// Reads and checks the upgrade request from `link` (bytes already read start `buf`); answers a
+/// request that is not a valid upgrade with its HTTP status. Whatever follows the request stays in
+/// `buf`. Accept it with [`accept`], or refuse it with [`refuse`].
 ///
 /// Has no deadline of its own: the caller bounds it with the handshake timeout.
-pub(super) async fn accept<S>(stream: &mut S, buf: &mut BytesMut) -> Result<Codec, Refusal>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub(super) async fn read_request(link: &mut Link, buf: &mut BytesMut) -> Result<Upgrade, Refusal> {
     let head_len = loop {
         if let Some(end) = find_head_end(buf) {
             break end;
         }
         if buf.len() >= MAX_HEAD {
-            return refuse(stream, "431 Request Header Fields Too Large").await;
+            return refuse(link, "431 Request Header Fields Too Large").await;
         }
-        buf.reserve(1024.min(MAX_HEAD - buf.len()));
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(Refusal::Io),
+        link.readable().await.map_err(|_| Refusal::Io)?;
+        match link.read_now(buf, 0, 1024, MAX_HEAD - buf.len()) {
+            Ok(Some(0)) | Err(_) => return Err(Refusal::Io),
             Ok(_) => {}
         }
     };
     let upgrade = match parse(buf.get(..head_len).unwrap_or_default()) {
         Ok(upgrade) => upgrade,
-        Err(status) => return refuse(stream, status).await,
+        Err(status) => return refuse(link, status).await,
     };
     buf.advance(head_len);
+    Ok(upgrade)
+}
+
+/// Answers `upgrade` with `101 Switching Protocols`: from now on the link speaks WebSocket.
+pub(super) async fn accept(link: &mut Link, upgrade: &Upgrade) -> Result<(), Refusal> {
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         upgrade.accept
@@ -63,14 +83,7 @@ where
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
-    stream.write_all(response.as_bytes()).await.map_err(|_| Refusal::Io)?;
-    Ok(upgrade.codec)
-}
-
-/// What a valid upgrade request asks for.
-struct Upgrade {
-    codec: Codec,
-    accept: String,
+    link.write_all(response.as_bytes()).await.map_err(|_| Refusal::Io)
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -113,19 +126,33 @@ fn parse(head: &[u8]) -> Result<Upgrade, &'static str> {
         .filter(|key| !key.is_empty())
         .ok_or(BAD)?;
     let codec = if has("sec-websocket-protocol", BINCODE_SUBPROTOCOL) { Codec::Bincode } else { Codec::Json };
-    Ok(Upgrade { codec, accept: derive_accept_key(key) })
+    let forwarded: Vec<&str> = values("x-forwarded-for").collect();
+    let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(","));
+    let headers = request
+        .headers
+        .iter()
+        .filter_map(|header| {
+            Some((header.name.to_string(), std::str::from_utf8(header.value).ok()?.to_string()))
+        })
+        .collect();
+    let path = request.path.unwrap_or("/").to_string();
+    Ok(Upgrade { codec, accept: derive_accept_key(key), forwarded_for, path, headers })
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: &'static str) -> Result<Codec, Refusal> {
+/// Answers with `status` and ends the connection.
+pub(super) async fn refuse<T>(link: &mut Link, status: &'static str) -> Result<T, Refusal> {
     let version = if status.starts_with("426") { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     let response = format!("HTTP/1.1 {status}\r\n{version}Connection: close\r\nContent-Length: 0\r\n\r\n");
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    if link.write_all(response.as_bytes()).await.is_ok() {
+        link.shutdown().await;
+    }
     Err(Refusal::Http(status))
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     const GOOD: &str =
@@ -163,12 +190,22 @@ mod tests {
         assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").err(), Some("400 Bad Request"));
     }
 
+    /// A connected pair on loopback: the client's stream and the server's link.
+    async fn pair() -> (tokio::net::TcpStream, Link) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Link::Plain(server))
+    }
+
     #[tokio::test]
     async fn bytes_after_the_request_stay_in_the_buffer() {
-        let (mut client, mut server) = tokio::io::duplex(4096);
+        let (mut client, mut server) = pair().await;
         client.write_all(format!("{GOOD}\r\nEXTRA").as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
-        assert_eq!(accept(&mut server, &mut buf).await, Ok(Codec::Json));
+        let upgrade = read_request(&mut server, &mut buf).await.unwrap();
+        assert_eq!(upgrade.codec, Codec::Json);
+        accept(&mut server, &upgrade).await.unwrap();
         assert_eq!(&buf[..], b"EXTRA");
         let mut response = vec![0; 4096];
         let n = client.read(&mut response).await.unwrap();
@@ -179,13 +216,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_head_is_refused_at_its_limit() {
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (mut client, mut server) = pair().await;
         let endless = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         client.write_all(endless.as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
-        assert_eq!(
-            accept(&mut server, &mut buf).await,
-            Err(Refusal::Http("431 Request Header Fields Too Large"))
-        );
+        let refused = read_request(&mut server, &mut buf).await.map(|upgrade| upgrade.codec);
+        assert_eq!(refused, Err(Refusal::Http("431 Request Header Fields Too Large")));
     }
 }

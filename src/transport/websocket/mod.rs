@@ -10,9 +10,17 @@
 //! read buffer while idle, writes every queued frame in one vectored system call without copying
 //! it, and bounds every write, ping and closing handshake by a deadline.
 
+mod admission;
 mod conn;
 mod frame;
 mod handshake;
+mod link;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use self::admission::{Admission, AdmissionHook, UpgradeRequest};
+#[cfg(feature = "tls")]
+pub use self::tls::{ServerTls, TlsError, TlsRoots};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +40,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::conn::{Connection, End, Outbound, Shared};
+use self::handshake::Refusal;
+use self::link::Link;
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
 use crate::server::{duration, nonzero};
@@ -56,6 +66,17 @@ pub struct WsConfig {
     /// where every connection comes from the proxy), and `max_connections` and the core's
     /// `max_pending_handshakes` bound the total anyway. Set it when clients connect directly.
     pub max_connections_per_ip: Option<usize>,
+    /// Reverse proxies whose `X-Forwarded-For` header is believed: for a connection from one of
+    /// these addresses, the client is the nearest address in that header that is not itself a
+    /// trusted proxy, and [`max_connections_per_ip`](Self::max_connections_per_ip) counts that
+    /// client (checked after the request is read; over the limit, it gets `429 Too Many
+    /// Requests`). From any other address the header is ignored, so that nobody can pick the
+    /// address they are counted under. Default: none.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Decides, for each upgrade request, whether it may become a connection: see
+    /// [`AdmissionHook`]. Called after the per-IP limit; a refused request gets the hook's HTTP
+    /// status and is counted in [`WsStats::refused_admission`]. Default: everybody is let in.
+    pub admission: Option<AdmissionHook>,
     /// Time a client has to complete the WebSocket handshake. Default 10 s.
     pub handshake_timeout: Duration,
     /// Largest WebSocket message accepted, however it is fragmented; a longer one closes the
@@ -91,6 +112,11 @@ pub struct WsConfig {
     /// Events (opens, frames, closes) waiting for the driver. When it is full, connections stop
     /// reading until the driver catches up. Default 4096.
     pub event_queue: usize,
+    /// Serve wss:// with this certificate (feature `tls`): every connection starts with a TLS
+    /// handshake, within [`handshake_timeout`](Self::handshake_timeout) together with the
+    /// WebSocket one. Default `None`: plain ws://.
+    #[cfg(feature = "tls")]
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for WsConfig {
@@ -98,6 +124,8 @@ impl Default for WsConfig {
         Self {
             max_connections: 100_000,
             max_connections_per_ip: None,
+            trusted_proxies: Vec::new(),
+            admission: None,
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
             send_backlog: 256,
@@ -108,6 +136,8 @@ impl Default for WsConfig {
             read_buffer_size: 4 * 1024,
             listen_backlog: 4096,
             event_queue: 4096,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -176,6 +206,8 @@ pub struct WsStats {
     pub refused_per_ip: u64,
     /// Connections that failed or timed out in the WebSocket handshake.
     pub failed_handshakes: u64,
+    /// Upgrade requests that [`WsConfig::admission`] refused.
+    pub refused_admission: u64,
     /// Connections closed as slow readers: their send queue was full, or a write made no progress
     /// for [`WsConfig::write_timeout`].
     pub slow_readers: u64,
@@ -207,6 +239,7 @@ struct Counters {
     refused: AtomicU64,
     refused_per_ip: AtomicU64,
     failed_handshakes: AtomicU64,
+    refused_admission: AtomicU64,
     slow_readers: AtomicU64,
     oversize: AtomicU64,
     protocol_violations: AtomicU64,
@@ -232,6 +265,7 @@ impl WsStatsHandle {
             refused: read(&c.refused),
             refused_per_ip: read(&c.refused_per_ip),
             failed_handshakes: read(&c.failed_handshakes),
+            refused_admission: read(&c.refused_admission),
             slow_readers: read(&c.slow_readers),
             oversize: read(&c.oversize),
             protocol_violations: read(&c.protocol_violations),
@@ -392,11 +426,15 @@ impl WsTransport {
         self.conns.len()
     }
 
-    /// Drops `conn` at once, without a closing handshake: its queue is full or its task is gone.
-    fn kill(&mut self, conn: ConnId) {
+    /// Drops `conn` at once, without a closing handshake, and reports it closed: its queue is
+    /// full (`slow`, counted as a slow reader), or its task has just ended for a reason of its own
+    /// (counted there).
+    fn kill(&mut self, conn: ConnId, slow: bool) {
         if let Some(handle) = self.conns.remove(&conn) {
             handle.shared.kill.notify_one();
-            Counters::bump(&self.stats.0.slow_readers);
+            if slow {
+                Counters::bump(&self.stats.0.slow_readers);
+            }
             self.local.push_back(TransportEvent::Closed { conn });
         }
     }
@@ -451,8 +489,13 @@ impl Transport for WsTransport {
         let queued = handle.shared.queued.fetch_add(len, Ordering::AcqRel).saturating_add(len);
         // Over the byte bound, or a full queue: a slow reader. A closed queue: a task that just
         // ended, whose close is on its way.
-        if queued > self.backlog_bytes || handle.queue.try_send(Outbound::Frame(frame)).is_err() {
-            self.kill(conn);
+        let refused = if queued > self.backlog_bytes {
+            Some(true)
+        } else {
+            handle.queue.try_send(Outbound::Frame(frame)).err().map(|e| e.is_full())
+        };
+        if let Some(slow) = refused {
+            self.kill(conn, slow);
             return Err(TransportError::Closed(conn));
         }
         if queued > self.backlog_bytes / 2 && !handle.shared.busy.swap(true, Ordering::AcqRel) {
@@ -499,23 +542,61 @@ async fn accept_loop(
             Counters::bump(&counters.refused);
             continue; // Full: the stream is dropped, which closes it.
         };
+        // A connection from a trusted proxy is counted under its client, once the request names it.
+        let proxied = is_trusted(&config, peer.ip());
         let ip_slot = match &per_ip {
-            Some(per_ip) => match PerIp::acquire(per_ip, peer.ip()) {
+            Some(per_ip) if !proxied => match PerIp::acquire(per_ip, peer.ip()) {
                 Some(ip_slot) => Some(ip_slot),
                 None => {
                     Counters::bump(&counters.refused_per_ip);
                     continue;
                 }
             },
-            None => None,
+            _ => None,
         };
         next_id += 1;
         let conn = ConnId::new(next_id);
         let (config, events) = (config.clone(), events.clone());
         let guard = TaskGuard::new(&counters);
-        let slots = (slot, ip_slot);
-        tokio::spawn(async move { serve_connection(stream, conn, &config, events, guard, slots).await });
+        let slots = Slots { _connection: slot, ip: ip_slot, per_ip: per_ip.clone().filter(|_| proxied) };
+        tokio::spawn(
+            async move { serve_connection(stream, peer, conn, &config, events, guard, slots).await },
+        );
     }
+}
+
+/// What a connection holds while its task lives: its place under `max_connections`, and under
+/// `max_connections_per_ip`: taken at `accept`, or for a connection from a trusted proxy, once
+/// its request names the client (`per_ip` is then where to take it).
+struct Slots {
+    _connection: OwnedSemaphorePermit,
+    ip: Option<IpSlot>,
+    per_ip: Option<Arc<PerIp>>,
+}
+
+fn is_trusted(config: &WsConfig, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    config.trusted_proxies.iter().any(|proxy| proxy.to_canonical() == ip)
+}
+
+/// The client of a connection from `peer`: walking `X-Forwarded-For` from the right (the hop
+/// nearest to us), the first address that is not a trusted proxy. Stops at an entry that is not
+/// an address, keeping the last good one; with no header, or from an untrusted peer, the peer.
+fn client_address(config: &WsConfig, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+    let mut client = peer;
+    let Some(forwarded) = forwarded_for.filter(|_| is_trusted(config, peer)) else { return peer };
+    for hop in forwarded.rsplit(',') {
+        let hop = hop.trim();
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(config, ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The first wait after an `accept` error, doubled while errors go on, up to the second.
@@ -575,20 +656,52 @@ impl Drop for IpSlot {
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    peer: SocketAddr,
     conn: ConnId,
     config: &WsConfig,
     events: mpsc::Sender<Event>,
     guard: TaskGuard,
-    slots: (OwnedSemaphorePermit, Option<IpSlot>),
+    mut slots: Slots,
 ) {
     let counters = &guard.0;
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::new();
-    let handshake = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &mut buf));
-    let Ok(Ok(codec)) = handshake.await else {
-        Counters::bump(&counters.failed_handshakes);
-        return; // Never became a WebSocket: the core never hears of it.
+    let handshake = async {
+        let mut link = open_link(stream, config).await.ok_or(Refusal::Io)?;
+        let upgrade = handshake::read_request(&mut link, &mut buf).await?;
+        let client = client_address(config, peer.ip(), upgrade.forwarded_for.as_deref());
+        if let Some(per_ip) = &slots.per_ip {
+            match PerIp::acquire(per_ip, client) {
+                Some(ip_slot) => slots.ip = Some(ip_slot),
+                None => {
+                    Counters::bump(&counters.refused_per_ip);
+                    return handshake::refuse(&mut link, "429 Too Many Requests").await;
+                }
+            }
+        }
+        if let Some(hook) = &config.admission {
+            let request = UpgradeRequest { path: &upgrade.path, headers: &upgrade.headers, peer, client };
+            if let Admission::Refuse { status, reason } = hook.decide(&request) {
+                Counters::bump(&counters.refused_admission);
+                let response = admission::refusal_response(status, &reason);
+                if link.write_all(response.as_bytes()).await.is_ok() {
+                    link.shutdown().await;
+                }
+                return Err(Refusal::Admission);
+            }
+        }
+        handshake::accept(&mut link, &upgrade).await?;
+        Ok((link, upgrade.codec))
+    };
+    let (link, codec) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(opened)) => opened,
+        // Counted as they were refused.
+        Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
+        Ok(Err(_)) | Err(_) => {
+            Counters::bump(&counters.failed_handshakes);
+            return; // Never became a WebSocket: the core never hears of it.
+        }
     };
 
     // Capacity is `buffer` plus one per sender, and there is one sender.
@@ -599,7 +712,7 @@ async fn serve_connection(
         return;
     }
     let connection = Connection { conn, codec, config, shared: &shared, events: &events, counters };
-    let end = connection.run(stream, buf, outbound).await;
+    let end = connection.run(link, buf, outbound).await;
     let counter = match end {
         End::Closed => Some(&counters.clean_closes),
         End::Oversize => Some(&counters.oversize),
@@ -614,6 +727,19 @@ async fn serve_connection(
     // Given back before the close is reported, so that whoever sees the close can reconnect.
     drop(slots);
     let _ = events.send(Event::Closed { conn }).await;
+}
+
+/// The stream a connection's WebSocket runs on: TCP, or TLS over it once its handshake is done.
+async fn open_link(stream: TcpStream, config: &WsConfig) -> Option<Link> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        let mut link = link::tls::TlsLink::new(stream, tls.config()).ok()?;
+        link.handshake().await.ok()?;
+        return Some(Link::Tls(Box::new(link)));
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = config;
+    Some(Link::Plain(stream))
 }
 
 /// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for
@@ -643,13 +769,35 @@ impl std::fmt::Debug for WsClient {
 }
 
 impl WsClient {
-    /// Connects to `url` (`ws://host:port/any/path`). With [`Codec::Bincode`] it asks for
+    /// Connects to `url` (`ws://host:port/any/path`, or with feature `tls` `wss://…`, trusting
+    /// the [webpki roots](TlsRoots::WebPki)). With [`Codec::Bincode`] it asks for
     /// [`BINCODE_SUBPROTOCOL`] and fails if the server does not agree.
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] when the server cannot be reached or refuses the upgrade.
+    /// [`TransportError::Connect`] when the server cannot be reached, its certificate is not
+    /// trusted, or it refuses the upgrade.
     pub async fn connect(url: &str, codec: Codec) -> Result<Self, TransportError> {
+        #[cfg(feature = "tls")]
+        return Self::connect_trusting(url, codec, &TlsRoots::WebPki).await;
+        #[cfg(not(feature = "tls"))]
+        Self::connect_with(url, codec, ()).await
+    }
+
+    /// Connects to `url` as [`connect`](Self::connect) does, trusting `roots` for wss://: a
+    /// private CA, or a self-signed certificate (feature `tls`).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    #[cfg(feature = "tls")]
+    pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, TransportError> {
+        let config = roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
+        Self::connect_with(url, codec, tokio_tungstenite::Connector::Rustls(config)).await
+    }
+
+    /// `tls` is how to connect to a wss:// URL; without the `tls` feature there is none.
+    async fn connect_with(url: &str, codec: Codec, tls: Connector) -> Result<Self, TransportError> {
         let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
         let mut request = url.into_client_request().map_err(|e| connect_error(&e))?;
         if codec.is_binary() {
@@ -657,8 +805,17 @@ impl WsClient {
                 .headers_mut()
                 .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
         }
-        let (ws, response) =
-            tokio_tungstenite::connect_async(request).await.map_err(|e| connect_error(&e))?;
+        #[cfg(feature = "tls")]
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls));
+        #[cfg(not(feature = "tls"))]
+        let connecting = {
+            let () = tls;
+            tokio_tungstenite::connect_async_with_config(request, None, true)
+        };
+        let (ws, response) = connecting.await.map_err(|e| match untrusted(&e) {
+            Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
+            None => connect_error(&e),
+        })?;
         let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         if codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
             return Err(TransportError::Connect("the server does not speak bincode".into()));
@@ -677,6 +834,24 @@ impl WsClient {
         let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, handshake).await;
     }
 }
+
+/// Why the server's certificate was refused, when that is why a connection failed.
+fn untrusted(error: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
+    #[cfg(feature = "tls")]
+    if let tokio_tungstenite::tungstenite::Error::Io(io) = error {
+        if let Some(rustls::Error::InvalidCertificate(why)) = io.get_ref().and_then(|e| e.downcast_ref()) {
+            return Some(format!("{why:?}"));
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = error;
+    None
+}
+
+#[cfg(feature = "tls")]
+type Connector = tokio_tungstenite::Connector;
+#[cfg(not(feature = "tls"))]
+type Connector = ();
 
 /// How long [`WsClient`] waits on the server to finish a closing handshake.
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -717,6 +892,30 @@ impl ClientConnection for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_forwarded_address_that_is_not_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let config =
+            WsConfig { trusted_proxies: vec![ip("10.0.0.1"), ip("10.0.0.2")], ..WsConfig::default() };
+        let client = |peer: &str, header: Option<&str>| client_address(&config, ip(peer), header);
+        // Through one proxy, and through two (the second one trusted too).
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7, 10.0.0.2")), ip("203.0.113.7"));
+        // Whatever the client wrote in the header itself stands left of the address the proxy saw.
+        assert_eq!(client("10.0.0.1", Some("1.1.1.1, 203.0.113.7")), ip("203.0.113.7"));
+        // Ports and IPv6 addresses, with and without brackets; IPv4-mapped proxies.
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7:4711")), ip("203.0.113.7"));
+        assert_eq!(client("10.0.0.1", Some("2001:db8::7")), ip("2001:db8::7"));
+        assert_eq!(client("10.0.0.1", Some("[2001:db8::7]:4711")), ip("2001:db8::7"));
+        assert_eq!(client("::ffff:10.0.0.1", Some("203.0.113.7")), ip("203.0.113.7"));
+        // Not an address: the last good hop counts (here the trusted proxy itself).
+        assert_eq!(client("10.0.0.1", Some("203.0.113.7, junk, 10.0.0.2")), ip("10.0.0.2"));
+        assert_eq!(client("10.0.0.1", Some("junk")), ip("10.0.0.1"));
+        // From anyone else, or without the header, the peer.
+        assert_eq!(client("192.0.2.9", Some("203.0.113.7")), ip("192.0.2.9"));
+        assert_eq!(client("10.0.0.1", None), ip("10.0.0.1"));
+    }
 
     #[test]
     fn per_ip_slots_are_counted_per_address_and_per_ipv6_slash_64_and_given_back() {
