@@ -205,6 +205,8 @@ enum Incoming {
 }
 
 /// A node of either protocol; the scenarios see only this.
+// A few thousand nodes at most, each holding a socket: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Node {
     PeerSignal(FlNode),
     Matchbox(MbNode),
@@ -577,6 +579,11 @@ fn read_proc(pid: Option<u32>) -> Option<Proc> {
     Some(Proc { cpu_s: (user + sys) / 100.0, sys_s: sys / 100.0, rss_kb })
 }
 
+/// The machine's one-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Waits until the server has used at most one clock tick (10 ms) of CPU in 200 ms, or for
 /// `SETTLE_TIMEOUT`; without a pid, 200 ms.
 async fn settle(pid: Option<u32>) {
@@ -749,6 +756,7 @@ async fn main() {
     let stats = Arc::new(Stats::default());
     let done = Arc::new(AtomicBool::new(false));
     let before = read_proc(args.server_pid);
+    let load_before = load_average();
     let started = Instant::now();
     let mut extra = serde_json::Map::new();
 
@@ -919,6 +927,8 @@ async fn main() {
         "out_of_order": stats.out_of_order.load(Ordering::Relaxed),
         "lost": stats.lost.load(Ordering::Relaxed),
         "latency_us": stats.percentiles(),
+        // Others' work on the machine, which the figures share it with.
+        "load_1min": [load_before, load_average()],
     });
     if args.protocol == Protocol::Matchbox {
         let rooms = if matches!(args.scenario, Scenario::Relay { .. }) { 2 } else { args.room_size };

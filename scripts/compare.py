@@ -88,6 +88,9 @@ def main(source):
         print(f"| {figure} ({better} is better) | {cells[0]} | {cells[1]} | {ratio} |")
     print()
     print("Ratio: peer-signal ÷ matchbox_server, each pair of figures from one run of bench.sh.")
+    loads = [x for run in runs.values() for x in run.get("load_1min") or [] if x is not None]
+    if loads:
+        print(f"One-minute load average of the machine during these runs: {min(loads):.1f} to {max(loads):.1f}.")
     for (label, server), text in notes.items():
         print(f"* {label} against {server}: {text}.")
 

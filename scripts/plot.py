@@ -53,7 +53,7 @@ def main(source, target):
 
     pairs = [int(r["label"][11:]) * 2 for r in relays]
     for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^--")):
-        right.plot(pairs, [r["latency_us"][key] / 1000 for r in relays], style, label=key)
+        right.plot(pairs, [r["latency_us"][key] / 1000 for r in relays], style, label=f"{key}, peer-signal")
     for key, style in (("p50", "o:"), ("p99", "s:")):
         right.plot(
             [int(r["label"][11:]) * 2 for r in matchbox],
