@@ -47,7 +47,7 @@ ROWS = [
     ("join-2000-rooms100-w100", "join 2,000 nodes, rooms of 100, 100 in flight: server CPU per join (µs)",
      lambda r: r.get("server_cpu_us_per_join"), "{:,.0f}", "less"),
     ("churn-16", "churn, 16 workers: cycles/s", lambda r: r["cycles_per_s"], "{:,.0f}", "more"),
-    ("churn-16", "churn, 16 workers: relayed messages that reached the partner (%)", delivered_pct, "{:.1f}", "more"),
+    ("churn-16", "churn, 16 workers: relayed messages that reached the partner (%)", delivered_pct, "{:.2f}", "more"),
     ("idle-10000", "idle, 10,000 connections: server memory per connection (bytes)",
      lambda r: r.get("server_bytes_per_idle_conn"), "{:,.0f}", "less"),
 ]
