@@ -3,6 +3,10 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -121,6 +125,10 @@ pub struct SignalClient {
     transmit: VecDeque<Bytes>,
     events: VecDeque<ClientEvent>,
     dropped_events: u64,
+    /// How often to ask for the list while connected, so that the server sees the node alive.
+    keepalive: Option<Duration>,
+    /// When the next keepalive is due; armed by the first `handle_timeout` once connected.
+    next_keepalive: Option<Instant>,
 }
 
 impl fmt::Debug for SignalClient {
@@ -152,6 +160,46 @@ impl SignalClient {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             dropped_events: 0,
+            keepalive: None,
+            next_keepalive: None,
+        }
+    }
+
+    /// Keeps the node alive on servers that close silent nodes (this crate's after
+    /// [`SignalConfig::ttl`](crate::SignalConfig::ttl), 120 s by default): once connected, a
+    /// `ListIDsRequest` goes out every `interval`, as fledger nodes send one every minute. Pick an
+    /// interval well inside the server's TTL; `None` (the default) sends nothing unasked.
+    ///
+    /// The client reads no clock: feed it the time with [`handle_timeout`](Self::handle_timeout)
+    /// when [`poll_timeout`](Self::poll_timeout) says.
+    pub fn set_keepalive(&mut self, interval: Option<Duration>) {
+        self.keepalive = interval.filter(|interval| !interval.is_zero());
+        self.next_keepalive = None;
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) wants to be called next: `None` while there
+    /// is nothing to time (no keepalive, not connected) or before the first call has armed it.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_keepalive
+    }
+
+    /// Tells the client the time: arms the keepalive once connected (the first call), and queues
+    /// a `ListIDsRequest` when it is due. Drain [`poll_transmit`](Self::poll_transmit) afterwards.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(interval) = self.keepalive.filter(|_| self.state == State::Connected) else {
+            self.next_keepalive = None;
+            return;
+        };
+        match self.next_keepalive {
+            None => self.next_keepalive = Some(now + interval),
+            Some(due) if due <= now => {
+                // A full backlog means the application is not sending: a missed keepalive is
+                // then the least of its problems, and the next one comes an interval later.
+                let _ = self.request(&WSSignalMessageFromNode::ListIDsRequest);
+                self.next_keepalive = Some(now + interval);
+            }
+            Some(_) => {}
         }
     }
 
@@ -334,6 +382,9 @@ pub trait ClientConnection: Send {
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError>;
 
     /// The next frame from the server; `None` once the connection is closed and drained.
+    ///
+    /// Must be cancel-safe: [`AsyncClient`] drops this future when a keepalive falls due first,
+    /// and no frame may be lost then.
     async fn recv(&mut self) -> Option<Bytes>;
 }
 
@@ -385,6 +436,17 @@ pub struct AsyncClient<C> {
     /// Events read while waiting for something else, returned first by `next_event`.
     held: VecDeque<ClientEvent>,
     dropped_events: u64,
+    /// The clock of the keepalive, when there is one.
+    timer: Option<Arc<dyn Timer>>,
+}
+
+/// The clock and the sleeps that [`AsyncClient::keep_alive`] needs, from whatever runtime the
+/// application runs on: `TokioTimer` with the `websocket` feature, or a few lines of your own.
+pub trait Timer: Send + Sync {
+    /// The time now.
+    fn now(&self) -> Instant;
+    /// A future that resolves at `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 impl<C> fmt::Debug for AsyncClient<C> {
@@ -412,7 +474,7 @@ impl<C: ClientConnection> AsyncClient<C> {
     /// [`SignalClient::handle_frame`].
     pub async fn connect(conn: C, key: SigningKey, info: NodeInfo) -> Result<Self, ClientError> {
         let client = SignalClient::new(key, info, conn.codec());
-        let mut this = Self { conn, client, held: VecDeque::new(), dropped_events: 0 };
+        let mut this = Self { conn, client, held: VecDeque::new(), dropped_events: 0, timer: None };
         loop {
             let event = this.read_event().await?;
             let connected = this.client.is_connected();
@@ -536,14 +598,59 @@ impl<C: ClientConnection> AsyncClient<C> {
         }
     }
 
-    /// Reads frames, answering what needs an answer, until the server said something.
+    /// Keeps the node alive on a server that closes silent nodes: while the application waits
+    /// in [`next_event`](Self::next_event) or [`list`](Self::list), a `ListIDsRequest` goes out
+    /// every `interval` (see [`SignalClient::set_keepalive`]); the replies come as
+    /// [`ClientEvent::NodeList`]. `timer` is the runtime's clock.
+    ///
+    /// ```no_run
+    /// # async fn run(mut node: peer_signal::AsyncClient<peer_signal::WsClient>) {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use peer_signal::TokioTimer;
+    ///
+    /// // Well inside the server's default TTL of 120 s, as fledger nodes do.
+    /// node.keep_alive(Duration::from_secs(60), Arc::new(TokioTimer));
+    /// while let Ok(event) = node.next_event().await {
+    ///     println!("{event:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn keep_alive(&mut self, interval: Duration, timer: Arc<dyn Timer>) {
+        self.client.set_keepalive(Some(interval));
+        self.client.handle_timeout(timer.now());
+        self.timer = Some(timer);
+    }
+
+    /// Reads frames, answering what needs an answer, until the server said something. Sends the
+    /// keepalive when it is due meanwhile.
     async fn read_event(&mut self) -> Result<ClientEvent, ClientError> {
         loop {
             if let Some(event) = self.client.poll_event() {
                 return Ok(event);
             }
-            let frame = self.conn.recv().await.ok_or(ClientError::Closed)?;
-            self.client.handle_frame(&frame)?;
+            let due = self.timer.clone().zip(self.client.poll_timeout());
+            let frame = match due {
+                Some((timer, at)) => {
+                    let first = {
+                        let recv = self.conn.recv();
+                        futures::pin_mut!(recv);
+                        // `recv` is cancel-safe: dropping it when the keepalive wins loses nothing.
+                        match futures::future::select(recv, timer.sleep_until(at)).await {
+                            futures::future::Either::Left((frame, _)) => Some(frame),
+                            futures::future::Either::Right(_) => None,
+                        }
+                    };
+                    let Some(frame) = first else {
+                        self.client.handle_timeout(timer.now());
+                        self.flush().await?;
+                        continue;
+                    };
+                    frame
+                }
+                None => self.conn.recv().await,
+            };
+            self.client.handle_frame(&frame.ok_or(ClientError::Closed)?)?;
             self.flush().await?;
         }
     }
