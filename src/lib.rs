@@ -280,8 +280,8 @@ pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 #[cfg(feature = "websocket")]
 pub use transport::{
-    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsConfig, WsStats, WsStatsHandle,
-    WsTransport, BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
+    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};
