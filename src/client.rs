@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand_core::RngCore;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
@@ -36,6 +38,10 @@ pub enum ClientEvent {
     PeerSetup(PeerInfo),
     /// The server refused something the node sent; the text is the server's.
     Error(String),
+    /// The connection was lost. A client that reconnects (see
+    /// [`AsyncClient::connect_reconnecting`]) is now trying again; it reports
+    /// [`Connected`](Self::Connected) once the server has accepted its announce anew.
+    Disconnected,
 }
 
 /// What went wrong on the node's side.
@@ -163,6 +169,14 @@ impl SignalClient {
             keepalive: None,
             next_keepalive: None,
         }
+    }
+
+    /// The same node on a new connection: the state of the old one forgotten, the keepalive kept.
+    fn renewed(&self) -> Self {
+        let mut client = Self::new(self.key.clone(), self.info.clone(), self.codec);
+        client.keepalive = self.keepalive;
+        client.dropped_events = self.dropped_events;
+        client
     }
 
     /// Keeps the node alive on servers that close silent nodes (this crate's after
@@ -436,8 +450,77 @@ pub struct AsyncClient<C> {
     /// Events read while waiting for something else, returned first by `next_event`.
     held: VecDeque<ClientEvent>,
     dropped_events: u64,
-    /// The clock of the keepalive, when there is one.
+    /// The clock of the keepalive and of the reconnection backoff, when there is one.
     timer: Option<Arc<dyn Timer>>,
+    /// How to reconnect, for a client that does.
+    reconnecting: Option<Reconnecting<C>>,
+}
+
+/// Opens a new connection to the server each time it is called: what an [`AsyncClient`] that
+/// reconnects needs. `WsClientBuilder` is one; so is any closure that returns a future of a
+/// connection.
+#[async_trait]
+pub trait Reconnect<C>: Send + Sync {
+    /// A new connection.
+    ///
+    /// # Errors
+    ///
+    /// The transport's, when the server cannot be reached.
+    async fn connect(&self) -> Result<C, TransportError>;
+}
+
+#[async_trait]
+impl<C, F, Fut> Reconnect<C> for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<C, TransportError>> + Send,
+    C: Send + 'static,
+{
+    async fn connect(&self) -> Result<C, TransportError> {
+        (self)().await
+    }
+}
+
+/// How long a client that reconnects waits between attempts: `initial` after the first
+/// failure, doubled after each further one up to `max`, and each wait spread at random over
+/// ±25%, so that many nodes cut off at once do not all come back at the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// From `initial` up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { initial, max: max.max(initial) }
+    }
+
+    /// The wait before attempt `failures + 1`, given `random` (any `u32`) for the jitter.
+    fn delay(self, failures: u32, random: u32) -> Duration {
+        let doubled = self.initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let base = doubled.min(self.max);
+        // A factor between 0.75 and 1.25.
+        let spread = 0.75 + f64::from(random) / f64::from(u32::MAX) / 2.0;
+        base.mul_f64(spread)
+    }
+}
+
+/// Half a second after the first failure, then doubling, up to half a minute.
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+}
+
+/// A client's means to reconnect.
+struct Reconnecting<C> {
+    reconnect: Box<dyn Reconnect<C>>,
+    backoff: Backoff,
+    /// The connection is lost; the next read reconnects.
+    lost: bool,
+    /// Attempts that failed since the connection was lost.
+    failures: u32,
 }
 
 /// The clock and the sleeps that [`AsyncClient::keep_alive`] needs, from whatever runtime the
@@ -474,19 +557,95 @@ impl<C: ClientConnection> AsyncClient<C> {
     /// [`SignalClient::handle_frame`].
     pub async fn connect(conn: C, key: SigningKey, info: NodeInfo) -> Result<Self, ClientError> {
         let client = SignalClient::new(key, info, conn.codec());
-        let mut this = Self { conn, client, held: VecDeque::new(), dropped_events: 0, timer: None };
+        let mut this =
+            Self { conn, client, held: VecDeque::new(), dropped_events: 0, timer: None, reconnecting: None };
+        this.handshake(false).await?;
+        Ok(this)
+    }
+
+    /// As [`connect`](Self::connect), on a connection from `reconnect`; and when the connection
+    /// is lost later, reconnects and announces again by itself, waiting as `backoff` says between
+    /// attempts (on `timer`, the runtime's clock), for as long as it takes.
+    ///
+    /// [`next_event`](Self::next_event) reports [`ClientEvent::Disconnected`] when the connection
+    /// is lost, then (as the next events, once it is back) [`ClientEvent::Connected`] and the list
+    /// that follows the announce. Requests made while it is lost fail with
+    /// [`ClientError::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), and [`ClientError::Closed`] when the first connection
+    /// cannot be made: a server that is not there at the start is more likely a mistake than a
+    /// network error.
+    pub async fn connect_reconnecting(
+        reconnect: impl Reconnect<C> + 'static,
+        key: SigningKey,
+        info: NodeInfo,
+        backoff: Backoff,
+        timer: Arc<dyn Timer>,
+    ) -> Result<Self, ClientError> {
+        let conn = reconnect.connect().await.map_err(|_| ClientError::Closed)?;
+        let mut this = Self::connect(conn, key, info).await?;
+        this.timer = Some(timer);
+        this.reconnecting =
+            Some(Reconnecting { reconnect: Box::new(reconnect), backoff, lost: false, failures: 0 });
+        Ok(this)
+    }
+
+    /// Waits for the server to accept the announce and for the list that follows; other events
+    /// are held for `next_event`, and with `report` the acceptance too.
+    async fn handshake(&mut self, report: bool) -> Result<(), ClientError> {
         loop {
-            let event = this.read_event().await?;
-            let connected = this.client.is_connected();
+            let event = self.read_event().await?;
+            let connected = self.client.is_connected();
             match event {
                 ClientEvent::Error(reason) if !connected => return Err(ClientError::Refused(reason)),
                 ClientEvent::NodeList(_) if connected => {
-                    this.hold(event);
-                    return Ok(this);
+                    self.hold(event);
+                    return Ok(());
                 }
-                ClientEvent::Connected(_) => {}
-                other => this.hold(other),
+                ClientEvent::Connected(_) if !report => {}
+                ClientEvent::Disconnected => return Err(ClientError::Closed),
+                other => self.hold(other),
             }
+        }
+    }
+
+    /// Reconnects, waiting between attempts, until the server has accepted the announce again.
+    async fn reconnect(&mut self) {
+        let (Some(mut reconnecting), Some(timer)) = (self.reconnecting.take(), self.timer.clone()) else {
+            return;
+        };
+        loop {
+            if reconnecting.failures > 0 {
+                let delay = reconnecting.backoff.delay(reconnecting.failures, rand_core::OsRng.next_u32());
+                timer.sleep_until(timer.now() + delay).await;
+            }
+            if let Ok(conn) = reconnecting.reconnect.connect().await {
+                self.conn = conn;
+                self.client = self.client.renewed();
+                if self.client.keepalive.is_some() {
+                    self.client.handle_timeout(timer.now());
+                }
+                if self.handshake(true).await.is_ok() {
+                    break;
+                }
+            }
+            reconnecting.failures = reconnecting.failures.saturating_add(1);
+        }
+        reconnecting.lost = false;
+        reconnecting.failures = 0;
+        self.reconnecting = Some(reconnecting);
+    }
+
+    /// The connection is gone: an error, or for a client that reconnects the news of it.
+    fn lost(&mut self) -> Result<ClientEvent, ClientError> {
+        match &mut self.reconnecting {
+            Some(reconnecting) => {
+                reconnecting.lost = true;
+                Ok(ClientEvent::Disconnected)
+            }
+            None => Err(ClientError::Closed),
         }
     }
 
@@ -629,6 +788,14 @@ impl<C: ClientConnection> AsyncClient<C> {
             if let Some(event) = self.client.poll_event() {
                 return Ok(event);
             }
+            if self.reconnecting.as_ref().is_some_and(|reconnecting| reconnecting.lost) {
+                // Boxed: reconnecting reads the server's answer through this very function.
+                Box::pin(self.reconnect()).await;
+                if let Some(event) = self.held.pop_front() {
+                    return Ok(event);
+                }
+                continue;
+            }
             let due = self.timer.clone().zip(self.client.poll_timeout());
             let frame = match due {
                 Some((timer, at)) => {
@@ -650,14 +817,23 @@ impl<C: ClientConnection> AsyncClient<C> {
                 }
                 None => self.conn.recv().await,
             };
-            self.client.handle_frame(&frame.ok_or(ClientError::Closed)?)?;
-            self.flush().await?;
+            let Some(frame) = frame else { return self.lost() };
+            self.client.handle_frame(&frame)?;
+            if self.flush().await.is_err() {
+                return self.lost();
+            }
         }
     }
 
     async fn flush(&mut self) -> Result<(), ClientError> {
         while let Some(frame) = self.client.poll_transmit() {
-            self.conn.send(frame).await.map_err(|_| ClientError::Closed)?;
+            if self.conn.send(frame).await.is_err() {
+                // A client that reconnects does so at its next read.
+                if let Some(reconnecting) = &mut self.reconnecting {
+                    reconnecting.lost = true;
+                }
+                return Err(ClientError::Closed);
+            }
         }
         Ok(())
     }
@@ -667,6 +843,25 @@ impl<C: ClientConnection> AsyncClient<C> {
             self.held.push_back(event);
         } else {
             self.dropped_events += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_maximum_within_a_quarter_either_way() {
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let bounds = |base: f64| (Duration::from_secs_f64(base * 0.75), Duration::from_secs_f64(base * 1.25));
+        for (failures, base) in [(1, 0.5), (2, 1.0), (3, 2.0), (7, 30.0), (40, 30.0)] {
+            let (low, high) = bounds(base);
+            for random in [0, u32::MAX / 3, u32::MAX] {
+                let delay = backoff.delay(failures, random);
+                assert!(delay >= low && delay <= high, "{failures} failures: {delay:?}");
+            }
+            assert!(backoff.delay(failures, 0) < backoff.delay(failures, u32::MAX), "jitter spreads");
         }
     }
 }

@@ -275,7 +275,9 @@ pub use server::{
 mod client;
 mod driver;
 
-pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient, Timer};
+pub use client::{
+    AsyncClient, Backoff, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient, Timer,
+};
 pub use driver::{Driver, DriverEvents, DriverHandle};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 #[cfg(feature = "websocket")]

@@ -86,5 +86,7 @@ async fn a_client_of_this_crate_sends_its_token_as_a_header() {
     let node = nodes::within("announce", AsyncClient::connect(conn, key, info)).await.expect("announced");
     assert_eq!(node.id(), nodes::id(7));
     let invalid = WsClient::builder(&url).header("Bad Name", "x").connect().await.err();
-    assert!(matches!(&invalid, Some(TransportError::Connect(text)) if text.starts_with("invalid header name")));
+    assert!(
+        matches!(&invalid, Some(TransportError::Connect(text)) if text.starts_with("invalid header name"))
+    );
 }

@@ -927,6 +927,15 @@ impl WsClientBuilder {
     }
 }
 
+/// A builder connects anew each time: what a client that reconnects needs
+/// ([`AsyncClient::connect_reconnecting`](crate::AsyncClient::connect_reconnecting)).
+#[async_trait]
+impl crate::Reconnect<WsClient> for WsClientBuilder {
+    async fn connect(&self) -> Result<WsClient, TransportError> {
+        WsClientBuilder::connect(self).await
+    }
+}
+
 /// tokio's clock for [`AsyncClient::keep_alive`](crate::AsyncClient::keep_alive). It follows
 /// tokio's paused time in tests (`tokio::time::pause`).
 #[derive(Debug, Clone, Copy, Default)]
