@@ -131,29 +131,13 @@ async fn pings_get_pongs_with_their_payload() {
 #[tokio::test]
 async fn stop_closes_every_client_with_1001_and_drains_before_the_transport_is_gone() {
     let server = start_default().await;
-    let mut clients = Vec::new();
-    for i in 0..200 {
-        let mut raw = RawWs::connect(&server.url, i % 2 == 1).await;
-        raw.frame().await.expect("challenge");
-        clients.push(raw);
-    }
+    let clients = raw_clients(&server.url, 200).await;
     server.handle.stop();
     let stopped = within("server task", server.task).await.unwrap();
     assert!(stopped.is_stopped());
     // The driver is done and the transport dropped; the connections finish their handshakes.
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut raw| {
-            tokio::spawn(async move {
-                let code = raw.close_frame().await;
-                raw.send_close(code).await;
-                (code, raw.end().await)
-            })
-        })
-        .collect();
-    for reader in readers {
-        assert_eq!(within("client", reader).await.unwrap(), (1001, StreamEnd::Eof));
-    }
+    let ends = answer_closes(clients).await;
+    assert!(ends.iter().all(|end| *end == (1001, StreamEnd::Eof)), "{ends:?}");
     within("drained", server.ws.all_ended()).await;
     assert_eq!(server.ws.get().clean_closes, 200);
 }

@@ -5,7 +5,6 @@
 mod nodes;
 mod ws;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use nodes::{config, key, within};
@@ -15,7 +14,7 @@ use peer_signal::{
     TransportError, WsClient, WsConfig, WsStatsHandle, WsTransport,
 };
 use tokio::io::AsyncReadExt;
-use ws::{eventually, exchange, WsNode};
+use ws::{eventually, exchange, TempFile, WsNode};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, with its key.
 fn certificate() -> (CertificateDer<'static>, PrivateKeyDer<'static>, rcgen::CertifiedKey) {
@@ -114,23 +113,6 @@ async fn a_tls_handshake_that_stalls_is_cut_by_the_handshake_timeout() {
     }
     eventually("both counted", || server.stats.get().failed_handshakes == 2).await;
     assert_eq!(server.stats.get().connection_tasks, 0);
-}
-
-/// A file in the system's temporary folder, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("peer-signal-{}-{name}", std::process::id()));
-        std::fs::write(&path, contents).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[tokio::test]

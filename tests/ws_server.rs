@@ -59,31 +59,13 @@ async fn spawn_server(extra: &[&str]) -> (Child, String, tokio::sync::mpsc::Rece
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_every_client_1001_and_waits_for_their_closing_handshakes() {
     let (mut child, url, _log) = spawn_server(&["--drain-secs", "10"]).await;
-    let mut clients = Vec::new();
-    for i in 0..200 {
-        let mut raw = RawWs::connect(&url, i % 2 == 1).await;
-        raw.frame().await.expect("challenge");
-        clients.push(raw);
-    }
+    let clients = raw_clients(&url, 200).await;
     let pid = child.id().expect("pid").to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
     assert!(killed.success());
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut raw| {
-            tokio::spawn(async move {
-                let code = raw.close_frame().await;
-                raw.send_close(code).await;
-                (code, raw.end().await)
-            })
-        })
-        .collect();
-    let mut closed = 0;
-    for reader in readers {
-        assert_eq!(within("client", reader).await.unwrap(), (1001, StreamEnd::Eof));
-        closed += 1;
-    }
-    assert_eq!(closed, 200);
+    let ends = answer_closes(clients).await;
+    assert_eq!(ends.len(), 200);
+    assert!(ends.iter().all(|end| *end == (1001, StreamEnd::Eof)), "{ends:?}");
     let status = within("ws_server exits", child.wait()).await.expect("wait");
     assert!(status.success(), "{status:?}");
 }
@@ -140,23 +122,6 @@ async fn a_port_in_use_is_a_sentence_with_the_flag_to_change() {
         stderr.trim_end(),
         format!("ws_server: cannot listen for nodes on {addr}: address in use; pass --listen ADDR")
     );
-}
-
-/// A file in the system's temporary folder, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("peer-signal-server-{}-{name}", std::process::id()));
-        std::fs::write(&path, contents).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -441,3 +441,52 @@ fn parse_server_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
     let payload = buf.get(head..head + len)?.to_vec();
     Some(((first & 0x0f, payload), head + len))
 }
+
+/// `count` raw clients that have read their challenge, every other one speaking bincode.
+pub async fn raw_clients(url: &str, count: usize) -> Vec<RawWs> {
+    let mut clients = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut raw = RawWs::connect(url, i % 2 == 1).await;
+        raw.frame().await.expect("challenge");
+        clients.push(raw);
+    }
+    clients
+}
+
+/// Each client, at once: reads the server's close frame, answers it with the same code, and
+/// sees how the stream ends. Returns the code and the end, per client.
+pub async fn answer_closes(clients: Vec<RawWs>) -> Vec<(u16, StreamEnd)> {
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut raw| {
+            tokio::spawn(async move {
+                let code = raw.close_frame().await;
+                raw.send_close(code).await;
+                (code, raw.end().await)
+            })
+        })
+        .collect();
+    let mut ends = Vec::with_capacity(readers.len());
+    for reader in readers {
+        ends.push(within("client", reader).await.expect("client task"));
+    }
+    ends
+}
+
+/// A file in the system's temporary folder, unique to this process and name, removed when
+/// dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("peer-signal-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

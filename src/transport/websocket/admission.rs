@@ -171,7 +171,7 @@ fn phrase(status: u16) -> &'static str {
         404 => "Not Found",
         429 => "Too Many Requests",
         503 => "Service Unavailable",
-        400..=499 => "Client Error",
+        _ if status < 500 => "Client Error",
         _ => "Server Error",
     }
 }
