@@ -2,9 +2,9 @@
 # Every WebSocket figure of BENCHMARKS.md: runs `loadgen` scenarios against fresh `ws_server`
 # processes on loopback and, side by side with the same load, against fresh matchbox_server 0.15
 # processes; appends their JSON summaries to bench-results/ws.jsonl, plots them, and prints the
-# comparison table (scripts/compare.py). Takes about ten minutes, the first time longer: it installs
-# matchbox_server into bench-tools/ (git-ignored) when it is missing. Needs python3 with
-# matplotlib for the plot (`pip install matplotlib`).
+# comparison table (scripts/compare.py). Takes about three minutes once built; the first time also
+# builds the examples and installs matchbox_server into bench-tools/ (git-ignored). Needs python3
+# with matplotlib for the plot (`pip install matplotlib`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --examples

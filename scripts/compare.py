@@ -20,6 +20,11 @@ def p99_ms(run):
     return run["latency_us"]["p99"] / 1000 if run.get("latency_us") else None
 
 
+def cpu_per_cycle(run):
+    # The server's CPU over the whole run, which the cycles fill.
+    return run["server"]["cpu_s"] * 1e6 / run["cycles"] if run.get("cycles") and "server" in run else None
+
+
 def delivered_pct(run):
     return 100 * run["delivered"] / run["cycles"] if run.get("cycles") else None
 
@@ -47,6 +52,7 @@ ROWS = [
     ("join-2000-rooms100-w100", "join 2,000 nodes, rooms of 100, 100 in flight: server CPU per join (µs)",
      lambda r: r.get("server_cpu_us_per_join"), "{:,.0f}", "less"),
     ("churn-16", "churn, 16 workers: cycles/s", lambda r: r["cycles_per_s"], "{:,.0f}", "more"),
+    ("churn-16", "churn, 16 workers: server CPU per cycle (µs)", cpu_per_cycle, "{:,.0f}", "less"),
     ("churn-16", "churn, 16 workers: relayed messages that reached the partner (%)", delivered_pct, "{:.2f}", "more"),
     ("idle-10000", "idle, 10,000 connections: server memory per connection (bytes)",
      lambda r: r.get("server_bytes_per_idle_conn"), "{:,.0f}", "less"),
