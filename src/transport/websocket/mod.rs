@@ -325,6 +325,8 @@ struct ConnHandle {
     /// preallocates a block of 32 slots, a fair share of an idle connection's memory.
     queue: futures::channel::mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
+    /// The transport gave up on it; its task is ending and will report the close.
+    killed: bool,
 }
 
 /// A [`Transport`] that accepts WebSocket connections on a TCP listener.
@@ -344,8 +346,7 @@ struct ConnHandle {
 pub struct WsTransport {
     events: mpsc::Receiver<Event>,
     conns: HashMap<ConnId, ConnHandle>,
-    /// What the transport decided on itself (slow readers closed, connections turned busy),
-    /// reported before anything else.
+    /// Connections the transport found busy, reported before anything else.
     local: VecDeque<TransportEvent>,
     /// [`WsConfig::send_backlog_bytes`].
     backlog_bytes: usize,
@@ -426,16 +427,17 @@ impl WsTransport {
         self.conns.len()
     }
 
-    /// Drops `conn` at once, without a closing handshake, and reports it closed: its queue is
-    /// full (`slow`, counted as a slow reader), or its task has just ended for a reason of its own
-    /// (counted there).
+    /// Ends `conn` at once, without a closing handshake: its queue is full (`slow`, counted as a
+    /// slow reader), or its task has already ended (and counted why). Its close is reported when
+    /// its task says so, after the frames it read before: reporting it here, ahead of them,
+    /// would make the core drop them as frames of a connection it has forgotten.
     fn kill(&mut self, conn: ConnId, slow: bool) {
-        if let Some(handle) = self.conns.remove(&conn) {
+        if let Some(handle) = self.conns.get_mut(&conn).filter(|handle| !handle.killed) {
+            handle.killed = true;
             handle.shared.kill.notify_one();
             if slow {
                 Counters::bump(&self.stats.0.slow_readers);
             }
-            self.local.push_back(TransportEvent::Closed { conn });
         }
     }
 }
@@ -484,7 +486,8 @@ impl Transport for WsTransport {
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
-        let handle = self.conns.get_mut(&conn).ok_or(TransportError::Closed(conn))?;
+        let handle =
+            self.conns.get_mut(&conn).filter(|handle| !handle.killed).ok_or(TransportError::Closed(conn))?;
         let len = frame.len();
         let queued = handle.shared.queued.fetch_add(len, Ordering::AcqRel).saturating_add(len);
         // Over the byte bound, or a full queue: a slow reader. A closed queue: a task that just
@@ -707,7 +710,7 @@ async fn serve_connection(
     // Capacity is `buffer` plus one per sender, and there is one sender.
     let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
     let shared = Arc::new(Shared::default());
-    let handle = ConnHandle { queue, shared: Arc::clone(&shared) };
+    let handle = ConnHandle { queue, shared: Arc::clone(&shared), killed: false };
     if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
         return;
     }
