@@ -7,9 +7,19 @@
 //! ```
 //!
 //! Nodes connect with plain `ws://` on any path, or `wss://` with `--tls-cert` and `--tls-key`
-//! (reloaded on SIGHUP). `GET /health` and `GET /metrics` (Prometheus text) are served on the
-//! metrics address. Ctrl-C or SIGTERM closes every client, waits for their closing handshakes
-//! (`--drain-secs`), then exits.
+//! (reloaded on SIGHUP). `GET /health`, `GET /ready` and `GET /metrics` (Prometheus text) are
+//! served on the metrics address. Ctrl-C or SIGTERM closes every client, waits for their closing
+//! handshakes (`--drain-secs`), then exits.
+//!
+//! Several instances form one network through Redis:
+//!
+//! ```sh
+//! cargo run --release --example ws_server -- --listen 0.0.0.0:8765 --metrics 127.0.0.1:9765 --redis redis://127.0.0.1:6379
+//! cargo run --release --example ws_server -- --listen 0.0.0.0:8766 --metrics 127.0.0.1:9766 --redis redis://127.0.0.1:6379
+//! ```
+//!
+//! `/ready` answers 503 while such an instance cannot reach Redis (it keeps serving its own
+//! nodes meanwhile), so that a load balancer sends newcomers elsewhere.
 
 mod common;
 
@@ -21,8 +31,9 @@ use clap::Parser;
 use common::ticks;
 use futures::StreamExt;
 use peer_signal::{
-    ConfigError, Driver, DriverHandle, RateLimit, RealmID, ServerStats, ServerTls, SignalConfig, SignalEvent,
-    SignalServer, WsConfig, WsStats, WsStatsHandle, WsTransport,
+    ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, RateLimit, RealmID, RedisBackplane,
+    RedisConfig, RedisHandle, RedisStats, ServerStats, ServerTls, SignalConfig, SignalEvent, SignalServer,
+    WsConfig, WsStats, WsStatsHandle, WsTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -145,6 +156,29 @@ struct Args {
     /// which avoids a cross-thread wake-up per frame and is the fastest on small machines.
     #[arg(long, env = "PEER_SIGNAL_THREADS", default_value_t = 1)]
     threads: usize,
+    /// Form one network with the other instances that use this Redis, e.g.
+    /// redis://127.0.0.1:6379. Without it, the server stands alone.
+    #[arg(long, env = "PEER_SIGNAL_REDIS")]
+    redis: Option<String>,
+    /// This instance's name on Redis (letters, digits, '-', '_', '.'; at most 64); a random one
+    /// when not given. Must differ between instances.
+    #[arg(long, env = "PEER_SIGNAL_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Remote nodes kept for lists.
+    #[arg(long, env = "PEER_SIGNAL_MAX_REMOTE_POOL", default_value_t = ClusterConfig::default().max_remote_pool)]
+    max_remote_pool: usize,
+    /// Milliseconds an instance's nodes stay listed after its last heartbeat to Redis.
+    #[arg(long, env = "PEER_SIGNAL_PRESENCE_TTL_MS", default_value_t = RedisConfig::default().presence_ttl.as_millis() as u64)]
+    presence_ttl_ms: u64,
+    /// Milliseconds between heartbeats to Redis (less than --presence-ttl-ms).
+    #[arg(long, env = "PEER_SIGNAL_HEARTBEAT_MS", default_value_t = RedisConfig::default().heartbeat.as_millis() as u64)]
+    heartbeat_ms: u64,
+    /// Milliseconds between refreshes of the pool of remote nodes.
+    #[arg(long, env = "PEER_SIGNAL_SAMPLE_INTERVAL_MS", default_value_t = RedisConfig::default().sample_interval.as_millis() as u64)]
+    sample_interval_ms: u64,
+    /// Milliseconds every Redis command may take before the instance counts Redis as down.
+    #[arg(long, env = "PEER_SIGNAL_REDIS_TIMEOUT_MS", default_value_t = RedisConfig::default().command_timeout.as_millis() as u64)]
+    redis_timeout_ms: u64,
 }
 
 impl Args {
@@ -169,6 +203,24 @@ impl Args {
             list_push_interval: Duration::from_millis(self.list_push_interval_ms),
             list_push_fanout: self.list_push_fanout,
             rng_seed: None,
+        }
+    }
+
+    fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig { max_remote_pool: self.max_remote_pool }
+    }
+
+    fn redis_config(&self, url: &str, config: &SignalConfig) -> RedisConfig {
+        RedisConfig {
+            url: url.to_string(),
+            instance: self.instance_id.clone().unwrap_or_default(),
+            presence_ttl: Duration::from_millis(self.presence_ttl_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            sample_interval: Duration::from_millis(self.sample_interval_ms),
+            command_timeout: Duration::from_millis(self.redis_timeout_ms),
+            max_sample: self.max_remote_pool,
+            max_message_size: config.max_frame_size.saturating_add(64),
+            ..RedisConfig::default()
         }
     }
 
@@ -288,6 +340,12 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
         "close_linger" => "--close-linger-ms",
         "ping_interval" => "--ping-interval-secs",
         "read_buffer_size" => "--read-buffer-size",
+        "max_remote_pool" | "max_sample" => "--max-remote-pool",
+        "presence_ttl" => "--presence-ttl-ms",
+        "heartbeat" => "--heartbeat-ms",
+        "sample_interval" => "--sample-interval-ms",
+        "command_timeout" => "--redis-timeout-ms",
+        "instance" => "--instance-id",
         _ => return None,
     })
 }
@@ -312,8 +370,36 @@ async fn serve(args: Args) -> Result<(), Failure> {
     info!("signalling on {scheme}://{}", transport.local_addr());
     let ws_stats = transport.stats_handle();
 
-    let (driver, handle, mut events) =
-        Driver::new(SignalServer::new(config).map_err(|e| Failure::config(e, false))?, transport, 4096);
+    // With Redis the server is clustered and the driver carries a backplane: another type.
+    let mut cluster = None;
+    if let Some(url) = &args.redis {
+        let cluster_config = args.cluster_config();
+        cluster_config.validate().map_err(|e| Failure::config(e, false))?;
+        let redis_config = args.redis_config(url, &config);
+        redis_config.validate().map_err(|e| Failure::config(e, false))?;
+        let server = SignalServer::with_cluster(config.clone(), cluster_config)
+            .map_err(|e| Failure::config(e, false))?;
+        let (backplane, redis) = RedisBackplane::start(redis_config).map_err(|e| match e {
+            peer_signal::RedisError::Config(e) => Failure::config(e, false),
+            other => Failure::Config(format!("{other}; pass --redis redis://HOST:PORT")),
+        })?;
+        info!(instance = redis.instance(), "instance {} on redis", redis.instance());
+        cluster = Some((server, backplane, redis));
+    }
+    let redis = cluster.as_ref().map(|(_, _, redis)| redis.clone());
+    let ticks = ticks(Duration::from_millis(250));
+    let (run, handle, events): (_, DriverHandle, DriverEvents) = match cluster {
+        Some((server, backplane, _)) => {
+            let (driver, handle, events) = Driver::with_backplane(server, transport, backplane, 4096);
+            (futures::future::Either::Left(driver.run(ticks)), handle, events)
+        }
+        None => {
+            let server = SignalServer::new(config).map_err(|e| Failure::config(e, false))?;
+            let (driver, handle, events) = Driver::new(server, transport, 4096);
+            (futures::future::Either::Right(driver.run(ticks)), handle, events)
+        }
+    };
+    let mut events = events;
     if args.metrics != "off" {
         let listener = TcpListener::bind(&args.metrics).await.map_err(|e| {
             Failure::Runtime(format!(
@@ -324,7 +410,7 @@ async fn serve(args: Args) -> Result<(), Failure> {
         })?;
         let local = listener.local_addr().map_err(|e| Failure::Runtime(format!("metrics listener: {e}")))?;
         info!("metrics on http://{local}/metrics");
-        tokio::spawn(serve_metrics(listener, handle.clone(), ws_stats.clone()));
+        tokio::spawn(serve_metrics(listener, handle.clone(), ws_stats.clone(), redis.clone()));
     }
     tokio::spawn(stop_on_signal(handle.clone()));
     tokio::spawn(async move {
@@ -341,9 +427,12 @@ async fn serve(args: Args) -> Result<(), Failure> {
 
     // A task of its own, so that on a multi-threaded runtime it runs on a worker like the
     // connections rather than on the thread that blocks on `main`.
-    let server = tokio::spawn(driver.run(ticks(Duration::from_millis(250))))
-        .await
-        .map_err(|e| Failure::Runtime(format!("the server task failed: {e}")))?;
+    let server =
+        tokio::spawn(run).await.map_err(|e| Failure::Runtime(format!("the server task failed: {e}")))?;
+    if let Some(redis) = &redis {
+        // Off the bus at once, rather than when the presence expires.
+        redis.shutdown().await;
+    }
     // Every connection was sent its close; give them time to finish the closing handshake.
     let drain = Duration::from_secs(args.drain_secs);
     match tokio::time::timeout(drain, ws_stats.all_ended()).await {
@@ -423,7 +512,12 @@ async fn stop_on_signal(handle: DriverHandle) {
 
 /// A minimal HTTP/1.1 responder for `GET /health` and `GET /metrics`: one request per
 /// connection, a bounded request head, a deadline.
-async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: WsStatsHandle) {
+async fn serve_metrics(
+    listener: TcpListener,
+    handle: DriverHandle,
+    ws_stats: WsStatsHandle,
+    redis: Option<RedisHandle>,
+) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let mut stream = match listener.accept().await {
@@ -439,7 +533,7 @@ async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: Ws
                 continue;
             }
         };
-        let (handle, ws_stats) = (handle.clone(), ws_stats.clone());
+        let (handle, ws_stats, redis) = (handle.clone(), ws_stats.clone(), redis.clone());
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(512);
             let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -457,10 +551,23 @@ async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: Ws
             let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
             let (status, content_type, body) = match request_line {
                 line if line.starts_with(b"GET /health ") => ("200 OK", "text/plain", "ok\n".to_string()),
+                // Not ready while cut off from the other instances: newcomers are better served
+                // elsewhere. The nodes already here are still served.
+                line if line.starts_with(b"GET /ready ") => match &redis {
+                    Some(redis) if !redis.is_up() => {
+                        ("503 Service Unavailable", "text/plain", "redis unreachable\n".to_string())
+                    }
+                    _ => ("200 OK", "text/plain", "ready\n".to_string()),
+                },
                 line if line.starts_with(b"GET /metrics ") => (
                     "200 OK",
                     "text/plain; version=0.0.4",
-                    prometheus(&handle.stats(), handle.dropped_events(), &ws_stats.get()),
+                    prometheus(
+                        &handle.stats(),
+                        handle.dropped_events(),
+                        &ws_stats.get(),
+                        redis.as_ref().map(RedisHandle::stats).as_ref(),
+                    ),
                 ),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
@@ -473,7 +580,7 @@ async fn serve_metrics(listener: TcpListener, handle: DriverHandle, ws_stats: Ws
     }
 }
 
-fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats) -> String {
+fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats, redis: Option<&RedisStats>) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         out.push_str(&format!("# HELP peer_signal_{name} {help}\n# TYPE peer_signal_{name} {kind}\npeer_signal_{name} {value}\n"));
@@ -538,6 +645,71 @@ fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats) -> String 
         "Connections closed for silence past two pings.",
         ws.ping_timeouts,
     );
+    if let (Some(cluster), Some(redis)) = (&stats.cluster, redis) {
+        metric(
+            "cluster_up",
+            "gauge",
+            "1 while Redis answers and every local node is registered.",
+            u64::from(redis.up),
+        );
+        metric("cluster_downs_total", "counter", "Times Redis became unreachable.", redis.downs);
+        metric(
+            "cluster_relays_out_total",
+            "counter",
+            "Set-ups handed to other instances.",
+            cluster.relays_out,
+        );
+        metric(
+            "cluster_relays_in_total",
+            "counter",
+            "Set-ups from other instances delivered here.",
+            cluster.relays_in,
+        );
+        metric(
+            "cluster_undeliverable_total",
+            "counter",
+            "Set-ups from local nodes that reached no instance.",
+            cluster.undeliverable,
+        );
+        metric(
+            "cluster_bounced_total",
+            "counter",
+            "Set-ups from other instances for nodes gone or busy here.",
+            cluster.bounced,
+        );
+        metric(
+            "cluster_rejected_total",
+            "counter",
+            "Bus inputs refused by the checks.",
+            cluster.rejected + redis.rejected,
+        );
+        metric(
+            "cluster_taken_over_total",
+            "counter",
+            "Local nodes replaced by a newer connection elsewhere.",
+            cluster.taken_over,
+        );
+        metric("cluster_pool", "gauge", "Remote nodes in the pool for lists.", cluster.pool as u64);
+        metric(
+            "cluster_remote_nodes",
+            "gauge",
+            "Nodes on other instances, as last sampled.",
+            cluster.remote_nodes,
+        );
+        metric("cluster_presence", "gauge", "Local nodes registered in Redis.", redis.registered as u64);
+        metric(
+            "cluster_dropped_out_total",
+            "counter",
+            "Messages dropped: the queue to Redis was full.",
+            redis.dropped_out,
+        );
+        metric(
+            "cluster_dropped_in_total",
+            "counter",
+            "Messages dropped: the queue to the server was full.",
+            redis.dropped_in,
+        );
+    }
     out.push_str("# HELP peer_signal_errors_total Error replies, by reason.\n# TYPE peer_signal_errors_total counter\n");
     for (reason, count) in &stats.errors {
         out.push_str(&format!("peer_signal_errors_total{{reason=\"{reason}\"}} {count}\n"));

@@ -14,6 +14,7 @@ use futures::stream::{FusedStream, Stream, StreamExt};
 use futures::task::AtomicWaker;
 use futures::{select_biased, FutureExt};
 
+use crate::cluster::{Backplane, ClusterIn, ClusterOut};
 use crate::server::{ServerStats, SignalEvent, SignalIn, SignalOut, SignalServer};
 use crate::transport::Transport;
 
@@ -33,6 +34,11 @@ const YIELD_EVERY: u32 = 64;
 ///    [`DriverEvents`];
 ///
 /// until the server has stopped, and then returns it.
+///
+/// A server that shares its network with other instances
+/// ([`SignalServer::with_cluster`]) is driven with [`with_backplane`](Self::with_backplane): the
+/// driver then also waits for the backplane's inputs, and hands it every
+/// [`SignalOut::Cluster`]. Without one, it drives exactly as before.
 ///
 /// The driver never decides anything: a failed send needs nothing from it, because the transport
 /// reports the connection closed and the server cleans up.
@@ -65,14 +71,34 @@ const YIELD_EVERY: u32 = 64;
 /// assert!(server.await.unwrap().is_stopped());
 /// # });
 /// ```
-pub struct Driver<T> {
+pub struct Driver<T, B = NoBackplane> {
     server: SignalServer,
     transport: T,
+    /// `None` without a cluster, and once the backplane has shut down for good.
+    backplane: Option<B>,
+    /// Which of the transport and the backplane goes first next time both are ready: they take
+    /// turns, so that neither can starve the other.
+    backplane_first: bool,
     shared: Arc<Shared>,
     events: mpsc::Sender<SignalEvent>,
 }
 
-impl<T> fmt::Debug for Driver<T> {
+/// The backplane of a [`Driver`] that has none: [`Driver::new`] makes such drivers.
+#[derive(Debug)]
+pub struct NoBackplane {
+    _private: (),
+}
+
+#[async_trait::async_trait]
+impl Backplane for NoBackplane {
+    async fn next_event(&mut self) -> Option<ClusterIn> {
+        None
+    }
+
+    fn send(&mut self, _output: ClusterOut) {}
+}
+
+impl<T, B> fmt::Debug for Driver<T, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver").field("server", &self.server).finish_non_exhaustive()
     }
@@ -111,10 +137,33 @@ impl<T: Transport> Driver<T> {
         transport: T,
         event_capacity: usize,
     ) -> (Self, DriverHandle, DriverEvents) {
+        Self::build(server, transport, None, event_capacity)
+    }
+}
+
+impl<T: Transport, B: Backplane> Driver<T, B> {
+    /// Wraps a clustered `server` (see [`SignalServer::with_cluster`]), its `transport` and the
+    /// `backplane` that connects it to the other instances; events as for [`new`](Driver::new).
+    pub fn with_backplane(
+        server: SignalServer,
+        transport: T,
+        backplane: B,
+        event_capacity: usize,
+    ) -> (Self, DriverHandle, DriverEvents) {
+        Self::build(server, transport, Some(backplane), event_capacity)
+    }
+
+    fn build(
+        server: SignalServer,
+        transport: T,
+        backplane: Option<B>,
+        event_capacity: usize,
+    ) -> (Self, DriverHandle, DriverEvents) {
         let shared = Arc::new(Shared::default());
         let (events, receiver) = mpsc::channel(event_capacity);
         let handle = DriverHandle { shared: Arc::clone(&shared) };
-        (Self { server, transport, shared, events }, handle, DriverEvents { receiver })
+        let driver = Self { server, transport, backplane, backplane_first: false, shared, events };
+        (driver, handle, DriverEvents { receiver })
     }
 
     /// Runs until the server has stopped, reading the time from [`Instant::now`]. Each item of
@@ -181,13 +230,47 @@ impl<T: Transport> Driver<T> {
         let shared = &self.shared;
         let mut stop = poll_fn(|cx| shared.poll_stop(cx)).fuse();
         let mut event = self.transport.next_event().fuse();
-        loop {
-            select_biased! {
-                () = stop => return SignalIn::Stop,
-                tick = ticks.next() => if tick.is_some() {
-                    return SignalIn::Tick;
-                },
-                event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
+        let Some(backplane) = self.backplane.as_mut() else {
+            loop {
+                select_biased! {
+                    () = stop => return SignalIn::Stop,
+                    tick = ticks.next() => if tick.is_some() {
+                        return SignalIn::Tick;
+                    },
+                    event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
+                }
+            }
+        };
+        self.backplane_first = !self.backplane_first;
+        let mut cluster = backplane.next_event().fuse();
+        let input = loop {
+            if self.backplane_first {
+                select_biased! {
+                    () = stop => return SignalIn::Stop,
+                    tick = ticks.next() => if tick.is_some() {
+                        return SignalIn::Tick;
+                    },
+                    input = cluster => break input,
+                    event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
+                }
+            } else {
+                select_biased! {
+                    () = stop => return SignalIn::Stop,
+                    tick = ticks.next() => if tick.is_some() {
+                        return SignalIn::Tick;
+                    },
+                    event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
+                    input = cluster => break input,
+                }
+            }
+        };
+        drop(cluster);
+        match input {
+            Some(input) => SignalIn::Cluster(Box::new(input)),
+            None => {
+                // The backplane is gone for good: the server serves its own nodes from now on.
+                self.backplane = None;
+                SignalIn::Cluster(Box::new(ClusterIn::Down))
             }
         }
     }
@@ -200,6 +283,11 @@ impl<T: Transport> Driver<T> {
                     let _ = self.transport.send(conn, frame);
                 }
                 SignalOut::Close { conn, reason } => self.transport.close(conn, reason),
+                SignalOut::Cluster(output) => {
+                    if let Some(backplane) = self.backplane.as_mut() {
+                        backplane.send(*output);
+                    }
+                }
                 SignalOut::Event(event) => {
                     if let Err(e) = self.events.try_send(event) {
                         if e.is_full() {

@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::ids::ConnId;
 use crate::protocol::NodeID;
-use crate::server::ConnId;
 
 /// At most this many bytes of a decoder's description go into a [`CodecError`], and so into an
 /// `Error` reply: the description may quote what the peer sent (an unknown variant, a string of
@@ -210,14 +210,24 @@ pub enum ConfigError {
         /// That field's value.
         other_value: u64,
     },
+    /// A name with characters or a length the setting does not allow, e.g. an instance id of a
+    /// cluster.
+    #[error("{field} is not a valid name")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+    },
 }
 
 impl ConfigError {
-    /// The name of the refused field, as it is spelt in its config struct (`SignalConfig` or
-    /// `WsConfig`).
+    /// The name of the refused field, as it is spelt in its config struct (`SignalConfig`,
+    /// `WsConfig`, `ClusterConfig` or `RedisConfig`).
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Zero { field } | Self::TooLong { field, .. } | Self::Below { field, .. } => field,
+            Self::Zero { field }
+            | Self::TooLong { field, .. }
+            | Self::Below { field, .. }
+            | Self::Invalid { field } => field,
         }
     }
 }

@@ -1,0 +1,921 @@
+//! The Redis backplane (feature `redis`): several processes, one network.
+//!
+//! What lives in Redis, under a prefix (`peer-signal` by default):
+//!
+//! - `<prefix>:i:<instance>`, a hash per instance: node id (hex) → its `NodeInfo` as JSON. It
+//!   expires after [`RedisConfig::presence_ttl`] unless the instance's heartbeat renews it, so
+//!   an instance that dies takes its nodes off every list with it.
+//! - `<prefix>:instances`, a sorted set of instances by their last heartbeat (Redis's clock).
+//! - `<prefix>:gen`, the counter that ranks claims.
+//! - `<prefix>:n:<node id>`, a channel per node, which the instance that holds the node
+//!   subscribes to. A relay is one `PUBLISH`; Redis answers how many instances received it, so
+//!   a relay to a node that nobody holds (or whose instance lost its connection, which drops
+//!   its subscriptions at once) is answered `unknown destination` in one round trip.
+//!
+//! One channel per node rather than per instance: a per-instance channel would need a lookup
+//! of the node's instance before each relay (a second round trip, or a cache that goes stale),
+//! and could not say "nobody holds it" without a message back from the other instance. Redis
+//! keeps a channel in a hash table: a subscription costs about 100 bytes in Redis and one
+//! command per join and leave.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::wire::{self, BusMessage};
+use super::{Backplane, ClusterIn, ClusterOut, Undelivered};
+use crate::error::ConfigError;
+use crate::ids::ConnId;
+use crate::protocol::{NodeID, NodeInfo};
+
+/// Settings of a [`RedisBackplane`]. Every wait on Redis has a deadline, every queue a bound.
+///
+/// ```
+/// use peer_signal::RedisConfig;
+///
+/// let config = RedisConfig { url: "redis://127.0.0.1:6379".into(), ..RedisConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Where Redis is, e.g. `redis://127.0.0.1:6379` (a password, if any, goes in the URL).
+    pub url: String,
+    /// This instance's name on the bus: unique among the instances, at most 64 ASCII
+    /// letters, digits, `-`, `_` or `.`. Empty: a random one.
+    pub instance: String,
+    /// The prefix of every key and channel. Default `peer-signal`.
+    pub prefix: String,
+    /// How long an instance's nodes stay listed after its last heartbeat. Default 10 s.
+    pub presence_ttl: Duration,
+    /// How often the heartbeat renews them. Default 2 s.
+    pub heartbeat: Duration,
+    /// How often the pool of remote nodes for lists is refreshed. Default 2 s.
+    pub sample_interval: Duration,
+    /// Remote nodes in one sample. Default 1,000.
+    pub max_sample: usize,
+    /// The deadline of every Redis command; a command that misses it takes the bus down until
+    /// Redis answers again. Default 1 s.
+    pub command_timeout: Duration,
+    /// Messages waiting to be published (relays and bounces). When full, a relay is answered
+    /// `unknown destination` at once and counted. Default 4,096.
+    pub max_queue: usize,
+    /// Bytes waiting to be published, as for `max_queue`. Default 16 MiB.
+    pub max_queue_bytes: usize,
+    /// Inputs waiting for the server. When full, what arrives is dropped and counted.
+    /// Default 65,536.
+    pub max_events: usize,
+    /// Bytes of frames waiting for the server, as for `max_events`. Default 16 MiB.
+    pub max_event_bytes: usize,
+    /// The longest message accepted from the bus: a frame of the server's `max_frame_size`
+    /// and the header. Default 64 KiB + 64.
+    pub max_message_size: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            instance: String::new(),
+            prefix: "peer-signal".into(),
+            presence_ttl: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+            sample_interval: Duration::from_secs(2),
+            max_sample: 1000,
+            command_timeout: Duration::from_secs(1),
+            max_queue: 4096,
+            max_queue_bytes: 16 << 20,
+            max_events: 65_536,
+            max_event_bytes: 16 << 20,
+            max_message_size: 64 * 1024 + 64,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            // url: not printed, it may hold a password.
+            .field("instance", &self.instance)
+            .field("prefix", &self.prefix)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("heartbeat", &self.heartbeat)
+            .field("sample_interval", &self.sample_interval)
+            .field("max_sample", &self.max_sample)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_queue", &self.max_queue)
+            .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("max_events", &self.max_events)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_message_size", &self.max_message_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// Checks the settings: durations and sizes more than zero, the heartbeat shorter than the
+    /// presence TTL, and an instance id of at most 64 of the allowed characters.
+    ///
+    /// # Errors
+    ///
+    /// The first refused setting, as a [`ConfigError`] that names it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::server::nonzero;
+        nonzero("presence_ttl", self.presence_ttl)?;
+        nonzero("heartbeat", self.heartbeat)?;
+        if self.heartbeat >= self.presence_ttl {
+            return Err(ConfigError::Below {
+                field: "presence_ttl",
+                value: u64::try_from(self.presence_ttl.as_millis()).unwrap_or(u64::MAX),
+                other: "heartbeat",
+                other_value: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        nonzero("sample_interval", self.sample_interval)?;
+        nonzero("max_sample", self.max_sample)?;
+        nonzero("command_timeout", self.command_timeout)?;
+        nonzero("max_queue", self.max_queue)?;
+        nonzero("max_queue_bytes", self.max_queue_bytes)?;
+        nonzero("max_events", self.max_events)?;
+        nonzero("max_event_bytes", self.max_event_bytes)?;
+        nonzero("max_message_size", self.max_message_size)?;
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.instance.len() > wire::MAX_INSTANCE_LEN || !self.instance.chars().all(valid) {
+            return Err(ConfigError::Invalid { field: "instance" });
+        }
+        if self.prefix.is_empty() || !self.prefix.chars().all(|c| valid(c) || c == ':') {
+            return Err(ConfigError::Invalid { field: "prefix" });
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`RedisBackplane`] could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisError {
+    /// A setting of [`RedisConfig`] is refused.
+    #[error("invalid configuration: {0}")]
+    Config(#[source] ConfigError),
+    /// The URL is not one of Redis.
+    #[error("invalid redis url: {0}")]
+    Url(String),
+}
+
+/// Counters of a [`RedisBackplane`], from [`RedisHandle::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Whether Redis answers and every local node is registered.
+    pub up: bool,
+    /// Times the bus went down.
+    pub downs: u64,
+    /// Relays published.
+    pub published: u64,
+    /// Relays that reached no instance (or could not be published), answered with an error.
+    pub undeliverable: u64,
+    /// Messages received from the bus for local nodes.
+    pub received: u64,
+    /// Relays and bounces dropped because the queue to Redis was full.
+    pub dropped_out: u64,
+    /// Inputs dropped because the server did not take them fast enough.
+    pub dropped_in: u64,
+    /// Messages from the bus refused by the checks.
+    pub rejected: u64,
+    /// Local nodes this instance holds.
+    pub held: usize,
+    /// Local nodes registered in Redis now.
+    pub registered: usize,
+}
+
+/// The [`Backplane`] over Redis: give it to a [`Driver`](crate::Driver) with a server made by
+/// [`SignalServer::with_cluster`](crate::SignalServer::with_cluster). Keep its
+/// [`RedisHandle`] for readiness, metrics and a clean shutdown.
+///
+/// It starts down and connects in the background: until Redis answers, the server serves its
+/// own nodes. Needs a tokio runtime.
+pub struct RedisBackplane {
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<ClusterIn>,
+}
+
+impl fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackplane").field("instance", &self.shared.instance).finish_non_exhaustive()
+    }
+}
+
+/// Readiness, counters and shutdown of a [`RedisBackplane`]. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisHandle {
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl fmt::Debug for RedisHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisHandle").field("instance", &self.shared.instance).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    config: RedisConfig,
+    instance: String,
+    state: Mutex<State>,
+    events: mpsc::Sender<ClusterIn>,
+    event_bytes: AtomicUsize,
+    presence_wake: Notify,
+    relay_wake: Notify,
+    up: AtomicBool,
+    /// `up`, for those who wait for it to change.
+    up_watch: watch::Sender<bool>,
+    /// Redis may have forgotten our subscriptions or our hash: register everything again.
+    reregister: AtomicBool,
+    stop: AtomicBool,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    downs: AtomicU64,
+    published: AtomicU64,
+    undeliverable: AtomicU64,
+    received: AtomicU64,
+    dropped_out: AtomicU64,
+    dropped_in: AtomicU64,
+    rejected: AtomicU64,
+    registered: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    /// What the server said it holds: kept through outages, to register again.
+    held: HashMap<NodeID, Held>,
+    /// The ids registered in Redis now (as far as this instance knows), with the connection of
+    /// their claim.
+    on_bus: HashMap<NodeID, ConnId>,
+    /// The channels this instance may be subscribed to: a registration that failed halfway
+    /// leaves its subscription here, to be undone.
+    subscribed: std::collections::HashSet<NodeID>,
+    /// Ids whose registration may differ from `held`: a subset of `held` and `on_bus`, so it is
+    /// bounded by the nodes held, however many come and go while Redis is down.
+    dirty: BTreeSet<NodeID>,
+    outgoing: VecDeque<Outgoing>,
+    outgoing_bytes: usize,
+}
+
+struct Held {
+    conn: ConnId,
+    json: String,
+    /// The rank of its claim, once Redis gave one.
+    gen: Option<u64>,
+}
+
+struct Outgoing {
+    /// The node whose channel it goes to.
+    channel: NodeID,
+    payload: Vec<u8>,
+    /// For a relay: its sender, to tell when it reaches nobody.
+    relay_from: Option<NodeID>,
+}
+
+fn hex_id(id: &NodeID) -> String {
+    hex::encode(id.as_bytes())
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every step leaves the state consistent, so a panic elsewhere leaves it usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn channel(&self, id: &NodeID) -> String {
+        format!("{}:n:{}", self.config.prefix, hex_id(id))
+    }
+
+    fn hash(&self) -> String {
+        format!("{}:i:{}", self.config.prefix, self.instance)
+    }
+
+    /// Hands an input to the server, or counts it dropped.
+    fn emit(&self, input: ClusterIn) {
+        let bytes = match &input {
+            ClusterIn::Frame { frame, .. } => frame.len(),
+            _ => 0,
+        };
+        if bytes > 0 {
+            let held = self.event_bytes.fetch_add(bytes, Ordering::AcqRel);
+            if held.saturating_add(bytes) > self.config.max_event_bytes {
+                self.event_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if self.events.try_send(input).is_err() {
+            self.event_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn undeliverable(&self, from: NodeID, about: NodeID) {
+        self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+        self.emit(ClusterIn::Undeliverable { to: from, about, reason: Undelivered::Unknown });
+    }
+
+    /// Redis stopped answering: everything must be registered again once it does.
+    fn down(&self) {
+        self.reregister.store(true, Ordering::Release);
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.counters.downs.fetch_add(1, Ordering::Relaxed);
+            self.up_watch.send_replace(false);
+            self.emit(ClusterIn::Down);
+        }
+        self.presence_wake.notify_one();
+        self.relay_wake.notify_one();
+    }
+
+    /// A push from Redis: a message on a node's channel, or the connection's end.
+    fn on_push(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Disconnection => self.down(),
+            PushKind::Message => {
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                match self.parse(&channel, &payload) {
+                    Some(Some(input)) => {
+                        self.counters.received.fetch_add(1, Ordering::Relaxed);
+                        self.emit(input);
+                    }
+                    Some(None) => {}
+                    None => {
+                        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from the bus as an input: `None` when it is refused, `Some(None)` when it is
+    /// this instance's own takeover coming back.
+    fn parse(&self, channel: &[u8], payload: &[u8]) -> Option<Option<ClusterIn>> {
+        let channel = std::str::from_utf8(channel).ok()?;
+        let id = channel.strip_prefix(&self.config.prefix)?.strip_prefix(":n:")?;
+        let id: NodeID = id.parse().ok()?;
+        let input = match wire::decode(payload, self.config.max_message_size).ok()? {
+            BusMessage::Frame { codec, frame } => ClusterIn::Frame { to: id, codec, frame },
+            BusMessage::TakenOver { instance, .. } if instance == self.instance => return Some(None),
+            BusMessage::TakenOver { gen, .. } => ClusterIn::TakenOver { id, gen },
+            BusMessage::Undeliverable { about, reason } => ClusterIn::Undeliverable { to: id, about, reason },
+        };
+        Some(Some(input))
+    }
+
+    fn queue(&self, item: Outgoing) -> Result<(), Outgoing> {
+        let mut state = self.lock();
+        let bytes = state.outgoing_bytes.saturating_add(item.payload.len());
+        if state.outgoing.len() >= self.config.max_queue || bytes > self.config.max_queue_bytes {
+            return Err(item);
+        }
+        state.outgoing_bytes = bytes;
+        state.outgoing.push_back(item);
+        drop(state);
+        self.relay_wake.notify_one();
+        Ok(())
+    }
+}
+
+impl RedisBackplane {
+    /// Starts the backplane's two tasks on the current tokio runtime (one publishes relays in
+    /// order, one keeps presence and samples) and returns at once: Redis is reached in the
+    /// background, and the server hears [`ClusterIn::Up`] once it answers.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisError`] for settings that [`RedisConfig::validate`] refuses or a URL that is not
+    /// Redis's.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start(config: RedisConfig) -> Result<(Self, RedisHandle), RedisError> {
+        config.validate().map_err(RedisError::Config)?;
+        let instance = if config.instance.is_empty() { random_instance() } else { config.instance.clone() };
+        let info = config.url.as_str().into_connection_info().map_err(|e| RedisError::Url(e.to_string()))?;
+        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| RedisError::Url(e.to_string()))?;
+        let (events, receiver) = mpsc::channel(config.max_events);
+        let shared = Arc::new(Shared {
+            instance,
+            state: Mutex::new(State::default()),
+            events,
+            event_bytes: AtomicUsize::new(0),
+            presence_wake: Notify::new(),
+            relay_wake: Notify::new(),
+            up: AtomicBool::new(false),
+            up_watch: watch::Sender::new(false),
+            reregister: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+            config,
+        });
+        let pushes = Arc::clone(&shared);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(shared.config.command_timeout))
+            .set_response_timeout(Some(shared.config.command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(shared.config.command_timeout)
+            .set_push_sender(move |push: PushInfo| {
+                pushes.on_push(push);
+                Ok::<(), ()>(())
+            });
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| RedisError::Url(e.to_string()))?;
+        let presence = tokio::spawn(presence_task(Arc::clone(&shared), manager.clone()));
+        let relays = tokio::spawn(relay_task(Arc::clone(&shared), manager));
+        let handle =
+            RedisHandle { shared: Arc::clone(&shared), tasks: Arc::new(Mutex::new(vec![presence, relays])) };
+        Ok((Self { shared, events: receiver }, handle))
+    }
+}
+
+/// 16 random hex digits.
+fn random_instance() -> String {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl RedisHandle {
+    /// This instance's name on the bus.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Whether Redis answers and every local node is registered: the instance's readiness.
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`is_up`](Self::is_up) is `up`; at once when it already is.
+    pub async fn wait_up(&self, up: bool) {
+        let mut watch = self.shared.up_watch.subscribe();
+        // The sender lives in `shared`, which this handle keeps: the wait cannot fail.
+        let _ = watch.wait_for(|now| *now == up).await;
+    }
+
+    /// The backplane's counters.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.shared.counters;
+        RedisStats {
+            up: self.is_up(),
+            downs: c.downs.load(Ordering::Relaxed),
+            published: c.published.load(Ordering::Relaxed),
+            undeliverable: c.undeliverable.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            dropped_out: c.dropped_out.load(Ordering::Relaxed),
+            dropped_in: c.dropped_in.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            held: self.shared.lock().held.len(),
+            registered: c.registered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes this instance off the bus (its hash and its heartbeat entry), within the command
+    /// deadline, and stops the backplane's tasks. Call it after the driver has returned.
+    pub async fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.presence_wake.notify_one();
+        self.shared.relay_wake.notify_one();
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline = self.shared.config.command_timeout.saturating_mul(3);
+        for task in tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(deadline, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    async fn next_event(&mut self) -> Option<ClusterIn> {
+        let input = self.events.recv().await?;
+        if let ClusterIn::Frame { frame, .. } = &input {
+            self.shared.event_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        }
+        Some(input)
+    }
+
+    fn send(&mut self, output: ClusterOut) {
+        let shared = &self.shared;
+        match output {
+            ClusterOut::Joined { id, conn, info } => {
+                // Our own NodeInfo always encodes; "null" keeps this free of panics regardless.
+                let json = serde_json::to_string(&info).unwrap_or_else(|_| "null".into());
+                let mut state = shared.lock();
+                state.held.insert(id, Held { conn, json, gen: None });
+                state.dirty.insert(id);
+                drop(state);
+                shared.presence_wake.notify_one();
+            }
+            ClusterOut::Left { id, conn } => {
+                let mut state = shared.lock();
+                if state.held.get(&id).is_some_and(|held| held.conn == conn) {
+                    state.held.remove(&id);
+                    if state.on_bus.contains_key(&id) || state.subscribed.contains(&id) {
+                        state.dirty.insert(id);
+                        drop(state);
+                        shared.presence_wake.notify_one();
+                    } else {
+                        // Never registered: nothing to undo.
+                        state.dirty.remove(&id);
+                    }
+                }
+            }
+            ClusterOut::Relay { from, to, codec, frame } => {
+                if !shared.up.load(Ordering::Acquire) {
+                    return shared.undeliverable(from, to);
+                }
+                let item = Outgoing {
+                    channel: to,
+                    payload: wire::encode_frame(codec, &frame),
+                    relay_from: Some(from),
+                };
+                if shared.queue(item).is_err() {
+                    shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    shared.undeliverable(from, to);
+                }
+            }
+            ClusterOut::Undeliverable { to, about, reason } => {
+                let item = Outgoing {
+                    channel: to,
+                    payload: wire::encode_undeliverable(about, reason),
+                    relay_from: None,
+                };
+                if shared.queue(item).is_err() {
+                    shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Messages published in one pipeline: one round trip for a burst, in order.
+const PUBLISH_BATCH: usize = 256;
+
+/// Publishes relays and bounces, in the order the server emitted them.
+async fn relay_task(shared: Arc<Shared>, mut redis: ConnectionManager) {
+    let timeout = shared.config.command_timeout;
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let batch: Vec<Outgoing> = {
+            let mut state = shared.lock();
+            let n = state.outgoing.len().min(PUBLISH_BATCH);
+            let batch: Vec<Outgoing> = state.outgoing.drain(..n).collect();
+            let bytes: usize = batch.iter().map(|item| item.payload.len()).sum();
+            state.outgoing_bytes = state.outgoing_bytes.saturating_sub(bytes);
+            batch
+        };
+        if batch.is_empty() {
+            shared.relay_wake.notified().await;
+            continue;
+        }
+        let counts = if shared.up.load(Ordering::Acquire) {
+            let mut pipe = redis::pipe();
+            for item in &batch {
+                pipe.publish(shared.channel(&item.channel), item.payload.as_slice());
+            }
+            match tokio::time::timeout(timeout, pipe.query_async::<Vec<i64>>(&mut redis)).await {
+                Ok(Ok(counts)) if counts.len() == batch.len() => Some(counts),
+                _ => {
+                    shared.down();
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        for (i, item) in batch.into_iter().enumerate() {
+            let reached = counts.as_ref().and_then(|counts| counts.get(i)).is_some_and(|&n| n > 0);
+            match item.relay_from {
+                Some(from) if !reached => shared.undeliverable(from, item.channel),
+                Some(_) => {
+                    shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('PEXPIRE', KEYS[2], ARGV[2])
+";
+
+const CLAIM: &str = r"
+local g = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[6] .. g .. ' ' .. ARGV[5])
+return g
+";
+
+const SAMPLE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local alive = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')
+local sizes = {}
+local total = 0
+for _, inst in ipairs(alive) do
+  if inst ~= ARGV[1] then
+    local n = redis.call('HLEN', ARGV[4] .. inst)
+    sizes[#sizes + 1] = {inst, n}
+    total = total + n
+  end
+end
+local out = {tostring(total)}
+local want = tonumber(ARGV[3])
+for _, s in ipairs(sizes) do
+  if s[2] > 0 then
+    local k = math.ceil(want * s[2] / total)
+    local got = redis.call('HRANDFIELD', ARGV[4] .. s[1], k, 'WITHVALUES')
+    for j = 2, #got, 2 do out[#out + 1] = got[j] end
+  end
+end
+return out
+";
+
+/// The longest `NodeInfo` JSON accepted from a sample.
+const MAX_INFO_JSON: usize = 4096;
+
+struct Presence {
+    shared: Arc<Shared>,
+    redis: ConnectionManager,
+    heartbeat: redis::Script,
+    claim: redis::Script,
+    sample: redis::Script,
+}
+
+/// A Redis command that missed its deadline or failed: the bus is down.
+struct Unreachable;
+
+impl Presence {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unreachable> {
+        match tokio::time::timeout(self.shared.config.command_timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            _ => {
+                self.shared.down();
+                Err(Unreachable)
+            }
+        }
+    }
+
+    async fn beat(&mut self) -> Result<(), Unreachable> {
+        let ttl = u64::try_from(self.shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+        let key = format!("{}:instances", self.shared.config.prefix);
+        let hash = self.shared.hash();
+        let mut invocation = self.heartbeat.key(key);
+        invocation.key(hash).arg(&self.shared.instance).arg(ttl);
+        let mut redis = self.redis.clone();
+        let exists: i64 = self.run(invocation.invoke_async(&mut redis)).await?;
+        if exists == 0 && !self.shared.lock().on_bus.is_empty() {
+            // The hash expired (this process was paused, or Redis restarted): register again.
+            self.shared.reregister.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Registers every held id again, after Redis may have lost them: an id that another
+    /// instance holds now stays theirs.
+    async fn reregister(&mut self) -> Result<(), Unreachable> {
+        let mut redis = self.redis.clone();
+        let _: String = self.run(redis::cmd("PING").query_async(&mut redis)).await?;
+        self.shared.reregister.store(false, Ordering::Release);
+        let previous: Vec<NodeID> = {
+            let state = self.shared.lock();
+            state.on_bus.keys().chain(state.subscribed.iter()).copied().collect()
+        };
+        // Our own subscriptions, if the connection survived, must not count as someone else's.
+        // Until they are all gone, `on_bus` keeps them, so that a failure here is retried.
+        for chunk in previous.chunks(PUBLISH_BATCH) {
+            let channels: Vec<String> = chunk.iter().map(|id| self.shared.channel(id)).collect();
+            let mut redis = self.redis.clone();
+            self.run(redis.unsubscribe(channels)).await?;
+        }
+        let mut state = self.shared.lock();
+        state.on_bus.clear();
+        state.subscribed.clear();
+        let ids: Vec<NodeID> = state.held.keys().copied().collect();
+        state.dirty.clear();
+        state.dirty.extend(ids);
+        self.shared.counters.registered.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Brings one id's registration in line with what the server holds.
+    async fn sync(&mut self, id: NodeID) -> Result<(), Unreachable> {
+        let result = self.sync_one(id).await;
+        let registered = self.shared.lock().on_bus.len();
+        self.shared.counters.registered.store(registered, Ordering::Relaxed);
+        result
+    }
+
+    async fn sync_one(&mut self, id: NodeID) -> Result<(), Unreachable> {
+        let (held, registered, subscribed) = {
+            let state = self.shared.lock();
+            let held = state.held.get(&id).map(|held| (held.conn, held.json.clone(), held.gen));
+            (held, state.on_bus.get(&id).copied(), state.subscribed.contains(&id))
+        };
+        let channel = self.shared.channel(&id);
+        let mut redis = self.redis.clone();
+        match (held, registered) {
+            (Some((conn, _, _)), Some(registered)) if conn == registered => Ok(()),
+            (Some((conn, json, gen)), registered) => {
+                if gen.is_some() && registered.is_none() {
+                    // Registered before Redis lost it: an id someone else took meanwhile is theirs.
+                    let counts: Vec<(String, i64)> = self
+                        .run(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut redis))
+                        .await?;
+                    if counts.first().is_some_and(|(_, n)| *n > 0) {
+                        self.shared.emit(ClusterIn::TakenOver { id, gen: u64::MAX });
+                        return Ok(());
+                    }
+                    self.subscribe(&channel, id).await?;
+                    let ttl = u64::try_from(self.shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+                    let mut pipe = redis::pipe();
+                    pipe.hset(self.shared.hash(), hex_id(&id), &json).ignore();
+                    pipe.pexpire(self.shared.hash(), i64::try_from(ttl).unwrap_or(i64::MAX)).ignore();
+                    let _: () = self.run(pipe.query_async(&mut redis)).await?;
+                    self.shared.lock().on_bus.insert(id, conn);
+                    return Ok(());
+                }
+                // A new claim: subscribe first, so that nothing for it is missed once it is known.
+                self.subscribe(&channel, id).await?;
+                let ttl = u64::try_from(self.shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+                let prefix = wire::takeover_prefix();
+                let mut invocation = self.claim.key(format!("{}:gen", self.shared.config.prefix));
+                invocation
+                    .key(self.shared.hash())
+                    .arg(hex_id(&id))
+                    .arg(&json)
+                    .arg(ttl)
+                    .arg(&channel)
+                    .arg(&self.shared.instance)
+                    .arg(&prefix[..]);
+                let gen: u64 = self.run(invocation.invoke_async(&mut redis)).await?;
+                let mut state = self.shared.lock();
+                state.on_bus.insert(id, conn);
+                if let Some(held) = state.held.get_mut(&id).filter(|held| held.conn == conn) {
+                    held.gen = Some(gen);
+                }
+                drop(state);
+                self.shared.emit(ClusterIn::Claimed { id, conn, gen });
+                Ok(())
+            }
+            (None, registered) if registered.is_some() || subscribed => {
+                self.run(redis.unsubscribe(&channel)).await?;
+                self.shared.lock().subscribed.remove(&id);
+                let _: i64 = self
+                    .run(redis::cmd("HDEL").arg(self.shared.hash()).arg(hex_id(&id)).query_async(&mut redis))
+                    .await?;
+                self.shared.lock().on_bus.remove(&id);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    async fn subscribe(&self, channel: &str, id: NodeID) -> Result<(), Unreachable> {
+        let mut redis = self.redis.clone();
+        self.run(redis.subscribe(channel)).await?;
+        self.shared.lock().subscribed.insert(id);
+        Ok(())
+    }
+
+    async fn take_sample(&mut self) -> Result<(), Unreachable> {
+        let config = &self.shared.config;
+        let ttl = u64::try_from(config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.sample.key(format!("{}:instances", config.prefix));
+        invocation
+            .arg(&self.shared.instance)
+            .arg(ttl)
+            .arg(config.max_sample)
+            .arg(format!("{}:i:", config.prefix));
+        let mut redis = self.redis.clone();
+        let values: Vec<Vec<u8>> = self.run(invocation.invoke_async(&mut redis)).await?;
+        let mut values = values.into_iter();
+        let total =
+            values.next().and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok()).unwrap_or(0);
+        let mut nodes = Vec::new();
+        for json in values {
+            if nodes.len() >= self.shared.config.max_sample {
+                break;
+            }
+            match (json.len() <= MAX_INFO_JSON).then(|| serde_json::from_slice::<NodeInfo>(&json)) {
+                Some(Ok(info)) => nodes.push(info),
+                _ => {
+                    self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.shared.emit(ClusterIn::Sample { nodes, total });
+        Ok(())
+    }
+
+    /// One round: recover if needed, sync what changed, and the timed work that is due.
+    async fn round(&mut self, beat: bool, sample: bool) -> Result<(), Unreachable> {
+        if self.shared.reregister.load(Ordering::Acquire) {
+            self.reregister().await?;
+        }
+        loop {
+            let next = self.shared.lock().dirty.pop_first();
+            let Some(id) = next else { break };
+            if let Err(e) = self.sync(id).await {
+                self.shared.lock().dirty.insert(id);
+                return Err(e);
+            }
+        }
+        if !self.shared.up.swap(true, Ordering::AcqRel) {
+            self.shared.up_watch.send_replace(true);
+            self.shared.emit(ClusterIn::Up);
+            self.take_sample().await?;
+        }
+        if beat {
+            self.beat().await?;
+        }
+        if sample {
+            self.take_sample().await?;
+        }
+        Ok(())
+    }
+
+    /// Takes this instance off the bus.
+    async fn leave(&mut self) {
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        pipe.del(self.shared.hash()).ignore();
+        pipe.zrem(format!("{}:instances", self.shared.config.prefix), &self.shared.instance).ignore();
+        let _ = self.run::<()>(pipe.query_async(&mut redis)).await;
+    }
+}
+
+/// Keeps presence in line with the server, beats, samples, and recovers after outages.
+async fn presence_task(shared: Arc<Shared>, redis: ConnectionManager) {
+    let mut presence = Presence {
+        shared: Arc::clone(&shared),
+        redis,
+        heartbeat: redis::Script::new(HEARTBEAT),
+        claim: redis::Script::new(CLAIM),
+        sample: redis::Script::new(SAMPLE),
+    };
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
+    let mut sample = tokio::time::interval(shared.config.sample_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While Redis is unreachable, try again this often.
+    let mut retry = tokio::time::interval(shared.config.heartbeat.min(Duration::from_millis(500)));
+    loop {
+        let (mut beat, mut resample) = (false, false);
+        tokio::select! {
+            () = shared.presence_wake.notified() => {}
+            _ = heartbeat.tick() => beat = true,
+            _ = sample.tick() => resample = true,
+            _ = retry.tick(), if !shared.up.load(Ordering::Acquire) => {}
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            presence.leave().await;
+            return;
+        }
+        if !shared.up.load(Ordering::Acquire) {
+            beat = true;
+        }
+        resample &= shared.up.load(Ordering::Acquire);
+        let _ = presence.round(beat, resample).await;
+    }
+}

@@ -1,0 +1,238 @@
+//! [`SignalConfig`]: every setting and limit of the core, and how they are checked.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::error::ConfigError;
+use crate::protocol::RealmID;
+
+use super::rate::RateLimit;
+#[cfg(doc)]
+use super::{SignalIn, SignalServer};
+
+/// Every setting and every limit of a [`SignalServer`].
+///
+/// The defaults suit a public server; each limit bounds a map, a queue or a string that would
+/// otherwise grow with what peers send. Build one with struct-update syntax;
+/// [`SignalServer::new`] checks it with [`validate`](Self::validate):
+///
+/// ```
+/// use std::time::Duration;
+/// use peer_signal::SignalConfig;
+///
+/// let config = SignalConfig { ttl: Duration::from_secs(60), max_list_len: 20, ..SignalConfig::default() };
+/// assert_eq!(config.max_frame_size, 64 * 1024);
+/// assert!(config.validate().is_ok());
+///
+/// let broken = SignalConfig { ttl: Duration::ZERO, ..config };
+/// assert_eq!(broken.validate().unwrap_err().to_string(), "ttl must be more than zero");
+/// ```
+///
+/// Durations must be more than zero and at most a century; counts and sizes must be more than
+/// zero, except where a field documents what zero means.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignalConfig {
+    /// How long an announced node may stay silent before it is closed. Every valid frame restarts
+    /// it. Default 120 s (fledger's `ttl_minutes: 2`).
+    pub ttl: Duration,
+    /// How long a new connection has at most to announce. Default 10 s. It may get less: see
+    /// `max_pending_handshakes`.
+    pub handshake_timeout: Duration,
+    /// The realm sent in `SystemConfig`. Default none.
+    pub system_realm: Option<RealmID>,
+    /// At most this many nodes in one `ListIDsReply`, sampled uniformly at random when more are
+    /// connected. Default 100; `usize::MAX` lists everybody, as fledger does without a limit.
+    pub max_list_len: usize,
+    /// Open connections, announced or not. When they are all announced nodes, further
+    /// connections get `server full` and are closed; while some have not announced yet, the oldest
+    /// of those makes room, as for `max_pending_handshakes`. Default 100,000.
+    pub max_connections: usize,
+    /// Connections that have not announced yet. When a new connection would exceed it, the oldest
+    /// pending connection is closed with `handshake timeout` (as if its handshake had timed out
+    /// early) and the newcomer gets its challenge: a flood of connections that never announce
+    /// cannot lock newcomers out, it only shortens everyone's time to announce to the time the
+    /// flood takes to open this many connections. An honest node answers its challenge within a
+    /// round trip. Default 16,384.
+    pub max_pending_handshakes: usize,
+    /// Longest frame accepted, in bytes, checked before decoding. Default 64 KiB.
+    pub max_frame_size: usize,
+    /// Longest `NodeInfo.name`, in bytes as encoded in JSON, escapes included: a control
+    /// character counts six bytes (`\u0001`), a quote two. So a name within the limit is within it
+    /// in every codec, and lists cost what the limit says. Default 256.
+    pub max_name_len: usize,
+    /// Longest `NodeInfo.client` and `NodeStat.version`, in bytes as encoded in JSON, as for
+    /// `max_name_len`. Default 64.
+    pub max_client_len: usize,
+    /// Longest SDP or ICE candidate in a `PeerSetup`, in bytes as encoded in JSON, escapes
+    /// included (for a JSON frame, as it is in the frame). Default 32 KiB.
+    pub max_setup_len: usize,
+    /// Most entries in one `NodeStats`. Default 256.
+    pub max_node_stats: usize,
+    /// Errors a connection may make (malformed frames, refused requests) before it is closed with
+    /// `too many errors`. Failed announces have their own budget, `max_announce_failures`.
+    /// Default 5; 0 acts as 1.
+    pub max_errors: u32,
+    /// Failed announces (wrong challenge, version, key or signature, or strings too long) a
+    /// connection may make before it is closed with `too many failed announces`. Each may cost a
+    /// signature check, the most expensive thing a stranger can make the server do, so the budget
+    /// is small; an honest node fails only when its clock, key or software is broken, and retrying
+    /// on the same connection will not fix that. Default 3; 0 acts as 1.
+    pub max_announce_failures: u32,
+    /// Frames a connection may send: a token bucket of [`RateLimit::burst`] frames, refilled at
+    /// [`RateLimit::per_sec`]. A frame over it gets `rate limit exceeded` and a close. Checked
+    /// against the `now` of [`SignalServer::handle`], before anything else about the frame.
+    /// Default 50 per second, bursts of 100: a fledger node asks for the list once a minute and
+    /// sends a few dozen set-up messages when it connects to its peers, far below that.
+    pub frame_rate: RateLimit,
+    /// Bytes a connection may send, and make the server send back to it, as for `frame_rate`.
+    ///
+    /// Every received frame counts, oversize ones too. So does every frame the server sends the
+    /// connection in answer to its own frame: the `SystemConfig` and `ListIDsReply` after an
+    /// announce, the `ListIDsReply` to a `ListIDsRequest`, every `Error`. A reply always goes out
+    /// whole; what the bucket does not hold becomes debt, which the refill pays before anything
+    /// else, and the connection's next frame that does not fit is refused with
+    /// `rate limit exceeded` and a close, as any flood. So a 16-byte request cannot buy more
+    /// output than the rate allows, however often it is sent (a list of 100 nodes is about
+    /// 25 KB). Frames the connection did not ask for, `PeerSetup` relayed from other nodes and
+    /// pushes of joins, are not charged to it: they are charged to their senders, or bounded by
+    /// `list_push_fanout`.
+    ///
+    /// The burst must be at least `max_frame_size`, or the largest frames could never pass.
+    /// Default 256 KiB per second, bursts of 512 KiB (eight frames of the maximum size).
+    pub byte_rate: RateLimit,
+    /// Frames a transport may queue for one connection before it closes it as a slow reader.
+    /// The core never holds frames itself; transports read this. A transport that reports
+    /// [`SignalIn::Busy`] when the queue passes half of it keeps other nodes' set-up messages from
+    /// filling it. Default 256.
+    pub max_send_backlog: usize,
+    /// How often joins are pushed to other nodes, at most. Default 1 s. Any value when
+    /// `list_push_fanout` is 0.
+    pub list_push_interval: Duration,
+    /// How many nodes, chosen at random, receive each push of new joins. 0 turns pushing off.
+    /// Busy nodes (see [`SignalIn::Busy`]) are skipped. Default 16.
+    pub list_push_fanout: usize,
+    /// Seed for the server's CSPRNG (challenges, list samples). `None` seeds it from the OS once.
+    /// Set it only in tests: a fixed seed makes challenges predictable.
+    pub rng_seed: Option<[u8; 32]>,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
+            system_realm: None,
+            max_list_len: 100,
+            max_connections: 100_000,
+            max_pending_handshakes: 16_384,
+            max_frame_size: 64 * 1024,
+            max_name_len: 256,
+            max_client_len: 64,
+            max_setup_len: 32 * 1024,
+            max_node_stats: 256,
+            max_errors: 5,
+            max_announce_failures: 3,
+            frame_rate: RateLimit::new(50, 100),
+            byte_rate: RateLimit::new(256 * 1024, 512 * 1024),
+            max_send_backlog: 256,
+            list_push_interval: Duration::from_secs(1),
+            list_push_fanout: 16,
+            rng_seed: None,
+        }
+    }
+}
+
+/// The longest duration a deadline may be away: `Instant` plus a century fits on every platform.
+pub(crate) const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl SignalConfig {
+    /// Checks that a server can work with these settings: every duration more than zero and at
+    /// most a century, every size and count more than zero (except where a field says what zero
+    /// means: `max_errors`, `max_announce_failures`, `list_push_fanout`, and the `per_sec` of the
+    /// rates), and `byte_rate.burst` at least `max_frame_size`.
+    ///
+    /// [`SignalServer::new`] calls it.
+    ///
+    /// # Errors
+    ///
+    /// The first setting, in the order of the fields, that the server cannot work with, as a
+    /// [`ConfigError`] that names it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        duration("ttl", self.ttl)?;
+        duration("handshake_timeout", self.handshake_timeout)?;
+        nonzero("max_list_len", self.max_list_len)?;
+        nonzero("max_connections", self.max_connections)?;
+        nonzero("max_pending_handshakes", self.max_pending_handshakes)?;
+        nonzero("max_frame_size", self.max_frame_size)?;
+        nonzero("max_name_len", self.max_name_len)?;
+        nonzero("max_client_len", self.max_client_len)?;
+        nonzero("max_setup_len", self.max_setup_len)?;
+        nonzero("max_node_stats", self.max_node_stats)?;
+        nonzero("frame_rate.burst", self.frame_rate.burst)?;
+        nonzero("byte_rate.burst", self.byte_rate.burst)?;
+        let max_frame_size = u64::try_from(self.max_frame_size).unwrap_or(u64::MAX);
+        if self.byte_rate.burst < max_frame_size {
+            return Err(ConfigError::Below {
+                field: "byte_rate.burst",
+                value: self.byte_rate.burst,
+                other: "max_frame_size",
+                other_value: max_frame_size,
+            });
+        }
+        nonzero("max_send_backlog", self.max_send_backlog)?;
+        if self.list_push_fanout > 0 {
+            duration("list_push_interval", self.list_push_interval)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn nonzero<T: Default + PartialEq>(field: &'static str, value: T) -> Result<(), ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::Zero { field });
+    }
+    Ok(())
+}
+
+pub(crate) fn duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::Zero { field });
+    }
+    if value > CENTURY {
+        return Err(ConfigError::TooLong { field, value });
+    }
+    Ok(())
+}
+
+impl fmt::Debug for SignalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalConfig")
+            .field("ttl", &self.ttl)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("system_realm", &self.system_realm)
+            .field("max_list_len", &self.max_list_len)
+            .field("max_connections", &self.max_connections)
+            .field("max_pending_handshakes", &self.max_pending_handshakes)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("max_name_len", &self.max_name_len)
+            .field("max_client_len", &self.max_client_len)
+            .field("max_setup_len", &self.max_setup_len)
+            .field("max_node_stats", &self.max_node_stats)
+            .field("max_errors", &self.max_errors)
+            .field("max_announce_failures", &self.max_announce_failures)
+            .field("frame_rate", &self.frame_rate)
+            .field("byte_rate", &self.byte_rate)
+            .field("max_send_backlog", &self.max_send_backlog)
+            .field("list_push_interval", &self.list_push_interval)
+            .field("list_push_fanout", &self.list_push_fanout)
+            // rng_seed: not printed, it would reveal every challenge.
+            .finish_non_exhaustive()
+    }
+}
+
+/// `now + wait`, where a wait too long for the clock means "not in this process's lifetime": a
+/// century. (No platform's `Instant` fails to add a century; if one did, the deadline would be
+/// `now`, and the connection would expire rather than the server panic.)
+pub(crate) fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
+}

@@ -1,0 +1,70 @@
+//! Layer 2 for several instances: real drivers, each with its memory transport and a backplane on
+//! one `MemoryBus`. Checks the wiring only (outputs reach the bus, its inputs reach the server);
+//! the rules are `tests/cluster.rs`'s.
+
+mod nodes;
+
+use futures::StreamExt;
+use nodes::{config, id, join, next_setup, within};
+use peer_signal::{
+    ClientEvent, ClusterConfig, Codec, Driver, DriverHandle, MemoryBus, MemoryConnector, MemoryTransport,
+    PeerInfo, PeerMessage, SignalServer,
+};
+use tokio::task::JoinHandle;
+
+struct Instance {
+    connector: MemoryConnector,
+    handle: DriverHandle,
+    server: JoinHandle<SignalServer>,
+}
+
+fn start(bus: &MemoryBus) -> Instance {
+    let config = config();
+    let (transport, connector) = MemoryTransport::new(&config);
+    let server = SignalServer::with_cluster(config, ClusterConfig::default()).unwrap();
+    let (driver, handle, mut events) = Driver::with_backplane(server, transport, bus.instance(), 1024);
+    tokio::spawn(async move { while events.next().await.is_some() {} });
+    let server = tokio::spawn(driver.run(futures::stream::pending()));
+    Instance { connector, handle, server }
+}
+
+#[tokio::test]
+async fn drivers_on_one_bus_relay_across_instances_and_list_each_others_nodes() {
+    let bus = MemoryBus::new(1024);
+    let (a_side, b_side) = (start(&bus), start(&bus));
+    let mut a = join(&a_side.connector, 1, Codec::Json).await;
+    let mut b = join(&b_side.connector, 2, Codec::Bincode).await;
+    within("b listed on a", async {
+        while !a.list().await.unwrap().iter().any(|n| n.id() == id(2)) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    for (from_a, message) in [(true, PeerMessage::Init), (false, PeerMessage::Offer("v=0".into()))] {
+        let setup = PeerInfo { id_init: id(1), id_follow: id(2), message };
+        if from_a {
+            a.send_setup(setup.clone()).await.unwrap();
+            assert_eq!(next_setup(&mut b).await, setup);
+        } else {
+            b.send_setup(setup.clone()).await.unwrap();
+            assert_eq!(next_setup(&mut a).await, setup);
+        }
+    }
+    // Instance b dies: a's relays to its node fail at once.
+    bus.kill(1);
+    a.send_setup(PeerInfo { id_init: id(1), id_follow: id(2), message: PeerMessage::Init }).await.unwrap();
+    let error = within("error", async {
+        loop {
+            match a.next_event().await.unwrap() {
+                ClientEvent::Error(text) => return text,
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(error, format!("unknown destination {}", id(2)));
+    for side in [a_side, b_side] {
+        side.handle.stop();
+        assert!(within("stop", side.server).await.unwrap().is_stopped());
+    }
+}

@@ -1,0 +1,294 @@
+//! Instances in this process, each with its driver and memory transport, forming one network
+//! through a real Redis that the test starts itself: relays across instances in both codecs,
+//! lists with remote nodes, unknown destinations, takeovers, Redis killed and restarted, and
+//! Redis's keys and channels back to their baseline after churn.
+//!
+//! These tests need `redis-server`; `bash .ci/run` installs it when missing and runs them with
+//! `cargo test --test redis -- --ignored`.
+
+mod nodes;
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nodes::{drain_until_closed, id, join, next_setup, within, Node};
+use peer_signal::{
+    ClientEvent, ClusterConfig, Codec, Driver, DriverHandle, MemoryConnector, MemoryTransport, NodeID,
+    PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalConfig, SignalServer,
+};
+use redis_server::RedisServer;
+use tokio::task::JoinHandle;
+
+struct Instance {
+    connector: MemoryConnector,
+    handle: DriverHandle,
+    redis: RedisHandle,
+    server: JoinHandle<SignalServer>,
+}
+
+fn redis_config(url: &str, name: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.into(),
+        instance: name.into(),
+        presence_ttl: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(300),
+        sample_interval: Duration::from_millis(300),
+        command_timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    }
+}
+
+async fn start(url: &str, name: &str) -> Instance {
+    // Unlimited rates: the tests send a hundred set-ups in a row.
+    let config =
+        SignalConfig { frame_rate: RateLimit::UNLIMITED, byte_rate: RateLimit::UNLIMITED, ..nodes::config() };
+    let (transport, connector) = MemoryTransport::new(&config);
+    let server = SignalServer::with_cluster(config, ClusterConfig::default()).unwrap();
+    let (backplane, redis) = RedisBackplane::start(redis_config(url, name)).unwrap();
+    let (driver, handle, mut events) = Driver::with_backplane(server, transport, backplane, 4096);
+    tokio::spawn(async move { while events.next().await.is_some() {} });
+    let server = tokio::spawn(driver.run(futures::stream::pending()));
+    within("redis up", redis.wait_up(true)).await;
+    Instance { connector, handle, redis, server }
+}
+
+impl Instance {
+    async fn stop(self) {
+        self.handle.stop();
+        within("driver stops", self.server).await.unwrap();
+        within("backplane stops", self.redis.shutdown()).await;
+    }
+}
+
+/// Waits until `instance` has `n` nodes registered in Redis: only then is its claim ranked
+/// before any later one.
+async fn until_registered(instance: &Instance, n: usize) {
+    within("registered", async {
+        while instance.redis.stats().registered != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// Asks for the list until it holds every id of `wanted`; returns how long that took.
+async fn until_listed(node: &mut Node, wanted: &[NodeID]) -> Duration {
+    let start = Instant::now();
+    within("listed", async {
+        loop {
+            let listed: Vec<NodeID> = node.list().await.unwrap().iter().map(|n| n.id()).collect();
+            if wanted.iter().all(|id| listed.contains(id)) {
+                return start.elapsed();
+            }
+            // The pool refreshes on its own schedule; ask again soon.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+async fn next_error(node: &mut Node) -> String {
+    within("an error", async {
+        loop {
+            match node.next_event().await {
+                Ok(ClientEvent::Error(text)) => return text,
+                Ok(ClientEvent::NodeList(_)) => {}
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn set_ups_cross_instances_in_both_codecs_and_lists_include_remote_nodes() {
+    let redis = RedisServer::start();
+    let a_side = start(&redis.url(), "a").await;
+    let b_side = start(&redis.url(), "b").await;
+    let mut a = join(&a_side.connector, 1, Codec::Json).await;
+    let mut b = join(&b_side.connector, 2, Codec::Bincode).await;
+    let waited = until_listed(&mut a, &[id(1), id(2)]).await;
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    until_listed(&mut b, &[id(1), id(2)]).await;
+
+    for (from, to, message) in [
+        (1, 2, PeerMessage::Init),
+        (2, 1, PeerMessage::Offer("v=0 offer".into())),
+        (1, 2, PeerMessage::Answer("v=0 answer".into())),
+        (2, 1, PeerMessage::IceCandidate("candidate:1 1 udp 1 192.0.2.1 9 typ host".into())),
+    ] {
+        let setup = PeerInfo { id_init: id(1), id_follow: id(2), message };
+        let (sender, receiver) = if from == 1 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        sender.send_setup(setup.clone()).await.unwrap();
+        assert_eq!(next_setup(receiver).await, setup, "{from} → {to}");
+    }
+    // Round trips across the bus, measured.
+    let start = Instant::now();
+    for _ in 0..100 {
+        let setup = PeerInfo { id_init: id(1), id_follow: id(2), message: PeerMessage::Init };
+        a.send_setup(setup.clone()).await.unwrap();
+        assert_eq!(next_setup(&mut b).await, setup);
+    }
+    println!("one relay across instances through Redis: {:?}", start.elapsed() / 100);
+    assert!(a_side.redis.stats().published >= 102);
+    assert!(b_side.redis.stats().received >= 102);
+    a_side.stop().await;
+    b_side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn a_relay_to_a_node_nowhere_is_answered_at_once() {
+    let redis = RedisServer::start();
+    let a_side = start(&redis.url(), "a").await;
+    let b_side = start(&redis.url(), "b").await;
+    let mut a = join(&a_side.connector, 1, Codec::Json).await;
+    let b = join(&b_side.connector, 2, Codec::Json).await;
+    drop(b);
+    let start = Instant::now();
+    for target in [9, 2] {
+        a.send_setup(PeerInfo { id_init: id(1), id_follow: id(target), message: PeerMessage::Init })
+            .await
+            .unwrap();
+        assert_eq!(next_error(&mut a).await, format!("unknown destination {}", id(target)));
+    }
+    let took = start.elapsed();
+    println!("two unknown destinations answered in {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    a_side.stop().await;
+    b_side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn a_newer_connection_on_another_instance_closes_the_older_one() {
+    let redis = RedisServer::start();
+    let a_side = start(&redis.url(), "a").await;
+    let b_side = start(&redis.url(), "b").await;
+    let c_side = start(&redis.url(), "c").await;
+    let mut old = join(&a_side.connector, 5, Codec::Json).await;
+    until_registered(&a_side, 1).await;
+    let _newer = join(&b_side.connector, 5, Codec::Bincode).await;
+    let events = drain_until_closed(&mut old).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("New Connection with same ID".into())), "{events:?}");
+    // Relays to the id reach the newer connection.
+    let mut c = join(&c_side.connector, 3, Codec::Json).await;
+    let mut newer = _newer;
+    let setup = PeerInfo { id_init: id(3), id_follow: id(5), message: PeerMessage::Init };
+    c.send_setup(setup.clone()).await.unwrap();
+    assert_eq!(next_setup(&mut newer).await, setup);
+    for side in [a_side, b_side, c_side] {
+        side.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn without_redis_local_service_goes_on_and_relays_resume_after_it_returns() {
+    let mut redis = RedisServer::start();
+    let a_side = start(&redis.url(), "a").await;
+    let b_side = start(&redis.url(), "b").await;
+    let mut a = join(&a_side.connector, 1, Codec::Json).await;
+    let mut a2 = join(&a_side.connector, 3, Codec::Bincode).await;
+    let mut b = join(&b_side.connector, 2, Codec::Json).await;
+    until_listed(&mut a, &[id(2)]).await;
+
+    redis.kill();
+    let killed = Instant::now();
+    within("a notices", a_side.redis.wait_up(false)).await;
+    within("b notices", b_side.redis.wait_up(false)).await;
+    println!("Redis killed: both instances not ready after {:?}", killed.elapsed());
+    // Remote relays: an error at once; local ones go on.
+    let start = Instant::now();
+    a.send_setup(PeerInfo { id_init: id(1), id_follow: id(2), message: PeerMessage::Init }).await.unwrap();
+    assert_eq!(next_error(&mut a).await, format!("unknown destination {}", id(2)));
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    let local = PeerInfo { id_init: id(1), id_follow: id(3), message: PeerMessage::Offer("v=0".into()) };
+    a.send_setup(local.clone()).await.unwrap();
+    assert_eq!(next_setup(&mut a2).await, local);
+    let listed: Vec<NodeID> = a.list().await.unwrap().iter().map(|n| n.id()).collect();
+    assert!(!listed.contains(&id(2)), "a remote node listed while Redis is down");
+
+    let restarted = redis.restart();
+    within("a is back", a_side.redis.wait_up(true)).await;
+    within("b is back", b_side.redis.wait_up(true)).await;
+    let setup = PeerInfo { id_init: id(1), id_follow: id(2), message: PeerMessage::Init };
+    a.send_setup(setup.clone()).await.unwrap();
+    assert_eq!(next_setup(&mut b).await, setup);
+    let resumed = restarted.elapsed();
+    println!("Redis restarted: cross-instance relays resumed after {resumed:?}");
+    assert!(resumed < Duration::from_secs(5), "{resumed:?}");
+    until_listed(&mut b, &[id(1), id(3)]).await;
+    a_side.stop().await;
+    b_side.stop().await;
+}
+
+/// Every key and channel of the prefix, sorted.
+async fn keys_and_channels(url: &str) -> (Vec<String>, Vec<String>) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
+    let mut channels: Vec<String> =
+        redis::cmd("PUBSUB").arg("CHANNELS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
+    keys.sort();
+    channels.sort();
+    (keys, channels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn after_churn_redis_holds_what_it_held_before() {
+    let redis = RedisServer::start();
+    let a_side = start(&redis.url(), "a").await;
+    let b_side = start(&redis.url(), "b").await;
+    // The baseline: the instances' heartbeats and the claim counter, no node.
+    let first = join(&a_side.connector, 200, Codec::Json).await;
+    until_registered(&a_side, 1).await;
+    drop(first);
+    let baseline = within("baseline", async {
+        loop {
+            let (keys, channels) = keys_and_channels(&redis.url()).await;
+            if channels.is_empty() && keys.len() == 2 {
+                return keys;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(baseline, ["peer-signal:gen", "peer-signal:instances"]);
+
+    for round in 0..5u32 {
+        let mut nodes = Vec::new();
+        for i in 0..20 {
+            let side = if i % 2 == 0 { &a_side } else { &b_side };
+            nodes.push(join(&side.connector, round * 100 + i, Codec::Json).await);
+        }
+        until_registered(&a_side, 10).await;
+        until_registered(&b_side, 10).await;
+        // Some take their id over on the other instance.
+        for i in 0..5 {
+            let side = if i % 2 == 0 { &b_side } else { &a_side };
+            nodes.push(join(&side.connector, round * 100 + i, Codec::Bincode).await);
+        }
+        let (keys, channels) = keys_and_channels(&redis.url()).await;
+        assert!(keys.len() >= 3 && !channels.is_empty(), "{keys:?}");
+        drop(nodes);
+    }
+    let settled = within("back to baseline", async {
+        loop {
+            let now = keys_and_channels(&redis.url()).await;
+            if now == (baseline.clone(), Vec::new()) {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(settled.0, baseline);
+    a_side.stop().await;
+    b_side.stop().await;
+    let (keys, _) = keys_and_channels(&redis.url()).await;
+    assert_eq!(keys, ["peer-signal:gen"], "stopped instances leave nothing but the counter");
+}

@@ -1,0 +1,86 @@
+//! A `redis-server` of the test's own, on a free loopback port, with no persistence; stopped
+//! when dropped. A machine without `redis-server` fails the test with a sentence that says so:
+//! CI installs it, and these tests never skip.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self { child: None, port: free_port() };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts redis-server on `self.port` and waits for its "Ready to accept connections".
+    fn spawn(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server)")
+            });
+        let stdout = child.stdout.take().expect("redis-server's stdout");
+        let (ready, waiter) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !said && line.contains("Ready to accept connections") {
+                    said = true;
+                    let _ = ready.send(());
+                }
+            }
+        });
+        waiter.recv_timeout(Duration::from_secs(20)).expect("redis-server did not become ready within 20 s");
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: Redis is gone at once, with every connection.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Redis again on the same port, empty; returns when it accepts connections.
+    pub fn restart(&mut self) -> Instant {
+        self.kill();
+        self.spawn();
+        Instant::now()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
