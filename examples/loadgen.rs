@@ -1,4 +1,5 @@
-//! A WebSocket load generator for any server that speaks fledger's signalling protocol v3.
+//! A WebSocket load generator for any server that speaks fledger's signalling protocol v3, and,
+//! to compare, for matchbox_server 0.15 (`--protocol matchbox`).
 //!
 //! ```sh
 //! cargo run --release --example ws_server -- --metrics off --unlimited-rates &
@@ -6,35 +7,62 @@
 //! cargo run --release --example loadgen -- join --conns 10000 --server-pid $!
 //! cargo run --release --example loadgen -- idle --conns 10000 --secs 5 --server-pid $!
 //! cargo run --release --example loadgen -- churn --workers 64 --secs 10 --server-pid $!
+//!
+//! matchbox_server 127.0.0.1:3536 &
+//! cargo run --release --example loadgen -- --protocol matchbox --server 127.0.0.1:3536 \
+//!     relay --pairs 50 --window 8 --secs 10 --server-pid $!
 //! ```
 //!
 //! `relay` sends far more than a node does; without `--unlimited-rates` the server's per-connection
 //! rate limits (50 frames/s by default) close its connections.
 //!
 //! Scenarios:
-//! - `join`: `--conns` nodes connect and announce, `--window` at a time; then all disconnect.
-//! - `relay`: `--pairs` pairs of nodes bounce `PeerSetup` offers and answers, `--window` in flight
-//!   per pair, for `--secs`; latency is measured from send to receipt.
+//! - `join`: `--conns` nodes connect and join, `--window` at a time; then all disconnect.
+//! - `relay`: `--pairs` pairs of nodes bounce offers and answers, `--window` in flight per pair,
+//!   for `--secs`; latency is measured from send to receipt. Every message carries its sequence
+//!   number: each is checked for its sender and addressee and for arriving in order, and what is
+//!   in flight at the end must still arrive (`lost`, `misrouted`, `out_of_order` in the summary).
 //! - `idle`: `--conns` nodes join and stay idle for `--secs`: the server's memory per connection.
-//! - `churn`: `--workers` loops of connect, announce, relay one message, disconnect, for `--secs`.
+//! - `churn`: `--workers` loops of connect, join, relay one message to a partner node, disconnect,
+//!   for `--secs`; the partner counts what reaches it.
+//!
+//! After its join, a node reads whatever reaches it (lists pushed to it, matchbox's `NewPeer`)
+//! until every node has joined and the server has gone quiet, so that a join's fan-out to the
+//! other nodes is in the join's server CPU and is never left queued in the server.
+//!
+//! With `--protocol matchbox` a node speaks matchbox_protocol 0.15's JSON as matchbox_server's
+//! room topology routes it: it connects to `ws://<server>/<room>`, gets `{"IdAssigned":"<uuid>"}`,
+//! hears of every later node of its room by `{"NewPeer":"<uuid>"}`, and relays
+//! `{"Signal":{"receiver":"<uuid>","data":{"Offer":"<sdp>"}}}`, which reaches the receiver as
+//! `{"Signal":{"sender":"<uuid>","data":{"Offer":"<sdp>"}}}` (the data is matchbox_socket's
+//! `PeerSignal`: `Offer`, `Answer` or `IceCandidate`, each with a string). A relay pair has a room of
+//! its own, and one of the two must have heard of the other by `NewPeer`; the other scenarios put
+//! `--room-size` nodes in a room (0: all in one). matchbox's `?next=N` is not used: it is
+//! matchmaking (a room closes once N have come), not a relay. Where fledger has no payload (the
+//! `Init` of `churn`), matchbox gets its smallest signal, the end of candidates
+//! (`{"IceCandidate":"null"}`).
 //!
 //! A progress line goes to stderr every second; one JSON summary line goes to stdout at the end,
 //! with the server's CPU seconds and RSS read from `/proc/<pid>` when `--server-pid` is given.
-//! Every loop is bounded by `--secs` or a count. Connections come from 127.0.0.1..127.0.0.N
-//! (`--source-ips`), so that more than one address's worth of ephemeral ports is available.
+//! Every loop is bounded by `--secs` or a count, every wait on the server by a timeout, and the
+//! whole run by `--timeout-secs`. Connections come from 127.0.0.1..127.0.0.N (`--source-ips`), so
+//! that more than one address's worth of ephemeral ports is available.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use futures::{SinkExt, StreamExt};
 use peer_signal::ed25519_dalek::SigningKey;
-use peer_signal::{Codec, NodeID, NodeInfo, PeerInfo, PeerMessage, SignalClient, BINCODE_SUBPROTOCOL};
+use peer_signal::{
+    ClientEvent, Codec, NodeID, NodeInfo, PeerInfo, PeerMessage, SignalClient, BINCODE_SUBPROTOCOL,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -42,28 +70,37 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The server's address (host:port); connections use ws://<server>/.
+    /// The server's address (host:port); connections use ws://<server>/ (matchbox: /<room>).
     #[arg(long, default_value = "127.0.0.1:8765")]
     server: SocketAddr,
     /// The server's pid, to report its CPU time and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Speak bincode (binary frames) instead of JSON.
+    /// The protocol the server speaks.
+    #[arg(long, value_enum, default_value_t = Protocol::PeerSignal)]
+    protocol: Protocol,
+    /// Speak bincode (binary frames) instead of JSON (peer-signal only).
     #[arg(long)]
     bincode: bool,
+    /// matchbox: nodes per room, 0 for one room for all (a relay pair always has its own room).
+    #[arg(long, default_value_t = 0)]
+    room_size: u64,
     /// Spread connections over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     source_ips: u8,
     /// A label copied into the summary.
     #[arg(long, default_value = "")]
     label: String,
+    /// Give up (exit status 3) when the whole run takes longer than this.
+    #[arg(long, default_value_t = 900.0)]
+    timeout_secs: f64,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Subcommand, Debug, Clone)]
 enum Scenario {
-    /// Nodes connect and announce as fast as the window allows.
+    /// Nodes connect and join as fast as the window allows.
     Join {
         #[arg(long, default_value_t = 1000)]
         conns: u32,
@@ -80,7 +117,7 @@ enum Scenario {
         window: u32,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
-        /// Bytes of SDP per message.
+        /// Bytes of SDP per message (at least 32: the send time and the sequence number).
         #[arg(long, default_value_t = 400)]
         size: usize,
         /// Messages per second for all pairs together (0: as fast as possible).
@@ -95,13 +132,14 @@ enum Scenario {
         secs: f64,
         #[arg(long, default_value_t = 256)]
         window: usize,
-        /// Before idling, each node sends one list request of this many bytes (padded with JSON
-        /// whitespace; 65536 is the server's default frame limit) and reads the reply: what a
-        /// connection that once sent a maximal frame keeps costing. 0: no such frame.
+        /// Before idling, each node sends one request of this many bytes, padded with JSON
+        /// whitespace (peer-signal: a list request, and reads the reply, 65536 being the server's
+        /// default frame limit; matchbox: a `KeepAlive`): what a connection that once sent a
+        /// maximal frame keeps costing. 0: no such frame.
         #[arg(long, default_value_t = 0)]
         big_frame: usize,
     },
-    /// Connect, announce, relay, disconnect, in loops.
+    /// Connect, join, relay, disconnect, in loops.
     Churn {
         #[arg(long, default_value_t = 64)]
         workers: u32,
@@ -110,38 +148,223 @@ enum Scenario {
     },
 }
 
+/// Which server the nodes talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// fledger's signalling protocol v3, as `ws_server` speaks it.
+    PeerSignal,
+    /// matchbox_server 0.15's (matchbox_protocol's JSON, rooms by path).
+    Matchbox,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Self::PeerSignal => "peer-signal",
+            Self::Matchbox => "matchbox",
+        }
+    }
+}
+
+/// A connection that has not finished joining after this long has failed.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the messages still in flight when a relay run ends may take to arrive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a join's fan-out may keep the server busy after the last join.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A node: its socket and the sans-IO client that speaks the protocol.
-struct Node {
+/// A node's id: fledger's 256 bits, or the UUID matchbox assigns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Id {
+    Node(NodeID),
+    Peer(u128),
+}
+
+/// The set-up messages the scenarios send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Init,
+    Offer,
+    Answer,
+}
+
+/// A set-up message that reached a node: who sent it, to whom, and its SDP.
+struct Setup {
+    from: Id,
+    to: Id,
+    text: String,
+}
+
+/// What a node read.
+enum Incoming {
+    Setup(Setup),
+    /// Anything else the server sends a joined node: a list, a join or a leave.
+    Notice,
+}
+
+/// A node of either protocol; the scenarios see only this.
+// A few thousand nodes at most, each holding a socket: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Node {
+    PeerSignal(FlNode),
+    Matchbox(MbNode),
+}
+
+impl Node {
+    /// Connects from `source` and joins; `index` picks the key (peer-signal) or room (matchbox).
+    async fn join(args: &Args, source: IpAddr, index: u64) -> Result<Self, String> {
+        let join = async {
+            match args.protocol {
+                Protocol::PeerSignal => FlNode::join(args, source, index).await.map(Self::PeerSignal),
+                Protocol::Matchbox => MbNode::join(args, source, index).await.map(Self::Matchbox),
+            }
+        };
+        tokio::time::timeout(JOIN_TIMEOUT, join).await.map_err(|_| "join timed out".to_string())?
+    }
+
+    fn id(&self) -> Id {
+        match self {
+            Self::PeerSignal(node) => Id::Node(node.client.id()),
+            Self::Matchbox(node) => Id::Peer(node.id),
+        }
+    }
+
+    fn ws(&mut self) -> &mut Ws {
+        match self {
+            Self::PeerSignal(node) => &mut node.ws,
+            Self::Matchbox(node) => &mut node.ws,
+        }
+    }
+
+    /// The last node this one heard of by a join notice (matchbox's `NewPeer`; peer-signal's
+    /// lists are not kept).
+    fn last_new_peer(&self) -> Option<Id> {
+        match self {
+            Self::PeerSignal(_) => None,
+            Self::Matchbox(node) => node.last_new_peer.map(Id::Peer),
+        }
+    }
+
+    /// Sends a set-up message to `to`; returns the bytes of the frame.
+    async fn send(&mut self, to: Id, kind: Kind, text: String) -> Result<usize, String> {
+        match (self, to) {
+            (Self::PeerSignal(node), Id::Node(to)) => node.send(to, kind, text).await,
+            (Self::Matchbox(node), Id::Peer(to)) => node.send(to, kind, text).await,
+            (_, to) => Err(format!("{to:?} is an id of the other protocol")),
+        }
+    }
+
+    /// Reads the next thing that reaches this node.
+    async fn next(&mut self) -> Result<Incoming, String> {
+        match self {
+            Self::PeerSignal(node) => node.next().await,
+            Self::Matchbox(node) => node.next().await,
+        }
+    }
+
+    /// The next set-up message that reaches this node.
+    async fn next_setup(&mut self) -> Result<Setup, String> {
+        loop {
+            if let Incoming::Setup(setup) = self.next().await? {
+                return Ok(setup);
+            }
+        }
+    }
+
+    /// Reads until `stop`, counting set-up messages and notices; gives the node back at `stop`.
+    async fn drain(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        setups: &AtomicU64,
+        notices: &AtomicU64,
+    ) -> Result<Self, String> {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return Ok(self),
+                got = self.next() => match got? {
+                    Incoming::Setup(setup) if setup.to != self.id() => {
+                        return Err(format!("a message for {:?} reached {:?}", setup.to, self.id()))
+                    }
+                    Incoming::Setup(_) => setups.fetch_add(1, Ordering::Relaxed),
+                    Incoming::Notice => notices.fetch_add(1, Ordering::Relaxed),
+                },
+            };
+        }
+    }
+
+    /// Sends a request of `bytes` bytes, padded with JSON whitespace; returns its length.
+    async fn send_padded(&mut self, bytes: usize) -> Result<usize, String> {
+        match self {
+            Self::PeerSignal(node) => {
+                let request = format!("{:width$}\"ListIDsRequest\"", "", width = bytes.saturating_sub(16));
+                node.send_raw(&request).await?;
+                Ok(request.len())
+            }
+            Self::Matchbox(node) => {
+                // matchbox answers nothing to a keep-alive.
+                let request = format!("{:width$}\"KeepAlive\"", "", width = bytes.saturating_sub(11));
+                node.ws.send(Message::Text(request.as_str().into())).await.map_err(|e| e.to_string())?;
+                Ok(request.len())
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = self.ws().close(None).await;
+    }
+}
+
+/// Opens a WebSocket to `ws://<server>/<path>` from `source`.
+async fn connect(args: &Args, source: IpAddr, path: &str) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    // Real clients close from many hosts; this one closes tens of thousands of sockets from a
+    // few addresses, and their TIME_WAIT states would exhaust its ports and slow every later
+    // connect (and the next run). A zero linger closes with a reset and leaves none; tokio
+    // deprecates SO_LINGER because a non-zero linger blocks on drop, which zero does not.
+    #[allow(deprecated)]
+    socket.set_linger(Some(Duration::ZERO)).map_err(|e| e.to_string())?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket.connect(args.server).await.map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut request =
+        format!("ws://{}/{path}", args.server).into_client_request().map_err(|e| e.to_string())?;
+    if args.bincode {
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", BINCODE_SUBPROTOCOL.parse().map_err(|_| "header")?);
+    }
+    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    Ok(ws)
+}
+
+/// The next data frame, skipping pings and pongs.
+async fn read_frame(ws: &mut Ws) -> Result<Message, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => return Ok(message),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed".into()),
+        }
+    }
+}
+
+/// A peer-signal node: its socket and the sans-IO client that speaks the protocol.
+struct FlNode {
     ws: Ws,
     client: SignalClient,
 }
 
-impl Node {
+impl FlNode {
     /// Connects from `source` and completes the handshake (challenge, announce, config, list).
     async fn join(args: &Args, source: IpAddr, index: u64) -> Result<Self, String> {
         let codec = if args.bincode { Codec::Bincode } else { Codec::Json };
-        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        // Real clients close from many hosts; this one closes tens of thousands of sockets from a
-        // few addresses, and their TIME_WAIT states would exhaust its ports and slow every later
-        // connect (and the next run). A zero linger closes with a reset and leaves none; tokio
-        // deprecates SO_LINGER because a non-zero linger blocks on drop, which zero does not.
-        #[allow(deprecated)]
-        socket.set_linger(Some(Duration::ZERO)).map_err(|e| e.to_string())?;
-        socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
-        let stream = socket.connect(args.server).await.map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let mut request =
-            format!("ws://{}/", args.server).into_client_request().map_err(|e| e.to_string())?;
-        if args.bincode {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", BINCODE_SUBPROTOCOL.parse().map_err(|_| "header")?);
-        }
-        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
-            .await
-            .map_err(|e| format!("upgrade: {e}"))?;
+        let ws = connect(args, source, "").await?;
         let key = key(index);
         let info = NodeInfo::new(format!("load-{index}"), "loadgen", key.verifying_key().to_bytes());
         let mut node = Self { ws, client: SignalClient::new(key, info, codec) };
@@ -152,28 +375,22 @@ impl Node {
         Ok(node)
     }
 
-    fn id(&self) -> NodeID {
-        self.client.id()
-    }
-
     /// Reads one frame, feeds it to the client, and sends what the client wants to send.
     async fn read_one(&mut self) -> Result<(), String> {
-        let frame = loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => break bytes::Bytes::from(text),
-                Some(Ok(Message::Binary(data))) => break data,
-                Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("closed".into()),
-            }
+        let frame = match read_frame(&mut self.ws).await? {
+            Message::Text(text) => bytes::Bytes::from(text),
+            Message::Binary(data) => data,
+            other => return Err(format!("unexpected {other:?}")),
         };
         self.client.handle_frame(&frame).map_err(|e| e.to_string())?;
-        self.flush().await
+        self.flush().await.map(drop)
     }
 
-    async fn flush(&mut self) -> Result<(), String> {
+    /// Sends what the client has queued; returns the bytes sent.
+    async fn flush(&mut self) -> Result<usize, String> {
+        let mut sent = 0;
         while let Some(frame) = self.client.poll_transmit() {
+            sent += frame.len();
             let message = if self.client.codec().is_binary() {
                 Message::Binary(frame)
             } else {
@@ -181,7 +398,8 @@ impl Node {
             };
             self.ws.feed(message).await.map_err(|e| e.to_string())?;
         }
-        self.ws.flush().await.map_err(|e| e.to_string())
+        self.ws.flush().await.map_err(|e| e.to_string())?;
+        Ok(sent)
     }
 
     /// Sends `text` as one frame and reads the reply it earns.
@@ -195,21 +413,38 @@ impl Node {
         self.read_one().await
     }
 
-    /// Sends a set-up message.
-    async fn send_setup(&mut self, setup: PeerInfo) -> Result<(), String> {
-        self.client.send_setup(setup).map_err(|e| e.to_string())?;
+    /// Sends a `PeerSetup`: this node initiates an `Init` or an `Offer` and follows an `Answer`.
+    async fn send(&mut self, to: NodeID, kind: Kind, text: String) -> Result<usize, String> {
+        let me = self.client.id();
+        let (id_init, id_follow, message) = match kind {
+            Kind::Init => (me, to, PeerMessage::Init),
+            Kind::Offer => (me, to, PeerMessage::Offer(text)),
+            Kind::Answer => (to, me, PeerMessage::Answer(text)),
+        };
+        self.client.send_setup(PeerInfo { id_init, id_follow, message }).map_err(|e| e.to_string())?;
         self.flush().await
     }
 
-    /// The next `PeerSetup` that reaches this node.
-    async fn next_setup(&mut self) -> Result<PeerInfo, String> {
+    async fn next(&mut self) -> Result<Incoming, String> {
         loop {
-            while let Some(event) = self.client.poll_event() {
-                if let peer_signal::ClientEvent::PeerSetup(setup) = event {
-                    return Ok(setup);
+            match self.client.poll_event() {
+                Some(ClientEvent::PeerSetup(setup)) => {
+                    // The pair names both ends; the sender is the end that is not this node.
+                    let me = self.client.id();
+                    let (from, to) = if setup.id_follow == me {
+                        (setup.id_init, me)
+                    } else if setup.id_init == me {
+                        (setup.id_follow, me)
+                    } else {
+                        (setup.id_init, setup.id_follow)
+                    };
+                    let text = setup.message.text().unwrap_or_default().to_owned();
+                    return Ok(Incoming::Setup(Setup { from: Id::Node(from), to: Id::Node(to), text }));
                 }
+                Some(ClientEvent::Error(error)) => return Err(format!("server error: {error}")),
+                Some(_) => return Ok(Incoming::Notice),
+                None => self.read_one().await?,
             }
-            self.read_one().await?;
         }
     }
 }
@@ -218,6 +453,103 @@ fn key(index: u64) -> SigningKey {
     let mut seed = [0x4c; 32];
     seed[..8].copy_from_slice(&index.to_le_bytes());
     SigningKey::from_bytes(&seed)
+}
+
+/// A matchbox node: its socket, the id the server assigned, and the last node it heard of.
+struct MbNode {
+    ws: Ws,
+    id: u128,
+    last_new_peer: Option<u128>,
+}
+
+/// matchbox_protocol 0.15's `PeerEvent<PeerSignal>`, server to node. A `PeerId` is a UUID string.
+#[derive(Deserialize)]
+enum MbEvent {
+    IdAssigned(String),
+    NewPeer(String),
+    PeerLeft(serde::de::IgnoredAny),
+    Signal { sender: String, data: MbSignal },
+}
+
+/// matchbox_protocol 0.15's `PeerRequest<PeerSignal>`, node to server.
+#[derive(Serialize)]
+enum MbRequest {
+    Signal { receiver: String, data: MbSignal },
+}
+
+/// matchbox_socket 0.15's `PeerSignal`: the `data` of a signal.
+#[derive(Serialize, Deserialize)]
+enum MbSignal {
+    IceCandidate(String),
+    Offer(String),
+    Answer(String),
+}
+
+impl MbNode {
+    /// Connects from `source` to the room of node `index` and waits for `IdAssigned`.
+    async fn join(args: &Args, source: IpAddr, index: u64) -> Result<Self, String> {
+        let mut ws = connect(args, source, &room(args, index)).await?;
+        // The server's first event names the node.
+        match decode(&read_frame(&mut ws).await?)? {
+            MbEvent::IdAssigned(id) => Ok(Self { ws, id: parse_uuid(&id)?, last_new_peer: None }),
+            _ => Err("the first event is not IdAssigned".into()),
+        }
+    }
+
+    async fn send(&mut self, to: u128, kind: Kind, text: String) -> Result<usize, String> {
+        let data = match kind {
+            Kind::Init => MbSignal::IceCandidate("null".into()),
+            Kind::Offer => MbSignal::Offer(text),
+            Kind::Answer => MbSignal::Answer(text),
+        };
+        let request = MbRequest::Signal { receiver: format_uuid(to), data };
+        let text = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+        let sent = text.len();
+        self.ws.send(Message::Text(text.into())).await.map_err(|e| e.to_string())?;
+        Ok(sent)
+    }
+
+    async fn next(&mut self) -> Result<Incoming, String> {
+        match decode(&read_frame(&mut self.ws).await?)? {
+            MbEvent::Signal { sender, data } => {
+                let (MbSignal::IceCandidate(text) | MbSignal::Offer(text) | MbSignal::Answer(text)) = data;
+                let from = Id::Peer(parse_uuid(&sender)?);
+                Ok(Incoming::Setup(Setup { from, to: Id::Peer(self.id), text }))
+            }
+            MbEvent::NewPeer(id) => {
+                self.last_new_peer = Some(parse_uuid(&id)?);
+                Ok(Incoming::Notice)
+            }
+            MbEvent::PeerLeft(_) => Ok(Incoming::Notice),
+            MbEvent::IdAssigned(_) => Err("IdAssigned twice".into()),
+        }
+    }
+}
+
+fn decode(message: &Message) -> Result<MbEvent, String> {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).map_err(|e| format!("{e}: {text}")),
+        _ => Err("matchbox sends text frames only".into()),
+    }
+}
+
+/// The room of node `index`: a relay pair's own, or `--room-size` nodes per room.
+fn room(args: &Args, index: u64) -> String {
+    match args.scenario {
+        Scenario::Relay { .. } => format!("pair-{}", index / 2),
+        _ if args.room_size == 0 => "bench".into(),
+        _ => format!("room-{}", index / args.room_size),
+    }
+}
+
+fn parse_uuid(text: &str) -> Result<u128, String> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    u128::from_str_radix(&hex, 16).map_err(|_| format!("not a UUID: {text}"))
+}
+
+fn format_uuid(id: u128) -> String {
+    let hex = format!("{id:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 /// What the server process used, from /proc.
@@ -247,11 +579,45 @@ fn read_proc(pid: Option<u32>) -> Option<Proc> {
     Some(Proc { cpu_s: (user + sys) / 100.0, sys_s: sys / 100.0, rss_kb })
 }
 
+/// The machine's one-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Waits until the server has used at most one clock tick (10 ms) of CPU in 200 ms, or for
+/// `SETTLE_TIMEOUT`; without a pid, 200 ms.
+async fn settle(pid: Option<u32>) {
+    const WINDOW: Duration = Duration::from_millis(200);
+    let give_up = Instant::now() + SETTLE_TIMEOUT;
+    let Some(mut last) = read_proc(pid) else {
+        return tokio::time::sleep(WINDOW).await;
+    };
+    while Instant::now() < give_up {
+        tokio::time::sleep(WINDOW).await;
+        let Some(now) = read_proc(pid) else { return };
+        if now.cpu_s - last.cpu_s <= 0.0101 {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("the server was still busy after {SETTLE_TIMEOUT:?}");
+}
+
 /// Counters shared by the tasks of a run, and the latency samples.
 #[derive(Default)]
 struct Stats {
     ops: AtomicU64,
     errors: AtomicU64,
+    /// Relayed messages that arrived from another node than their sender, or for another node.
+    misrouted: AtomicU64,
+    /// Relayed messages that arrived after a later one of the same sender.
+    out_of_order: AtomicU64,
+    /// Relayed messages that never arrived.
+    lost: AtomicU64,
+    /// Relayed messages that arrived, including those still in flight at the deadline.
+    delivered: AtomicU64,
+    /// The largest relayed frame sent.
+    frame_bytes: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
 }
 
@@ -269,6 +635,12 @@ impl Stats {
     fn error(&self, what: &str) {
         if self.errors.fetch_add(1, Ordering::Relaxed) < 5 {
             eprintln!("error: {what}");
+        }
+    }
+
+    fn fault(&self, counter: &AtomicU64, count: u64, what: &str) {
+        if counter.fetch_add(count, Ordering::Relaxed) < 5 {
+            eprintln!("fault: {what}");
         }
     }
 
@@ -307,84 +679,124 @@ fn progress(stats: Arc<Stats>, done: Arc<AtomicBool>, what: &'static str) {
     });
 }
 
-/// Joins `count` nodes, `window` handshakes at a time; returns them and the time it took.
-async fn join_many(args: &Arc<Args>, count: u32, window: usize, stats: &Arc<Stats>) -> (Vec<Node>, Duration) {
+/// The nodes of [`join_many`] and what it took.
+struct Joined {
+    nodes: Vec<Node>,
+    /// Until the last node had joined.
+    took: Duration,
+    /// Until the server was quiet after that.
+    settled: Duration,
+    /// Frames the nodes read after their own join.
+    notices: u64,
+}
+
+/// Joins `count` nodes, `window` handshakes at a time. Each joined node reads what reaches it
+/// until all have joined and the server is quiet.
+async fn join_many(args: &Arc<Args>, count: u32, window: usize, stats: &Arc<Stats>) -> Joined {
     let slots = Arc::new(Semaphore::new(window.max(1)));
+    let (joined_tx, mut joined_rx) = mpsc::unbounded_channel::<()>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(count as usize);
     for index in 0..u64::from(count) {
         let (args, stats, slots) = (args.clone(), stats.clone(), slots.clone());
+        let (joined_tx, stop_rx, counts) = (joined_tx.clone(), stop_rx.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await.ok()?;
+            let slot = slots.acquire_owned().await.ok()?;
             let began = Instant::now();
-            match Node::join(&args, source(&args, index), index).await {
-                Ok(node) => {
-                    stats.record(began.elapsed());
-                    Some(node)
-                }
+            let node = Node::join(&args, source(&args, index), index).await;
+            drop(slot);
+            let _ = joined_tx.send(());
+            drop(joined_tx);
+            let node = match node {
+                Ok(node) => node,
                 Err(e) => {
                     stats.error(&e);
-                    None
+                    return None;
                 }
-            }
+            };
+            stats.record(began.elapsed());
+            let (setups, notices) = &*counts;
+            node.drain(stop_rx, setups, notices).await.map_err(|e| stats.error(&e)).ok()
         }));
     }
+    drop(joined_tx);
+    while joined_rx.recv().await.is_some() {}
+    let took = start.elapsed();
+    settle(args.server_pid).await;
+    let settled = start.elapsed();
+    let _ = stop_tx.send(true);
     let mut nodes = Vec::with_capacity(tasks.len());
     for task in tasks {
         if let Ok(Some(node)) = task.await {
             nodes.push(node);
         }
     }
-    (nodes, start.elapsed())
+    let (setups, notices) = &*counts;
+    if setups.load(Ordering::Relaxed) > 0 {
+        stats.error("a set-up message reached a node that only joined");
+    }
+    Joined { nodes, took, settled, notices: notices.load(Ordering::Relaxed) }
 }
 
 async fn close_all(nodes: Vec<Node>) {
-    futures::future::join_all(nodes.into_iter().map(|mut node| async move {
-        let _ = node.ws.close(None).await;
-    }))
-    .await;
+    futures::future::join_all(nodes.into_iter().map(|mut node| async move { node.close().await })).await;
 }
 
 #[tokio::main]
 async fn main() {
     raise_fd_limit();
     let args = Arc::new(Args::parse());
+    if args.bincode && args.protocol == Protocol::Matchbox {
+        eprintln!("--bincode: matchbox speaks JSON only");
+        std::process::exit(2);
+    }
+    watchdog(Duration::from_secs_f64(args.timeout_secs));
     let stats = Arc::new(Stats::default());
     let done = Arc::new(AtomicBool::new(false));
     let before = read_proc(args.server_pid);
+    let load_before = load_average();
     let started = Instant::now();
     let mut extra = serde_json::Map::new();
 
     match args.scenario.clone() {
         Scenario::Join { conns, window } => {
             progress(stats.clone(), done.clone(), "joined");
-            let (nodes, took) = join_many(&args, conns, window, &stats).await;
-            extra.insert("joined".into(), json!(nodes.len()));
-            extra.insert("join_s".into(), json!(took.as_secs_f64()));
-            extra.insert("joins_per_s".into(), json!(nodes.len() as f64 / took.as_secs_f64()));
-            if let Some(after) = read_proc(args.server_pid) {
+            let joined = join_many(&args, conns, window, &stats).await;
+            let n = joined.nodes.len();
+            extra.insert("joined".into(), json!(n));
+            extra.insert("join_s".into(), json!(joined.took.as_secs_f64()));
+            extra.insert("joins_per_s".into(), json!(n as f64 / joined.took.as_secs_f64()));
+            extra.insert("settle_s".into(), json!(joined.settled.as_secs_f64()));
+            extra.insert("notices".into(), json!(joined.notices));
+            if let (Some(b), Some(after)) = (before, read_proc(args.server_pid)) {
                 extra.insert("server_rss_after_join_kb".into(), json!(after.rss_kb));
+                // Until the server went quiet: the joins and their fan-out to the other nodes.
+                let per_join = (after.cpu_s - b.cpu_s) * 1e6 / n.max(1) as f64;
+                extra.insert("server_cpu_us_per_join".into(), json!(per_join));
             }
-            close_all(nodes).await;
+            close_all(joined.nodes).await;
         }
         Scenario::Idle { conns, secs, window, big_frame } => {
             progress(stats.clone(), done.clone(), "joined");
-            let (mut nodes, took) = join_many(&args, conns, window, &stats).await;
+            let Joined { mut nodes, took, notices, .. } = join_many(&args, conns, window, &stats).await;
             if big_frame > 0 {
-                let request =
-                    format!("{:width$}\"ListIDsRequest\"", "", width = big_frame.saturating_sub(16));
+                let mut bytes = 0;
                 for node in &mut nodes {
-                    if let Err(e) = node.send_raw(&request).await {
-                        eprintln!("big frame: {e}");
+                    match node.send_padded(big_frame).await {
+                        Ok(sent) => bytes = sent,
+                        Err(e) => eprintln!("big frame: {e}"),
                     }
                 }
-                extra.insert("big_frame_bytes".into(), json!(request.len()));
+                extra.insert("big_frame_bytes".into(), json!(bytes));
             }
             let held = read_proc(args.server_pid);
             tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             let after = read_proc(args.server_pid);
             extra.insert("joined".into(), json!(nodes.len()));
             extra.insert("join_s".into(), json!(took.as_secs_f64()));
+            extra.insert("notices".into(), json!(notices));
             if let (Some(b), Some(h), Some(a)) = (before, held, after) {
                 let per_conn = (a.rss_kb.saturating_sub(b.rss_kb) * 1024) as f64 / nodes.len().max(1) as f64;
                 extra.insert("server_rss_idle_kb".into(), json!(a.rss_kb));
@@ -394,7 +806,7 @@ async fn main() {
             close_all(nodes).await;
         }
         Scenario::Relay { pairs, window, secs, size, rate } => {
-            let (mut nodes, _) = join_many(&args, pairs * 2, 256, &stats).await;
+            let mut nodes = join_many(&args, pairs * 2, 256, &stats).await.nodes;
             stats.ops.store(0, Ordering::Relaxed);
             stats.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let epoch = Instant::now();
@@ -404,21 +816,34 @@ async fn main() {
             let pace = (rate > 0).then(|| Duration::from_secs_f64(f64::from(pairs) / rate as f64));
             let mut tasks = Vec::new();
             while let (Some(b), Some(a)) = (nodes.pop(), nodes.pop()) {
+                // A matchbox pair shares a room: one of the two heard of the other.
+                if args.protocol == Protocol::Matchbox
+                    && a.last_new_peer() != Some(b.id())
+                    && b.last_new_peer() != Some(a.id())
+                {
+                    stats.error("a pair did not hear of each other by NewPeer");
+                }
                 tasks.push(tokio::spawn(bounce(a, b, window, size, epoch, deadline, pace, stats.clone())));
             }
             for task in tasks {
-                let _ = task.await;
+                if let Ok((a, b)) = task.await {
+                    nodes.extend([a, b]);
+                }
             }
-            let elapsed = epoch.elapsed().as_secs_f64();
             let after = read_proc(args.server_pid);
             let relays = stats.ops.load(Ordering::Relaxed);
+            let delivered = stats.delivered.load(Ordering::Relaxed);
             extra.insert("relays".into(), json!(relays));
-            extra.insert("relays_per_s".into(), json!(relays as f64 / elapsed));
+            extra.insert("relays_per_s".into(), json!(relays as f64 / secs));
+            extra.insert("delivered".into(), json!(delivered));
+            extra.insert("frame_bytes".into(), json!(stats.frame_bytes.load(Ordering::Relaxed)));
             if let (Some(b), Some(a)) = (before_relay, after) {
-                let per_relay = |s: f64| s * 1e6 / relays.max(1) as f64;
+                // Per message that crossed the server, in flight at the deadline included.
+                let per_relay = |s: f64| s * 1e6 / delivered.max(1) as f64;
                 extra.insert("server_cpu_us_per_relay".into(), json!(per_relay(a.cpu_s - b.cpu_s)));
                 extra.insert("server_kernel_us_per_relay".into(), json!(per_relay(a.sys_s - b.sys_s)));
             }
+            close_all(nodes).await;
         }
         Scenario::Churn { workers, secs } => {
             // A permanent partner that every cycle relays to.
@@ -430,9 +855,17 @@ async fn main() {
                 }
             };
             let partner_id = partner.id();
-            let drain = tokio::spawn(async move {
-                let mut partner = partner;
-                while partner.next_setup().await.is_ok() {}
+            let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let drain = tokio::spawn({
+                let (counts, stats) = (counts.clone(), stats.clone());
+                async move {
+                    let (delivered, notices) = &*counts;
+                    match partner.drain(stop_rx, delivered, notices).await {
+                        Ok(mut partner) => partner.close().await,
+                        Err(e) => stats.error(&format!("partner: {e}")),
+                    }
+                }
             });
             progress(stats.clone(), done.clone(), "cycles");
             let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -446,13 +879,8 @@ async fn main() {
                         let began = Instant::now();
                         let cycle = async {
                             let mut node = Node::join(&args, source(&args, index), index).await?;
-                            let init = PeerInfo {
-                                id_init: node.id(),
-                                id_follow: partner_id,
-                                message: PeerMessage::Init,
-                            };
-                            node.send_setup(init).await?;
-                            node.ws.close(None).await.map_err(|e| e.to_string())
+                            node.send(partner_id, Kind::Init, String::new()).await?;
+                            node.ws().close(None).await.map_err(|e| e.to_string())
                         };
                         match cycle.await {
                             Ok(()) => stats.record(began.elapsed()),
@@ -464,10 +892,23 @@ async fn main() {
             for task in tasks {
                 let _ = task.await;
             }
-            drain.abort();
+            let elapsed = started.elapsed().as_secs_f64();
             let cycles = stats.ops.load(Ordering::Relaxed);
+            // What the last cycles sent may still be on its way to the partner.
+            let (delivered, _) = &*counts;
+            let give_up = Instant::now() + DRAIN_TIMEOUT;
+            while delivered.load(Ordering::Relaxed) < cycles && Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = stop_tx.send(true);
+            let _ = drain.await;
+            let delivered = delivered.load(Ordering::Relaxed);
+            if delivered < cycles {
+                stats.lost.fetch_add(cycles - delivered, Ordering::Relaxed);
+            }
             extra.insert("cycles".into(), json!(cycles));
-            extra.insert("cycles_per_s".into(), json!(cycles as f64 / started.elapsed().as_secs_f64()));
+            extra.insert("cycles_per_s".into(), json!(cycles as f64 / elapsed));
+            extra.insert("delivered".into(), json!(delivered));
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -476,13 +917,23 @@ async fn main() {
     let mut summary = json!({
         "scenario": format!("{:?}", args.scenario).split_whitespace().next().unwrap_or_default(),
         "label": args.label,
+        "protocol": args.protocol.name(),
         "codec": if args.bincode { "bincode" } else { "json" },
         "params": format!("{:?}", args.scenario),
         "duration_s": started.elapsed().as_secs_f64(),
         "ops": stats.ops.load(Ordering::Relaxed),
         "errors": stats.errors.load(Ordering::Relaxed),
+        "misrouted": stats.misrouted.load(Ordering::Relaxed),
+        "out_of_order": stats.out_of_order.load(Ordering::Relaxed),
+        "lost": stats.lost.load(Ordering::Relaxed),
         "latency_us": stats.percentiles(),
+        // Others' work on the machine, which the figures share it with.
+        "load_1min": [load_before, load_average()],
     });
+    if args.protocol == Protocol::Matchbox {
+        let rooms = if matches!(args.scenario, Scenario::Relay { .. }) { 2 } else { args.room_size };
+        summary["room_size"] = json!(rooms);
+    }
     if let (Some(b), Some(a)) = (before, after) {
         summary["server"] = json!({
             "cpu_s": a.cpu_s - b.cpu_s,
@@ -497,9 +948,48 @@ async fn main() {
     println!("{summary}");
 }
 
+/// One direction of a pair: what was sent, what arrived, and the next sequence number due.
+#[derive(Default)]
+struct Lane {
+    sent: u64,
+    received: u64,
+    due: u64,
+}
+
+impl Lane {
+    /// The next message's text: its send time and sequence number, padded to `size` bytes.
+    fn stamp(&mut self, epoch: Instant, size: usize) -> String {
+        let mut text = format!("{:020} {:010} ", epoch.elapsed().as_nanos(), self.sent);
+        text.extend(std::iter::repeat_n('x', size.saturating_sub(text.len())));
+        self.sent += 1;
+        text
+    }
+
+    /// Checks a message that arrived on this lane, which runs `from` → `to`; returns its latency.
+    fn check(&mut self, setup: &Setup, from: Id, to: Id, epoch: Instant, stats: &Stats) -> Duration {
+        if setup.from != from || setup.to != to {
+            stats.fault(
+                &stats.misrouted,
+                1,
+                &format!("{:?} → {:?} on the lane {from:?} → {to:?}", setup.from, setup.to),
+            );
+        }
+        let mut fields = setup.text.split(' ').map(|field| field.parse::<u64>().ok());
+        let (sent, seq) = (fields.next().flatten(), fields.next().flatten());
+        if seq != Some(self.due) {
+            stats.fault(&stats.out_of_order, 1, &format!("message {seq:?} where {} was due", self.due));
+        }
+        self.due = seq.map_or(self.due, |seq| seq + 1);
+        self.received += 1;
+        stats.delivered.fetch_add(1, Ordering::Relaxed);
+        epoch.elapsed().saturating_sub(Duration::from_nanos(sent.unwrap_or_default()))
+    }
+}
+
 /// One pair. Closed loop: `a` offers, `b` answers each offer, `window` messages in flight.
 /// Paced (`pace` set): `a` offers once per `pace`, `b` only receives. Every message carries its
-/// send time and its receiver records the latency. Stops at `deadline`.
+/// send time and its receiver records the latency. Stops sending at `deadline`, then waits for
+/// what is in flight; gives the pair back.
 #[allow(clippy::too_many_arguments)]
 async fn bounce(
     mut a: Node,
@@ -510,61 +1000,79 @@ async fn bounce(
     deadline: Instant,
     pace: Option<Duration>,
     stats: Arc<Stats>,
-) {
+) -> (Node, Node) {
     let (a_id, b_id) = (a.id(), b.id());
-    let stamp = |message: fn(String) -> PeerMessage| {
-        let nanos = epoch.elapsed().as_nanos();
-        let mut text = format!("{nanos:020} ");
-        text.extend(std::iter::repeat_n('x', size.saturating_sub(21)));
-        PeerInfo { id_init: a_id, id_follow: b_id, message: message(text) }
-    };
-    let latency = |setup: &PeerInfo| {
-        let text = setup.message.text().unwrap_or_default();
-        let sent = text.get(..20).and_then(|t| t.parse::<u64>().ok()).unwrap_or_default();
-        epoch.elapsed().saturating_sub(Duration::from_nanos(sent))
-    };
-    if let Some(pace) = pace {
-        // Open loop: `a` offers at a fixed rate whatever happens, `b` records each arrival at once.
-        let mut ticker = tokio::time::interval(pace);
-        while Instant::now() < deadline {
-            tokio::select! {
-                _ = ticker.tick() => if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await {
-                    return stats.error(&e);
-                },
-                got = b.next_setup() => match got {
-                    Ok(offer) => stats.record(latency(&offer)),
-                    Err(e) => return stats.error(&e),
-                },
-            }
-        }
-    } else {
-        // Closed loop: `window` messages in flight; each arrival is answered at once.
-        for _ in 0..window {
-            if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await {
-                return stats.error(&e);
-            }
-        }
-        while Instant::now() < deadline {
-            tokio::select! {
-                got = b.next_setup() => match got {
-                    Ok(offer) => {
-                        stats.record(latency(&offer));
-                        if let Err(e) = b.send_setup(stamp(PeerMessage::Answer)).await { return stats.error(&e) }
+    let (mut ab, mut ba) = (Lane::default(), Lane::default());
+    let run = async {
+        let stop = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(stop);
+        let sent = a.send(b_id, Kind::Offer, ab.stamp(epoch, size)).await?;
+        stats.frame_bytes.fetch_max(sent as u64, Ordering::Relaxed);
+        if let Some(pace) = pace {
+            // Open loop: `a` offers at a fixed rate whatever happens, `b` records each arrival at once.
+            let mut ticker = tokio::time::interval(pace);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    _ = ticker.tick() => {
+                        a.send(b_id, Kind::Offer, ab.stamp(epoch, size)).await?;
                     }
-                    Err(e) => return stats.error(&e),
-                },
-                got = a.next_setup() => match got {
-                    Ok(answer) => {
-                        stats.record(latency(&answer));
-                        if let Err(e) = a.send_setup(stamp(PeerMessage::Offer)).await { return stats.error(&e) }
+                    got = b.next_setup() => stats.record(ab.check(&got?, a_id, b_id, epoch, &stats)),
+                }
+            }
+        } else {
+            // Closed loop: `window` messages in flight; each arrival is answered at once.
+            for _ in 1..window {
+                a.send(b_id, Kind::Offer, ab.stamp(epoch, size)).await?;
+            }
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    got = b.next_setup() => {
+                        stats.record(ab.check(&got?, a_id, b_id, epoch, &stats));
+                        b.send(a_id, Kind::Answer, ba.stamp(epoch, size)).await?;
                     }
-                    Err(e) => return stats.error(&e),
-                },
+                    got = a.next_setup() => {
+                        stats.record(ba.check(&got?, b_id, a_id, epoch, &stats));
+                        a.send(b_id, Kind::Offer, ab.stamp(epoch, size)).await?;
+                    }
+                }
             }
         }
+        // Nothing sent may be lost: what is in flight at the deadline must still arrive.
+        let give_up = tokio::time::sleep(DRAIN_TIMEOUT);
+        tokio::pin!(give_up);
+        while ab.received < ab.sent || ba.received < ba.sent {
+            tokio::select! {
+                () = &mut give_up => break,
+                got = b.next_setup(), if ab.received < ab.sent => {
+                    ab.check(&got?, a_id, b_id, epoch, &stats);
+                }
+                got = a.next_setup(), if ba.received < ba.sent => {
+                    ba.check(&got?, b_id, a_id, epoch, &stats);
+                }
+            }
+        }
+        Ok::<_, String>(())
+    };
+    if let Err(e) = run.await {
+        stats.error(&e);
     }
-    let _ = a.ws.close(None).await;
-    let _ = b.ws.close(None).await;
+    let lost = (ab.sent - ab.received) + (ba.sent - ba.received);
+    if lost > 0 {
+        stats.fault(&stats.lost, lost, &format!("{lost} messages of a pair never arrived"));
+    }
+    (a, b)
+}
+
+/// Ends the process if the run takes longer than `limit`: every run is bounded in time.
+fn watchdog(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("loadgen: the run took longer than {limit:?}; giving up");
+        std::process::exit(3);
+    });
 }
 
 /// Lets this process hold many sockets: the soft limit up to the hard one, and as root both.

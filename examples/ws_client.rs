@@ -9,11 +9,14 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use peer_signal::ed25519_dalek::SigningKey;
-use peer_signal::{AsyncClient, ClientEvent, Codec, NodeID, NodeInfo, PeerInfo, PeerMessage, WsClient};
+use peer_signal::{
+    AsyncClient, ClientEvent, Codec, NodeID, NodeInfo, PeerInfo, PeerMessage, TokioTimer, WsClient,
+};
 
 /// A node that talks to a signalling server.
 #[derive(Parser, Debug)]
@@ -38,6 +41,10 @@ struct Args {
     /// Exit after this many seconds (default: run until Ctrl-C or the server closes).
     #[arg(long)]
     exit_after: Option<u64>,
+    /// Seconds between the list requests that keep the node listed (well inside the server's
+    /// TTL, 120 s by default); 0 sends none.
+    #[arg(long, default_value_t = 60)]
+    keepalive_secs: u64,
 }
 
 #[tokio::main]
@@ -51,9 +58,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut node = AsyncClient::connect(conn, key, info).await?;
     println!("connected to {} as {} ({})", args.url, args.name, node.id());
 
-    // The list the server sends after the announce.
+    if args.keepalive_secs > 0 {
+        node.keep_alive(Duration::from_secs(args.keepalive_secs), Arc::new(TokioTimer));
+    }
+
+    // The list the server sends after the announce; later ones are printed when they change.
+    let mut listed = Vec::new();
     if let ClientEvent::NodeList(nodes) = node.next_event().await? {
         print_list(&nodes, node.id());
+        listed = ids(&nodes);
     }
     if let Some(other) = args.connect_to {
         println!("→ Init to {other}");
@@ -64,7 +77,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             let event = node.next_event().await?;
             match event {
-                ClientEvent::NodeList(nodes) => print_list(&nodes, node.id()),
+                ClientEvent::NodeList(nodes) if ids(&nodes) != listed => {
+                    print_list(&nodes, node.id());
+                    listed = ids(&nodes);
+                }
+                ClientEvent::NodeList(_) => {}
                 ClientEvent::PeerSetup(setup) => {
                     let from = if setup.id_init == node.id() { setup.id_follow } else { setup.id_init };
                     println!("← {} from {from}", describe(&setup.message));
@@ -87,6 +104,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = tokio::signal::ctrl_c() => println!("bye"),
     }
     Ok(())
+}
+
+/// The ids of a list, sorted, to tell whether it changed.
+fn ids(nodes: &[NodeInfo]) -> Vec<NodeID> {
+    let mut ids: Vec<NodeID> = nodes.iter().map(NodeInfo::id).collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// The pretend WebRTC dance: the follower offers, the initiator answers, the follower sends a

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Plots join cost and relay latency against N from loadgen's JSON summaries.
+"""Plots join cost and relay latency against N from loadgen's JSON summaries: peer-signal's, with
+matchbox_server's relay latency beside it where the same runs were made against it.
 
 usage: plot.py bench-results/ws.jsonl bench-results/scaling.png
 """
@@ -13,15 +14,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(source, target):
-    runs = [json.loads(line) for line in open(source) if line.strip().startswith("{")]
+    every = [json.loads(line) for line in open(source) if line.strip().startswith("{")]
+    runs = [r for r in every if r.get("protocol", "peer-signal") == "peer-signal"]
     joins = sorted(
         (r for r in runs if r["label"].startswith("join-") and r["label"][5:].isdigit()),
         key=lambda r: r["joined"],
     )
-    relays = sorted(
-        (r for r in runs if r["label"].startswith("relay-json-") and r["label"][11:].isdigit()),
-        key=lambda r: int(r["label"][11:]),
-    )
+
+    def relay_runs(protocol):
+        return sorted(
+            (
+                r
+                for r in every
+                if r.get("protocol", "peer-signal") == protocol
+                and r["label"].startswith("relay-json-")
+                and r["label"][11:].isdigit()
+            ),
+            key=lambda r: int(r["label"][11:]),
+        )
+
+    relays = relay_runs("peer-signal")
+    matchbox = relay_runs("matchbox")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
 
     n = [r["joined"] for r in joins]
@@ -40,7 +53,15 @@ def main(source, target):
 
     pairs = [int(r["label"][11:]) * 2 for r in relays]
     for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^--")):
-        right.plot(pairs, [r["latency_us"][key] / 1000 for r in relays], style, label=key)
+        right.plot(pairs, [r["latency_us"][key] / 1000 for r in relays], style, label=f"{key}, peer-signal")
+    for key, style in (("p50", "o:"), ("p99", "s:")):
+        right.plot(
+            [int(r["label"][11:]) * 2 for r in matchbox],
+            [r["latency_us"][key] / 1000 for r in matchbox],
+            style,
+            color="gray",
+            label=f"{key}, matchbox_server",
+        )
     right.set_xscale("log")
     right.minorticks_off()
     right.set_xticks(pairs, [str(p) for p in pairs])

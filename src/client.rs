@@ -3,6 +3,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_core::RngCore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,6 +38,10 @@ pub enum ClientEvent {
     PeerSetup(PeerInfo),
     /// The server refused something the node sent; the text is the server's.
     Error(String),
+    /// The connection was lost. A client that reconnects (see
+    /// [`AsyncClient::connect_reconnecting`]) is now trying again; it reports
+    /// [`Connected`](Self::Connected) once the server has accepted its announce anew.
+    Disconnected,
 }
 
 /// What went wrong on the node's side.
@@ -121,6 +131,10 @@ pub struct SignalClient {
     transmit: VecDeque<Bytes>,
     events: VecDeque<ClientEvent>,
     dropped_events: u64,
+    /// How often to ask for the list while connected, so that the server sees the node alive.
+    keepalive: Option<Duration>,
+    /// When the next keepalive is due; armed by the first `handle_timeout` once connected.
+    next_keepalive: Option<Instant>,
 }
 
 impl fmt::Debug for SignalClient {
@@ -152,6 +166,54 @@ impl SignalClient {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             dropped_events: 0,
+            keepalive: None,
+            next_keepalive: None,
+        }
+    }
+
+    /// The same node on a new connection: the state of the old one forgotten, the keepalive kept.
+    fn renewed(&self) -> Self {
+        let mut client = Self::new(self.key.clone(), self.info.clone(), self.codec);
+        client.keepalive = self.keepalive;
+        client.dropped_events = self.dropped_events;
+        client
+    }
+
+    /// Keeps the node alive on servers that close silent nodes (this crate's after
+    /// [`SignalConfig::ttl`](crate::SignalConfig::ttl), 120 s by default): once connected, a
+    /// `ListIDsRequest` goes out every `interval`, as fledger nodes send one every minute. Pick an
+    /// interval well inside the server's TTL; `None` (the default) sends nothing unasked.
+    ///
+    /// The client reads no clock: feed it the time with [`handle_timeout`](Self::handle_timeout)
+    /// when [`poll_timeout`](Self::poll_timeout) says.
+    pub fn set_keepalive(&mut self, interval: Option<Duration>) {
+        self.keepalive = interval.filter(|interval| !interval.is_zero());
+        self.next_keepalive = None;
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) wants to be called next: `None` while there
+    /// is nothing to time (no keepalive, not connected) or before the first call has armed it.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_keepalive
+    }
+
+    /// Tells the client the time: arms the keepalive once connected (the first call), and queues
+    /// a `ListIDsRequest` when it is due. Drain [`poll_transmit`](Self::poll_transmit) afterwards.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(interval) = self.keepalive.filter(|_| self.state == State::Connected) else {
+            self.next_keepalive = None;
+            return;
+        };
+        match self.next_keepalive {
+            None => self.next_keepalive = Some(now + interval),
+            Some(due) if due <= now => {
+                // A full backlog means the application is not sending: a missed keepalive is
+                // then the least of its problems, and the next one comes an interval later.
+                let _ = self.request(&WSSignalMessageFromNode::ListIDsRequest);
+                self.next_keepalive = Some(now + interval);
+            }
+            Some(_) => {}
         }
     }
 
@@ -334,6 +396,9 @@ pub trait ClientConnection: Send {
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError>;
 
     /// The next frame from the server; `None` once the connection is closed and drained.
+    ///
+    /// Must be cancel-safe: [`AsyncClient`] drops this future when a keepalive falls due first,
+    /// and no frame may be lost then.
     async fn recv(&mut self) -> Option<Bytes>;
 }
 
@@ -385,6 +450,86 @@ pub struct AsyncClient<C> {
     /// Events read while waiting for something else, returned first by `next_event`.
     held: VecDeque<ClientEvent>,
     dropped_events: u64,
+    /// The clock of the keepalive and of the reconnection backoff, when there is one.
+    timer: Option<Arc<dyn Timer>>,
+    /// How to reconnect, for a client that does.
+    reconnecting: Option<Reconnecting<C>>,
+}
+
+/// Opens a new connection to the server each time it is called: what an [`AsyncClient`] that
+/// reconnects needs. `WsClientBuilder` is one; so is any closure that returns a future of a
+/// connection.
+#[async_trait]
+pub trait Reconnect<C>: Send + Sync {
+    /// A new connection.
+    ///
+    /// # Errors
+    ///
+    /// The transport's, when the server cannot be reached.
+    async fn connect(&self) -> Result<C, TransportError>;
+}
+
+#[async_trait]
+impl<C, F, Fut> Reconnect<C> for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<C, TransportError>> + Send,
+    C: Send + 'static,
+{
+    async fn connect(&self) -> Result<C, TransportError> {
+        (self)().await
+    }
+}
+
+/// How long a client that reconnects waits between attempts: `initial` after the first
+/// failure, doubled after each further one up to `max`, and each wait spread at random over
+/// ±25%, so that many nodes cut off at once do not all come back at the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// From `initial` up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { initial, max: max.max(initial) }
+    }
+
+    /// The wait before attempt `failures + 1`, given `random` (any `u32`) for the jitter.
+    fn delay(self, failures: u32, random: u32) -> Duration {
+        let doubled = self.initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let base = doubled.min(self.max);
+        // A factor between 0.75 and 1.25.
+        let spread = 0.75 + f64::from(random) / f64::from(u32::MAX) / 2.0;
+        base.mul_f64(spread)
+    }
+}
+
+/// Half a second after the first failure, then doubling, up to half a minute.
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+}
+
+/// A client's means to reconnect.
+struct Reconnecting<C> {
+    reconnect: Box<dyn Reconnect<C>>,
+    backoff: Backoff,
+    /// The connection is lost; the next read reconnects.
+    lost: bool,
+    /// Attempts that failed since the connection was lost.
+    failures: u32,
+}
+
+/// The clock and the sleeps that [`AsyncClient::keep_alive`] needs, from whatever runtime the
+/// application runs on: `TokioTimer` with the `websocket` feature, or a few lines of your own.
+pub trait Timer: Send + Sync {
+    /// The time now.
+    fn now(&self) -> Instant;
+    /// A future that resolves at `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 impl<C> fmt::Debug for AsyncClient<C> {
@@ -412,19 +557,95 @@ impl<C: ClientConnection> AsyncClient<C> {
     /// [`SignalClient::handle_frame`].
     pub async fn connect(conn: C, key: SigningKey, info: NodeInfo) -> Result<Self, ClientError> {
         let client = SignalClient::new(key, info, conn.codec());
-        let mut this = Self { conn, client, held: VecDeque::new(), dropped_events: 0 };
+        let mut this =
+            Self { conn, client, held: VecDeque::new(), dropped_events: 0, timer: None, reconnecting: None };
+        this.handshake(false).await?;
+        Ok(this)
+    }
+
+    /// As [`connect`](Self::connect), on a connection from `reconnect`; and when the connection
+    /// is lost later, reconnects and announces again by itself, waiting as `backoff` says between
+    /// attempts (on `timer`, the runtime's clock), for as long as it takes.
+    ///
+    /// [`next_event`](Self::next_event) reports [`ClientEvent::Disconnected`] when the connection
+    /// is lost, then (as the next events, once it is back) [`ClientEvent::Connected`] and the list
+    /// that follows the announce. Requests made while it is lost fail with
+    /// [`ClientError::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), and [`ClientError::Closed`] when the first connection
+    /// cannot be made: a server that is not there at the start is more likely a mistake than a
+    /// network error.
+    pub async fn connect_reconnecting(
+        reconnect: impl Reconnect<C> + 'static,
+        key: SigningKey,
+        info: NodeInfo,
+        backoff: Backoff,
+        timer: Arc<dyn Timer>,
+    ) -> Result<Self, ClientError> {
+        let conn = reconnect.connect().await.map_err(|_| ClientError::Closed)?;
+        let mut this = Self::connect(conn, key, info).await?;
+        this.timer = Some(timer);
+        this.reconnecting =
+            Some(Reconnecting { reconnect: Box::new(reconnect), backoff, lost: false, failures: 0 });
+        Ok(this)
+    }
+
+    /// Waits for the server to accept the announce and for the list that follows; other events
+    /// are held for `next_event`, and with `report` the acceptance too.
+    async fn handshake(&mut self, report: bool) -> Result<(), ClientError> {
         loop {
-            let event = this.read_event().await?;
-            let connected = this.client.is_connected();
+            let event = self.read_event().await?;
+            let connected = self.client.is_connected();
             match event {
                 ClientEvent::Error(reason) if !connected => return Err(ClientError::Refused(reason)),
                 ClientEvent::NodeList(_) if connected => {
-                    this.hold(event);
-                    return Ok(this);
+                    self.hold(event);
+                    return Ok(());
                 }
-                ClientEvent::Connected(_) => {}
-                other => this.hold(other),
+                ClientEvent::Connected(_) if !report => {}
+                ClientEvent::Disconnected => return Err(ClientError::Closed),
+                other => self.hold(other),
             }
+        }
+    }
+
+    /// Reconnects, waiting between attempts, until the server has accepted the announce again.
+    async fn reconnect(&mut self) {
+        let (Some(mut reconnecting), Some(timer)) = (self.reconnecting.take(), self.timer.clone()) else {
+            return;
+        };
+        loop {
+            if reconnecting.failures > 0 {
+                let delay = reconnecting.backoff.delay(reconnecting.failures, rand_core::OsRng.next_u32());
+                timer.sleep_until(timer.now() + delay).await;
+            }
+            if let Ok(conn) = reconnecting.reconnect.connect().await {
+                self.conn = conn;
+                self.client = self.client.renewed();
+                if self.client.keepalive.is_some() {
+                    self.client.handle_timeout(timer.now());
+                }
+                if self.handshake(true).await.is_ok() {
+                    break;
+                }
+            }
+            reconnecting.failures = reconnecting.failures.saturating_add(1);
+        }
+        reconnecting.lost = false;
+        reconnecting.failures = 0;
+        self.reconnecting = Some(reconnecting);
+    }
+
+    /// The connection is gone: an error, or for a client that reconnects the news of it.
+    fn lost(&mut self) -> Result<ClientEvent, ClientError> {
+        match &mut self.reconnecting {
+            Some(reconnecting) => {
+                reconnecting.lost = true;
+                Ok(ClientEvent::Disconnected)
+            }
+            None => Err(ClientError::Closed),
         }
     }
 
@@ -536,21 +757,83 @@ impl<C: ClientConnection> AsyncClient<C> {
         }
     }
 
-    /// Reads frames, answering what needs an answer, until the server said something.
+    /// Keeps the node alive on a server that closes silent nodes: while the application waits
+    /// in [`next_event`](Self::next_event) or [`list`](Self::list), a `ListIDsRequest` goes out
+    /// every `interval` (see [`SignalClient::set_keepalive`]); the replies come as
+    /// [`ClientEvent::NodeList`]. `timer` is the runtime's clock.
+    ///
+    /// ```no_run
+    /// # async fn run(mut node: peer_signal::AsyncClient<peer_signal::WsClient>) {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use peer_signal::TokioTimer;
+    ///
+    /// // Well inside the server's default TTL of 120 s, as fledger nodes do.
+    /// node.keep_alive(Duration::from_secs(60), Arc::new(TokioTimer));
+    /// while let Ok(event) = node.next_event().await {
+    ///     println!("{event:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn keep_alive(&mut self, interval: Duration, timer: Arc<dyn Timer>) {
+        self.client.set_keepalive(Some(interval));
+        self.client.handle_timeout(timer.now());
+        self.timer = Some(timer);
+    }
+
+    /// Reads frames, answering what needs an answer, until the server said something. Sends the
+    /// keepalive when it is due meanwhile.
     async fn read_event(&mut self) -> Result<ClientEvent, ClientError> {
         loop {
             if let Some(event) = self.client.poll_event() {
                 return Ok(event);
             }
-            let frame = self.conn.recv().await.ok_or(ClientError::Closed)?;
+            if self.reconnecting.as_ref().is_some_and(|reconnecting| reconnecting.lost) {
+                // Boxed: reconnecting reads the server's answer through this very function.
+                Box::pin(self.reconnect()).await;
+                if let Some(event) = self.held.pop_front() {
+                    return Ok(event);
+                }
+                continue;
+            }
+            let due = self.timer.clone().zip(self.client.poll_timeout());
+            let frame = match due {
+                Some((timer, at)) => {
+                    let first = {
+                        let recv = self.conn.recv();
+                        futures::pin_mut!(recv);
+                        // `recv` is cancel-safe: dropping it when the keepalive wins loses nothing.
+                        match futures::future::select(recv, timer.sleep_until(at)).await {
+                            futures::future::Either::Left((frame, _)) => Some(frame),
+                            futures::future::Either::Right(_) => None,
+                        }
+                    };
+                    let Some(frame) = first else {
+                        self.client.handle_timeout(timer.now());
+                        self.flush().await?;
+                        continue;
+                    };
+                    frame
+                }
+                None => self.conn.recv().await,
+            };
+            let Some(frame) = frame else { return self.lost() };
             self.client.handle_frame(&frame)?;
-            self.flush().await?;
+            if self.flush().await.is_err() {
+                return self.lost();
+            }
         }
     }
 
     async fn flush(&mut self) -> Result<(), ClientError> {
         while let Some(frame) = self.client.poll_transmit() {
-            self.conn.send(frame).await.map_err(|_| ClientError::Closed)?;
+            if self.conn.send(frame).await.is_err() {
+                // A client that reconnects does so at its next read.
+                if let Some(reconnecting) = &mut self.reconnecting {
+                    reconnecting.lost = true;
+                }
+                return Err(ClientError::Closed);
+            }
         }
         Ok(())
     }
@@ -560,6 +843,25 @@ impl<C: ClientConnection> AsyncClient<C> {
             self.held.push_back(event);
         } else {
             self.dropped_events += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_maximum_within_a_quarter_either_way() {
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let bounds = |base: f64| (Duration::from_secs_f64(base * 0.75), Duration::from_secs_f64(base * 1.25));
+        for (failures, base) in [(1, 0.5), (2, 1.0), (3, 2.0), (7, 30.0), (40, 30.0)] {
+            let (low, high) = bounds(base);
+            for random in [0, u32::MAX / 3, u32::MAX] {
+                let delay = backoff.delay(failures, random);
+                assert!(delay >= low && delay <= high, "{failures} failures: {delay:?}");
+            }
+            assert!(backoff.delay(failures, 0) < backoff.delay(failures, u32::MAX), "jitter spreads");
         }
     }
 }

@@ -357,13 +357,15 @@ pub use server::{
 mod client;
 mod driver;
 
-pub use client::{AsyncClient, ClientConnection, ClientError, ClientEvent, SignalClient};
+pub use client::{
+    AsyncClient, Backoff, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient, Timer,
+};
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 #[cfg(feature = "websocket")]
 pub use transport::{
-    Admission, AdmissionHook, UpgradeRequest, WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport,
-    BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
+    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};

@@ -263,3 +263,34 @@ fn two_clients_join_and_relay_through_the_core_without_an_executor() {
     assert_eq!(ids, both);
     assert!(clients.iter_mut().all(|(_, c)| c.poll_event().is_none()));
 }
+
+#[test]
+fn the_keepalive_asks_for_the_list_every_interval_once_connected() {
+    use std::time::Duration;
+    let key = key(1);
+    let mut client = SignalClient::new(key.clone(), node_info(&key), Codec::Json);
+    client.set_keepalive(Some(Duration::from_secs(60)));
+    let start = Instant::now();
+    // Nothing is timed before the server accepts the node.
+    client.handle_timeout(start);
+    assert_eq!(client.poll_timeout(), None);
+    client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([5; 32])))).unwrap();
+    let _ = announce_sent(&mut client);
+    client
+        .handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default())))
+        .unwrap();
+    // The first call arms it; each due time sends one request and arms the next.
+    client.handle_timeout(start);
+    assert_eq!(client.poll_timeout(), Some(start + Duration::from_secs(60)));
+    assert!(transmitted(&mut client).is_empty());
+    client.handle_timeout(start + Duration::from_secs(59));
+    assert!(transmitted(&mut client).is_empty(), "not yet due");
+    client.handle_timeout(start + Duration::from_secs(61));
+    assert_eq!(transmitted(&mut client), vec![WSSignalMessageFromNode::ListIDsRequest]);
+    assert_eq!(client.poll_timeout(), Some(start + Duration::from_secs(121)));
+    // Off again: nothing is timed.
+    client.set_keepalive(None);
+    client.handle_timeout(start + Duration::from_secs(500));
+    assert!(transmitted(&mut client).is_empty());
+    assert_eq!(client.poll_timeout(), None);
+}

@@ -155,3 +155,29 @@ async fn a_transport_with_a_bad_configuration_is_refused_naming_the_field() {
     let error = peer_signal::WsTransport::bind("127.0.0.1:0", ws).await.expect_err("refused");
     assert_eq!(error.to_string(), "send_backlog_bytes (100) must be at least max_message_size (65536)");
 }
+
+#[tokio::test]
+async fn frames_a_peer_sent_before_it_vanished_come_before_its_close_even_when_a_send_fails_first() {
+    use peer_signal::{Transport, TransportEvent, WsTransport};
+    let mut transport = WsTransport::bind("127.0.0.1:0", WsConfig::default()).await.unwrap();
+    let stats = transport.stats_handle();
+    let url = format!("ws://{}/", transport.local_addr());
+    let mut raw = RawWs::connect(&url, false).await;
+    let Some(TransportEvent::Opened { conn, .. }) = within("opened", transport.next_event()).await else {
+        panic!("no open")
+    };
+    // A frame, then the peer hangs up at once; its task reads both and ends.
+    raw.send(TEXT, b"\"ListIDsRequest\"").await;
+    drop(raw);
+    eventually("its task ended", || stats.get().connection_tasks == 0).await;
+    // The server sends before it has read that frame: the send fails...
+    assert!(transport.send(conn, bytes::Bytes::from_static(b"\"late\"")).is_err());
+    // ...and the frame still comes, before the close.
+    let frame = within("frame", transport.next_event()).await;
+    assert_eq!(
+        frame,
+        Some(TransportEvent::Frame { conn, frame: bytes::Bytes::from_static(b"\"ListIDsRequest\"") })
+    );
+    assert_eq!(within("close", transport.next_event()).await, Some(TransportEvent::Closed { conn }));
+    assert_eq!(stats.get().slow_readers, 0, "a peer that left is no slow reader");
+}

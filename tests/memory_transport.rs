@@ -301,3 +301,21 @@ async fn the_transport_shuts_down_once_no_connector_and_no_connection_is_left() 
     drop(transport);
     assert_eq!(connector.connect(Codec::Json).await.unwrap_err(), TransportError::Shutdown);
 }
+
+#[tokio::test]
+async fn frames_a_client_sent_before_it_left_come_before_its_close_even_when_a_send_fails_first() {
+    let config = config();
+    let (mut transport, connector) = MemoryTransport::new(&config);
+    let client = connector.connect(Codec::Json).await.unwrap();
+    let Some(TransportEvent::Opened { conn, .. }) = within("opened", transport.next_event()).await else {
+        panic!("no open")
+    };
+    client.send(Bytes::from_static(b"\"ListIDsRequest\"")).await.unwrap();
+    drop(client);
+    // The server sends before it has read that frame: the send fails...
+    assert!(transport.send(conn, Bytes::from_static(b"\"late\"")).is_err());
+    // ...and the frame still comes, before the close.
+    let frame = within("frame", transport.next_event()).await;
+    assert_eq!(frame, Some(TransportEvent::Frame { conn, frame: Bytes::from_static(b"\"ListIDsRequest\"") }));
+    assert_eq!(within("close", transport.next_event()).await, Some(TransportEvent::Closed { conn }));
+}

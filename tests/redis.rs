@@ -2,6 +2,9 @@
 //! through a real Redis that the test starts itself: relays across instances in both codecs,
 //! lists with remote nodes, unknown destinations, takeovers, Redis killed and restarted, and
 //! Redis's keys and channels back to their baseline after churn.
+//!
+//! These tests need `redis-server`; `bash .ci/run` installs it when missing and runs them with
+//! `cargo test --test redis -- --ignored`.
 
 mod nodes;
 mod redis_server;
@@ -99,6 +102,7 @@ async fn next_error(node: &mut Node) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn set_ups_cross_instances_in_both_codecs_and_lists_include_remote_nodes() {
     let redis = RedisServer::start();
     let a_side = start(&redis.url(), "a").await;
@@ -135,6 +139,7 @@ async fn set_ups_cross_instances_in_both_codecs_and_lists_include_remote_nodes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn a_relay_to_a_node_nowhere_is_answered_at_once() {
     let redis = RedisServer::start();
     let a_side = start(&redis.url(), "a").await;
@@ -157,6 +162,7 @@ async fn a_relay_to_a_node_nowhere_is_answered_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn a_newer_connection_on_another_instance_closes_the_older_one() {
     let redis = RedisServer::start();
     let a_side = start(&redis.url(), "a").await;
@@ -179,6 +185,7 @@ async fn a_newer_connection_on_another_instance_closes_the_older_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn without_redis_local_service_goes_on_and_relays_resume_after_it_returns() {
     let mut redis = RedisServer::start();
     let a_side = start(&redis.url(), "a").await;
@@ -231,6 +238,7 @@ async fn keys_and_channels(url: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn after_churn_redis_holds_what_it_held_before() {
     let redis = RedisServer::start();
     let a_side = start(&redis.url(), "a").await;

@@ -2,6 +2,9 @@
 //! Set-ups across instances in JSON and bincode, lists with remote nodes, a duplicate id, an
 //! instance killed with `kill -9`, one paused with SIGSTOP and resumed, Redis killed and
 //! restarted; each measured. `cargo test` builds the examples before it runs any test.
+//!
+//! These tests need `redis-server`; `bash .ci/run` installs it when missing and runs them with
+//! `cargo test --test ws_cluster -- --ignored`.
 
 mod nodes;
 mod redis_server;
@@ -150,6 +153,7 @@ fn init(from: NodeID, to: NodeID) -> PeerInfo {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn three_instances_are_one_network() {
     let redis = RedisServer::start();
     let a = Instance::start(&redis.url(), "a").await;
@@ -218,6 +222,7 @@ async fn keys_and_channels(url: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn a_killed_instance_leaves_every_list_and_relays_to_it_fail_at_once() {
     let redis = RedisServer::start();
     let a = Instance::start(&redis.url(), "a").await;
@@ -247,6 +252,7 @@ async fn a_killed_instance_leaves_every_list_and_relays_to_it_fail_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn a_paused_instance_that_comes_back_does_not_evict_newer_owners() {
     let redis = RedisServer::start();
     let a = Instance::start(&redis.url(), "a").await;
@@ -282,6 +288,7 @@ async fn a_paused_instance_that_comes_back_does_not_evict_newer_owners() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn without_redis_instances_serve_their_own_nodes_and_recover_when_it_returns() {
     let mut redis = RedisServer::start();
     let a = Instance::start(&redis.url(), "a").await;

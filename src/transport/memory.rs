@@ -197,12 +197,14 @@ impl Transport for MemoryTransport {
         let Some(link) = self.links.get(&conn) else { return Err(TransportError::Closed(conn)) };
         match link.to_client.try_send(frame) {
             Ok(()) => Ok(()),
-            // Full: a slow reader, closed rather than buffered. Disconnected: the client is gone
-            // and its inbound stream reports it.
-            Err(flume::TrySendError::Full(_) | flume::TrySendError::Disconnected(_)) => {
+            // Full: a slow reader, closed rather than buffered.
+            Err(flume::TrySendError::Full(_)) => {
                 self.disconnect(conn);
                 Err(TransportError::Closed(conn))
             }
+            // Disconnected: the client is gone. Its inbound stream still yields the frames it sent
+            // before, then the close; cutting it here would lose them.
+            Err(flume::TrySendError::Disconnected(_)) => Err(TransportError::Closed(conn)),
         }
     }
 

@@ -16,8 +16,8 @@ pub(crate) mod memory;
 mod websocket;
 #[cfg(feature = "websocket")]
 pub use websocket::{
-    Admission, AdmissionHook, UpgradeRequest, WsClient, WsConfig, WsStats, WsStatsHandle, WsTransport,
-    BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
+    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use websocket::{ServerTls, TlsError, TlsRoots};

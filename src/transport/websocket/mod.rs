@@ -325,6 +325,8 @@ struct ConnHandle {
     /// preallocates a block of 32 slots, a fair share of an idle connection's memory.
     queue: futures::channel::mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
+    /// The transport gave up on it; its task is ending and will report the close.
+    killed: bool,
 }
 
 /// A [`Transport`] that accepts WebSocket connections on a TCP listener.
@@ -344,8 +346,7 @@ struct ConnHandle {
 pub struct WsTransport {
     events: mpsc::Receiver<Event>,
     conns: HashMap<ConnId, ConnHandle>,
-    /// What the transport decided on itself (slow readers closed, connections turned busy),
-    /// reported before anything else.
+    /// Connections the transport found busy, reported before anything else.
     local: VecDeque<TransportEvent>,
     /// [`WsConfig::send_backlog_bytes`].
     backlog_bytes: usize,
@@ -426,16 +427,17 @@ impl WsTransport {
         self.conns.len()
     }
 
-    /// Drops `conn` at once, without a closing handshake, and reports it closed: its queue is
-    /// full (`slow`, counted as a slow reader), or its task has just ended for a reason of its own
-    /// (counted there).
+    /// Ends `conn` at once, without a closing handshake: its queue is full (`slow`, counted as a
+    /// slow reader), or its task has already ended (and counted why). Its close is reported when
+    /// its task says so, after the frames it read before: reporting it here, ahead of them,
+    /// would make the core drop them as frames of a connection it has forgotten.
     fn kill(&mut self, conn: ConnId, slow: bool) {
-        if let Some(handle) = self.conns.remove(&conn) {
+        if let Some(handle) = self.conns.get_mut(&conn).filter(|handle| !handle.killed) {
+            handle.killed = true;
             handle.shared.kill.notify_one();
             if slow {
                 Counters::bump(&self.stats.0.slow_readers);
             }
-            self.local.push_back(TransportEvent::Closed { conn });
         }
     }
 }
@@ -484,7 +486,8 @@ impl Transport for WsTransport {
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
-        let handle = self.conns.get_mut(&conn).ok_or(TransportError::Closed(conn))?;
+        let handle =
+            self.conns.get_mut(&conn).filter(|handle| !handle.killed).ok_or(TransportError::Closed(conn))?;
         let len = frame.len();
         let queued = handle.shared.queued.fetch_add(len, Ordering::AcqRel).saturating_add(len);
         // Over the byte bound, or a full queue: a slow reader. A closed queue: a task that just
@@ -707,7 +710,7 @@ async fn serve_connection(
     // Capacity is `buffer` plus one per sender, and there is one sender.
     let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
     let shared = Arc::new(Shared::default());
-    let handle = ConnHandle { queue, shared: Arc::clone(&shared) };
+    let handle = ConnHandle { queue, shared: Arc::clone(&shared), killed: false };
     if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
         return;
     }
@@ -771,17 +774,15 @@ impl std::fmt::Debug for WsClient {
 impl WsClient {
     /// Connects to `url` (`ws://host:port/any/path`, or with feature `tls` `wss://…`, trusting
     /// the [webpki roots](TlsRoots::WebPki)). With [`Codec::Bincode`] it asks for
-    /// [`BINCODE_SUBPROTOCOL`] and fails if the server does not agree.
+    /// [`BINCODE_SUBPROTOCOL`] and fails if the server does not agree. For headers, other roots
+    /// or another timeout, see [`builder`](Self::builder).
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] when the server cannot be reached, its certificate is not
-    /// trusted, or it refuses the upgrade.
+    /// [`TransportError::Connect`] when the server cannot be reached within ten seconds, its
+    /// certificate is not trusted, or it refuses the upgrade.
     pub async fn connect(url: &str, codec: Codec) -> Result<Self, TransportError> {
-        #[cfg(feature = "tls")]
-        return Self::connect_trusting(url, codec, &TlsRoots::WebPki).await;
-        #[cfg(not(feature = "tls"))]
-        Self::connect_with(url, codec, ()).await
+        Self::builder(url).codec(codec).connect().await
     }
 
     /// Connects to `url` as [`connect`](Self::connect) does, trusting `roots` for wss://: a
@@ -792,35 +793,32 @@ impl WsClient {
     /// As [`connect`](Self::connect).
     #[cfg(feature = "tls")]
     pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, TransportError> {
-        let config = roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
-        Self::connect_with(url, codec, tokio_tungstenite::Connector::Rustls(config)).await
+        Self::builder(url).codec(codec).trust(roots.clone()).connect().await
     }
 
-    /// `tls` is how to connect to a wss:// URL; without the `tls` feature there is none.
-    async fn connect_with(url: &str, codec: Codec, tls: Connector) -> Result<Self, TransportError> {
-        let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
-        let mut request = url.into_client_request().map_err(|e| connect_error(&e))?;
-        if codec.is_binary() {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
+    /// A connection to `url` to set up: its codec, extra headers (a token), the roots it trusts.
+    /// The builder can connect again and again, as a client that reconnects does.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), peer_signal::TransportError> {
+    /// use peer_signal::{Codec, WsClient};
+    ///
+    /// let conn = WsClient::builder("wss://signal.example.org/")
+    ///     .codec(Codec::Bincode)
+    ///     .header("Authorization", "Bearer s3cret")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> WsClientBuilder {
+        WsClientBuilder {
+            url: url.into(),
+            codec: Codec::Json,
+            headers: Vec::new(),
+            #[cfg(feature = "tls")]
+            roots: TlsRoots::WebPki,
+            timeout: Duration::from_secs(10),
         }
-        #[cfg(feature = "tls")]
-        let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls));
-        #[cfg(not(feature = "tls"))]
-        let connecting = {
-            let () = tls;
-            tokio_tungstenite::connect_async_with_config(request, None, true)
-        };
-        let (ws, response) = connecting.await.map_err(|e| match untrusted(&e) {
-            Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
-            None => connect_error(&e),
-        })?;
-        let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
-        if codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
-            return Err(TransportError::Connect("the server does not speak bincode".into()));
-        }
-        Ok(Self { ws, codec })
     }
 
     /// Closes the connection with a normal close frame and waits, at most two seconds, for the
@@ -848,10 +846,116 @@ fn untrusted(error: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
     None
 }
 
-#[cfg(feature = "tls")]
-type Connector = tokio_tungstenite::Connector;
-#[cfg(not(feature = "tls"))]
-type Connector = ();
+/// How a [`WsClient`] connects; from [`WsClient::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct WsClientBuilder {
+    url: String,
+    codec: Codec,
+    headers: Vec<(String, String)>,
+    #[cfg(feature = "tls")]
+    roots: TlsRoots,
+    timeout: Duration,
+}
+
+impl WsClientBuilder {
+    /// The codec to speak (JSON unless set).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// A header to send with the upgrade request, for example a token for the server's
+    /// [`AdmissionHook`].
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The roots to trust for wss:// (the webpki roots unless set; feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn trust(mut self, roots: TlsRoots) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// How long connecting may take, TCP, TLS and upgrade together (ten seconds unless set).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Connect`] when a header is not valid HTTP, the server cannot be reached
+    /// within the timeout, its certificate is not trusted, it refuses the upgrade, or it does not
+    /// agree to bincode when asked.
+    pub async fn connect(&self) -> Result<WsClient, TransportError> {
+        let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
+        let mut request = self.url.as_str().into_client_request().map_err(|e| connect_error(&e))?;
+        for (name, value) in &self.headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::try_from(name.as_str())
+                .map_err(|_| TransportError::Connect(format!("invalid header name {name:?}")))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| TransportError::Connect(format!("invalid value for header {name}")))?;
+            request.headers_mut().append(name, value);
+        }
+        if self.codec.is_binary() {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
+        }
+        #[cfg(feature = "tls")]
+        let connecting = {
+            let config = self.roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
+            let tls = tokio_tungstenite::Connector::Rustls(config);
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls))
+        };
+        #[cfg(not(feature = "tls"))]
+        let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connected = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| TransportError::Connect(format!("no answer within {:?}", self.timeout)))?;
+        let (ws, response) = connected.map_err(|e| match untrusted(&e) {
+            Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
+            None => connect_error(&e),
+        })?;
+        let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+        if self.codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
+            return Err(TransportError::Connect("the server does not speak bincode".into()));
+        }
+        Ok(WsClient { ws, codec: self.codec })
+    }
+}
+
+/// A builder connects anew each time: what a client that reconnects needs
+/// ([`AsyncClient::connect_reconnecting`](crate::AsyncClient::connect_reconnecting)).
+#[async_trait]
+impl crate::Reconnect<WsClient> for WsClientBuilder {
+    async fn connect(&self) -> Result<WsClient, TransportError> {
+        WsClientBuilder::connect(self).await
+    }
+}
+
+/// tokio's clock for [`AsyncClient::keep_alive`](crate::AsyncClient::keep_alive). It follows
+/// tokio's paused time in tests (`tokio::time::pause`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioTimer;
+
+impl crate::Timer for TokioTimer {
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)))
+    }
+}
 
 /// How long [`WsClient`] waits on the server to finish a closing handshake.
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);

@@ -1,0 +1,51 @@
+//! A node that only waits stays listed when its client keeps it alive, over the in-memory
+//! transport and the real driver, in tokio's paused (virtual) time: three minutes pass at once.
+
+mod nodes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodes::{config, id, join, within};
+use peer_signal::{
+    ClientError, Codec, Driver, MemoryTransport, NodeInfo, SignalConfig, SignalServer, TokioTimer,
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_node_kept_alive_outlives_the_ttl_and_one_that_is_not_does_not() {
+    let config = SignalConfig { ttl: Duration::from_secs(120), ..config() };
+    let (transport, connector) = MemoryTransport::new(&config);
+    let (driver, _handle, _events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
+    // The server's clock and ticks are tokio's, so the paused time drives them too.
+    let ticks =
+        Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
+            i.tick().await;
+            Some(((), i))
+        }));
+    tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std()));
+
+    // Alice keeps herself alive every minute, as fledger nodes do; Carol does not. Both only
+    // wait for events.
+    let mut alice = join(&connector, 1, Codec::Json).await;
+    alice.keep_alive(Duration::from_secs(60), Arc::new(TokioTimer));
+    let mut carol = join(&connector, 3, Codec::Json).await;
+    let alice_task = tokio::spawn(async move { while alice.next_event().await.is_ok() {} });
+    let carol_task = tokio::spawn(async move {
+        loop {
+            match carol.next_event().await {
+                Ok(_) => {}
+                Err(error) => return error,
+            }
+        }
+    });
+
+    // Three minutes later Bob arrives: Alice is listed, Carol was closed at the TTL.
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    let mut bob = join(&connector, 2, Codec::Bincode).await;
+    let listed: Vec<_> = within("list", bob.list()).await.unwrap().iter().map(NodeInfo::id).collect();
+    assert!(listed.contains(&id(1)), "alice is gone: {listed:?}");
+    assert!(!listed.contains(&id(3)), "carol outlived the ttl");
+    assert_eq!(within("carol", carol_task).await.unwrap(), ClientError::Closed);
+    assert!(!alice_task.is_finished());
+    alice_task.abort();
+}

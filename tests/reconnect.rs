@@ -1,0 +1,119 @@
+//! A client that reconnects: after the server goes away it reports `Disconnected`, tries again
+//! with backoff, announces again and reports `Connected`. On the in-memory transport in tokio's
+//! paused (virtual) time, and over WebSocket with a server stopped and started on the same port.
+
+mod nodes;
+mod ws;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nodes::{config, id, key, wait_event, within};
+use peer_signal::{
+    AsyncClient, Backoff, ClientEvent, Codec, Driver, MemoryConnector, MemoryTransport, NodeInfo,
+    SignalEvent, SignalServer, TokioTimer, TransportError, WsClient, WsConfig,
+};
+
+fn info(i: u32) -> NodeInfo {
+    NodeInfo::new(format!("again-{i}"), "test", key(i).verifying_key().to_bytes())
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_memory_the_client_comes_back_to_a_new_server_and_announces_again() {
+    // Whichever server is up: the reconnecting client asks this slot each time.
+    let current: Arc<Mutex<Option<MemoryConnector>>> = Arc::default();
+    let start = |current: &Arc<Mutex<Option<MemoryConnector>>>| {
+        let config = config();
+        let (transport, connector) = MemoryTransport::new(&config);
+        let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 64);
+        let task = tokio::spawn(driver.run(futures::stream::pending()));
+        *current.lock().unwrap() = Some(connector);
+        (handle, events, task)
+    };
+    let reconnect = {
+        let current = Arc::clone(&current);
+        move || {
+            let connector = current.lock().unwrap().clone();
+            async move {
+                match connector {
+                    Some(connector) => connector.connect(Codec::Json).await,
+                    None => Err(TransportError::Shutdown),
+                }
+            }
+        }
+    };
+    let (first, _, first_task) = start(&current);
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+    let mut node =
+        AsyncClient::connect_reconnecting(reconnect, key(1), info(1), backoff, Arc::new(TokioTimer))
+            .await
+            .unwrap();
+    assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(_))));
+
+    // The server goes away, and a new one comes only twenty (virtual) seconds later.
+    *current.lock().unwrap() = None;
+    first.stop();
+    within("stopped", first_task).await.unwrap();
+    assert_eq!(within("lost", node.next_event()).await, Ok(ClientEvent::Disconnected));
+    let lost_at = tokio::time::Instant::now();
+    let restart = {
+        let current = Arc::clone(&current);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            start(&current)
+        })
+    };
+    let event = node.next_event().await;
+    assert!(matches!(event, Ok(ClientEvent::Connected(_))), "{event:?}");
+    let waited = lost_at.elapsed();
+    // Back within one backoff step (at most 8 s, spread by a quarter) after the server returned.
+    assert!(waited >= Duration::from_secs(20) && waited <= Duration::from_secs(30), "{waited:?}");
+    assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(nodes)) if nodes.len() == 1));
+    let (_second, mut events, _task) = restart.await.unwrap();
+    wait_event(&mut events, |event| *event == SignalEvent::NewNode(id(1))).await;
+    // And it works as before.
+    assert_eq!(within("list", node.list()).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_websocket_the_client_comes_back_when_the_server_restarts_on_its_port() {
+    let config = config();
+    let server = ws::start(config.clone(), WsConfig::for_server(&config)).await;
+    let url = server.url.clone();
+    let builder = WsClient::builder(url.clone()).codec(Codec::Bincode);
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
+    let mut node = within(
+        "connect",
+        AsyncClient::connect_reconnecting(builder, key(2), info(2), backoff, Arc::new(TokioTimer)),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(_))));
+
+    // Stopped: every client gets its close; the listener goes with the transport.
+    server.handle.stop();
+    within("stopped", server.task).await.unwrap();
+    assert_eq!(within("lost", node.next_event()).await, Ok(ClientEvent::Disconnected));
+
+    // Started again on the same port.
+    let addr = ws::host(&url).to_string();
+    // The old listener goes when its accept task, aborted with the transport, has ended.
+    let transport = within("the port again", async {
+        loop {
+            match peer_signal::WsTransport::bind(addr.as_str(), WsConfig::for_server(&config)).await {
+                Ok(transport) => return transport,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    let (driver, _handle, mut events) = Driver::new(SignalServer::new(config).unwrap(), transport, 64);
+    tokio::spawn(driver.run(futures::stream::pending()));
+    let event = within("back", node.next_event()).await;
+    assert!(matches!(event, Ok(ClientEvent::Connected(_))), "{event:?}");
+    wait_event(&mut events, |event| *event == SignalEvent::NewNode(id(2))).await;
+    assert!(
+        matches!(within("list", node.next_event()).await, Ok(ClientEvent::NodeList(nodes)) if nodes.len() == 1)
+    );
+}
