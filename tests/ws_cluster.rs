@@ -316,7 +316,9 @@ async fn without_redis_instances_serve_their_own_nodes_and_recover_when_it_retur
     let restarted = redis.restart();
     a.until_ready(true).await;
     b.until_ready(true).await;
-    // Both ready: every node is registered again, so the first relay gets through.
+    // Both ready: every node is registered again. a's server hears so with the first sample:
+    // once b's node is listed, the first relay gets through.
+    until_list(&mut n1, "node 2 listed again", |ids| ids.contains(&id(2))).await;
     n1.send_setup(init(id(1), id(2))).await.unwrap();
     assert_eq!(next_setup(&mut n2).await, init(id(1), id(2)));
     let resumed = restarted.elapsed();

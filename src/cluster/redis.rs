@@ -728,6 +728,10 @@ impl Presence {
             let mut redis = self.redis.clone();
             self.run(redis.unsubscribe(channels)).await?;
         }
+        // Entries of nodes that left while Redis was unreachable would stay listed for as long
+        // as the other nodes keep the hash alive: start it afresh, the held nodes come back.
+        let mut redis = self.redis.clone();
+        let _: i64 = self.run(redis::cmd("DEL").arg(self.shared.hash()).query_async(&mut redis)).await?;
         let mut state = self.shared.lock();
         state.on_bus.clear();
         state.subscribed.clear();
@@ -741,8 +745,15 @@ impl Presence {
     /// Brings one id's registration in line with what the server holds.
     async fn sync(&mut self, id: NodeID) -> Result<(), Unreachable> {
         let result = self.sync_one(id).await;
-        let registered = self.shared.lock().on_bus.len();
-        self.shared.counters.registered.store(registered, Ordering::Relaxed);
+        let mut state = self.shared.lock();
+        // The server may have said more about `id` while its registration was under way (a leave
+        // that found nothing registered yet): look again until the two agree.
+        let held = state.held.get(&id).map(|held| held.conn);
+        let registered = state.on_bus.get(&id).copied();
+        if held != registered && (registered.is_some() || state.subscribed.contains(&id)) {
+            state.dirty.insert(id);
+        }
+        self.shared.counters.registered.store(state.on_bus.len(), Ordering::Relaxed);
         result
     }
 
