@@ -10,7 +10,6 @@ mod nodes;
 mod redis_server;
 mod ws;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -19,17 +18,7 @@ use peer_signal::{ClientEvent, Codec, NodeID, PeerInfo, PeerMessage};
 use redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use ws::{exchange, join, WsNode};
-
-/// The `ws_server` binary that cargo built next to this test's own.
-fn ws_server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/examples/ws_server
-    let profile = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
-    let binary = profile.join("examples").join(format!("ws_server{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} is missing: build the examples (cargo test does)", binary.display());
-    binary
-}
+use ws::{exchange, join, ws_server_binary, WsNode};
 
 struct Instance {
     child: Child,

@@ -4,23 +4,12 @@
 mod nodes;
 mod ws;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use nodes::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use ws::*;
-
-/// The `ws_server` binary that cargo built next to this test's own.
-fn ws_server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/examples/ws_server
-    let profile = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
-    let binary = profile.join("examples").join(format!("ws_server{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} is missing: build the examples (cargo test does)", binary.display());
-    binary
-}
 
 /// A `ws_server` process on an ephemeral loopback port, its URL once it listens, and the lines
 /// it logs from then on (up to a thousand waiting; later ones are dropped).

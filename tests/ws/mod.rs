@@ -490,3 +490,14 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The `ws_server` binary that cargo built next to this test's own (`cargo test` builds the
+/// examples before it runs any test).
+pub fn ws_server_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/examples/ws_server
+    let profile = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let binary = profile.join("examples").join(format!("ws_server{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "{} is missing: build the examples (cargo test does)", binary.display());
+    binary
+}
