@@ -17,7 +17,7 @@ use peer_signal::{
     ClientEvent, ClusterConfig, Codec, Driver, DriverHandle, MemoryConnector, MemoryTransport, NodeID,
     PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalConfig, SignalServer,
 };
-use redis_server::RedisServer;
+use redis_server::{keys_and_channels, RedisServer};
 use tokio::task::JoinHandle;
 
 struct Instance {
@@ -235,18 +235,6 @@ async fn without_redis_local_service_goes_on_and_relays_resume_after_it_returns(
     until_listed(&mut b, &[id(1), id(3)]).await;
     a_side.stop().await;
     b_side.stop().await;
-}
-
-/// Every key and channel of the prefix, sorted.
-async fn keys_and_channels(url: &str) -> (Vec<String>, Vec<String>) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
-    let mut channels: Vec<String> =
-        redis::cmd("PUBSUB").arg("CHANNELS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
-    keys.sort();
-    channels.sort();
-    (keys, channels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

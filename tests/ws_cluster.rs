@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nodes::{drain_until_closed, id, next_setup, within};
 use peer_signal::{ClientEvent, Codec, NodeID, PeerInfo, PeerMessage};
-use redis_server::RedisServer;
+use redis_server::{keys_and_channels, RedisServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use ws::{exchange, join, ws_server_binary, WsNode};
@@ -196,18 +196,6 @@ async fn three_instances_are_one_network() {
         }
     })
     .await;
-}
-
-/// Every key and channel of the prefix, sorted.
-async fn keys_and_channels(url: &str) -> (Vec<String>, Vec<String>) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
-    let mut channels: Vec<String> =
-        redis::cmd("PUBSUB").arg("CHANNELS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
-    keys.sort();
-    channels.sort();
-    (keys, channels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

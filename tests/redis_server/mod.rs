@@ -84,3 +84,15 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Every key and channel of the crate's prefix in the Redis at `url`, sorted.
+pub async fn keys_and_channels(url: &str) -> (Vec<String>, Vec<String>) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
+    let mut channels: Vec<String> =
+        redis::cmd("PUBSUB").arg("CHANNELS").arg("peer-signal:*").query_async(&mut conn).await.unwrap();
+    keys.sort();
+    channels.sort();
+    (keys, channels)
+}
