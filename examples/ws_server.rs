@@ -203,6 +203,7 @@ impl Args {
             list_push_interval: Duration::from_millis(self.list_push_interval_ms),
             list_push_fanout: self.list_push_fanout,
             rng_seed: None,
+            announce_policy: None,
         }
     }
 

@@ -109,6 +109,10 @@ pub enum ProtocolError {
     /// [`SignalConfig::byte_rate`](crate::SignalConfig::byte_rate) allow; it is closed.
     #[error("rate limit exceeded")]
     RateLimited,
+    /// The application's [`AnnouncePolicy`](crate::AnnouncePolicy) refused the node, for this
+    /// reason; it is closed.
+    #[error("{0}")]
+    Denied(String),
     /// The connection failed to announce
     /// [`SignalConfig::max_announce_failures`](crate::SignalConfig::max_announce_failures) times;
     /// it is closed.
@@ -140,6 +144,7 @@ impl ProtocolError {
             Self::TooManyErrors => "too_many_errors",
             Self::RateLimited => "rate_limited",
             Self::TooManyAnnounceFailures => "too_many_announce_failures",
+            Self::Denied(_) => "denied",
         }
     }
 }
@@ -262,6 +267,7 @@ mod tests {
             TooManyErrors,
             RateLimited,
             TooManyAnnounceFailures,
+            Denied("node not allowed".into()),
         ];
         for error in &all {
             match error {
@@ -269,7 +275,7 @@ mod tests {
                 UnsupportedVersion(_) | UnknownChallenge | InvalidPublicKey | BadSignature => {}
                 TooLong { .. } | TooManyStats { .. } | NotInPair | UnknownDestination(_) => {}
                 DestinationBusy(_) | Replaced | ServerFull | HandshakeTimeout | IdleTimeout => {}
-                TooManyErrors | RateLimited | TooManyAnnounceFailures => {}
+                TooManyErrors | RateLimited | TooManyAnnounceFailures | Denied(_) => {}
             }
         }
         all
@@ -306,6 +312,7 @@ mod tests {
             ("too many errors", "too_many_errors"),
             ("rate limit exceeded", "rate_limited"),
             ("too many failed announces", "too_many_announce_failures"),
+            ("node not allowed", "denied"),
         ];
         let expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
         assert_eq!(texts, expected);

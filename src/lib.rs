@@ -96,6 +96,7 @@
 //! | `too many errors` | [`SignalConfig::max_errors`] strikes (¹) | closed |
 //! | `too many failed announces` | [`SignalConfig::max_announce_failures`] failed announces (²) | closed |
 //! | `rate limit exceeded` | more frames or bytes than [`SignalConfig::frame_rate`] or [`SignalConfig::byte_rate`] allow | closed |
+//! | the policy's reason, e.g. `node not allowed` | [`SignalConfig::announce_policy`] refused the node | closed |
 //!
 //! ¹ The error counts as a strike. The strike that reaches [`SignalConfig::max_errors`] is followed
 //! by `too many errors` and a close. An unknown or busy destination is not the sender's fault (the
@@ -351,7 +352,8 @@ pub use protocol::{
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 pub use server::{
-    CloseReason, ConnId, RateLimit, ServerStats, SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer,
+    AnnouncePolicy, CloseReason, ConnId, RateLimit, ServerStats, SignalConfig, SignalEvent, SignalIn,
+    SignalOut, SignalServer, Verdict,
 };
 
 mod client;

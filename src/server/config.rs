@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::error::ConfigError;
 use crate::protocol::RealmID;
 
+use super::policy::AnnouncePolicy;
 use super::rate::RateLimit;
 #[cfg(doc)]
 use super::{SignalIn, SignalServer};
@@ -114,6 +115,10 @@ pub struct SignalConfig {
     /// Seed for the server's CSPRNG (challenges, list samples). `None` seeds it from the OS once.
     /// Set it only in tests: a fixed seed makes challenges predictable.
     pub rng_seed: Option<[u8; 32]>,
+    /// The application's word on each node whose announce verified, before it joins: see
+    /// [`AnnouncePolicy`]. A denied node gets the policy's reason as an `Error` and is closed.
+    /// Default `None`: every node that proves its key joins.
+    pub announce_policy: Option<AnnouncePolicy>,
 }
 
 impl Default for SignalConfig {
@@ -138,6 +143,7 @@ impl Default for SignalConfig {
             list_push_interval: Duration::from_secs(1),
             list_push_fanout: 16,
             rng_seed: None,
+            announce_policy: None,
         }
     }
 }
@@ -225,6 +231,7 @@ impl fmt::Debug for SignalConfig {
             .field("max_send_backlog", &self.max_send_backlog)
             .field("list_push_interval", &self.list_push_interval)
             .field("list_push_fanout", &self.list_push_fanout)
+            .field("announce_policy", &self.announce_policy)
             // rng_seed: not printed, it would reveal every challenge.
             .finish_non_exhaustive()
     }

@@ -6,6 +6,7 @@
 
 mod config;
 mod directory;
+mod policy;
 mod rate;
 mod routing;
 
@@ -34,6 +35,7 @@ pub(crate) use config::duration;
 pub use config::SignalConfig;
 pub(crate) use config::{later, nonzero};
 use directory::{Node, PerCodec};
+pub use policy::{AnnouncePolicy, Verdict};
 use rate::Buckets;
 pub use rate::RateLimit;
 use routing::Cluster;
@@ -454,7 +456,15 @@ impl SignalServer {
             Phase::Challenged { challenge, .. } => {
                 return match message {
                     Inbound::Announce(announce) => match self.check_announce(&challenge, &announce) {
-                        Ok(()) => self.authenticate(now, conn, codec, announce.node_info),
+                        Ok(()) => match self
+                            .config
+                            .announce_policy
+                            .as_ref()
+                            .map(|p| p.decide(&announce.node_info, conn))
+                        {
+                            Some(Verdict::Deny(reason)) => self.close(conn, ProtocolError::Denied(reason)),
+                            _ => self.authenticate(now, conn, codec, announce.node_info),
+                        },
                         Err(error) => self.refuse_announce(conn, error),
                     },
                     _ => self.refuse(conn, ProtocolError::NotAuthenticated),
