@@ -504,11 +504,13 @@ async fn stop_on_signal(handle: DriverHandle) {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("Ctrl-C: closing every connection"),
-        () = terminate => info!("SIGTERM: closing every connection"),
-    }
+    let signal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        () = terminate => "SIGTERM",
+    };
+    // Stopped before it is said, so that whoever reads the line sees the server stopping.
     handle.stop();
+    info!("{signal}: closing every connection");
 }
 
 /// A minimal HTTP/1.1 responder for `GET /health` and `GET /metrics`: one request per
@@ -555,6 +557,10 @@ async fn serve_metrics(
                 // Not ready while cut off from the other instances: newcomers are better served
                 // elsewhere. The nodes already here are still served.
                 line if line.starts_with(b"GET /ready ") => match &redis {
+                    // Draining after SIGTERM: the process is on its way out.
+                    _ if handle.is_stopping() => {
+                        ("503 Service Unavailable", "text/plain", "draining\n".to_string())
+                    }
                     Some(redis) if !redis.is_up() => {
                         ("503 Service Unavailable", "text/plain", "redis unreachable\n".to_string())
                     }

@@ -323,6 +323,12 @@ impl DriverHandle {
         self.shared.waker.wake();
     }
 
+    /// Whether [`stop`](Self::stop) has been called: the server is stopping or has stopped, and
+    /// should get no new clients (a readiness probe answers "not ready").
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
     /// The server's counters as of the driver's last tick (all zero before the first).
     pub fn stats(&self) -> ServerStats {
         self.shared.stats.lock().unwrap_or_else(PoisonError::into_inner).clone()

@@ -15,7 +15,8 @@ use ws::*;
 /// it logs from then on (up to a thousand waiting; later ones are dropped).
 async fn spawn_server(extra: &[&str]) -> (Child, String, tokio::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(ws_server_binary())
-        .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(if extra.contains(&"--metrics") { &[][..] } else { &["--metrics", "off"][..] })
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -186,4 +187,47 @@ async fn every_flag_has_an_environment_variable_and_it_is_read() {
     .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--ping-interval-secs must be more than zero"));
+}
+
+/// `GET path` on the metrics address; the status line.
+async fn http_status(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    within("http answer", stream.read_to_end(&mut response)).await.unwrap();
+    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_string()
+}
+
+/// Reads the server's log up to a line containing `what`; returns that line.
+async fn log_line(log: &mut tokio::sync::mpsc::Receiver<String>, what: &str) -> String {
+    within(what, async {
+        while let Some(line) = log.recv().await {
+            if line.contains(what) {
+                return line;
+            }
+        }
+        panic!("ws_server exited before logging {what}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_turns_503_while_draining_and_health_stays_200() {
+    // A long linger, and a client that never answers the close, keep the drain going.
+    let (mut child, url, mut log) =
+        spawn_server(&["--metrics", "127.0.0.1:0", "--close-linger-ms", "5000", "--drain-secs", "10"]).await;
+    let line = log_line(&mut log, "metrics on http://").await;
+    let metrics = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string();
+    assert_eq!(http_status(&metrics, "/ready").await, "HTTP/1.1 200 OK");
+    let mut mute = raw_clients(&url, 1).await;
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    log_line(&mut log, "SIGTERM").await;
+    assert_eq!(http_status(&metrics, "/ready").await, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(http_status(&metrics, "/health").await, "HTTP/1.1 200 OK");
+    // Answering the close ends the drain, and the process.
+    let code = mute[0].close_frame().await;
+    mute[0].send_close(code).await;
+    assert!(within("exit", child.wait()).await.unwrap().success());
 }
