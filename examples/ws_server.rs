@@ -8,8 +8,9 @@
 //!
 //! Nodes connect with plain `ws://` on any path, or `wss://` with `--tls-cert` and `--tls-key`
 //! (reloaded on SIGHUP). `GET /health`, `GET /ready` and `GET /metrics` (Prometheus text) are
-//! served on the metrics address. Ctrl-C or SIGTERM closes every client, waits for their closing
-//! handshakes (`--drain-secs`), then exits.
+//! served on the metrics address: `/health` is liveness, `/ready` answers 503 while draining.
+//! Ctrl-C or SIGTERM closes every client, waits for their closing handshakes (`--drain-secs`),
+//! then exits.
 //!
 //! Several instances form one network through Redis:
 //!
