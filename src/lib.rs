@@ -6,6 +6,31 @@
 //! other through the server. The JSON wire format is byte-for-byte fledger 0.10's, so existing
 //! fledger nodes can use this server unchanged.
 //!
+//! A WebSocket signalling server inside a tokio application (feature `websocket`):
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use peer_signal::{Driver, SignalConfig, SignalServer, WsConfig, WsTransport};
+//!
+//! let config = SignalConfig::default();
+//! let transport = WsTransport::bind("0.0.0.0:8765", WsConfig::for_server(&config)).await?;
+//! let (driver, handle, _events) = Driver::new(SignalServer::new(config)?, transport, 1024);
+//! let ticks = futures::stream::unfold(tokio::time::interval(std::time::Duration::from_secs(1)), |mut i| async {
+//!     i.tick().await;
+//!     Some(((), i))
+//! });
+//! tokio::spawn(driver.run(Box::pin(ticks)));
+//! // … later: handle.stop(), and the server closes every connection.
+//! # drop(handle); Ok(()) }
+//! ```
+//!
+//! | Cargo feature | What it adds |
+//! |---|---|
+//! | (none) | the sans-IO [`SignalServer`], [`SignalClient`], the [`Driver`] and the in-process [`MemoryTransport`]: no tokio, no sockets |
+//! | `websocket` | `WsTransport` and `WsClient` (tokio, our framing on tungstenite's headers), admission hooks, `TokioTimer` |
+//! | `tls` | wss:// on both sides: `ServerTls`, `TlsRoots` (rustls with ring; no OpenSSL) |
+//! | `redis` | `RedisBackplane`: several instances form one network through Redis (needs Rust 1.88) |
+//!
 //! # What this crate does not do
 //!
 //! [`SignalServer`] opens no sockets, reads no clock, spawns no tasks and needs no runtime: it is a
