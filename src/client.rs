@@ -513,6 +513,10 @@ impl Default for Backoff {
     }
 }
 
+/// How long a reconnected client waits for the server to accept its announce before it tries
+/// again.
+const RECONNECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A client's means to reconnect.
 struct Reconnecting<C> {
     reconnect: Box<dyn Reconnect<C>>,
@@ -627,7 +631,17 @@ impl<C: ClientConnection> AsyncClient<C> {
                 if self.client.keepalive.is_some() {
                     self.client.handle_timeout(timer.now());
                 }
-                if self.handshake(true).await.is_ok() {
+                // A server that takes the connection but never answers must not hold us.
+                let answered = {
+                    let handshake = self.handshake(true);
+                    futures::pin_mut!(handshake);
+                    let deadline = timer.sleep_until(timer.now() + RECONNECT_HANDSHAKE_TIMEOUT);
+                    match futures::future::select(handshake, deadline).await {
+                        futures::future::Either::Left((result, _)) => result.is_ok(),
+                        futures::future::Either::Right(_) => false,
+                    }
+                };
+                if answered {
                     break;
                 }
             }

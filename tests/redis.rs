@@ -12,7 +12,7 @@ mod redis_server;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use nodes::{drain_until_closed, id, join, next_setup, within, Node};
+use nodes::{drain_until_closed, id, join, next_error, next_setup, within, Node};
 use peer_signal::{
     ClientEvent, ClusterConfig, Codec, Driver, DriverHandle, MemoryConnector, MemoryTransport, NodeID,
     PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalConfig, SignalServer,
@@ -90,19 +90,6 @@ async fn until_listed(node: &mut Node, wanted: &[NodeID]) -> Duration {
 
 fn init(from: u32, to: u32) -> PeerInfo {
     PeerInfo { id_init: id(from), id_follow: id(to), message: PeerMessage::Init }
-}
-
-async fn next_error(node: &mut Node) -> String {
-    within("an error", async {
-        loop {
-            match node.next_event().await {
-                Ok(ClientEvent::Error(text)) => return text,
-                Ok(ClientEvent::NodeList(_)) => {}
-                other => panic!("expected an error, got {other:?}"),
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ mod ws;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nodes::{drain_until_closed, id, next_setup, within};
+use nodes::{drain_until_closed, id, next_error, next_setup, within};
 use peer_signal::{ClientEvent, Codec, NodeID, PeerInfo, PeerMessage};
 use redis_server::{keys_and_channels, RedisServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -122,19 +122,6 @@ async fn until_list(node: &mut WsNode, what: &str, done: impl Fn(&[NodeID]) -> b
     })
     .await;
     start.elapsed()
-}
-
-async fn next_error(node: &mut WsNode) -> String {
-    within("an error", async {
-        loop {
-            match node.next_event().await {
-                Ok(ClientEvent::Error(text)) => return text,
-                Ok(ClientEvent::NodeList(_)) => {}
-                other => panic!("expected an error, got {other:?}"),
-            }
-        }
-    })
-    .await
 }
 
 fn init(from: NodeID, to: NodeID) -> PeerInfo {

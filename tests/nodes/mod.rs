@@ -115,3 +115,17 @@ pub async fn drain_until_closed<C: ClientConnection>(node: &mut AsyncClient<C>) 
     })
     .await
 }
+
+/// The text of `node`'s next `Error`, skipping node lists; any other event fails the test.
+pub async fn next_error<C: ClientConnection>(node: &mut AsyncClient<C>) -> String {
+    within("an error", async {
+        loop {
+            match node.next_event().await {
+                Ok(ClientEvent::Error(text)) => return text,
+                Ok(ClientEvent::NodeList(_)) => {}
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    })
+    .await
+}

@@ -957,6 +957,9 @@ impl crate::Timer for TokioTimer {
     }
 }
 
+/// How long a [`WsClient`] write may wait for the server to take it.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long [`WsClient`] waits on the server to finish a closing handshake.
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -972,7 +975,11 @@ impl ClientConnection for WsClient {
         } else {
             Message::Text(Utf8Bytes::try_from(frame).map_err(|_| TransportError::Shutdown)?)
         };
-        self.ws.send(message).await.map_err(|_| TransportError::Shutdown)
+        // A server that stops reading must not hold the node forever.
+        match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(TransportError::Shutdown),
+        }
     }
 
     async fn recv(&mut self) -> Option<Bytes> {
