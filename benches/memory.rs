@@ -43,8 +43,7 @@ fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let n: u32 = if full { 50_000 } else { 500 };
     let now = Instant::now();
-    let config =
-        SignalConfig { rng_seed: Some([7; 32]), max_pending_handshakes: 1 << 20, ..SignalConfig::default() };
+    let config = SignalConfig::default().with_rng_seed([7; 32]).with_max_pending_handshakes(1 << 20);
     let mut server = SignalServer::new(config).expect("a valid config");
 
     // Frames and keys are made before counting starts, so that only the server's share counts.

@@ -40,13 +40,11 @@ struct Bench {
 impl Bench {
     fn new(config: SignalConfig, nodes: u32, codec: Codec) -> Self {
         // Unlimited rates: the benches feed one connection thousands of frames at one instant.
-        let config = SignalConfig {
-            rng_seed: Some([7; 32]),
-            max_connections: 1 << 20,
-            frame_rate: RateLimit::UNLIMITED,
-            byte_rate: RateLimit::UNLIMITED,
-            ..config
-        };
+        let config = config
+            .with_rng_seed([7; 32])
+            .with_max_connections(1 << 20)
+            .with_frame_rate(RateLimit::UNLIMITED)
+            .with_byte_rate(RateLimit::UNLIMITED);
         let mut bench = Self {
             server: SignalServer::new(config).expect("a valid config"),
             now: Instant::now(),
@@ -171,7 +169,7 @@ fn announce(c: &mut Criterion) {
 fn list(c: &mut Criterion) {
     let mut group = c.benchmark_group("list");
     for nodes in [10, 100, 1000] {
-        let config = SignalConfig { max_list_len: 100, list_push_fanout: 0, ..SignalConfig::default() };
+        let config = SignalConfig::default().with_max_list_len(100).with_list_push_fanout(0);
         let mut bench = Bench::new(config, nodes, Codec::Json);
         let request = Bytes::from_static(b"\"ListIDsRequest\"");
         group.bench_function(BenchmarkId::new("request", nodes), |b| {
@@ -197,8 +195,7 @@ fn join(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for &n in sizes {
         // Each iteration moves the clock by a push interval; the `n` nodes must not expire.
-        let config =
-            SignalConfig { ttl: Duration::from_secs(100 * 365 * 24 * 3600), ..SignalConfig::default() };
+        let config = SignalConfig::default().with_ttl(Duration::from_secs(100 * 365 * 24 * 3600));
         let mut bench = Bench::new(config, n, Codec::Json);
         let signer = key(u32::MAX);
         let (mut joins, mut frames, mut bytes) = (0u64, 0u64, 0u64);

@@ -18,7 +18,7 @@ type Peer = AsyncClient<MemoryClient>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let config = SignalConfig { ttl: Duration::from_secs(60), ..SignalConfig::default() };
+    let config = SignalConfig::default().with_ttl(Duration::from_secs(60));
     let (transport, connector) = MemoryTransport::new(&config);
     let (driver, handle, mut events) = Driver::new(SignalServer::new(config)?, transport, 256);
 

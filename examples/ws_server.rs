@@ -184,46 +184,42 @@ struct Args {
 
 impl Args {
     fn signal_config(&self) -> SignalConfig {
-        SignalConfig {
-            ttl: Duration::from_secs(self.ttl_secs),
-            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
-            system_realm: self.system_realm,
-            max_list_len: self.max_list_len,
-            max_connections: self.max_connections,
-            max_pending_handshakes: self.max_pending_handshakes,
-            max_frame_size: self.max_frame_size,
-            max_name_len: self.max_name_len,
-            max_client_len: self.max_client_len,
-            max_setup_len: self.max_setup_len,
-            max_node_stats: self.max_node_stats,
-            max_errors: self.max_errors,
-            max_announce_failures: self.max_announce_failures,
-            frame_rate: self.rate(RateLimit::new(self.frames_per_sec, self.frame_burst)),
-            byte_rate: self.rate(RateLimit::new(self.bytes_per_sec, self.byte_burst)),
-            max_send_backlog: self.max_send_backlog,
-            list_push_interval: Duration::from_millis(self.list_push_interval_ms),
-            list_push_fanout: self.list_push_fanout,
-            rng_seed: None,
-            announce_policy: None,
-        }
+        let mut config = SignalConfig::default()
+            .with_ttl(Duration::from_secs(self.ttl_secs))
+            .with_handshake_timeout(Duration::from_secs(self.handshake_timeout_secs))
+            .with_max_list_len(self.max_list_len)
+            .with_max_connections(self.max_connections)
+            .with_max_pending_handshakes(self.max_pending_handshakes)
+            .with_max_frame_size(self.max_frame_size)
+            .with_max_name_len(self.max_name_len)
+            .with_max_client_len(self.max_client_len)
+            .with_max_setup_len(self.max_setup_len)
+            .with_max_node_stats(self.max_node_stats)
+            .with_max_errors(self.max_errors)
+            .with_max_announce_failures(self.max_announce_failures)
+            .with_frame_rate(self.rate(RateLimit::new(self.frames_per_sec, self.frame_burst)))
+            .with_byte_rate(self.rate(RateLimit::new(self.bytes_per_sec, self.byte_burst)))
+            .with_max_send_backlog(self.max_send_backlog)
+            .with_list_push_interval(Duration::from_millis(self.list_push_interval_ms))
+            .with_list_push_fanout(self.list_push_fanout);
+        config.system_realm = self.system_realm;
+        config
     }
 
     fn cluster_config(&self) -> ClusterConfig {
-        ClusterConfig { max_remote_pool: self.max_remote_pool }
+        ClusterConfig::default().with_max_remote_pool(self.max_remote_pool)
     }
 
     fn redis_config(&self, url: &str, config: &SignalConfig) -> RedisConfig {
-        RedisConfig {
-            url: url.to_string(),
-            instance: self.instance_id.clone().unwrap_or_default(),
-            presence_ttl: Duration::from_millis(self.presence_ttl_ms),
-            heartbeat: Duration::from_millis(self.heartbeat_ms),
-            sample_interval: Duration::from_millis(self.sample_interval_ms),
-            command_timeout: Duration::from_millis(self.redis_timeout_ms),
-            max_sample: self.max_remote_pool,
-            max_message_size: config.max_frame_size.saturating_add(64),
-            ..RedisConfig::default()
-        }
+        RedisConfig::default()
+            .with_url(url)
+            .with_instance(self.instance_id.clone().unwrap_or_default())
+            .with_presence_ttl(Duration::from_millis(self.presence_ttl_ms))
+            .with_heartbeat(Duration::from_millis(self.heartbeat_ms))
+            .with_sample_interval(Duration::from_millis(self.sample_interval_ms))
+            .with_command_timeout(Duration::from_millis(self.redis_timeout_ms))
+            .with_max_sample(self.max_remote_pool)
+            .with_max_message_size(config.max_frame_size.saturating_add(64))
     }
 
     fn rate(&self, limit: RateLimit) -> RateLimit {
@@ -235,17 +231,16 @@ impl Args {
     }
 
     fn ws_config(&self, config: &SignalConfig) -> WsConfig {
-        WsConfig {
-            handshake_timeout: Duration::from_secs(self.ws_handshake_timeout_secs),
-            ping_interval: Duration::from_secs(self.ping_interval_secs),
-            read_buffer_size: self.read_buffer_size,
-            max_connections_per_ip: self.max_connections_per_ip,
-            trusted_proxies: self.trusted_proxies.clone(),
-            send_backlog_bytes: self.send_backlog_bytes,
-            write_timeout: Duration::from_secs(self.write_timeout_secs),
-            close_linger: Duration::from_millis(self.close_linger_ms),
-            ..WsConfig::for_server(config)
-        }
+        let mut ws = WsConfig::for_server(config)
+            .with_handshake_timeout(Duration::from_secs(self.ws_handshake_timeout_secs))
+            .with_ping_interval(Duration::from_secs(self.ping_interval_secs))
+            .with_read_buffer_size(self.read_buffer_size)
+            .with_trusted_proxies(self.trusted_proxies.clone())
+            .with_send_backlog_bytes(self.send_backlog_bytes)
+            .with_write_timeout(Duration::from_secs(self.write_timeout_secs))
+            .with_close_linger(Duration::from_millis(self.close_linger_ms));
+        ws.max_connections_per_ip = self.max_connections_per_ip;
+        ws
     }
 }
 

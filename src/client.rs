@@ -98,7 +98,7 @@ enum State {
 ///     ClientEvent, Codec, ConnId, NodeInfo, SignalClient, SignalConfig, SignalIn, SignalOut, SignalServer,
 /// };
 ///
-/// let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() })
+/// let mut server = SignalServer::new(SignalConfig::default().with_rng_seed([7; 32]))
 ///     .expect("a valid config");
 /// let key = SigningKey::from_bytes(&[1; 32]);
 /// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());

@@ -291,7 +291,7 @@
 //! use peer_signal::ed25519_dalek::SigningKey;
 //! use peer_signal::*;
 //!
-//! let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() })
+//! let mut server = SignalServer::new(SignalConfig::default().with_rng_seed([7; 32]))
 //!     .expect("a valid config");
 //! let now = Instant::now();
 //! let codec = Codec::Json;
@@ -348,6 +348,9 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+#[macro_use]
+mod setters;
 
 mod cluster;
 mod codec;

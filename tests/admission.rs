@@ -10,7 +10,7 @@ use ws::*;
 
 async fn server_with(admission: AdmissionHook) -> Server {
     let config = config();
-    let ws = WsConfig { admission: Some(admission), ..WsConfig::for_server(&config) };
+    let ws = WsConfig::for_server(&config).with_admission(admission);
     start(config, ws).await
 }
 

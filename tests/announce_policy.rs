@@ -16,7 +16,7 @@ fn id(seed: u8) -> NodeID {
 }
 
 fn harness(policy: AnnouncePolicy) -> Harness {
-    Harness::with(SignalConfig { announce_policy: Some(policy), ..SignalConfig::default() })
+    Harness::with(SignalConfig::default().with_announce_policy(policy))
 }
 
 /// Announces with key `seed` on a new connection; returns the outputs.

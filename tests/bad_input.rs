@@ -397,7 +397,7 @@ fn a_bincode_length_prefix_cannot_make_the_server_allocate() {
 
 #[test]
 fn errors_are_counted_per_connection_and_limits_are_configurable() {
-    let mut h = Harness::with(SignalConfig { max_frame_size: 10, max_errors: 2, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_frame_size(10).with_max_errors(2));
     let (conn, _) = h.open(Codec::Json);
     let out = h.frame(conn, "\"ListIDsRequest\"");
     assert_eq!(messages_to(&out, conn, Codec::Json), vec![error("frame too large: 16 bytes, limit is 10")]);

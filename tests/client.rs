@@ -227,8 +227,7 @@ fn pump(server: &mut SignalServer, clients: &mut [(ConnId, SignalClient)], now: 
 
 #[test]
 fn two_clients_join_and_relay_through_the_core_without_an_executor() {
-    let mut server =
-        SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..SignalConfig::default() }).unwrap();
+    let mut server = SignalServer::new(SignalConfig::default().with_rng_seed([7; 32])).unwrap();
     let now = Instant::now();
     let mut clients = vec![
         (ConnId::new(1), SignalClient::new(key(1), node_info(&key(1)), Codec::Json)),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nodes::{config, key, within};
 use peer_signal::{
-    sign_challenge, Codec, MessageAnnounce, NodeInfo, SignalConfig, WSSignalMessageFromNode,
-    WSSignalMessageToNode, WsConfig,
+    sign_challenge, Codec, MessageAnnounce, NodeInfo, WSSignalMessageFromNode, WSSignalMessageToNode,
+    WsConfig,
 };
 use ws::*;
 
@@ -66,8 +66,8 @@ async fn a_close_from_the_peer_gets_a_close_reply_and_then_a_clean_end_of_stream
 
 #[tokio::test]
 async fn a_close_the_server_starts_waits_for_the_peer_and_ends_cleanly_either_way() {
-    let config = SignalConfig { max_errors: 1, ..config() };
-    let ws = WsConfig { close_linger: Duration::from_millis(300), ..WsConfig::for_server(&config) };
+    let config = config().with_max_errors(1);
+    let ws = WsConfig::for_server(&config).with_close_linger(Duration::from_millis(300));
     let server = start(config, ws).await;
 
     // A peer that answers the close: the server ends the stream as soon as the answer arrives.
@@ -144,14 +144,14 @@ async fn stop_closes_every_client_with_1001_and_drains_before_the_transport_is_g
 
 #[tokio::test]
 async fn a_transport_with_a_bad_configuration_is_refused_naming_the_field() {
-    let ws = WsConfig { write_timeout: Duration::ZERO, ..WsConfig::default() };
+    let ws = WsConfig::default().with_write_timeout(Duration::ZERO);
     let error = peer_signal::WsTransport::bind("127.0.0.1:0", ws).await.expect_err("refused");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
     let config_error =
         error.get_ref().and_then(|e| e.downcast_ref::<peer_signal::ConfigError>()).expect("a ConfigError");
     assert_eq!(config_error.field(), "write_timeout");
     assert_eq!(error.to_string(), "write_timeout must be more than zero");
-    let ws = WsConfig { send_backlog_bytes: 100, ..WsConfig::default() };
+    let ws = WsConfig::default().with_send_backlog_bytes(100);
     let error = peer_signal::WsTransport::bind("127.0.0.1:0", ws).await.expect_err("refused");
     assert_eq!(error.to_string(), "send_backlog_bytes (100) must be at least max_message_size (65536)");
 }

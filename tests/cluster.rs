@@ -12,7 +12,7 @@ use peer_signal::{
 };
 
 fn config() -> SignalConfig {
-    SignalConfig { list_push_fanout: 0, ..SignalConfig::default() }
+    SignalConfig::default().with_list_push_fanout(0)
 }
 
 fn setup(from: Joined, to: Joined, message: PeerMessage) -> (WSSignalMessageFromNode, PeerInfo) {
@@ -208,7 +208,7 @@ fn lists_include_remote_nodes_and_lose_those_of_a_dead_instance() {
 
 #[test]
 fn lists_mix_local_and_remote_nodes_in_proportion() {
-    let config = SignalConfig { max_list_len: 8, ..config() };
+    let config = config().with_max_list_len(8);
     let mut net = Net::new(2, config);
     let locals: Vec<Joined> = (1..=10).map(|n| net.join(0, n, Codec::Json)).collect();
     for n in 11..=40 {
@@ -222,11 +222,8 @@ fn lists_mix_local_and_remote_nodes_in_proportion() {
         assert_eq!(local, 2, "{ids:?}");
     }
     // A pool smaller than the remote share: local nodes fill the rest.
-    let mut net = Net::with(
-        2,
-        SignalConfig { max_list_len: 8, ..self::config() },
-        ClusterConfig { max_remote_pool: 3 },
-    );
+    let mut net =
+        Net::with(2, self::config().with_max_list_len(8), ClusterConfig::default().with_max_remote_pool(3));
     let locals: Vec<Joined> = (1..=10).map(|n| net.join(0, n, Codec::Json)).collect();
     for n in 11..=40 {
         net.join(1, n, Codec::Bincode);
@@ -299,7 +296,7 @@ fn stopping_an_instance_takes_its_nodes_off_the_bus() {
 
 #[test]
 fn a_server_without_a_cluster_emits_nothing_for_one() {
-    let mut server = SignalServer::new(SignalConfig { rng_seed: Some([7; 32]), ..config() }).unwrap();
+    let mut server = SignalServer::new(config().with_rng_seed([7; 32])).unwrap();
     let now = std::time::Instant::now();
     server.handle(now, SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json });
     let out: Vec<SignalOut> = std::iter::from_fn(|| server.poll_output()).collect();

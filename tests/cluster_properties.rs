@@ -70,7 +70,7 @@ struct Script {
 
 impl Script {
     fn new() -> Self {
-        let config = SignalConfig { list_push_fanout: 0, ..SignalConfig::default() };
+        let config = SignalConfig::default().with_list_push_fanout(0);
         Self { net: Net::new(INSTANCES, config), up: [true; INSTANCES] }
     }
 

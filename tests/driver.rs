@@ -10,13 +10,13 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use nodes::{config, drain_until_closed, id, join, key, start, wait_event, within};
 use peer_signal::{
     AsyncClient, ClientError, ClientEvent, Codec, Driver, MemoryTransport, NodeID, NodeInfo, NodeStat,
-    SignalConfig, SignalEvent, SignalServer, TransportError,
+    SignalEvent, SignalServer, TransportError,
 };
 
 #[tokio::test]
 async fn ttl_evicts_idle_nodes_on_manual_ticks() {
     let ttl = Duration::from_secs(60);
-    let config = SignalConfig { ttl, ..config() };
+    let config = config().with_ttl(ttl);
     let start = Instant::now();
     let clock = Arc::new(Mutex::new(start));
     let set_clock = |by: Duration| *clock.lock().unwrap() = start + by;
@@ -155,7 +155,7 @@ async fn node_stats_reach_the_application_tagged_with_the_sender() {
 
 #[tokio::test]
 async fn a_refused_handshake_reports_the_servers_reason() {
-    let running = start(SignalConfig { max_connections: 1, ..config() });
+    let running = start(config().with_max_connections(1));
     let _first = join(&running.connector, 1, Codec::Json).await;
     let conn = running.connector.connect(Codec::Json).await.unwrap();
     let info = NodeInfo::new("late", "test", [0; 32]);

@@ -23,9 +23,7 @@ fn every_connection_gets_its_own_challenge() {
 fn challenges_come_from_the_configured_seed() {
     let challenges = |seed: [u8; 32]| {
         let mut h = Harness::with(SignalConfig::default());
-        h.server =
-            peer_signal::SignalServer::new(SignalConfig { rng_seed: Some(seed), ..SignalConfig::default() })
-                .unwrap();
+        h.server = peer_signal::SignalServer::new(SignalConfig::default().with_rng_seed(seed)).unwrap();
         (h.open(Codec::Json).1, h.open(Codec::Json).1)
     };
     assert_eq!(challenges([1; 32]), challenges([1; 32]));
@@ -45,7 +43,7 @@ fn challenges_come_from_the_configured_seed() {
 #[test]
 fn a_good_announce_gets_config_then_list_then_a_new_node_event() {
     let realm = U256([0xab; 32]);
-    let mut h = Harness::with(SignalConfig { system_realm: Some(realm), ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_system_realm(realm));
     let (conn, challenge) = h.open(Codec::Json);
     let key = key(1);
     let out = h.send(conn, Codec::Json, &announce(&key, challenge));
@@ -162,7 +160,7 @@ fn a_challenge_is_single_use() {
 #[test]
 fn repeated_failed_announces_close_the_connection() {
     let max_announce_failures = 3;
-    let mut h = Harness::with(SignalConfig { max_announce_failures, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_announce_failures(max_announce_failures));
     let other = h.join(2);
     let (conn, challenge) = h.open(Codec::Json);
     let WSSignalMessageFromNode::Announce(mut bad) = announce(&key(1), challenge) else { unreachable!() };
@@ -189,8 +187,7 @@ fn repeated_failed_announces_close_the_connection() {
 
 #[test]
 fn failed_announces_and_other_errors_have_separate_budgets() {
-    let mut h =
-        Harness::with(SignalConfig { max_errors: 3, max_announce_failures: 3, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_errors(3).with_max_announce_failures(3));
     let (conn, challenge) = h.open(Codec::Json);
     let wrong_challenge = announce(&key(1), peer_signal::U256([9; 32]));
     // Two failed announces and two malformed frames: four mistakes, neither budget spent.
@@ -235,11 +232,8 @@ fn the_same_id_twice_replaces_the_old_connection() {
 
 #[test]
 fn a_full_pending_table_closes_its_oldest_connection_for_a_newcomer() {
-    let mut h = Harness::with(SignalConfig {
-        max_connections: 10,
-        max_pending_handshakes: 2,
-        ..SignalConfig::default()
-    });
+    let mut h =
+        Harness::with(SignalConfig::default().with_max_connections(10).with_max_pending_handshakes(2));
     let node = h.join(1);
     let (oldest, _) = h.open(Codec::Json);
     let (second, challenge) = h.open(Codec::Json);
@@ -273,7 +267,7 @@ fn a_full_pending_table_closes_its_oldest_connection_for_a_newcomer() {
 #[test]
 fn a_handshake_flood_cannot_lock_an_honest_node_out() {
     let pending = 16;
-    let mut h = Harness::with(SignalConfig { max_pending_handshakes: pending, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_pending_handshakes(pending));
     let mut honest = Vec::new();
     let mut opened = 0usize;
     for round in 0..20u8 {
@@ -306,11 +300,8 @@ fn a_handshake_flood_cannot_lock_an_honest_node_out() {
 
 #[test]
 fn a_server_full_of_nodes_refuses_newcomers_and_one_with_pending_connections_makes_room() {
-    let mut h = Harness::with(SignalConfig {
-        max_connections: 3,
-        max_pending_handshakes: 10,
-        ..SignalConfig::default()
-    });
+    let mut h =
+        Harness::with(SignalConfig::default().with_max_connections(3).with_max_pending_handshakes(10));
     h.join(1);
     h.join(2);
     let (pending, _) = h.open(Codec::Json);

@@ -148,7 +148,7 @@ async fn deep_nesting_is_refused_without_recursing() {
 
 #[tokio::test]
 async fn messages_over_the_frame_limit_are_closed_with_1009_however_they_are_fragmented() {
-    let config = SignalConfig { max_frame_size: 1024, ..config() };
+    let config = config().with_max_frame_size(1024);
     let ws = WsConfig::for_server(&config);
     assert_eq!(ws.max_message_size, 1024, "the WebSocket limit is the core's");
     let mut arena = arena(config, ws).await;
@@ -332,12 +332,10 @@ async fn a_duplicate_id_needs_the_key_and_then_takes_over() {
 
 #[tokio::test]
 async fn floods_over_the_rate_limits_are_cut_off() {
-    let config = SignalConfig {
-        frame_rate: RateLimit::new(20, 40),
-        byte_rate: RateLimit::new(1_000, 20_000),
-        max_frame_size: 16 * 1024,
-        ..config()
-    };
+    let config = config()
+        .with_frame_rate(RateLimit::new(20, 40))
+        .with_byte_rate(RateLimit::new(1_000, 20_000))
+        .with_max_frame_size(16 * 1024);
     let ws = WsConfig::for_server(&config);
     let mut arena = arena(config, ws).await;
 
@@ -378,21 +376,16 @@ async fn floods_over_the_rate_limits_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_with_a_full_window_is_released_by_the_write_timeout() {
-    let config = SignalConfig {
-        max_setup_len: 60_000,
-        frame_rate: RateLimit::UNLIMITED,
-        byte_rate: RateLimit::UNLIMITED,
-        // Queues with room for everything the sender sends: only the write timeout can end it.
-        max_send_backlog: 10_000,
-        ..config()
-    };
+    let config = config()
+        .with_max_setup_len(60_000)
+        .with_frame_rate(RateLimit::UNLIMITED)
+        .with_byte_rate(RateLimit::UNLIMITED)
+        .with_max_send_backlog(10_000);
     // Room for the two good nodes, the sender and the victim, and nobody else.
-    let ws = WsConfig {
-        max_connections: 4,
-        write_timeout: Duration::from_millis(500),
-        send_backlog_bytes: 1 << 30,
-        ..WsConfig::for_server(&config)
-    };
+    let ws = WsConfig::for_server(&config)
+        .with_max_connections(4)
+        .with_write_timeout(Duration::from_millis(500))
+        .with_send_backlog_bytes(1 << 30);
     let mut arena = arena(config, ws).await;
     // Joins, then never reads again, on a socket with a 4 KiB receive buffer.
     let mut victim = RawWs::connect_small(&arena.server.url).await;
@@ -451,8 +444,8 @@ async fn victim_announce(raw: &mut RawWs, seed: u8) {
 
 #[tokio::test]
 async fn half_open_tcp_and_silent_connections_are_dropped() {
-    let config = SignalConfig { handshake_timeout: Duration::from_secs(1), ..config() };
-    let ws = WsConfig { handshake_timeout: Duration::from_secs(1), ..WsConfig::for_server(&config) };
+    let config = config().with_handshake_timeout(Duration::from_secs(1));
+    let ws = WsConfig::for_server(&config).with_handshake_timeout(Duration::from_secs(1));
     let mut arena = arena(config, ws).await;
     let addr = host(&arena.server.url).to_string();
     // TCP only, nothing sent; and half an HTTP upgrade request.
@@ -474,7 +467,7 @@ async fn half_open_tcp_and_silent_connections_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_disconnect_storms_leak_nothing() {
-    let config = SignalConfig { max_connections: 40, max_pending_handshakes: 30, ..config() };
+    let config = config().with_max_connections(40).with_max_pending_handshakes(30);
     let ws = WsConfig::for_server(&config);
     let mut arena = arena(config, ws).await;
     let url = arena.server.url.clone();
@@ -529,7 +522,7 @@ async fn connect_disconnect_storms_leak_nothing() {
 #[tokio::test]
 async fn the_per_ip_cap_refuses_the_connection_over_it() {
     let config = config();
-    let ws = WsConfig { max_connections_per_ip: Some(4), ..WsConfig::for_server(&config) };
+    let ws = WsConfig::for_server(&config).with_max_connections_per_ip(4);
     let mut arena = arena(config, ws).await;
     // a and b, and two more from the same address.
     let extra = join(&arena.server.url, 70, Codec::Json).await;
@@ -615,12 +608,10 @@ async fn a_requester_that_never_reads_its_lists_is_cut_off_at_its_own_cost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_cannot_get_a_reading_node_closed_they_get_destination_busy() {
-    let config = SignalConfig {
-        max_setup_len: 60_000,
-        frame_rate: RateLimit::UNLIMITED,
-        byte_rate: RateLimit::UNLIMITED,
-        ..config()
-    };
+    let config = config()
+        .with_max_setup_len(60_000)
+        .with_frame_rate(RateLimit::UNLIMITED)
+        .with_byte_rate(RateLimit::UNLIMITED);
     let ws = WsConfig::for_server(&config);
     let mut arena = arena(config, ws).await;
     // The victim reads, but only after the senders are done: slower than they write.
@@ -682,7 +673,7 @@ async fn senders_cannot_get_a_reading_node_closed_they_get_destination_busy() {
 
 #[tokio::test]
 async fn a_flood_of_silent_handshakes_cannot_lock_an_honest_node_out() {
-    let config = SignalConfig { max_pending_handshakes: 20, ..config() };
+    let config = config().with_max_pending_handshakes(20);
     let ws = WsConfig::for_server(&config);
     let mut arena = arena(config, ws).await;
     // Sixty connections take their challenge and say nothing.
@@ -708,11 +699,9 @@ async fn a_flood_of_silent_handshakes_cannot_lock_an_honest_node_out() {
 async fn x_forwarded_for_counts_the_client_only_from_a_trusted_proxy() {
     let config = config();
     // The good nodes and the newcomer of `still_serves` connect from 127.0.0.1: three slots.
-    let ws = WsConfig {
-        max_connections_per_ip: Some(3),
-        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
-        ..WsConfig::for_server(&config)
-    };
+    let ws = WsConfig::for_server(&config)
+        .with_max_connections_per_ip(3)
+        .with_trusted_proxies(vec!["127.0.0.2".parse().unwrap()]);
     let mut arena = arena(config, ws).await;
     let url = arena.server.url.clone();
     let from = |source: &'static str, client: &'static str| {

@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodes::{config, id, join, within};
-use peer_signal::{
-    ClientError, Codec, Driver, MemoryTransport, NodeInfo, SignalConfig, SignalServer, TokioTimer,
-};
+use peer_signal::{ClientError, Codec, Driver, MemoryTransport, NodeInfo, SignalServer, TokioTimer};
 
 #[tokio::test(start_paused = true)]
 async fn a_node_kept_alive_outlives_the_ttl_and_one_that_is_not_does_not() {
-    let config = SignalConfig { ttl: Duration::from_secs(120), ..config() };
+    let config = config().with_ttl(Duration::from_secs(120));
     let (transport, connector) = MemoryTransport::new(&config);
     let (driver, _handle, _events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
     // The server's clock and ticks are tokio's, so the paused time drives them too.

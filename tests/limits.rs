@@ -18,7 +18,7 @@ fn rate_limited(out: &[SignalOut], conn: peer_signal::ConnId) -> bool {
 
 #[test]
 fn a_burst_over_the_frame_bucket_gets_an_error_and_a_close() {
-    let config = SignalConfig { frame_rate: RateLimit::new(10, 20), ..SignalConfig::default() };
+    let config = SignalConfig::default().with_frame_rate(RateLimit::new(10, 20));
     let mut h = Harness::with(config);
     let bystander = h.join(2);
     let node = h.join(1); // The announce took one frame.
@@ -37,7 +37,7 @@ fn a_burst_over_the_frame_bucket_gets_an_error_and_a_close() {
 
 #[test]
 fn the_bucket_refills_at_the_sustained_rate() {
-    let config = SignalConfig { frame_rate: RateLimit::new(10, 20), ..SignalConfig::default() };
+    let config = SignalConfig::default().with_frame_rate(RateLimit::new(10, 20));
     let mut h = Harness::with(config);
     let node = h.join(1);
     for _ in 0..19 {
@@ -65,12 +65,10 @@ fn the_bucket_refills_at_the_sustained_rate() {
 
 #[test]
 fn the_byte_bucket_counts_every_frame_even_unauthenticated_and_oversize_ones() {
-    let config = SignalConfig {
-        byte_rate: RateLimit::new(1000, 4000),
-        max_frame_size: 1500,
-        max_errors: 100,
-        ..SignalConfig::default()
-    };
+    let config = SignalConfig::default()
+        .with_byte_rate(RateLimit::new(1000, 4000))
+        .with_max_frame_size(1500)
+        .with_max_errors(100);
     let mut h = Harness::with(config);
     let (conn, _) = h.open(Codec::Json);
     // 1200 + 1600 bytes fit in the 4000 of the burst, 1300 more do not: the oversize frame, refused
@@ -90,11 +88,8 @@ fn the_byte_bucket_counts_every_frame_even_unauthenticated_and_oversize_ones() {
 fn a_frame_larger_than_the_byte_burst_never_passes() {
     // The burst may not be below `max_frame_size` (see `config.rs`), so only an oversize frame
     // can be larger than it; it never passes, however long the connection waits.
-    let config = SignalConfig {
-        byte_rate: RateLimit::new(1_000_000, 100),
-        max_frame_size: 100,
-        ..SignalConfig::default()
-    };
+    let config =
+        SignalConfig::default().with_byte_rate(RateLimit::new(1_000_000, 100)).with_max_frame_size(100);
     let mut h = Harness::with(config);
     let (conn, _) = h.open(Codec::Json);
     h.now += Duration::from_secs(60);
@@ -103,11 +98,8 @@ fn a_frame_larger_than_the_byte_burst_never_passes() {
 
 #[test]
 fn unlimited_rates_never_refuse() {
-    let config = SignalConfig {
-        frame_rate: RateLimit::UNLIMITED,
-        byte_rate: RateLimit::UNLIMITED,
-        ..SignalConfig::default()
-    };
+    let config =
+        SignalConfig::default().with_frame_rate(RateLimit::UNLIMITED).with_byte_rate(RateLimit::UNLIMITED);
     let mut h = Harness::with(config);
     let node = h.join(1);
     for _ in 0..10_000 {
@@ -149,13 +141,16 @@ fn the_defaults_leave_a_busy_fledger_node_alone() {
 
 /// Tight byte budgets, and nodes that stay listed however long a test runs.
 fn budget(byte_rate: RateLimit, max_frame_size: usize) -> SignalConfig {
-    SignalConfig { byte_rate, max_frame_size, ttl: Duration::from_secs(24 * 3600), ..SignalConfig::default() }
+    SignalConfig::default()
+        .with_byte_rate(byte_rate)
+        .with_max_frame_size(max_frame_size)
+        .with_ttl(Duration::from_secs(24 * 3600))
 }
 
 #[test]
 fn list_replies_are_charged_to_the_node_that_asks() {
     let burst = 16 * 1024;
-    let config = SignalConfig { max_list_len: 20, ..budget(RateLimit::new(256, burst), 4096) };
+    let config = budget(RateLimit::new(256, burst), 4096).with_max_list_len(20);
     let mut h = Harness::with(config);
     let nodes: Vec<Joined> = (1..=20).map(|seed| h.join(seed)).collect();
     let (greedy, honest) = (nodes[0], nodes[1]);

@@ -59,7 +59,7 @@ fn the_list_reply_is_fledgers_exact_text() {
 
 #[test]
 fn a_list_holds_every_node_up_to_the_limit() {
-    let mut h = Harness::with(SignalConfig { max_list_len: 10, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_list_len(10));
     let nodes: Vec<Joined> = (1..=10).map(|seed| h.join(seed)).collect();
     let all: BTreeSet<NodeID> = nodes.iter().map(|n| n.id).collect();
     let listed: BTreeSet<NodeID> = request_list(&mut h, nodes[3]).into_iter().collect();
@@ -68,7 +68,7 @@ fn a_list_holds_every_node_up_to_the_limit() {
 
 #[test]
 fn a_long_list_is_a_fresh_uniform_sample_every_time() {
-    let mut h = Harness::with(SignalConfig { max_list_len: 5, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_list_len(5));
     let nodes: Vec<Joined> = (1..=30).map(|seed| h.join(seed)).collect();
     let all: BTreeSet<NodeID> = nodes.iter().map(|n| n.id).collect();
     let mut seen = BTreeSet::new();
@@ -113,11 +113,8 @@ fn settled(config: SignalConfig, n: u8) -> (Harness, Vec<Joined>) {
 
 #[test]
 fn joins_are_pushed_to_a_few_random_nodes_once_per_interval() {
-    let config = SignalConfig {
-        list_push_fanout: 4,
-        list_push_interval: Duration::from_secs(1),
-        ..SignalConfig::default()
-    };
+    let config =
+        SignalConfig::default().with_list_push_fanout(4).with_list_push_interval(Duration::from_secs(1));
     let (mut h, nodes) = settled(config, 20);
     let newcomer = h.join_with(&key(100), Codec::Json);
     let second = h.join_with(&key(101), Codec::Bincode);
@@ -147,7 +144,7 @@ fn joins_are_pushed_to_a_few_random_nodes_once_per_interval() {
 
 #[test]
 fn a_join_costs_the_same_frames_whatever_the_number_of_nodes() {
-    let config = SignalConfig { list_push_fanout: 8, max_list_len: 20, ..SignalConfig::default() };
+    let config = SignalConfig::default().with_list_push_fanout(8).with_max_list_len(20);
     let mut costs = Vec::new();
     for n in [20, 200] {
         let (mut h, _) = settled(config.clone(), n);
@@ -167,7 +164,7 @@ fn a_join_costs_the_same_frames_whatever_the_number_of_nodes() {
 #[test]
 fn pushes_skip_busy_nodes() {
     // A fanout larger than the network: every node but the newcomer would get the push.
-    let config = SignalConfig { list_push_fanout: 16, ..SignalConfig::default() };
+    let config = SignalConfig::default().with_list_push_fanout(16);
     let (mut h, nodes) = settled(config, 6);
     for node in &nodes[..4] {
         h.input(SignalIn::Busy { conn: node.conn, busy: true });
@@ -179,7 +176,7 @@ fn pushes_skip_busy_nodes() {
 
 #[test]
 fn pushing_can_be_turned_off() {
-    let config = SignalConfig { list_push_fanout: 0, ..SignalConfig::default() };
+    let config = SignalConfig::default().with_list_push_fanout(0);
     let (mut h, _) = settled(config, 5);
     let node = h.join(50);
     // No push is scheduled: nothing is due within the push interval.
@@ -193,7 +190,7 @@ fn pushing_can_be_turned_off() {
 fn repeated_lists_follow_every_join_and_leave() {
     // Full lists are cached between changes; each change must show in the next reply.
     for codec in [Codec::Json, Codec::Bincode] {
-        let mut h = Harness::with(SignalConfig { list_push_fanout: 0, ..SignalConfig::default() });
+        let mut h = Harness::with(SignalConfig::default().with_list_push_fanout(0));
         let a = h.join_with(&key(1), codec);
         assert_eq!(request_list(&mut h, a), vec![a.id]);
         assert_eq!(request_list(&mut h, a), vec![a.id]);

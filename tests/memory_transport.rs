@@ -10,8 +10,7 @@ use futures::FutureExt;
 use nodes::{config, drain_until_closed, id, join, next_setup, start, wait_event, within, Node};
 use peer_signal::{
     ClientEvent, CloseReason, Codec, ConnId, MemoryClient, MemoryConnector, MemoryTransport, NodeID,
-    PeerInfo, PeerMessage, SignalConfig, SignalEvent, Transport, TransportError, TransportEvent,
-    WSSignalMessageToNode,
+    PeerInfo, PeerMessage, SignalEvent, Transport, TransportError, TransportEvent, WSSignalMessageToNode,
 };
 
 /// Mixes the codecs so that some pairs share one (the frame is forwarded as is) and some do not
@@ -156,7 +155,7 @@ async fn a_dropped_node_is_gone_from_the_next_list() {
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_while_the_others_go_on() {
     let backlog = 4;
-    let mut running = start(SignalConfig { max_send_backlog: backlog, ..config() });
+    let mut running = start(config().with_max_send_backlog(backlog));
     let mut a = join(&running.connector, 1, Codec::Json).await;
     let mut b = join(&running.connector, 2, Codec::Json).await;
     let mut slow = join(&running.connector, 3, Codec::Bincode).await;

@@ -192,11 +192,9 @@ async fn behind_nginx_the_per_ip_limit_counts_each_client_not_the_proxy() {
     // One connection per client. Every connection reaches the server from nginx at 127.0.0.1;
     // the clients come from other loopback addresses, which nginx reports in X-Forwarded-For.
     let config = config();
-    let ws = WsConfig {
-        max_connections_per_ip: Some(1),
-        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
-        ..WsConfig::for_server(&config)
-    };
+    let ws = WsConfig::for_server(&config)
+        .with_max_connections_per_ip(1)
+        .with_trusted_proxies(vec!["127.0.0.1".parse().unwrap()]);
     let server = start(config, ws).await;
     let (certificate, _) = certificate();
     let nginx = Nginx::start(&upstream(&server), &certificate).await;

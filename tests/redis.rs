@@ -15,7 +15,7 @@ use futures::StreamExt;
 use nodes::{drain_until_closed, id, join, next_error, next_setup, within, Node};
 use peer_signal::{
     ClientEvent, ClusterConfig, Codec, Driver, DriverHandle, MemoryConnector, MemoryTransport, NodeID,
-    PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalConfig, SignalServer,
+    PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalServer,
 };
 use redis_server::{keys_and_channels, RedisServer};
 use tokio::task::JoinHandle;
@@ -28,21 +28,18 @@ struct Instance {
 }
 
 fn redis_config(url: &str, name: &str) -> RedisConfig {
-    RedisConfig {
-        url: url.into(),
-        instance: name.into(),
-        presence_ttl: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(300),
-        sample_interval: Duration::from_millis(300),
-        command_timeout: Duration::from_millis(500),
-        ..RedisConfig::default()
-    }
+    RedisConfig::default()
+        .with_url(url)
+        .with_instance(name)
+        .with_presence_ttl(Duration::from_secs(2))
+        .with_heartbeat(Duration::from_millis(300))
+        .with_sample_interval(Duration::from_millis(300))
+        .with_command_timeout(Duration::from_millis(500))
 }
 
 async fn start(url: &str, name: &str) -> Instance {
     // Unlimited rates: the tests send a hundred set-ups in a row.
-    let config =
-        SignalConfig { frame_rate: RateLimit::UNLIMITED, byte_rate: RateLimit::UNLIMITED, ..nodes::config() };
+    let config = nodes::config().with_frame_rate(RateLimit::UNLIMITED).with_byte_rate(RateLimit::UNLIMITED);
     let (transport, connector) = MemoryTransport::new(&config);
     let server = SignalServer::with_cluster(config, ClusterConfig::default()).unwrap();
     let (backplane, redis) = RedisBackplane::start(redis_config(url, name)).unwrap();

@@ -112,7 +112,7 @@ fn only_the_two_ends_of_a_pair_may_relay() {
 
 #[test]
 fn an_unknown_destination_gets_an_error_without_a_strike() {
-    let mut h = Harness::with(SignalConfig { max_errors: 2, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_errors(2));
     let a = h.join(1);
     let gone = U256([0x42; 32]);
     let message = WSSignalMessageFromNode::PeerSetup(PeerInfo {
@@ -137,7 +137,7 @@ fn set_busy(h: &mut Harness, conn: ConnId, busy: bool) -> Vec<SignalOut> {
 
 #[test]
 fn a_busy_destination_gets_no_setup_and_its_senders_an_error_without_a_strike() {
-    let mut h = Harness::with(SignalConfig { max_errors: 2, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_errors(2));
     let reader = h.join(1);
     let senders: Vec<Joined> = (2..5).map(|seed| h.join(seed)).collect();
     assert!(set_busy(&mut h, reader.conn, true).is_empty());
@@ -186,7 +186,7 @@ fn busy_reports_for_unknown_or_pending_connections() {
 
 #[test]
 fn an_oversized_setup_message_is_refused() {
-    let mut h = Harness::with(SignalConfig { max_setup_len: 100, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_setup_len(100));
     let a = h.join(1);
     let b = h.join(2);
     let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("x".repeat(101))));
@@ -270,7 +270,7 @@ fn the_relay_accepts_exactly_the_setups_the_full_decoder_accepts() {
 
 #[test]
 fn the_setup_length_limit_counts_encoded_bytes() {
-    let mut h = Harness::with(SignalConfig { max_setup_len: 10, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_setup_len(10));
     let a = h.join(1);
     let b = h.join(2);
     // Five line breaks: 10 bytes of text, 20 bytes as JSON escapes.
@@ -283,7 +283,7 @@ fn the_setup_length_limit_counts_encoded_bytes() {
     assert_eq!(touched(&out), vec![b.conn]);
     // bincode carries the text as is, but it is measured as JSON would write it: a relay may
     // have to, for a JSON node, and a text within the limit must be within it in both codecs.
-    let mut h = Harness::with(SignalConfig { max_setup_len: 10, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_max_setup_len(10));
     let a = h.join_with(&key(1), Codec::Bincode);
     let b = h.join(2);
     let out = h.from(a, &setup(&a, &b, PeerMessage::Offer("\r\n\r\n\r\n\r\n\r\n".into())));

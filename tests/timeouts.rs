@@ -32,7 +32,7 @@ fn a_connection_that_never_announces_is_closed_after_the_handshake_timeout() {
 #[test]
 fn an_idle_node_is_evicted_after_the_ttl() {
     let ttl = Duration::from_secs(30);
-    let mut h = Harness::with(SignalConfig { ttl, list_push_fanout: 0, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_ttl(ttl).with_list_push_fanout(0));
     let node = h.join(1);
     assert!(h.advance(ttl - MS).is_empty());
     let out = h.advance(MS);
@@ -49,7 +49,7 @@ fn an_idle_node_is_evicted_after_the_ttl() {
 #[test]
 fn valid_frames_refresh_the_ttl_and_invalid_ones_do_not() {
     let ttl = Duration::from_secs(30);
-    let mut h = Harness::with(SignalConfig { ttl, list_push_fanout: 0, ..SignalConfig::default() });
+    let mut h = Harness::with(SignalConfig::default().with_ttl(ttl).with_list_push_fanout(0));
     let lively = h.join(1);
     let noisy = h.join(2);
     h.advance(ttl / 2);
@@ -142,12 +142,12 @@ fn stop_closes_everyone_and_then_refuses_everything() {
 fn huge_durations_mean_never_rather_than_overflow() {
     // The longest durations a configuration may hold: a century.
     let forever = Duration::from_secs(100 * 365 * 24 * 3600);
-    let mut h = Harness::with(SignalConfig {
-        ttl: forever,
-        handshake_timeout: forever,
-        list_push_interval: forever,
-        ..SignalConfig::default()
-    });
+    let mut h = Harness::with(
+        SignalConfig::default()
+            .with_ttl(forever)
+            .with_handshake_timeout(forever)
+            .with_list_push_interval(forever),
+    );
     let node = h.join(1);
     h.open(Codec::Json);
     assert!(h.advance(Duration::from_secs(10 * 365 * 24 * 3600)).is_empty());

@@ -31,7 +31,7 @@ struct Server {
 }
 
 async fn start_wss(tls: ServerTls, ws: WsConfig, config: SignalConfig) -> Server {
-    let ws = WsConfig { tls: Some(tls), ..ws };
+    let ws = ws.with_tls(tls);
     let transport = WsTransport::bind("127.0.0.1:0", ws).await.unwrap();
     let port = transport.local_addr().port();
     let stats = transport.stats_handle();
@@ -100,7 +100,7 @@ async fn a_client_that_does_not_trust_the_certificate_gets_a_clear_error() {
 async fn a_tls_handshake_that_stalls_is_cut_by_the_handshake_timeout() {
     let (cert, key, _) = certificate();
     let config = config();
-    let ws = WsConfig { handshake_timeout: Duration::from_millis(300), ..WsConfig::for_server(&config) };
+    let ws = WsConfig::for_server(&config).with_handshake_timeout(Duration::from_millis(300));
     let server = start_wss(ServerTls::from_der(vec![cert], key).unwrap(), ws, config).await;
     // TCP only, and the first bytes of a ClientHello: both wait for more that never comes.
     let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use nodes::{config, id, wait_event, within};
-use peer_signal::{Codec, NodeInfo, SignalConfig, SignalEvent, WsConfig};
+use peer_signal::{Codec, NodeInfo, SignalEvent, WsConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -76,8 +76,8 @@ async fn a_fledger_node_gets_fledgers_frames_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_over_the_wire_gets_its_answer_and_good_nodes_carry_on() {
-    let config = SignalConfig { max_frame_size: 1024, max_send_backlog: 4, ..config() };
-    let ws = WsConfig { handshake_timeout: Duration::from_millis(200), ..WsConfig::for_server(&config) };
+    let config = config().with_max_frame_size(1024).with_max_send_backlog(4);
+    let ws = WsConfig::for_server(&config).with_handshake_timeout(Duration::from_millis(200));
     let server = start(config, ws).await;
     let mut a = join(&server.url, 1, Codec::Json).await;
     let mut b = join(&server.url, 2, Codec::Json).await;

@@ -25,10 +25,11 @@ pub(crate) mod wire;
 /// ```
 /// use peer_signal::ClusterConfig;
 ///
-/// let config = ClusterConfig { max_remote_pool: 500, ..ClusterConfig::default() };
+/// let config = ClusterConfig::default().with_max_remote_pool(500);
 /// assert!(config.validate().is_ok());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterConfig {
     /// Nodes of other instances kept for lists: each [`ClusterIn::Sample`] replaces the pool
     /// with at most this many. Lists mix them with the local nodes in proportion to their
@@ -39,6 +40,12 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self { max_remote_pool: 1000 }
+    }
+}
+
+setters! {
+    ClusterConfig {
+        with_max_remote_pool => max_remote_pool: usize,
     }
 }
 

@@ -41,10 +41,11 @@ use crate::protocol::{NodeID, NodeInfo};
 /// ```
 /// use peer_signal::RedisConfig;
 ///
-/// let config = RedisConfig { url: "redis://127.0.0.1:6379".into(), ..RedisConfig::default() };
+/// let config = RedisConfig::default().with_url("redis://127.0.0.1:6379");
 /// assert!(config.validate().is_ok());
 /// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// Where Redis is, e.g. `redis://127.0.0.1:6379` (a password, if any, goes in the URL).
     pub url: String,
@@ -96,6 +97,44 @@ impl Default for RedisConfig {
             max_event_bytes: 16 << 20,
             max_message_size: 64 * 1024 + 64,
         }
+    }
+}
+
+setters! {
+    RedisConfig {
+        with_presence_ttl => presence_ttl: Duration,
+        with_heartbeat => heartbeat: Duration,
+        with_sample_interval => sample_interval: Duration,
+        with_max_sample => max_sample: usize,
+        with_command_timeout => command_timeout: Duration,
+        with_max_queue => max_queue: usize,
+        with_max_queue_bytes => max_queue_bytes: usize,
+        with_max_events => max_events: usize,
+        with_max_event_bytes => max_event_bytes: usize,
+        with_max_message_size => max_message_size: usize,
+    }
+}
+
+impl RedisConfig {
+    /// Sets [`url`](Self::url).
+    #[must_use]
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Sets [`instance`](Self::instance).
+    #[must_use]
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+
+    /// Sets [`prefix`](Self::prefix).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
     }
 }
 

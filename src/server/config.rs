@@ -14,24 +14,28 @@ use super::{SignalIn, SignalServer};
 /// Every setting and every limit of a [`SignalServer`].
 ///
 /// The defaults suit a public server; each limit bounds a map, a queue or a string that would
-/// otherwise grow with what peers send. Build one with struct-update syntax;
+/// otherwise grow with what peers send. Start from the defaults and change what you need with
+/// the `with_*` setters (or assign the fields of a mutable value; the struct is
+/// `#[non_exhaustive]`, so that new settings can come without breaking your code);
 /// [`SignalServer::new`] checks it with [`validate`](Self::validate):
 ///
 /// ```
 /// use std::time::Duration;
 /// use peer_signal::SignalConfig;
 ///
-/// let config = SignalConfig { ttl: Duration::from_secs(60), max_list_len: 20, ..SignalConfig::default() };
+/// let config = SignalConfig::default().with_ttl(Duration::from_secs(60)).with_max_list_len(20);
 /// assert_eq!(config.max_frame_size, 64 * 1024);
 /// assert!(config.validate().is_ok());
 ///
-/// let broken = SignalConfig { ttl: Duration::ZERO, ..config };
+/// let mut broken = config.clone();
+/// broken.ttl = Duration::ZERO;
 /// assert_eq!(broken.validate().unwrap_err().to_string(), "ttl must be more than zero");
 /// ```
 ///
 /// Durations must be more than zero and at most a century; counts and sizes must be more than
 /// zero, except where a field documents what zero means.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SignalConfig {
     /// How long an announced node may stay silent before it is closed. Every valid frame restarts
     /// it. Default 120 s (fledger's `ttl_minutes: 2`).
@@ -145,6 +149,33 @@ impl Default for SignalConfig {
             rng_seed: None,
             announce_policy: None,
         }
+    }
+}
+
+setters! {
+    SignalConfig {
+        with_ttl => ttl: Duration,
+        with_handshake_timeout => handshake_timeout: Duration,
+        with_max_list_len => max_list_len: usize,
+        with_max_connections => max_connections: usize,
+        with_max_pending_handshakes => max_pending_handshakes: usize,
+        with_max_frame_size => max_frame_size: usize,
+        with_max_name_len => max_name_len: usize,
+        with_max_client_len => max_client_len: usize,
+        with_max_setup_len => max_setup_len: usize,
+        with_max_node_stats => max_node_stats: usize,
+        with_max_errors => max_errors: u32,
+        with_max_announce_failures => max_announce_failures: u32,
+        with_frame_rate => frame_rate: RateLimit,
+        with_byte_rate => byte_rate: RateLimit,
+        with_max_send_backlog => max_send_backlog: usize,
+        with_list_push_interval => list_push_interval: Duration,
+        with_list_push_fanout => list_push_fanout: usize,
+    }
+    optional {
+        with_system_realm => system_realm: RealmID,
+        with_rng_seed => rng_seed: [u8; 32],
+        with_announce_policy => announce_policy: AnnouncePolicy,
     }
 }
 

@@ -30,7 +30,7 @@ pub enum Verdict {
 /// let policy = AnnouncePolicy::new(|info: &NodeInfo, _conn| {
 ///     if info.client == "libc" { Verdict::Allow } else { Verdict::Deny("only fledger nodes".into()) }
 /// });
-/// let config = SignalConfig { announce_policy: Some(policy), ..SignalConfig::default() };
+/// let config = SignalConfig::default().with_announce_policy(policy);
 /// ```
 #[derive(Clone)]
 pub struct AnnouncePolicy(Arc<Decide>);

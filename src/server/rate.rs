@@ -17,14 +17,13 @@ use super::SignalServer;
 /// use peer_signal::{RateLimit, SignalConfig};
 ///
 /// // A server behind a proxy that already limits rates.
-/// let config = SignalConfig {
-///     frame_rate: RateLimit::UNLIMITED,
-///     byte_rate: RateLimit::UNLIMITED,
-///     ..SignalConfig::default()
-/// };
+/// let config = SignalConfig::default()
+///     .with_frame_rate(RateLimit::UNLIMITED)
+///     .with_byte_rate(RateLimit::UNLIMITED);
 /// assert_eq!(SignalConfig::default().frame_rate, RateLimit::new(50, 100));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RateLimit {
     /// Sustained rate: tokens added per second.
     pub per_sec: u64,

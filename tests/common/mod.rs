@@ -55,7 +55,7 @@ impl Harness {
 
     /// A harness whose server has `config`, with the RNG seed pinned.
     pub fn with(config: SignalConfig) -> Self {
-        let config = SignalConfig { rng_seed: Some([7; 32]), ..config };
+        let config = config.with_rng_seed([7; 32]);
         Self { server: SignalServer::new(config).expect("a valid config"), now: Instant::now(), next_conn: 1 }
     }
 

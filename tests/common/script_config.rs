@@ -6,23 +6,21 @@ use std::time::Duration;
 use peer_signal::{RateLimit, SignalConfig};
 
 pub fn script_config() -> SignalConfig {
-    SignalConfig {
-        rng_seed: Some([7; 32]),
-        ttl: Duration::from_secs(60),
-        handshake_timeout: Duration::from_secs(20),
-        max_connections: 6,
-        max_pending_handshakes: 4,
-        max_frame_size: 600,
-        max_name_len: 16,
-        max_setup_len: 96,
-        max_node_stats: 2,
-        max_errors: 4,
-        max_announce_failures: 2,
-        frame_rate: RateLimit::new(5, 10),
-        byte_rate: RateLimit::new(2000, 4000),
-        max_list_len: 3,
-        list_push_fanout: 2,
-        list_push_interval: Duration::from_millis(500),
-        ..SignalConfig::default()
-    }
+    SignalConfig::default()
+        .with_rng_seed([7; 32])
+        .with_ttl(Duration::from_secs(60))
+        .with_handshake_timeout(Duration::from_secs(20))
+        .with_max_connections(6)
+        .with_max_pending_handshakes(4)
+        .with_max_frame_size(600)
+        .with_max_name_len(16)
+        .with_max_setup_len(96)
+        .with_max_node_stats(2)
+        .with_max_errors(4)
+        .with_max_announce_failures(2)
+        .with_frame_rate(RateLimit::new(5, 10))
+        .with_byte_rate(RateLimit::new(2000, 4000))
+        .with_max_list_len(3)
+        .with_list_push_fanout(2)
+        .with_list_push_interval(Duration::from_millis(500))
 }

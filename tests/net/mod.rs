@@ -55,7 +55,7 @@ impl Net {
         let bus = MemoryBus::new(4096);
         let servers = (0..n)
             .map(|i| {
-                let config = SignalConfig { rng_seed: Some([7 + i as u8; 32]), ..config.clone() };
+                let config = config.clone().with_rng_seed([7 + i as u8; 32]);
                 SignalServer::with_cluster(config, cluster.clone()).expect("a valid config")
             })
             .collect();

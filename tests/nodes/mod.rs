@@ -34,12 +34,7 @@ pub fn id(i: u32) -> NodeID {
 /// The default config with the RNG pinned, lists long enough for everybody, and no pushes, so
 /// that every `ListIDsReply` a node gets answers its own request.
 pub fn config() -> SignalConfig {
-    SignalConfig {
-        rng_seed: Some([7; 32]),
-        max_list_len: 10_000,
-        list_push_fanout: 0,
-        ..SignalConfig::default()
-    }
+    SignalConfig::default().with_rng_seed([7; 32]).with_max_list_len(10_000).with_list_push_fanout(0)
 }
 
 /// A server driven on the current runtime, without ticks.

@@ -74,7 +74,7 @@ impl Admission {
 ///     Some(agent) if agent.contains("robot") => Admission::refuse(403, "no robots"),
 ///     _ => Admission::Accept,
 /// });
-/// let ws = WsConfig { admission: Some(origins), ..WsConfig::for_server(&SignalConfig::default()) };
+/// let ws = WsConfig::for_server(&SignalConfig::default()).with_admission(origins);
 /// ```
 #[derive(Clone)]
 pub struct AdmissionHook(Arc<dyn Fn(&UpgradeRequest<'_>) -> Admission + Send + Sync>);

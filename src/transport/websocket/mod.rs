@@ -55,6 +55,7 @@ pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
 ///
 /// [`WsConfig::for_server`] derives the limits shared with the core from a [`SignalConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WsConfig {
     /// Open TCP connections, including those still in the WebSocket handshake or closing. Connections
     /// over it are dropped right after `accept`. Default 100,000.
@@ -139,6 +140,29 @@ impl Default for WsConfig {
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+}
+
+setters! {
+    WsConfig {
+        with_max_connections => max_connections: usize,
+        with_trusted_proxies => trusted_proxies: Vec<IpAddr>,
+        with_handshake_timeout => handshake_timeout: Duration,
+        with_max_message_size => max_message_size: usize,
+        with_send_backlog => send_backlog: usize,
+        with_send_backlog_bytes => send_backlog_bytes: usize,
+        with_write_timeout => write_timeout: Duration,
+        with_close_linger => close_linger: Duration,
+        with_ping_interval => ping_interval: Duration,
+        with_read_buffer_size => read_buffer_size: usize,
+        with_listen_backlog => listen_backlog: u32,
+        with_event_queue => event_queue: usize,
+    }
+    optional {
+        with_max_connections_per_ip => max_connections_per_ip: usize,
+        with_admission => admission: AdmissionHook,
+        #[cfg(feature = "tls")]
+        with_tls => tls: ServerTls,
     }
 }
 

@@ -44,7 +44,7 @@ pub enum TlsError {
 /// use peer_signal::{ServerTls, SignalConfig, WsConfig};
 ///
 /// let tls = ServerTls::from_pem_files("fullchain.pem", "privkey.pem")?;
-/// let ws = WsConfig { tls: Some(tls), ..WsConfig::for_server(&SignalConfig::default()) };
+/// let ws = WsConfig::for_server(&SignalConfig::default()).with_tls(tls);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
