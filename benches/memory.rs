@@ -51,7 +51,10 @@ fn main() {
     let before = live();
     let mut challenges = Vec::with_capacity(n as usize);
     for i in 0..n {
-        server.handle(now, SignalIn::Opened { conn: ConnId::new(u64::from(i)), codec: Codec::Json });
+        server.handle(
+            now,
+            SignalIn::Opened { conn: ConnId::new(u64::from(i)), codec: Codec::Json, addr: None },
+        );
         match server.poll_output() {
             Some(SignalOut::Send { frame, .. }) => match Codec::Json.decode(&frame) {
                 Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenges.push(challenge),

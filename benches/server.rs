@@ -62,7 +62,7 @@ impl Bench {
 
     /// Opens `conn` and returns the challenge the server sent it.
     fn open(&mut self, conn: ConnId, codec: Codec) -> U256 {
-        self.server.handle(self.now, SignalIn::Opened { conn, codec });
+        self.server.handle(self.now, SignalIn::Opened { conn, codec, addr: None });
         match self.server.poll_output() {
             Some(SignalOut::Send { frame, .. }) => match codec.decode(&frame) {
                 Ok(WSSignalMessageToNode::Challenge(_, challenge)) => challenge,

@@ -80,7 +80,9 @@ async fn host_log(events: &mut DriverEvents, mut count: usize, until: impl Fn(&S
             count -= 1;
         }
         match event {
-            SignalEvent::NewNode(id) => println!("[host] node {} joined", short(&id.to_string())),
+            SignalEvent::NewNode(node) => {
+                println!("[host] node {} ({}) joined", short(&node.id.to_string()), node.info.name)
+            }
             SignalEvent::NodeLeft(id) => println!("[host] node {} left", short(&id.to_string())),
             SignalEvent::NodeStats { from, stats } => {
                 println!("[host] node {} reports {} peer(s)", short(&from.to_string()), stats.len())

@@ -413,7 +413,10 @@ async fn serve(args: Args) -> Result<(), Failure> {
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
-                SignalEvent::NewNode(id) => info!(%id, "node joined"),
+                SignalEvent::NewNode(node) => {
+                    let addr = node.addr.map(|addr| addr.to_string()).unwrap_or_default();
+                    info!(id = %node.id, name = %node.info.name, conn = %node.conn, %addr, "node joined");
+                }
                 SignalEvent::NodeLeft(id) => info!(%id, "node left"),
                 SignalEvent::NodeStats { from, stats } => debug!(%from, entries = stats.len(), "node stats"),
                 SignalEvent::Stopped => info!("stopped"),

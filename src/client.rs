@@ -106,7 +106,7 @@ enum State {
 /// let conn = ConnId::new(1);
 ///
 /// let now = Instant::now();
-/// server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+/// server.handle(now, SignalIn::Opened { conn, codec: Codec::Json, addr: None });
 /// for _ in 0..3 {
 ///     while let Some(out) = server.poll_output() {
 ///         if let SignalOut::Send { frame, .. } = out {

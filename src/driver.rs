@@ -1,6 +1,7 @@
 //! Runs a [`SignalServer`] over a [`Transport`]: the only library code that awaits or reads the
 //! clock.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -9,18 +10,28 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::stream::{FusedStream, Stream, StreamExt};
 use futures::task::AtomicWaker;
 use futures::{select_biased, FutureExt};
 
 use crate::cluster::{Backplane, ClusterIn, ClusterOut};
-use crate::server::{ServerStats, SignalEvent, SignalIn, SignalOut, SignalServer};
+use crate::error::ControlError;
+use crate::protocol::{NodeID, WSSignalMessageToNode};
+use crate::server::{
+    Command, CommandReply, ConnectedNode, ServerStats, SignalEvent, SignalIn, SignalOut, SignalServer,
+};
 use crate::transport::Transport;
 
 /// Inputs handled in a row before the driver yields to the executor, so that a transport that is
 /// always ready cannot monopolise a thread.
 const YIELD_EVERY: u32 = 64;
+
+/// Commands from [`DriverHandle`]s waiting for the driver; further callers wait for room.
+const COMMAND_QUEUE: usize = 64;
+
+/// A command from a [`DriverHandle`], with the way back to its caller.
+type Request = (Command, oneshot::Sender<CommandReply>);
 
 /// Runs a [`SignalServer`] over a [`Transport`], fed by a stream of timer ticks.
 ///
@@ -81,6 +92,13 @@ pub struct Driver<T, B = NoBackplane> {
     backplane_first: bool,
     shared: Arc<Shared>,
     events: mpsc::Sender<SignalEvent>,
+    commands: flume::Receiver<Request>,
+    /// Keeps the command channel open when every handle is gone, so that waiting on it never
+    /// ends.
+    _command_sender: flume::Sender<Request>,
+    /// Callers waiting for the reply to the command with this token.
+    waiting: HashMap<u64, oneshot::Sender<CommandReply>>,
+    next_token: u64,
 }
 
 /// The backplane of a [`Driver`] that has none: [`Driver::new`] makes such drivers.
@@ -161,8 +179,20 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
     ) -> (Self, DriverHandle, DriverEvents) {
         let shared = Arc::new(Shared::default());
         let (events, receiver) = mpsc::channel(event_capacity);
-        let handle = DriverHandle { shared: Arc::clone(&shared) };
-        let driver = Self { server, transport, backplane, backplane_first: false, shared, events };
+        let (command_sender, commands) = flume::bounded(COMMAND_QUEUE);
+        let handle = DriverHandle { shared: Arc::clone(&shared), commands: command_sender.clone() };
+        let driver = Self {
+            server,
+            transport,
+            backplane,
+            backplane_first: false,
+            shared,
+            events,
+            commands,
+            _command_sender: command_sender,
+            waiting: HashMap::new(),
+            next_token: 0,
+        };
         (driver, handle, DriverEvents { receiver })
     }
 
@@ -230,12 +260,24 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
         let shared = &self.shared;
         let mut stop = poll_fn(|cx| shared.poll_stop(cx)).fuse();
         let mut event = self.transport.next_event().fuse();
+        // Never fails: the driver holds a sender itself.
+        let mut command = self.commands.recv_async().fuse();
+        let waiting = &mut self.waiting;
+        let next_token = &mut self.next_token;
+        let mut command_input = |(command, reply): Request| {
+            *next_token = next_token.wrapping_add(1);
+            waiting.insert(*next_token, reply);
+            SignalIn::Command { token: *next_token, command: Box::new(command) }
+        };
         let Some(backplane) = self.backplane.as_mut() else {
             loop {
                 select_biased! {
                     () = stop => return SignalIn::Stop,
                     tick = ticks.next() => if tick.is_some() {
                         return SignalIn::Tick;
+                    },
+                    request = command => if let Ok(request) = request {
+                        return command_input(request);
                     },
                     event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
                 }
@@ -250,6 +292,9 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                     tick = ticks.next() => if tick.is_some() {
                         return SignalIn::Tick;
                     },
+                    request = command => if let Ok(request) = request {
+                        return command_input(request);
+                    },
                     input = cluster => break input,
                     event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
                 }
@@ -258,6 +303,9 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                     () = stop => return SignalIn::Stop,
                     tick = ticks.next() => if tick.is_some() {
                         return SignalIn::Tick;
+                    },
+                    request = command => if let Ok(request) = request {
+                        return command_input(request);
                     },
                     event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
                     input = cluster => break input,
@@ -288,6 +336,12 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                         backplane.send(*output);
                     }
                 }
+                SignalOut::Reply { token, reply } => {
+                    // The caller may have given up waiting: then nobody wants the reply.
+                    if let Some(caller) = self.waiting.remove(&token) {
+                        let _ = caller.send(*reply);
+                    }
+                }
                 SignalOut::Event(event) => {
                     if let Err(e) = self.events.try_send(event) {
                         if e.is_full() {
@@ -301,9 +355,53 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
 }
 
 /// Controls a running [`Driver`] from anywhere. Cheap to clone, `Send`.
+///
+/// Besides stopping the server and reading its counters, it acts on the nodes connected to this
+/// server: [`nodes`](Self::nodes), [`disconnect`](Self::disconnect), [`send`](Self::send). Each
+/// goes through the driver as a [`SignalIn::Command`] and waits for its [`SignalOut::Reply`]; so
+/// it resolves only while the driver runs, and fails with [`ControlError::Stopped`] once it has
+/// returned.
+///
+/// ```
+/// use futures::StreamExt;
+/// use peer_signal::{
+///     AsyncClient, ClientError, ClientEvent, Codec, Driver, MemoryTransport, NodeInfo, SignalConfig,
+///     SignalEvent, SignalServer,
+/// };
+/// use peer_signal::ed25519_dalek::SigningKey;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let config = SignalConfig::default();
+/// let (transport, connector) = MemoryTransport::new(&config);
+/// let (driver, handle, mut events) = Driver::new(SignalServer::new(config).unwrap(), transport, 64);
+/// tokio::spawn(driver.run(futures::stream::pending()));
+///
+/// let key = SigningKey::from_bytes(&[1; 32]);
+/// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());
+/// let connection = connector.connect(Codec::Json).await.unwrap();
+/// let mut alice = AsyncClient::connect(connection, key, info).await.unwrap();
+/// let Some(SignalEvent::NewNode(joined)) = events.next().await else { panic!("alice joins") };
+/// assert_eq!(joined.info.name, "alice");
+///
+/// let nodes = handle.nodes().await.unwrap();
+/// assert_eq!(nodes, [*joined.clone()]);
+///
+/// handle.disconnect(joined.id, "maintenance").await.unwrap();
+/// loop {
+///     match alice.next_event().await {
+///         Ok(ClientEvent::Error(reason)) => break assert_eq!(reason, "maintenance"),
+///         Ok(_) => {} // the list that follows the join
+///         Err(e) => panic!("{e}"),
+///     }
+/// }
+/// assert_eq!(alice.next_event().await, Err(ClientError::Closed));
+/// assert!(handle.nodes().await.unwrap().is_empty());
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct DriverHandle {
     shared: Arc<Shared>,
+    commands: flume::Sender<Request>,
 }
 
 impl fmt::Debug for DriverHandle {
@@ -337,6 +435,60 @@ impl DriverHandle {
     /// Events dropped because [`DriverEvents`] was full.
     pub fn dropped_events(&self) -> u64 {
         self.shared.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Feeds `command` to the server and waits for its reply. Waits for room first when 64
+    /// commands are already waiting for the driver.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::Stopped`] when the driver has returned, or returns before it replies.
+    pub async fn command(&self, command: Command) -> Result<CommandReply, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send_async((command, reply)).await.map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// The nodes announced on this server, with their info, connection and address, in no
+    /// particular order ([`Command::ListNodes`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::Stopped`] when the driver has returned.
+    pub async fn nodes(&self) -> Result<Vec<ConnectedNode>, ControlError> {
+        match self.command(Command::ListNodes).await? {
+            CommandReply::Nodes(nodes) => Ok(nodes),
+            _ => Err(ControlError::Stopped),
+        }
+    }
+
+    /// Sends `node` an `Error` with `reason` and closes its connection
+    /// ([`Command::Disconnect`]). The node leaves as for any close.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::UnknownNode`] when no such node is announced here,
+    /// [`ControlError::Stopped`] when the driver has returned.
+    pub async fn disconnect(&self, node: NodeID, reason: impl Into<String>) -> Result<(), ControlError> {
+        done(self.command(Command::Disconnect { node, reason: reason.into() }).await?)
+    }
+
+    /// Sends `node` a message, in its codec ([`Command::Send`]): for example a new
+    /// `SystemConfig`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::UnknownNode`] when no such node is announced here,
+    /// [`ControlError::Stopped`] when the driver has returned.
+    pub async fn send(&self, node: NodeID, message: WSSignalMessageToNode) -> Result<(), ControlError> {
+        done(self.command(Command::Send { node, message }).await?)
+    }
+}
+
+fn done(reply: CommandReply) -> Result<(), ControlError> {
+    match reply {
+        CommandReply::UnknownNode(node) => Err(ControlError::UnknownNode(node)),
+        _ => Ok(()),
     }
 }
 

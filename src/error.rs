@@ -118,6 +118,10 @@ pub enum ProtocolError {
     /// it is closed.
     #[error("too many failed announces")]
     TooManyAnnounceFailures,
+    /// The application disconnected the node ([`Command::Disconnect`](crate::Command::Disconnect)),
+    /// for this reason (cut to 128 bytes); it is closed.
+    #[error("{}", cut(.0))]
+    Disconnected(String),
 }
 
 impl ProtocolError {
@@ -145,6 +149,7 @@ impl ProtocolError {
             Self::RateLimited => "rate_limited",
             Self::TooManyAnnounceFailures => "too_many_announce_failures",
             Self::Denied(_) => "denied",
+            Self::Disconnected(_) => "disconnected",
         }
     }
 }
@@ -177,6 +182,19 @@ pub enum TransportError {
     /// A client could not reach or upgrade to the server.
     #[error("cannot connect: {0}")]
     Connect(String),
+}
+
+/// A command of the application's, through a [`DriverHandle`](crate::DriverHandle), was not
+/// carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No node with this id is announced on this server.
+    #[error("unknown node {0}")]
+    UnknownNode(NodeID),
+    /// The driver has returned: the server is stopped.
+    #[error("the server has stopped")]
+    Stopped,
 }
 
 /// A [`SignalConfig`](crate::SignalConfig) setting that the server cannot work with, from
@@ -268,6 +286,7 @@ mod tests {
             RateLimited,
             TooManyAnnounceFailures,
             Denied("node not allowed".into()),
+            Disconnected("x".repeat(200)),
         ];
         for error in &all {
             match error {
@@ -276,6 +295,7 @@ mod tests {
                 TooLong { .. } | TooManyStats { .. } | NotInPair | UnknownDestination(_) => {}
                 DestinationBusy(_) | Replaced | ServerFull | HandshakeTimeout | IdleTimeout => {}
                 TooManyErrors | RateLimited | TooManyAnnounceFailures | Denied(_) => {}
+                Disconnected(_) => {}
             }
         }
         all
@@ -314,7 +334,8 @@ mod tests {
             ("too many failed announces", "too_many_announce_failures"),
             ("node not allowed", "denied"),
         ];
-        let expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
+        let mut expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
+        expected.push((format!("{}…", "x".repeat(128)), "disconnected"));
         assert_eq!(texts, expected);
     }
 

@@ -313,7 +313,7 @@
 //! for (n, conn) in [(1u8, ConnId::new(1)), (2, ConnId::new(2))] {
 //!     let key = SigningKey::from_bytes(&[n; 32]);
 //!     let [WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge)] =
-//!         step(SignalIn::Opened { conn, codec }, conn)[..]
+//!         step(SignalIn::Opened { conn, codec, addr: None }, conn)[..]
 //!     else { panic!("no challenge") };
 //!     let info = NodeInfo::new(format!("node-{n}"), "example", key.verifying_key().to_bytes());
 //!     ids.push(info.id());
@@ -374,14 +374,14 @@ pub use cluster::{
 pub use cluster::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
-pub use error::{CodecError, ConfigError, ProtocolError, TransportError};
+pub use error::{CodecError, ConfigError, ControlError, ProtocolError, TransportError};
 pub use protocol::{
     FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 pub use server::{
-    AnnouncePolicy, CloseReason, ConnId, RateLimit, ServerStats, SignalConfig, SignalEvent, SignalIn,
-    SignalOut, SignalServer, Verdict,
+    AnnouncePolicy, CloseReason, Command, CommandReply, ConnId, ConnectedNode, RateLimit, ServerStats,
+    SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer, Verdict,
 };
 
 mod client;

@@ -298,7 +298,8 @@ fn stopping_an_instance_takes_its_nodes_off_the_bus() {
 fn a_server_without_a_cluster_emits_nothing_for_one() {
     let mut server = SignalServer::new(config().with_rng_seed([7; 32])).unwrap();
     let now = std::time::Instant::now();
-    server.handle(now, SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json });
+    server
+        .handle(now, SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json, addr: None });
     let out: Vec<SignalOut> = std::iter::from_fn(|| server.poll_output()).collect();
     assert!(out.iter().all(|o| !matches!(o, SignalOut::Cluster(_))));
     assert_eq!(server.stats().cluster, None);

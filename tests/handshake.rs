@@ -33,7 +33,7 @@ fn challenges_come_from_the_configured_seed() {
         let mut server = peer_signal::SignalServer::new(SignalConfig::default()).unwrap();
         server.handle(
             std::time::Instant::now(),
-            SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json },
+            SignalIn::Opened { conn: peer_signal::ConnId::new(1), codec: Codec::Json, addr: None },
         );
         server.poll_output()
     };
@@ -55,7 +55,12 @@ fn a_good_announce_gets_config_then_list_then_a_new_node_event() {
             WSSignalMessageToNode::ListIDsReply(vec![node_info(&key)]),
         ]
     );
-    assert_eq!(events(&out), vec![SignalEvent::NewNode(id)]);
+    let events = events(&out);
+    let [SignalEvent::NewNode(node)] = events.as_slice() else { panic!("one NewNode: {out:?}") };
+    assert_eq!(
+        (node.id, &node.info, node.conn, node.codec, node.addr),
+        (id, &node_info(&key), conn, Codec::Json, None)
+    );
     assert_eq!(touched(&out), vec![conn]);
     assert_eq!(h.server.node_conn(&id), Some(conn));
     // The system config is fledger's exact text.
@@ -217,7 +222,8 @@ fn the_same_id_twice_replaces_the_old_connection() {
     assert_eq!(messages_to(&out, old.conn, Codec::Json), vec![error("New Connection with same ID")]);
     assert!(out
         .contains(&SignalOut::Close { conn: old.conn, reason: CloseReason::Error(ProtocolError::Replaced) }));
-    assert_eq!(events(&out), vec![SignalEvent::NodeLeft(old.id), SignalEvent::NewNode(old.id)]);
+    assert!(matches!(events(&out).as_slice(), [SignalEvent::NodeLeft(left), SignalEvent::NewNode(joined)]
+        if *left == old.id && joined.id == old.id && joined.conn == conn));
     assert_eq!(h.server.node_conn(&old.id), Some(conn));
     assert_eq!(h.server.nodes().count(), 2);
     // A relay to the id now reaches the new connection only.
@@ -239,7 +245,7 @@ fn a_full_pending_table_closes_its_oldest_connection_for_a_newcomer() {
     let (second, challenge) = h.open(Codec::Json);
     // Two handshakes pending: the next connection pushes out the oldest, as a handshake timeout.
     let newcomer = ConnId::new(100);
-    let out = h.input(SignalIn::Opened { conn: newcomer, codec: Codec::Json });
+    let out = h.input(SignalIn::Opened { conn: newcomer, codec: Codec::Json, addr: None });
     assert_eq!(messages_to(&out, oldest, Codec::Json), vec![error("handshake timeout")]);
     assert!(out.contains(&SignalOut::Close {
         conn: oldest,
@@ -259,7 +265,7 @@ fn a_full_pending_table_closes_its_oldest_connection_for_a_newcomer() {
     assert_eq!(events(&h.send(second, Codec::Json, &announce(&key(2), challenge))).len(), 1);
     assert_eq!(h.server.stats().pending_handshakes, 1);
     // A free slot again: nobody is pushed out.
-    let out = h.input(SignalIn::Opened { conn: ConnId::new(101), codec: Codec::Json });
+    let out = h.input(SignalIn::Opened { conn: ConnId::new(101), codec: Codec::Json, addr: None });
     assert_eq!(touched(&out), vec![ConnId::new(101)]);
     assert_eq!(h.server.node_conn(&node.id), Some(node.conn));
 }
@@ -286,7 +292,10 @@ fn a_handshake_flood_cannot_lock_an_honest_node_out() {
         let key = key(round + 1);
         let out = h.send(conn, Codec::Json, &announce(&key, challenge));
         let id = U256(key.verifying_key().to_bytes());
-        assert_eq!(events(&out), vec![SignalEvent::NewNode(id)], "round {round}");
+        assert!(
+            matches!(events(&out).as_slice(), [SignalEvent::NewNode(node)] if node.id == id),
+            "round {round}"
+        );
         honest.push(id);
     }
     let stats = h.server.stats();
@@ -313,7 +322,7 @@ fn a_server_full_of_nodes_refuses_newcomers_and_one_with_pending_connections_mak
     h.send(newcomer, Codec::Json, &announce(&key(3), challenge));
     // Full of nodes: refused.
     let full = ConnId::new(100);
-    let out = h.input(SignalIn::Opened { conn: full, codec: Codec::Json });
+    let out = h.input(SignalIn::Opened { conn: full, codec: Codec::Json, addr: None });
     assert_eq!(messages_to(&out, full, Codec::Json), vec![error("server full")]);
     assert_eq!(
         out.last(),

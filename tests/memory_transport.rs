@@ -62,8 +62,8 @@ async fn two_hundred_nodes_join_and_each_lists_all_the_others() {
     // Every join's event was emitted before the joins' lists were answered.
     let mut new_nodes = BTreeSet::new();
     while let Some(Some(event)) = futures::StreamExt::next(&mut running.events).now_or_never() {
-        if let SignalEvent::NewNode(id) = event {
-            new_nodes.insert(id);
+        if let SignalEvent::NewNode(node) = event {
+            new_nodes.insert(node.id);
         }
     }
     assert_eq!(new_nodes, everybody);
@@ -218,7 +218,10 @@ async fn recv(client: &MemoryClient) -> Option<Bytes> {
 /// Connects a client and checks that the transport reports it, with its codec.
 async fn open(transport: &mut MemoryTransport, connector: &MemoryConnector, codec: Codec) -> MemoryClient {
     let client = connector.connect(codec).await.unwrap();
-    assert_eq!(next(transport).await, Some(TransportEvent::Opened { conn: client.conn(), codec }));
+    assert_eq!(
+        next(transport).await,
+        Some(TransportEvent::Opened { conn: client.conn(), codec, addr: None })
+    );
     client
 }
 

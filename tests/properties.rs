@@ -367,7 +367,7 @@ impl Script {
                 self.all.push(conn);
                 let codec = if *bincode { Codec::Bincode } else { Codec::Json };
                 self.open.insert(conn, Known { codec, challenge: None, announced_key: None, node: None });
-                SignalIn::Opened { conn, codec }
+                SignalIn::Opened { conn, codec, addr: None }
             }
             Op::Send { conn, msg } => {
                 let Some(conn) = self.pick(*conn) else { return Ok(()) };

@@ -70,7 +70,7 @@ async fn over_memory_the_client_comes_back_to_a_new_server_and_announces_again()
     assert!(waited >= Duration::from_secs(20) && waited <= Duration::from_secs(30), "{waited:?}");
     assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(nodes)) if nodes.len() == 1));
     let (_second, mut events, _task) = restart.await.unwrap();
-    wait_event(&mut events, |event| *event == SignalEvent::NewNode(id(1))).await;
+    wait_event(&mut events, |event| matches!(event, SignalEvent::NewNode(node) if node.id == id(1))).await;
     // And it works as before.
     assert_eq!(within("list", node.list()).await.unwrap().len(), 1);
 }
@@ -112,7 +112,7 @@ async fn over_websocket_the_client_comes_back_when_the_server_restarts_on_its_po
     tokio::spawn(driver.run(futures::stream::pending()));
     let event = within("back", node.next_event()).await;
     assert!(matches!(event, Ok(ClientEvent::Connected(_))), "{event:?}");
-    wait_event(&mut events, |event| *event == SignalEvent::NewNode(id(2))).await;
+    wait_event(&mut events, |event| matches!(event, SignalEvent::NewNode(node) if node.id == id(2))).await;
     assert!(
         matches!(within("list", node.next_event()).await, Ok(ClientEvent::NodeList(nodes)) if nodes.len() == 1)
     );

@@ -131,7 +131,7 @@ fn stop_closes_everyone_and_then_refuses_everything() {
     assert_eq!(h.server.nodes().count(), 0);
     let late = ConnId::new(99);
     assert_eq!(
-        h.input(SignalIn::Opened { conn: late, codec: Codec::Json }),
+        h.input(SignalIn::Opened { conn: late, codec: Codec::Json, addr: None }),
         vec![SignalOut::Close { conn: late, reason: CloseReason::Stopped }]
     );
     assert!(h.frame(a.conn, "\"ListIDsRequest\"").is_empty());

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use nodes::{config, id, wait_event, within};
-use peer_signal::{Codec, NodeInfo, SignalEvent, WsConfig};
+use peer_signal::{
+    sign_challenge, Codec, MessageAnnounce, NodeInfo, SignalEvent, WSSignalMessageFromNode,
+    WSSignalMessageToNode, WsConfig,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -132,4 +135,46 @@ async fn stop_closes_every_client_with_going_away() {
     assert_eq!(bin.closed().await, Some(CloseCode::Away));
     let stopped = within("server task", server.task).await.unwrap();
     assert!(stopped.is_stopped());
+}
+
+#[tokio::test]
+async fn nodes_come_with_their_address_and_behind_a_trusted_proxy_with_the_client_s() {
+    let config = config();
+    let ws = WsConfig::for_server(&config).with_trusted_proxies(vec!["127.0.0.2".parse().unwrap()]);
+    let mut server = start(config, ws).await;
+    let _direct = join(&server.url, 1, Codec::Json).await;
+    let mut proxied = within(
+        "upgrade",
+        RawWs::try_connect_from(&server.url, "127.0.0.2", "X-Forwarded-For: 203.0.113.7\r\n"),
+    )
+    .await
+    .expect("a client behind the proxy");
+    let (_, challenge) = within("challenge", proxied.frame()).await.expect("a challenge");
+    let Ok(WSSignalMessageToNode::Challenge(_, challenge)) = Codec::Json.decode(&challenge) else {
+        panic!("not a challenge")
+    };
+    let key = nodes::key(2);
+    let announce = WSSignalMessageFromNode::Announce(MessageAnnounce {
+        version: 3,
+        challenge,
+        node_info: NodeInfo::new("proxied", "test", key.verifying_key().to_bytes()),
+        signature: sign_challenge(&key, &challenge),
+    });
+    proxied.send(0x1, &Codec::Json.encode(&announce).unwrap()).await;
+
+    let seen =
+        wait_event(&mut server.events, |e| matches!(e, SignalEvent::NewNode(n) if n.id == id(2))).await;
+    let addresses: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            SignalEvent::NewNode(node) => Some((node.id, node.addr)),
+            _ => None,
+        })
+        .collect();
+    let loopback = "127.0.0.1".parse().ok();
+    assert_eq!(addresses, vec![(id(1), loopback), (id(2), "203.0.113.7".parse().ok())]);
+    let mut listed: Vec<_> =
+        within("list", server.handle.nodes()).await.unwrap().into_iter().map(|n| (n.id, n.addr)).collect();
+    listed.sort_by_key(|(_, addr)| *addr);
+    assert_eq!(listed, vec![(id(1), loopback), (id(2), "203.0.113.7".parse().ok())]);
 }

@@ -94,7 +94,7 @@ pub fn run(ops: &[Op]) {
                 all.push(conn);
                 let codec = if *bincode { Codec::Bincode } else { Codec::Json };
                 open.insert(conn, Known { codec, challenge: U256::default(), node: None });
-                SignalIn::Opened { conn, codec }
+                SignalIn::Opened { conn, codec, addr: None }
             }
             Op::Frame { conn, bytes } => {
                 let Some(conn) = pick(conn) else { continue };

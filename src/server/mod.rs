@@ -5,6 +5,7 @@
 //! announced here and the lists drawn from them) and `routing` (where a `PeerSetup` goes).
 
 mod config;
+mod control;
 mod directory;
 mod policy;
 mod rate;
@@ -13,6 +14,7 @@ mod routing;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,6 +36,7 @@ pub use crate::ids::ConnId;
 pub(crate) use config::duration;
 pub use config::SignalConfig;
 pub(crate) use config::{later, nonzero};
+pub use control::{Command, CommandReply, ConnectedNode};
 use directory::{Node, PerCodec};
 pub use policy::{AnnouncePolicy, Verdict};
 use rate::Buckets;
@@ -50,6 +53,9 @@ pub enum SignalIn {
         conn: ConnId,
         /// How its frames are encoded.
         codec: Codec,
+        /// The peer's IP address, if the transport knows one. The server only reports it, in
+        /// [`SignalEvent::NewNode`] and in the [`ConnectedNode`]s it lists.
+        addr: Option<IpAddr>,
     },
     /// A frame arrived; the server decodes it with the connection's codec.
     Frame {
@@ -84,6 +90,15 @@ pub enum SignalIn {
     /// server made without [`SignalServer::with_cluster`]. Boxed, so that the inputs of a server
     /// without a cluster stay as small as they were.
     Cluster(Box<ClusterIn>),
+    /// The application's request about its nodes. Answered by exactly one [`SignalOut::Reply`]
+    /// with the same `token` (the host's choice, only handed back), unless the server has
+    /// stopped: then it is ignored, as every input.
+    Command {
+        /// Handed back in the reply.
+        token: u64,
+        /// What to do. Boxed, so that the inputs on the relay path stay small.
+        command: Box<Command>,
+    },
 }
 
 /// Something the host must do or may want to know, drained from [`SignalServer::poll_output`].
@@ -111,6 +126,14 @@ pub enum SignalOut {
     /// with [`SignalServer::with_cluster`] emits it. Boxed, so that the outputs of a server
     /// without a cluster stay as small as they were.
     Cluster(Box<ClusterOut>),
+    /// The answer to the [`SignalIn::Command`] with this `token`. It comes after the frames and
+    /// closes the command caused.
+    Reply {
+        /// The command's token.
+        token: u64,
+        /// The answer. Boxed, as the command.
+        reply: Box<CommandReply>,
+    },
 }
 
 /// Why the server closes a connection.
@@ -127,9 +150,11 @@ pub enum CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SignalEvent {
-    /// A node announced successfully. A node that takes over its id from an older connection
-    /// produces `NodeLeft` for the old connection first, then `NewNode`.
-    NewNode(NodeID),
+    /// A node announced successfully: who it is, its connection and, where the transport knows
+    /// it, its address. A node that takes over its id from an older connection produces
+    /// `NodeLeft` for the old connection first, then `NewNode`. Boxed, so that outputs stay
+    /// small.
+    NewNode(Box<ConnectedNode>),
     /// An announced node disconnected, was evicted or was replaced.
     NodeLeft(NodeID),
     /// An announced node reported statistics about its peers.
@@ -196,6 +221,8 @@ struct Conn {
     rate: Buckets,
     /// The transport reported its send queue over half full.
     busy: bool,
+    /// The peer's address, as the transport reported it.
+    addr: Option<IpAddr>,
 }
 
 /// Joins not yet pushed to other nodes.
@@ -326,7 +353,7 @@ impl SignalServer {
             return;
         }
         match input {
-            SignalIn::Opened { conn, codec } => self.handle_opened(now, conn, codec),
+            SignalIn::Opened { conn, codec, addr } => self.handle_opened(now, conn, codec, addr),
             SignalIn::Frame { conn, frame } => self.handle_frame(now, conn, frame),
             SignalIn::Closed { conn } => self.forget(conn),
             SignalIn::Busy { conn, busy } => {
@@ -337,6 +364,7 @@ impl SignalServer {
             SignalIn::Tick => self.handle_tick(now),
             SignalIn::Stop => self.handle_stop(),
             SignalIn::Cluster(input) => self.handle_cluster(now, *input),
+            SignalIn::Command { token, command } => self.handle_command(token, *command),
         }
     }
 
@@ -368,7 +396,8 @@ impl SignalServer {
         self.stopped
     }
 
-    /// The announced nodes, in no particular order.
+    /// The announced nodes, in no particular order. [`Command::ListNodes`] answers the same with
+    /// connections and addresses, through the driver.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> + '_ {
         self.order.iter().filter_map(|id| self.nodes.get(id)).map(|node| &node.info)
     }
@@ -389,7 +418,7 @@ impl SignalServer {
         }
     }
 
-    fn handle_opened(&mut self, now: Instant, conn: ConnId, codec: Codec) {
+    fn handle_opened(&mut self, now: Instant, conn: ConnId, codec: Codec, addr: Option<IpAddr>) {
         if self.conns.contains_key(&conn) {
             // The transport reused an open id: its bug, and nothing we can repair.
             return;
@@ -425,6 +454,7 @@ impl SignalServer {
                 announce_failures: 0,
                 rate: Buckets::full(now, &self.config),
                 busy: false,
+                addr,
             },
         );
         self.arm(deadline, conn);
@@ -535,7 +565,9 @@ impl SignalServer {
             self.reply(conn, frame);
         }
         self.send_list(conn, codec);
-        self.out.push_back(SignalOut::Event(SignalEvent::NewNode(id)));
+        if let Some(node) = self.connected_node(&id) {
+            self.out.push_back(SignalOut::Event(SignalEvent::NewNode(Box::new(node))));
+        }
 
         if self.config.list_push_fanout > 0 && self.push.joined.len() < self.config.max_list_len {
             self.push.joined.push(id);
@@ -719,12 +751,12 @@ mod tests {
         // A few live connections, whose entries must survive every sweep.
         let live: Vec<ConnId> = (0..10).map(|n| ConnId::new(1_000_000 + n)).collect();
         for &conn in &live {
-            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json, addr: None });
         }
         let mut most = 0;
         for n in 0..100_000 {
             let conn = ConnId::new(n);
-            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json });
+            server.handle(now, SignalIn::Opened { conn, codec: Codec::Json, addr: None });
             server.handle(now, SignalIn::Closed { conn });
             while server.poll_output().is_some() {}
             most = most.max(server.timers.len());

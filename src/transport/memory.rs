@@ -67,7 +67,7 @@ struct Link {
 /// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());
 /// let conn = connector.connect(Codec::Json).await?;
 /// let mut alice = AsyncClient::connect(conn, key, info).await?;
-/// assert_eq!(events.next().await, Some(SignalEvent::NewNode(alice.id())));
+/// assert!(matches!(events.next().await, Some(SignalEvent::NewNode(node)) if node.id == alice.id()));
 /// assert_eq!(alice.list().await?.len(), 1);
 ///
 /// // No connector and no connection left: the transport shuts down and the driver stops.
@@ -175,7 +175,7 @@ impl MemoryTransport {
                 let frames = frames.map(move |frame| (conn, Some(frame))).chain(stream::iter([(conn, None)]));
                 self.inbound.push(frames.boxed());
                 self.links.insert(conn, Link { to_client, inbound });
-                Poll::Ready(TransportEvent::Opened { conn, codec })
+                Poll::Ready(TransportEvent::Opened { conn, codec, addr: None })
             }
             Poll::Ready(None) => {
                 self.accepting = false;

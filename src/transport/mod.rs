@@ -4,6 +4,8 @@
 //! rendered docs. Adapters live in submodules: only `memory` may name flume, only `websocket`
 //! tokio and tungstenite.
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -32,6 +34,9 @@ pub enum TransportEvent {
         conn: ConnId,
         /// How the peer encodes its frames, e.g. text frames are [`Codec::Json`].
         codec: Codec,
+        /// The peer's IP address, where the transport knows it: for a connection through a
+        /// trusted reverse proxy, the client's rather than the proxy's.
+        addr: Option<IpAddr>,
     },
     /// A whole frame arrived on `conn`. The transport does not look inside it.
     Frame {
@@ -60,7 +65,7 @@ pub enum TransportEvent {
 impl From<TransportEvent> for SignalIn {
     fn from(event: TransportEvent) -> Self {
         match event {
-            TransportEvent::Opened { conn, codec } => SignalIn::Opened { conn, codec },
+            TransportEvent::Opened { conn, codec, addr } => SignalIn::Opened { conn, codec, addr },
             TransportEvent::Frame { conn, frame } => SignalIn::Frame { conn, frame },
             TransportEvent::Busy { conn, busy } => SignalIn::Busy { conn, busy },
             TransportEvent::Closed { conn } => SignalIn::Closed { conn },
@@ -79,8 +84,8 @@ impl From<TransportEvent> for SignalIn {
 /// # Writing your own adapter
 ///
 /// 1. Give each accepted connection a [`ConnId`] that is unique for the transport's lifetime
-///    (a counter), and report [`TransportEvent::Opened`] with the codec the peer speaks before
-///    any of its frames.
+///    (a counter), and report [`TransportEvent::Opened`] with the codec the peer speaks (and its
+///    address, if there is one) before any of its frames.
 /// 2. Report each received frame whole, in order, as [`TransportEvent::Frame`]. Check no size:
 ///    the core enforces [`SignalConfig::max_frame_size`](crate::SignalConfig::max_frame_size).
 /// 3. Report [`TransportEvent::Closed`] exactly once per connection, whoever closed it.
@@ -133,7 +138,7 @@ impl From<TransportEvent> for SignalIn {
 /// let sent = Arc::new(Mutex::new(Vec::new()));
 /// let script = Script {
 ///     events: VecDeque::from([
-///         TransportEvent::Opened { conn, codec: Codec::Json },
+///         TransportEvent::Opened { conn, codec: Codec::Json, addr: None },
 ///         TransportEvent::Frame { conn, frame: Bytes::from_static(b"not json") },
 ///     ]),
 ///     sent: Arc::clone(&sent),

@@ -75,7 +75,7 @@ impl Harness {
     pub fn open(&mut self, codec: Codec) -> (ConnId, U256) {
         let conn = ConnId::new(self.next_conn);
         self.next_conn += 1;
-        let out = self.input(SignalIn::Opened { conn, codec });
+        let out = self.input(SignalIn::Opened { conn, codec, addr: None });
         match messages_to(&out, conn, codec).as_slice() {
             [WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge)] => (conn, *challenge),
             other => panic!("expected one challenge, got {other:?}"),
@@ -98,7 +98,10 @@ impl Harness {
         let (conn, challenge) = self.open(codec);
         let out = self.send(conn, codec, &announce(key, challenge));
         let id = U256(key.verifying_key().to_bytes());
-        assert!(out.contains(&SignalOut::Event(SignalEvent::NewNode(id))), "join failed: {out:?}");
+        assert!(
+            out.iter().any(|o| matches!(o, SignalOut::Event(SignalEvent::NewNode(node)) if node.id == id)),
+            "join failed: {out:?}"
+        );
         Joined { conn, id, codec }
     }
 

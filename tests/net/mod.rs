@@ -117,7 +117,7 @@ impl Net {
     pub fn open(&mut self, i: usize, codec: Codec) -> (ConnId, U256) {
         let conn = ConnId::new(self.next_conn);
         self.next_conn += 1;
-        let seen = self.input(i, SignalIn::Opened { conn, codec });
+        let seen = self.input(i, SignalIn::Opened { conn, codec, addr: None });
         match messages_to(&seen, conn, codec).as_slice() {
             [WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge)] => (conn, *challenge),
             other => panic!("expected one challenge, got {other:?}"),

@@ -336,7 +336,7 @@ impl Drop for TaskGuard {
 /// What a connection task tells the transport.
 #[derive(Debug)]
 enum Event {
-    Opened { conn: ConnId, codec: Codec, handle: ConnHandle },
+    Opened { conn: ConnId, codec: Codec, addr: IpAddr, handle: ConnHandle },
     Frame { conn: ConnId, frame: Bytes },
     Busy { conn: ConnId, busy: bool },
     Closed { conn: ConnId },
@@ -491,9 +491,9 @@ impl Transport for WsTransport {
         loop {
             // Frames and closes of connections already closed here are stale: drop them.
             match self.events.recv().await? {
-                Event::Opened { conn, codec, handle } => {
+                Event::Opened { conn, codec, addr, handle } => {
                     self.conns.insert(conn, handle);
-                    return Some(TransportEvent::Opened { conn, codec });
+                    return Some(TransportEvent::Opened { conn, codec, addr: Some(addr) });
                 }
                 Event::Frame { conn, frame } if self.conns.contains_key(&conn) => {
                     return Some(TransportEvent::Frame { conn, frame });
@@ -719,9 +719,9 @@ async fn serve_connection(
             }
         }
         handshake::accept(&mut link, &upgrade).await?;
-        Ok((link, upgrade.codec))
+        Ok((link, upgrade.codec, client))
     };
-    let (link, codec) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+    let (link, codec, client) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(opened)) => opened,
         // Counted as they were refused.
         Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
@@ -735,7 +735,7 @@ async fn serve_connection(
     let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
     let shared = Arc::new(Shared::default());
     let handle = ConnHandle { queue, shared: Arc::clone(&shared), killed: false };
-    if events.send(Event::Opened { conn, codec, handle }).await.is_err() {
+    if events.send(Event::Opened { conn, codec, addr: client, handle }).await.is_err() {
         return;
     }
     let connection = Connection { conn, codec, config, shared: &shared, events: &events, counters };

@@ -1,0 +1,106 @@
+//! What the application can ask of the server about its nodes: [`Command`] in through
+//! [`SignalIn::Command`], [`CommandReply`] out through [`SignalOut::Reply`].
+
+use std::net::IpAddr;
+
+use crate::codec::Codec;
+use crate::error::ProtocolError;
+use crate::ids::ConnId;
+use crate::protocol::{NodeID, NodeInfo, WSSignalMessageToNode};
+
+#[cfg(doc)]
+use super::SignalIn;
+use super::{SignalOut, SignalServer};
+
+/// A node announced on this server, as the application sees it: in [`SignalEvent::NewNode`] and
+/// in [`CommandReply::Nodes`].
+///
+/// [`SignalEvent::NewNode`]: super::SignalEvent::NewNode
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectedNode {
+    /// Its id: its public key (`info.id()`).
+    pub id: NodeID,
+    /// What it announced.
+    pub info: NodeInfo,
+    /// The connection it announced on.
+    pub conn: ConnId,
+    /// How that connection encodes its frames.
+    pub codec: Codec,
+    /// The peer's IP address, where the transport reported one (see [`SignalIn::Opened`]).
+    pub addr: Option<IpAddr>,
+}
+
+/// What the application asks of the server, fed as [`SignalIn::Command`]. Each is answered by
+/// one [`SignalOut::Reply`] with the same token, before [`SignalServer::handle`] returns.
+///
+/// Commands reach the nodes connected to this server only, not those of other instances of a
+/// cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// List the announced nodes, in no particular order: [`CommandReply::Nodes`].
+    ListNodes,
+    /// Send `node` an `Error` with `reason`, then close its connection, as for any other close:
+    /// the node leaves ([`SignalEvent::NodeLeft`](super::SignalEvent::NodeLeft)) and the error is
+    /// counted as `disconnected`. [`CommandReply::Done`], or [`CommandReply::UnknownNode`].
+    Disconnect {
+        /// The node.
+        node: NodeID,
+        /// What the node is told. Cut to 128 bytes, as every error text the server sends.
+        reason: String,
+    },
+    /// Send `node` a message of the application's, encoded in the node's codec, for example a
+    /// new `SystemConfig`. It is not charged to the node's byte budget.
+    /// [`CommandReply::Done`] once queued, or [`CommandReply::UnknownNode`].
+    Send {
+        /// The node.
+        node: NodeID,
+        /// The message.
+        message: WSSignalMessageToNode,
+    },
+}
+
+/// The server's answer to a [`Command`], in [`SignalOut::Reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandReply {
+    /// The announced nodes, for [`Command::ListNodes`].
+    Nodes(Vec<ConnectedNode>),
+    /// Done: the node was told and closed, or its message queued.
+    Done,
+    /// No node with this id is announced on this server.
+    UnknownNode(NodeID),
+}
+
+impl SignalServer {
+    /// The announced node `id` as the application sees it.
+    pub(super) fn connected_node(&self, id: &NodeID) -> Option<ConnectedNode> {
+        let node = self.nodes.get(id)?;
+        let addr = self.conns.get(&node.conn).and_then(|c| c.addr);
+        Some(ConnectedNode { id: *id, info: node.info.clone(), conn: node.conn, codec: node.codec, addr })
+    }
+
+    pub(super) fn handle_command(&mut self, token: u64, command: Command) {
+        let reply = match command {
+            Command::ListNodes => {
+                CommandReply::Nodes(self.order.iter().filter_map(|id| self.connected_node(id)).collect())
+            }
+            Command::Disconnect { node, reason } => match self.node_conn(&node) {
+                Some(conn) => {
+                    self.close(conn, ProtocolError::Disconnected(reason));
+                    CommandReply::Done
+                }
+                None => CommandReply::UnknownNode(node),
+            },
+            Command::Send { node, message } => match self.nodes.get(&node).map(|n| (n.conn, n.codec)) {
+                Some((conn, codec)) => {
+                    self.send(conn, codec, &message);
+                    CommandReply::Done
+                }
+                None => CommandReply::UnknownNode(node),
+            },
+        };
+        self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
+    }
+}
