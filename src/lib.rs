@@ -207,6 +207,11 @@
 //! [`SignalClient`], the node side of the protocol, itself sans-IO, or [`AsyncClient`] over any
 //! [`ClientConnection`].
 //!
+//! The application acts on its nodes through the same loop: it feeds a [`SignalIn::Command`]
+//! (list the nodes, disconnect one with a reason, send one a message) and gets one
+//! [`SignalOut::Reply`] back. [`DriverHandle`] wraps that in `nodes()`, `disconnect()` and
+//! `send()`.
+//!
 //! # Several instances, one network
 //!
 //! One process holds tens of thousands of connections. Past that, and so that one process is not
