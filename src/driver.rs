@@ -346,6 +346,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                     if let Err(e) = self.events.try_send(event) {
                         if e.is_full() {
                             self.shared.dropped_events.fetch_add(1, Ordering::Relaxed);
+                            crate::telemetry::event_dropped();
                         }
                     }
                 }

@@ -364,6 +364,7 @@ mod error;
 mod ids;
 mod protocol;
 mod server;
+mod telemetry;
 mod transport;
 
 /// The ed25519 crate whose keys this crate's API takes.

@@ -517,6 +517,16 @@ impl RedisHandle {
         let _ = watch.wait_for(|now| *now == up).await;
     }
 
+    /// Sets the backplane's metrics (feature `metrics`) to its counters now: the gauges
+    /// `peer_signal_cluster_up` and `peer_signal_cluster_presence`, and the counters
+    /// `peer_signal_cluster_{downs,published,received,dropped_out,dropped_in}_total` and
+    /// `peer_signal_cluster_rejected_total{stage="backplane"}`. Call it before each scrape (or on
+    /// a timer, for an exporter that pushes); the core emits its own metrics as they happen.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::telemetry::publish_redis(&self.stats());
+    }
+
     /// The backplane's counters.
     pub fn stats(&self) -> RedisStats {
         let c = &self.shared.counters;

@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand_chacha::ChaCha20Rng;
@@ -30,6 +30,7 @@ use crate::protocol::{
     FledgerConfig, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat, WSSignalMessageToNode,
     SIGNAL_VERSION, U256,
 };
+use crate::telemetry::Meters;
 
 pub use crate::ids::ConnId;
 #[cfg(feature = "websocket")]
@@ -263,6 +264,8 @@ pub struct SignalServer {
     stats: ServerStats,
     /// What a server that shares its network with other instances adds; `None` costs nothing.
     cluster: Option<Box<Cluster>>,
+    /// Metrics and trace events; nothing without the `metrics` and `tracing` features.
+    meters: Meters,
 }
 
 impl fmt::Debug for SignalServer {
@@ -309,6 +312,7 @@ impl SignalServer {
             stopped: false,
             stats: ServerStats::default(),
             cluster: None,
+            meters: Meters::new(),
         })
     }
 
@@ -325,6 +329,7 @@ impl SignalServer {
         cluster.validate()?;
         let mut server = Self::new(config)?;
         server.cluster = Some(Box::new(Cluster::new(cluster)));
+        server.meters.with_cluster();
         Ok(server)
     }
 
@@ -365,6 +370,10 @@ impl SignalServer {
             SignalIn::Stop => self.handle_stop(),
             SignalIn::Cluster(input) => self.handle_cluster(now, *input),
             SignalIn::Command { token, command } => self.handle_command(token, *command),
+        }
+        self.meters.sizes(self.conns.len(), self.nodes.len(), self.pending.len());
+        if let Some(cluster) = &self.cluster {
+            self.meters.cluster_sizes(cluster.pool.len(), cluster.remote_total);
         }
     }
 
@@ -427,7 +436,8 @@ impl SignalServer {
         if full && self.pending.is_empty() {
             let error = ProtocolError::ServerFull;
             self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
-            self.count_error(&error);
+            self.count_error(conn, &error);
+            self.meters.closed(conn, &error);
             self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
             return;
         }
@@ -470,6 +480,7 @@ impl SignalServer {
         let within_rate = c.rate.take(now, frame.len(), &self.config);
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
+        self.meters.frame_in(frame.len());
         if !within_rate {
             return self.close(conn, ProtocolError::RateLimited);
         }
@@ -545,9 +556,14 @@ impl SignalServer {
         if let Some(old) = self.nodes.get(&id).map(|node| node.conn) {
             self.close(old, ProtocolError::Replaced);
         }
+        let mut waited = Duration::ZERO;
         if let Some(c) = self.conns.get_mut(&conn) {
             if let Phase::Challenged { seq, .. } = c.phase {
                 self.pending.remove(&seq);
+                // Until now the deadline was the one set at the challenge: nothing refreshes a
+                // pending connection's.
+                let challenged = c.deadline.checked_sub(self.config.handshake_timeout);
+                waited = challenged.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
             }
             c.phase = Phase::Node(id);
         }
@@ -555,6 +571,7 @@ impl SignalServer {
         self.cluster_joined(id, conn, &info);
         self.insert_node(id, conn, codec, info);
         self.stats.joins += 1;
+        self.meters.joined(conn, &id, waited);
 
         if self.system_config.slot(codec).is_none() {
             let message =
@@ -671,6 +688,7 @@ impl SignalServer {
             return;
         }
         self.send_error(conn, &error);
+        self.meters.closed(conn, &error);
         self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
         self.forget(conn);
     }
@@ -682,7 +700,7 @@ impl SignalServer {
         if let Ok(frame) = codec.encode(&WSSignalMessageToNode::Error(error.to_string())) {
             self.reply(conn, frame);
         }
-        self.count_error(error);
+        self.count_error(conn, error);
     }
 
     /// Drops a connection and, if it was a node's, the node.
@@ -700,11 +718,13 @@ impl SignalServer {
         }
         self.remove_node(&id);
         self.cluster_left(id, conn);
+        self.meters.left(conn, &id);
         self.out.push_back(SignalOut::Event(SignalEvent::NodeLeft(id)));
     }
 
-    fn count_error(&mut self, error: &ProtocolError) {
+    fn count_error(&mut self, conn: ConnId, error: &ProtocolError) {
         *self.stats.errors.entry(error.kind()).or_default() += 1;
+        self.meters.error(conn, error);
     }
 
     fn send(&mut self, conn: ConnId, codec: Codec, message: &impl Serialize) {
@@ -726,6 +746,7 @@ impl SignalServer {
     fn push_frame(&mut self, conn: ConnId, frame: Bytes) {
         self.stats.frames_out += 1;
         self.stats.bytes_out += frame.len() as u64;
+        self.meters.frame_out(frame.len());
         self.out.push_back(SignalOut::Send { conn, frame });
     }
 }

@@ -21,6 +21,7 @@ use crate::ids::ConnId;
 use crate::protocol::{
     Inbound, NodeID, NodeInfo, SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode,
 };
+use crate::telemetry::ClusterCount;
 
 use super::{check_len, SignalOut, SignalServer};
 
@@ -109,6 +110,7 @@ impl SignalServer {
         let Some((to, to_codec)) = self.nodes.get(&destination).map(|node| (node.conn, node.codec)) else {
             if let Some(cluster) = self.cluster.as_mut().filter(|cluster| cluster.up) {
                 cluster.stats.relays_out += 1;
+                self.meters.cluster(ClusterCount::RelayOut, 1);
                 let relay = ClusterOut::Relay { from: sender, to: destination, codec, frame };
                 self.out.push_back(SignalOut::Cluster(Box::new(relay)));
                 return Ok(());
@@ -138,6 +140,7 @@ impl SignalServer {
             self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
         }
         self.stats.relays += 1;
+        self.meters.relay();
     }
 
     /// A local node announced: claim it on the bus.
@@ -201,6 +204,7 @@ impl SignalServer {
                 }
                 let Some(conn) = self.nodes.get(&to).map(|node| node.conn) else { return };
                 cluster.stats.undeliverable += 1;
+                self.meters.cluster(ClusterCount::Undeliverable, 1);
                 self.send_error(conn, &reason.error(about));
             }
             ClusterIn::Sample { nodes, total } => self.take_sample(nodes, total),
@@ -216,6 +220,7 @@ impl SignalServer {
     /// Closes the local node `id`: a newer connection with its id arrived elsewhere.
     fn taken_over(&mut self, id: NodeID) {
         let Some(conn) = self.nodes.get(&id).map(|node| node.conn) else { return };
+        self.meters.cluster(ClusterCount::TakenOver, 1);
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.stats.taken_over += 1;
             if cluster.moved.len() >= MOVED {
@@ -233,6 +238,7 @@ impl SignalServer {
             if let Some(cluster) = self.cluster.as_mut() {
                 cluster.stats.rejected += 1;
             }
+            self.meters.cluster(ClusterCount::Rejected, 1);
             return;
         };
         let from = if route.id_init == to { route.id_follow } else { route.id_init };
@@ -249,12 +255,14 @@ impl SignalServer {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.stats.relays_in += 1;
                 }
+                self.meters.cluster(ClusterCount::RelayIn, 1);
                 return self.forward(conn, to_codec, codec, frame);
             }
         };
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.stats.bounced += 1;
         }
+        self.meters.cluster(ClusterCount::Bounced, 1);
         if let Some(reason) = reason {
             self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Undeliverable {
                 to: from,
@@ -298,6 +306,7 @@ impl SignalServer {
             pool.push(Remote { info, json });
         }
         cluster.stats.rejected += rejected;
+        self.meters.cluster(ClusterCount::Rejected, rejected);
         cluster.remote_total = total.max(pool.len() as u64);
         cluster.pool = pool;
     }

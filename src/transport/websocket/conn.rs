@@ -8,6 +8,7 @@
 //! them.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::frame::{Incoming, Opcode, OutFrame, Reader, Violation};
 use super::link::Link;
 use super::{Counters, Event, WsConfig};
+use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::{CloseReason, Codec, ConnId, ProtocolError};
 
 /// Frames taken from the send queue into the write queue at most; the rest wait in the send
@@ -43,7 +45,8 @@ pub(super) struct Shared {
 /// What the transport tells a connection task.
 #[derive(Debug)]
 pub(super) enum Outbound {
-    Frame(Bytes),
+    /// A frame, and when the transport queued it.
+    Frame(Bytes, Stamp),
     Close(CloseReason),
 }
 
@@ -69,6 +72,22 @@ pub(super) enum End {
     Error,
 }
 
+impl End {
+    /// A short label for the logs.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Gone => "gone",
+            Self::Killed => "killed",
+            Self::WriteTimeout => "write_timeout",
+            Self::PingTimeout => "ping_timeout",
+            Self::Oversize => "oversize",
+            Self::Violation => "protocol_violation",
+            Self::Error => "socket_error",
+        }
+    }
+}
+
 /// How the connection is closing.
 #[derive(Default)]
 struct Closing {
@@ -86,11 +105,14 @@ struct Closing {
 
 pub(super) struct Connection<'a> {
     pub(super) conn: ConnId,
+    /// The socket's peer, for the logs.
+    pub(super) peer: SocketAddr,
     pub(super) codec: Codec,
     pub(super) config: &'a WsConfig,
     pub(super) shared: &'a Shared,
     pub(super) events: &'a mpsc::Sender<Event>,
     pub(super) counters: &'a Counters,
+    pub(super) send_queue: SendQueueMeter,
 }
 
 /// A connection's share of [`WsStats::read_buffer_bytes`](super::WsStats::read_buffer_bytes):
@@ -203,7 +225,12 @@ impl Connection<'_> {
 
             if !out.is_empty() || link.wants_write() {
                 let mut drained = false;
-                match link.write_now(&mut out, &mut |len| drained |= self.written(len)) {
+                let now = Stamp::now();
+                let mut done = |frame: &OutFrame| {
+                    drained |= self.written(frame.payload_len());
+                    self.send_queue.written(frame.queued, now);
+                };
+                match link.write_now(&mut out, &mut done) {
                     Ok(true) => last_progress = Instant::now(),
                     Ok(false) => {}
                     Err(_) => return End::Error,
@@ -273,13 +300,16 @@ impl Connection<'_> {
                     let mut next = Some(first);
                     while let Some(item) = next.take() {
                         match item {
-                            Outbound::Frame(frame) => {
+                            Outbound::Frame(frame, queued) => {
                                 // JSON frames from the core are UTF-8: serde_json wrote them, or
                                 // they are relayed frames that the codec checked on arrival.
                                 let opcode = if self.codec.is_binary() { Opcode::Binary } else { Opcode::Text };
-                                out.push_back(OutFrame::new(opcode, frame));
+                                let mut frame = OutFrame::new(opcode, frame);
+                                frame.queued = queued;
+                                out.push_back(frame);
                             }
                             Outbound::Close(reason) => {
+                                telemetry::ws::closing(self.conn, self.peer, &reason);
                                 let (code, text) = close_frame(&reason);
                                 closing.start(&mut out, OutFrame::close(code, &text), None);
                                 break;

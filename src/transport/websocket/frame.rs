@@ -11,6 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use crate::telemetry::Stamp;
+
 /// Longest payload of a control frame (§5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -235,6 +237,8 @@ pub(super) struct OutFrame {
     /// Whether the payload counts against the connection's send backlog (data frames do;
     /// the server's own control frames do not).
     pub(super) counted: bool,
+    /// When the frame entered the connection's send queue (with feature `metrics`).
+    pub(super) queued: Stamp,
 }
 
 impl OutFrame {
@@ -255,12 +259,20 @@ impl OutFrame {
             head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
             10
         };
-        Self { head, head_len, payload, written: 0, counted: matches!(opcode, Opcode::Text | Opcode::Binary) }
+        let counted = matches!(opcode, Opcode::Text | Opcode::Binary);
+        Self { head, head_len, payload, written: 0, counted, queued: Stamp::default() }
     }
 
     /// Bytes written as they are, with no frame header: the handshake's HTTP response.
     pub(super) fn raw(bytes: Bytes) -> Self {
-        Self { head: [0; 10], head_len: 0, payload: bytes, written: 0, counted: false }
+        Self {
+            head: [0; 10],
+            head_len: 0,
+            payload: bytes,
+            written: 0,
+            counted: false,
+            queued: Stamp::default(),
+        }
     }
 
     /// A close frame with `code` and `reason` (cut to the 123 bytes that fit, on a character

@@ -90,12 +90,12 @@ impl Link {
         }
     }
 
-    /// Writes queued frames until the socket would block, calling `done` with the payload length
-    /// of each counted frame written in full. Returns whether anything was written.
+    /// Writes queued frames until the socket would block, calling `done` with each counted frame
+    /// written in full. Returns whether anything was written.
     pub(super) fn write_now(
         &mut self,
         out: &mut VecDeque<OutFrame>,
-        done: &mut dyn FnMut(usize),
+        done: &mut dyn FnMut(&OutFrame),
     ) -> io::Result<bool> {
         match self {
             Self::Plain(tcp) => {
@@ -123,7 +123,7 @@ impl Link {
     pub(super) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut out = VecDeque::from([OutFrame::raw(bytes::Bytes::copy_from_slice(bytes))]);
         loop {
-            self.write_now(&mut out, &mut |_| {})?;
+            self.write_now(&mut out, &mut |_: &OutFrame| {})?;
             if out.is_empty() && !self.wants_write() {
                 return Ok(());
             }
@@ -139,7 +139,9 @@ impl Link {
             link.tls.send_close_notify();
             let mut none = VecDeque::new();
             while link.tls.wants_write() {
-                if link.write_now(&mut none, &mut |_| {}).is_err() || link.tcp.writable().await.is_err() {
+                if link.write_now(&mut none, &mut |_: &OutFrame| {}).is_err()
+                    || link.tcp.writable().await.is_err()
+                {
                     break;
                 }
             }
@@ -154,13 +156,13 @@ impl Link {
 }
 
 /// Records `n` bytes written off the front of `out`.
-fn advance(out: &mut VecDeque<OutFrame>, mut n: usize, done: &mut dyn FnMut(usize)) {
+fn advance(out: &mut VecDeque<OutFrame>, mut n: usize, done: &mut dyn FnMut(&OutFrame)) {
     while n > 0 {
         let Some(front) = out.front_mut() else { break };
         let Some(rest) = front.advance(n) else { break };
         n = rest;
         if front.counted {
-            done(front.payload_len());
+            done(front);
         }
         out.pop_front();
     }
@@ -330,7 +332,7 @@ pub(super) mod tls {
         pub(super) fn write_now(
             &mut self,
             out: &mut VecDeque<OutFrame>,
-            done: &mut dyn FnMut(usize),
+            done: &mut dyn FnMut(&OutFrame),
         ) -> io::Result<bool> {
             let mut progress = false;
             loop {
@@ -344,7 +346,7 @@ pub(super) mod tls {
                     }
                     if let Some(_rest) = front.advance(taken) {
                         if front.counted {
-                            done(front.payload_len());
+                            done(front);
                         }
                         out.pop_front();
                     }

@@ -45,6 +45,7 @@ use self::link::Link;
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
 use crate::server::{duration, nonzero};
+use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::{CloseReason, Codec, ConfigError, ConnId, SignalConfig, TransportError};
 
 /// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
@@ -299,6 +300,17 @@ impl WsStatsHandle {
         }
     }
 
+    /// Sets the transport's metrics (feature `metrics`) to its counters now: the gauges
+    /// `peer_signal_ws_connection_tasks` and `peer_signal_ws_read_buffer_bytes`, and the
+    /// `peer_signal_ws_*_total` counters, one for each counter of [`WsStats`] (refusals as
+    /// `peer_signal_ws_refused_total{reason="max_connections"|"max_connections_per_ip"|"admission"}`).
+    /// Call it before each scrape (or on a timer, for an exporter that pushes). The histogram
+    /// `peer_signal_ws_send_queue_seconds` needs no call: connections record it as they write.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::telemetry::publish_ws(&self.get());
+    }
+
     /// Waits until no connection task is alive: every connection has finished its closing
     /// handshake, or given up on it. Each closing connection ends within
     /// [`WsConfig::write_timeout`] plus [`WsConfig::close_linger`], so after a
@@ -423,7 +435,8 @@ impl WsTransport {
         let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
         let stats = WsStatsHandle::default();
         let backlog_bytes = config.send_backlog_bytes;
-        let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx, stats.0.clone()));
+        let meter = SendQueueMeter::new();
+        let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx, stats.0.clone(), meter));
         Ok(Self {
             events,
             conns: HashMap::new(),
@@ -461,6 +474,7 @@ impl WsTransport {
             handle.shared.kill.notify_one();
             if slow {
                 Counters::bump(&self.stats.0.slow_readers);
+                telemetry::ws::slow_reader(conn);
             }
         }
     }
@@ -519,7 +533,7 @@ impl Transport for WsTransport {
         let refused = if queued > self.backlog_bytes {
             Some(true)
         } else {
-            handle.queue.try_send(Outbound::Frame(frame)).err().map(|e| e.is_full())
+            handle.queue.try_send(Outbound::Frame(frame, Stamp::now())).err().map(|e| e.is_full())
         };
         if let Some(slow) = refused {
             self.kill(conn, slow);
@@ -545,6 +559,7 @@ async fn accept_loop(
     config: Arc<WsConfig>,
     events: mpsc::Sender<Event>,
     counters: Arc<Counters>,
+    send_queue: SendQueueMeter,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
     let per_ip = config.max_connections_per_ip.map(|limit| Arc::new(PerIp::new(limit)));
@@ -567,6 +582,7 @@ async fn accept_loop(
         Counters::bump(&counters.accepted);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             Counters::bump(&counters.refused);
+            telemetry::ws::refused(peer, peer.ip(), "max_connections");
             continue; // Full: the stream is dropped, which closes it.
         };
         // A connection from a trusted proxy is counted under its client, once the request names it.
@@ -576,6 +592,7 @@ async fn accept_loop(
                 Some(ip_slot) => Some(ip_slot),
                 None => {
                     Counters::bump(&counters.refused_per_ip);
+                    telemetry::ws::refused(peer, peer.ip(), "max_connections_per_ip");
                     continue;
                 }
             },
@@ -583,12 +600,11 @@ async fn accept_loop(
         };
         next_id += 1;
         let conn = ConnId::new(next_id);
-        let (config, events) = (config.clone(), events.clone());
+        let (config, events, send_queue) = (config.clone(), events.clone(), send_queue.clone());
         let guard = TaskGuard::new(&counters);
         let slots = Slots { _connection: slot, ip: ip_slot, per_ip: per_ip.clone().filter(|_| proxied) };
-        tokio::spawn(
-            async move { serve_connection(stream, peer, conn, &config, events, guard, slots).await },
-        );
+        let opened = Opened { stream, peer, conn, send_queue };
+        tokio::spawn(async move { serve_connection(opened, &config, events, guard, slots).await });
     }
 }
 
@@ -682,15 +698,22 @@ impl Drop for IpSlot {
     }
 }
 
-async fn serve_connection(
+/// A TCP connection just accepted, and what its task needs to know about it.
+struct Opened {
     stream: TcpStream,
     peer: SocketAddr,
     conn: ConnId,
+    send_queue: SendQueueMeter,
+}
+
+async fn serve_connection(
+    opened: Opened,
     config: &WsConfig,
     events: mpsc::Sender<Event>,
     guard: TaskGuard,
     mut slots: Slots,
 ) {
+    let Opened { stream, peer, conn, send_queue } = opened;
     let counters = &guard.0;
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::new();
@@ -703,6 +726,7 @@ async fn serve_connection(
                 Some(ip_slot) => slots.ip = Some(ip_slot),
                 None => {
                     Counters::bump(&counters.refused_per_ip);
+                    telemetry::ws::refused(peer, client, "max_connections_per_ip");
                     return handshake::refuse(&mut link, "429 Too Many Requests").await;
                 }
             }
@@ -711,6 +735,7 @@ async fn serve_connection(
             let request = UpgradeRequest { path: &upgrade.path, headers: &upgrade.headers, peer, client };
             if let Admission::Refuse { status, reason } = hook.decide(&request) {
                 Counters::bump(&counters.refused_admission);
+                telemetry::ws::refused(peer, client, "admission");
                 let response = admission::refusal_response(status, &reason);
                 if link.write_all(response.as_bytes()).await.is_ok() {
                     link.shutdown().await;
@@ -725,8 +750,9 @@ async fn serve_connection(
         Ok(Ok(opened)) => opened,
         // Counted as they were refused.
         Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
-        Ok(Err(_)) | Err(_) => {
+        failed => {
             Counters::bump(&counters.failed_handshakes);
+            telemetry::ws::handshake_failed(peer, failed.is_err());
             return; // Never became a WebSocket: the core never hears of it.
         }
     };
@@ -738,8 +764,11 @@ async fn serve_connection(
     if events.send(Event::Opened { conn, codec, addr: client, handle }).await.is_err() {
         return;
     }
-    let connection = Connection { conn, codec, config, shared: &shared, events: &events, counters };
+    telemetry::ws::opened(conn, peer, client, codec);
+    let connection =
+        Connection { conn, peer, codec, config, shared: &shared, events: &events, counters, send_queue };
     let end = connection.run(link, buf, outbound).await;
+    telemetry::ws::ended(conn, peer, end.name());
     let counter = match end {
         End::Closed => Some(&counters.clean_closes),
         End::Oversize => Some(&counters.oversize),

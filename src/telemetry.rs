@@ -1,0 +1,564 @@
+//! Metrics and trace events, each behind its cargo feature: counters, gauges and histograms
+//! through the `metrics` facade (feature `metrics`); joins, leaves, refusals and errors as
+//! `tracing` events (feature `tracing`).
+//!
+//! Without its feature every item here is empty and every function does nothing, so the callers
+//! carry no `cfg` and pay nothing. The core stays sans-IO: nothing here reads the clock or does
+//! I/O, and a duration is the difference of two instants the core was handed. The relay path adds
+//! to counters whose handles were registered once, when the server was made: no lookup, no
+//! allocation and no label built per frame. The names are listed in the crate docs.
+
+use std::time::Duration;
+#[cfg(all(feature = "metrics", feature = "websocket"))]
+use std::time::Instant;
+
+use crate::error::ProtocolError;
+use crate::ids::ConnId;
+use crate::protocol::NodeID;
+
+// The names, one place for each. `_total` ends a counter, `_bytes` and `_seconds` give the unit.
+#[cfg(feature = "metrics")]
+mod names {
+    pub(super) const CONNECTIONS: &str = "peer_signal_connections";
+    pub(super) const NODES: &str = "peer_signal_nodes";
+    pub(super) const PENDING: &str = "peer_signal_pending_handshakes";
+    pub(super) const FRAMES_IN: &str = "peer_signal_received_frames_total";
+    pub(super) const BYTES_IN: &str = "peer_signal_received_bytes_total";
+    pub(super) const FRAMES_OUT: &str = "peer_signal_sent_frames_total";
+    pub(super) const BYTES_OUT: &str = "peer_signal_sent_bytes_total";
+    pub(super) const RELAYS: &str = "peer_signal_relays_total";
+    pub(super) const JOINS: &str = "peer_signal_joins_total";
+    pub(super) const LEAVES: &str = "peer_signal_leaves_total";
+    pub(super) const EVICTIONS: &str = "peer_signal_evictions_total";
+    pub(super) const ERRORS: &str = "peer_signal_errors_total";
+    pub(super) const ANNOUNCE: &str = "peer_signal_announce_duration_seconds";
+    pub(super) const DROPPED_EVENTS: &str = "peer_signal_dropped_events_total";
+    pub(super) const CLUSTER_RELAYS_OUT: &str = "peer_signal_cluster_relays_out_total";
+    pub(super) const CLUSTER_RELAYS_IN: &str = "peer_signal_cluster_relays_in_total";
+    pub(super) const CLUSTER_UNDELIVERABLE: &str = "peer_signal_cluster_undeliverable_total";
+    pub(super) const CLUSTER_BOUNCED: &str = "peer_signal_cluster_bounced_total";
+    pub(super) const CLUSTER_REJECTED: &str = "peer_signal_cluster_rejected_total";
+    pub(super) const CLUSTER_TAKEN_OVER: &str = "peer_signal_cluster_taken_over_total";
+    pub(super) const CLUSTER_POOL: &str = "peer_signal_cluster_pool";
+    pub(super) const CLUSTER_REMOTE_NODES: &str = "peer_signal_cluster_remote_nodes";
+    #[cfg(feature = "websocket")]
+    pub(super) const WS_SEND_QUEUE: &str = "peer_signal_ws_send_queue_seconds";
+}
+#[cfg(feature = "metrics")]
+use names::*;
+
+/// The core's metric handles, and the sizes it last reported to the gauges.
+///
+/// Gauges move by the difference to what this server reported before, rather than being set, so
+/// that several servers in one process add up instead of overwriting each other.
+#[derive(Default)]
+pub(crate) struct Meters {
+    #[cfg(feature = "metrics")]
+    on: Option<Box<Handles>>,
+}
+
+#[cfg(feature = "metrics")]
+struct Handles {
+    frames_in: metrics::Counter,
+    bytes_in: metrics::Counter,
+    frames_out: metrics::Counter,
+    bytes_out: metrics::Counter,
+    relays: metrics::Counter,
+    joins: metrics::Counter,
+    leaves: metrics::Counter,
+    evictions: metrics::Counter,
+    /// By [`ProtocolError::kind`], registered at the first error of each kind.
+    errors: Vec<(&'static str, metrics::Counter)>,
+    announce: metrics::Histogram,
+    sizes: [(metrics::Gauge, u64); 3],
+    cluster: Option<ClusterHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct ClusterHandles {
+    relays_out: metrics::Counter,
+    relays_in: metrics::Counter,
+    undeliverable: metrics::Counter,
+    bounced: metrics::Counter,
+    rejected: metrics::Counter,
+    taken_over: metrics::Counter,
+    sizes: [(metrics::Gauge, u64); 2],
+}
+
+impl Meters {
+    /// Registers the core's metrics with the recorder installed now (feature `metrics`): a
+    /// recorder installed later does not see this server.
+    pub(crate) fn new() -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            use metrics::{
+                counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+            };
+            describe_gauge!(CONNECTIONS, "Open connections, announced or not.");
+            describe_gauge!(NODES, "Announced nodes.");
+            describe_gauge!(PENDING, "Connections that have not announced yet.");
+            describe_counter!(FRAMES_IN, "Frames received from nodes.");
+            describe_counter!(BYTES_IN, Unit::Bytes, "Bytes received from nodes, in frames.");
+            describe_counter!(FRAMES_OUT, "Frames sent to nodes.");
+            describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes sent to nodes, in frames.");
+            describe_counter!(RELAYS, "PeerSetup messages forwarded to a local node.");
+            describe_counter!(JOINS, "Successful announces.");
+            describe_counter!(LEAVES, "Announced nodes that disconnected, were closed or were replaced.");
+            describe_counter!(EVICTIONS, "Nodes closed for being idle longer than the TTL.");
+            describe_counter!(ERRORS, "Error replies, by reason.");
+            describe_histogram!(
+                ANNOUNCE,
+                Unit::Seconds,
+                "From a connection's challenge to its accepted announce, in the server's time."
+            );
+            Self {
+                on: Some(Box::new(Handles {
+                    frames_in: counter!(FRAMES_IN),
+                    bytes_in: counter!(BYTES_IN),
+                    frames_out: counter!(FRAMES_OUT),
+                    bytes_out: counter!(BYTES_OUT),
+                    relays: counter!(RELAYS),
+                    joins: counter!(JOINS),
+                    leaves: counter!(LEAVES),
+                    evictions: counter!(EVICTIONS),
+                    errors: Vec::new(),
+                    announce: histogram!(ANNOUNCE),
+                    sizes: [(gauge!(CONNECTIONS), 0), (gauge!(NODES), 0), (gauge!(PENDING), 0)],
+                    cluster: None,
+                })),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        Self::default()
+    }
+
+    /// Adds the metrics of a server that shares its network with other instances.
+    pub(crate) fn with_cluster(&mut self) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = self.on.as_mut() {
+            use metrics::{counter, describe_counter, describe_gauge, gauge};
+            describe_counter!(CLUSTER_RELAYS_OUT, "Set-ups handed to other instances.");
+            describe_counter!(CLUSTER_RELAYS_IN, "Set-ups from other instances delivered here.");
+            describe_counter!(CLUSTER_UNDELIVERABLE, "Set-ups from local nodes that reached no instance.");
+            describe_counter!(CLUSTER_BOUNCED, "Set-ups from other instances for nodes gone or busy here.");
+            describe_counter!(CLUSTER_REJECTED, "Bus inputs refused by the checks, by where.");
+            describe_counter!(CLUSTER_TAKEN_OVER, "Local nodes replaced by a newer connection elsewhere.");
+            describe_gauge!(CLUSTER_POOL, "Remote nodes in the pool for lists.");
+            describe_gauge!(CLUSTER_REMOTE_NODES, "Nodes on other instances, as last sampled.");
+            on.cluster = Some(ClusterHandles {
+                relays_out: counter!(CLUSTER_RELAYS_OUT),
+                relays_in: counter!(CLUSTER_RELAYS_IN),
+                undeliverable: counter!(CLUSTER_UNDELIVERABLE),
+                bounced: counter!(CLUSTER_BOUNCED),
+                rejected: counter!(CLUSTER_REJECTED, "stage" => "server"),
+                taken_over: counter!(CLUSTER_TAKEN_OVER),
+                sizes: [(gauge!(CLUSTER_POOL), 0), (gauge!(CLUSTER_REMOTE_NODES), 0)],
+            });
+        }
+    }
+
+    /// A frame of `len` bytes arrived.
+    #[inline]
+    pub(crate) fn frame_in(&self, len: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = &self.on {
+            on.frames_in.increment(1);
+            on.bytes_in.increment(len as u64);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = len;
+    }
+
+    /// A frame of `len` bytes goes out.
+    #[inline]
+    pub(crate) fn frame_out(&self, len: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = &self.on {
+            on.frames_out.increment(1);
+            on.bytes_out.increment(len as u64);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = len;
+    }
+
+    /// A `PeerSetup` was forwarded to a local node.
+    #[inline]
+    pub(crate) fn relay(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = &self.on {
+            on.relays.increment(1);
+        }
+    }
+
+    /// `id` announced on `conn`, `waited` after its challenge.
+    pub(crate) fn joined(&self, conn: ConnId, id: &NodeID, waited: Duration) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = &self.on {
+            on.joins.increment(1);
+            on.announce.record(waited.as_secs_f64());
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), node = %id, waited = ?waited, "node joined");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, id, waited);
+    }
+
+    /// `id` on `conn` is gone.
+    pub(crate) fn left(&self, conn: ConnId, id: &NodeID) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = &self.on {
+            on.leaves.increment(1);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), node = %id, "node left");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, id);
+    }
+
+    /// `conn` was sent `error`.
+    pub(crate) fn error(&mut self, conn: ConnId, error: &ProtocolError) {
+        let kind = error.kind();
+        #[cfg(feature = "metrics")]
+        if let Some(on) = self.on.as_mut() {
+            if let Some((_, counter)) = on.errors.iter().find(|(k, _)| *k == kind) {
+                counter.increment(1);
+            } else {
+                let counter = metrics::counter!(ERRORS, "reason" => kind);
+                counter.increment(1);
+                on.errors.push((kind, counter));
+            }
+            if matches!(error, ProtocolError::IdleTimeout) {
+                on.evictions.increment(1);
+            }
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), reason = kind, error = %Printable(&error.to_string()), "error reply");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, kind);
+    }
+
+    /// The server closes `conn` for `error`, just sent to it.
+    pub(crate) fn closed(&self, conn: ConnId, error: &ProtocolError) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), reason = error.kind(), "closing the connection");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, error);
+    }
+
+    /// The sizes now: open connections, announced nodes, pending handshakes. Cheap when nothing
+    /// changed: three comparisons.
+    #[inline]
+    pub(crate) fn sizes(&mut self, connections: usize, nodes: usize, pending: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = self.on.as_mut() {
+            for ((gauge, reported), now) in on.sizes.iter_mut().zip([connections, nodes, pending]) {
+                move_gauge(gauge, reported, now as u64);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (connections, nodes, pending);
+    }
+
+    /// The cluster's sizes now: remote nodes in the pool, remote nodes in all.
+    #[inline]
+    pub(crate) fn cluster_sizes(&mut self, pool: usize, remote: u64) {
+        #[cfg(feature = "metrics")]
+        if let Some(cluster) = self.on.as_mut().and_then(|on| on.cluster.as_mut()) {
+            let [(pool_gauge, reported_pool), (remote_gauge, reported_remote)] = &mut cluster.sizes;
+            move_gauge(pool_gauge, reported_pool, pool as u64);
+            move_gauge(remote_gauge, reported_remote, remote);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (pool, remote);
+    }
+
+    /// A cluster counter moved by `n`.
+    #[inline]
+    pub(crate) fn cluster(&self, what: ClusterCount, n: u64) {
+        #[cfg(feature = "metrics")]
+        if let Some(cluster) = self.on.as_ref().and_then(|on| on.cluster.as_ref()) {
+            let counter = match what {
+                ClusterCount::RelayOut => &cluster.relays_out,
+                ClusterCount::RelayIn => &cluster.relays_in,
+                ClusterCount::Undeliverable => &cluster.undeliverable,
+                ClusterCount::Bounced => &cluster.bounced,
+                ClusterCount::Rejected => &cluster.rejected,
+                ClusterCount::TakenOver => &cluster.taken_over,
+            };
+            counter.increment(n);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (what, n);
+    }
+}
+
+/// Which cluster counter; see [`ClusterStats`](crate::ClusterStats) for each one's meaning.
+#[derive(Clone, Copy)]
+pub(crate) enum ClusterCount {
+    RelayOut,
+    RelayIn,
+    Undeliverable,
+    Bounced,
+    Rejected,
+    TakenOver,
+}
+
+/// Moves `gauge` from `reported` to `now`, and remembers `now`.
+#[cfg(feature = "metrics")]
+#[inline]
+fn move_gauge(gauge: &metrics::Gauge, reported: &mut u64, now: u64) {
+    if now > *reported {
+        gauge.increment((now - *reported) as f64);
+    } else if now < *reported {
+        gauge.decrement((*reported - now) as f64);
+    }
+    *reported = now;
+}
+
+/// An event for the application was dropped: nobody read them fast enough.
+pub(crate) fn event_dropped() {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::describe_counter!(DROPPED_EVENTS, "Application events dropped because nobody read them.");
+        metrics::counter!(DROPPED_EVENTS).increment(1);
+    }
+    #[cfg(feature = "tracing")]
+    tracing::debug!("application event dropped: the event stream is full");
+}
+
+/// Text from a peer, with control characters escaped, so that it cannot forge log lines.
+#[cfg(feature = "tracing")]
+struct Printable<'a>(&'a str);
+
+#[cfg(feature = "tracing")]
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When a frame entered a connection's send queue: an instant with feature `metrics`, nothing
+/// without.
+#[cfg(feature = "websocket")]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stamp {
+    #[cfg(feature = "metrics")]
+    at: Option<Instant>,
+}
+
+#[cfg(feature = "websocket")]
+impl Stamp {
+    /// Now, if the time is measured at all.
+    #[inline]
+    pub(crate) fn now() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            at: Some(Instant::now()),
+        }
+    }
+}
+
+/// The histogram of how long frames waited in a WebSocket connection's send queue.
+#[cfg(feature = "websocket")]
+#[derive(Clone, Debug)]
+pub(crate) struct SendQueueMeter {
+    #[cfg(feature = "metrics")]
+    histogram: metrics::Histogram,
+}
+
+#[cfg(feature = "websocket")]
+impl SendQueueMeter {
+    /// Registers the histogram with the recorder installed now.
+    pub(crate) fn new() -> Self {
+        #[cfg(feature = "metrics")]
+        metrics::describe_histogram!(
+            WS_SEND_QUEUE,
+            metrics::Unit::Seconds,
+            "How long a frame for a WebSocket connection waited, from the transport's send until the socket took its last byte."
+        );
+        Self {
+            #[cfg(feature = "metrics")]
+            histogram: metrics::histogram!(WS_SEND_QUEUE),
+        }
+    }
+
+    /// A frame queued at `queued` was written by `written`.
+    #[inline]
+    pub(crate) fn written(&self, queued: Stamp, written: Stamp) {
+        #[cfg(feature = "metrics")]
+        if let (Some(queued), Some(written)) = (queued.at, written.at) {
+            self.histogram.record(written.saturating_duration_since(queued).as_secs_f64());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (queued, written);
+    }
+}
+
+/// The WebSocket transport's events, each with the peer's address (the socket's; `client` is the
+/// address that limits count, which differs from the peer's behind a trusted proxy) and, once the
+/// connection has one, its id, which the core's events name too.
+#[cfg(feature = "websocket")]
+pub(crate) mod ws {
+    use std::net::{IpAddr, SocketAddr};
+
+    use crate::ids::ConnId;
+    use crate::server::CloseReason;
+    use crate::Codec;
+
+    /// A connection refused before it became a WebSocket, for `why` (the limit's name). Logged at
+    /// `info`: these are what an operator watches for (and what fail2ban reads).
+    pub(crate) fn refused(peer: SocketAddr, client: IpAddr, why: &'static str) {
+        #[cfg(feature = "tracing")]
+        tracing::info!(peer = %peer, client = %client, reason = why, "connection refused: {why}");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (peer, client, why);
+    }
+
+    /// The TLS or WebSocket handshake failed, or did not finish in time.
+    pub(crate) fn handshake_failed(peer: SocketAddr, timed_out: bool) {
+        #[cfg(feature = "tracing")]
+        if timed_out {
+            tracing::debug!(peer = %peer, reason = "handshake_timeout", "WebSocket handshake timed out");
+        } else {
+            tracing::debug!(peer = %peer, reason = "handshake_failed", "WebSocket handshake failed");
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (peer, timed_out);
+    }
+
+    /// The handshake is done: from now on the core knows the connection as `conn`.
+    pub(crate) fn opened(conn: ConnId, peer: SocketAddr, client: IpAddr, codec: Codec) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), peer = %peer, client = %client, codec = ?codec, "connection opened");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, peer, client, codec);
+    }
+
+    /// The server closes `conn` for `reason`.
+    pub(crate) fn closing(conn: ConnId, peer: SocketAddr, reason: &CloseReason) {
+        #[cfg(feature = "tracing")]
+        match reason {
+            CloseReason::Error(error) => {
+                tracing::debug!(conn = conn.get(), peer = %peer, reason = error.kind(), "closing: {}", error.kind())
+            }
+            _ => tracing::trace!(conn = conn.get(), peer = %peer, "closing: server stopping"),
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, peer, reason);
+    }
+
+    /// `conn`'s send queue overflowed: it reads too slowly, and is ended.
+    pub(crate) fn slow_reader(conn: ConnId) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), reason = "slow_reader", "send queue full: ending the connection");
+        #[cfg(not(feature = "tracing"))]
+        let _ = conn;
+    }
+
+    /// `conn`'s task ended, `how` (a problem's name, or how a normal end went).
+    pub(crate) fn ended(conn: ConnId, peer: SocketAddr, how: &'static str) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(conn = conn.get(), peer = %peer, how, "connection ended");
+        #[cfg(not(feature = "tracing"))]
+        let _ = (conn, peer, how);
+    }
+}
+
+/// Sets the `peer_signal_ws_*` metrics to a snapshot of the WebSocket transport's counters.
+#[cfg(all(feature = "metrics", feature = "websocket"))]
+pub(crate) fn publish_ws(ws: &crate::WsStats) {
+    use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        describe_gauge!(
+            "peer_signal_ws_connection_tasks",
+            "WebSocket connection tasks alive: in the handshake, open or closing."
+        );
+        describe_gauge!(
+            "peer_signal_ws_read_buffer_bytes",
+            Unit::Bytes,
+            "Bytes held in read buffers by every connection together."
+        );
+        describe_counter!("peer_signal_ws_accepted_total", "TCP connections accepted.");
+        describe_counter!(
+            "peer_signal_ws_refused_total",
+            "Connections refused before the WebSocket handshake finished, by the limit that refused them."
+        );
+        describe_counter!(
+            "peer_signal_ws_failed_handshakes_total",
+            "TLS or WebSocket handshakes that failed or timed out."
+        );
+        describe_counter!(
+            "peer_signal_ws_slow_readers_total",
+            "Connections closed for reading too slowly (full queue or write timeout)."
+        );
+        describe_counter!("peer_signal_ws_oversize_total", "Connections closed for an oversize message.");
+        describe_counter!(
+            "peer_signal_ws_protocol_violations_total",
+            "Connections closed for breaking the WebSocket protocol."
+        );
+        describe_counter!(
+            "peer_signal_ws_ping_timeouts_total",
+            "Connections closed for silence past two pings."
+        );
+        describe_counter!(
+            "peer_signal_ws_clean_closes_total",
+            "Connections whose closing handshake completed."
+        );
+    });
+    gauge!("peer_signal_ws_connection_tasks").set(ws.connection_tasks as f64);
+    gauge!("peer_signal_ws_read_buffer_bytes").set(ws.read_buffer_bytes as f64);
+    counter!("peer_signal_ws_accepted_total").absolute(ws.accepted);
+    counter!("peer_signal_ws_refused_total", "reason" => "max_connections").absolute(ws.refused);
+    counter!("peer_signal_ws_refused_total", "reason" => "max_connections_per_ip")
+        .absolute(ws.refused_per_ip);
+    counter!("peer_signal_ws_refused_total", "reason" => "admission").absolute(ws.refused_admission);
+    counter!("peer_signal_ws_failed_handshakes_total").absolute(ws.failed_handshakes);
+    counter!("peer_signal_ws_slow_readers_total").absolute(ws.slow_readers);
+    counter!("peer_signal_ws_oversize_total").absolute(ws.oversize);
+    counter!("peer_signal_ws_protocol_violations_total").absolute(ws.protocol_violations);
+    counter!("peer_signal_ws_ping_timeouts_total").absolute(ws.ping_timeouts);
+    counter!("peer_signal_ws_clean_closes_total").absolute(ws.clean_closes);
+}
+
+/// Sets the Redis backplane's `peer_signal_cluster_*` metrics to a snapshot of its counters.
+#[cfg(all(feature = "metrics", feature = "redis"))]
+pub(crate) fn publish_redis(redis: &crate::RedisStats) {
+    use metrics::{counter, describe_counter, describe_gauge, gauge};
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        describe_gauge!(
+            "peer_signal_cluster_up",
+            "1 while Redis answers and every local node is registered."
+        );
+        describe_gauge!("peer_signal_cluster_presence", "Local nodes registered in Redis.");
+        describe_counter!("peer_signal_cluster_downs_total", "Times Redis became unreachable.");
+        describe_counter!("peer_signal_cluster_published_total", "Relays published to Redis.");
+        describe_counter!("peer_signal_cluster_received_total", "Messages from Redis for local nodes.");
+        describe_counter!(
+            "peer_signal_cluster_dropped_out_total",
+            "Messages dropped: the queue to Redis was full."
+        );
+        describe_counter!(
+            "peer_signal_cluster_dropped_in_total",
+            "Messages dropped: the queue to the server was full."
+        );
+        describe_counter!(CLUSTER_REJECTED, "Bus inputs refused by the checks, by where.");
+    });
+    gauge!("peer_signal_cluster_up").set(if redis.up { 1.0 } else { 0.0 });
+    gauge!("peer_signal_cluster_presence").set(redis.registered as f64);
+    counter!("peer_signal_cluster_downs_total").absolute(redis.downs);
+    counter!("peer_signal_cluster_published_total").absolute(redis.published);
+    counter!("peer_signal_cluster_received_total").absolute(redis.received);
+    counter!("peer_signal_cluster_dropped_out_total").absolute(redis.dropped_out);
+    counter!("peer_signal_cluster_dropped_in_total").absolute(redis.dropped_in);
+    counter!(CLUSTER_REJECTED, "stage" => "backplane").absolute(redis.rejected);
+}
