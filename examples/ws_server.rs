@@ -12,6 +12,39 @@
 //! Ctrl-C or SIGTERM closes every client, waits for their closing handshakes (`--drain-secs`),
 //! then exits.
 //!
+//! Logs go to standard output, as text or, with `--log-format json`, as one JSON object a line
+//! (`timestamp`, `level`, `message`, the event's fields, `target`); `RUST_LOG` filters them
+//! (`info` by default). Refused connections are logged at `info` with the peer's address
+//! (`peer`, and `client` behind a trusted proxy); with `RUST_LOG=peer_signal=debug`, so are
+//! handshakes that fail, every connection's address and id (`conn`) when it opens, and the
+//! core's joins, leaves and errors by `conn`.
+//!
+//! # Metrics
+//!
+//! `/metrics` is rendered by `metrics-exporter-prometheus` from the library's `metrics` facade
+//! (the crate's `metrics` feature), with `metrics-process` for the process:
+//!
+//! | Metric | Type | What |
+//! |---|---|---|
+//! | `peer_signal_build_info{version}` | gauge | always 1; the version in the label |
+//! | `peer_signal_connections`, `peer_signal_nodes`, `peer_signal_pending_handshakes` | gauge | open connections, announced nodes, connections yet to announce |
+//! | `peer_signal_received_frames_total`, `peer_signal_received_bytes_total` | counter | frames and their bytes from nodes |
+//! | `peer_signal_sent_frames_total`, `peer_signal_sent_bytes_total` | counter | frames and their bytes to nodes |
+//! | `peer_signal_joins_total`, `peer_signal_leaves_total` | counter | announces accepted; announced nodes gone |
+//! | `peer_signal_relays_total` | counter | set-ups forwarded to a local node |
+//! | `peer_signal_errors_total{reason}` | counter | error replies, by `ProtocolError::kind` |
+//! | `peer_signal_evictions_total` | counter | nodes closed for silence past the TTL |
+//! | `peer_signal_dropped_events_total` | counter | application events nobody read in time |
+//! | `peer_signal_announce_duration_seconds` | histogram | from the challenge to the accepted announce |
+//! | `peer_signal_ws_send_queue_seconds` | histogram | a frame's wait in its connection's send queue, until the socket took it |
+//! | `peer_signal_ws_connection_tasks`, `peer_signal_ws_read_buffer_bytes` | gauge | connection tasks alive; bytes in read buffers |
+//! | `peer_signal_ws_accepted_total`, `peer_signal_ws_refused_total{reason}` | counter | TCP connections accepted; refused by `max_connections`, `max_connections_per_ip` or `admission` |
+//! | `peer_signal_ws_failed_handshakes_total` | counter | TLS or WebSocket handshakes failed or timed out |
+//! | `peer_signal_ws_{slow_readers,oversize,protocol_violations,ping_timeouts,clean_closes}_total` | counter | how connections ended |
+//! | `peer_signal_cluster_up`, `peer_signal_cluster_presence`, `peer_signal_cluster_pool`, `peer_signal_cluster_remote_nodes` | gauge | with `--redis`: Redis reachable, local nodes registered, remote nodes pooled and known |
+//! | `peer_signal_cluster_{relays_out,relays_in,undeliverable,bounced,taken_over,downs,published,received,dropped_out,dropped_in}_total`, `peer_signal_cluster_rejected_total{stage}` | counter | with `--redis` |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds` | | the process |
+//!
 //! Several instances form one network through Redis:
 //!
 //! ```sh
@@ -26,17 +59,18 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use common::ticks;
 use futures::StreamExt;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use peer_signal::{
     ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, RateLimit, RealmID, RedisBackplane,
-    RedisConfig, RedisHandle, RedisStats, ServerStats, ServerTls, SignalConfig, SignalEvent, SignalServer,
-    WsConfig, WsStats, WsStatsHandle, WsTransport,
+    RedisConfig, RedisHandle, ServerTls, SignalConfig, SignalEvent, SignalServer, WsConfig, WsStatsHandle,
+    WsTransport,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -54,9 +88,12 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "PEER_SIGNAL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Where /health and /metrics are served; "off" serves neither.
+    /// Where /health, /ready and /metrics are served; "off" serves none and collects no metrics.
     #[arg(long, env = "PEER_SIGNAL_METRICS", default_value = "127.0.0.1:9765")]
     metrics: String,
+    /// Log lines as text, or as JSON objects, one a line (RUST_LOG filters either).
+    #[arg(long, env = "PEER_SIGNAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Seconds a node may stay silent before it is closed.
     #[arg(long, env = "PEER_SIGNAL_TTL_SECS", default_value_t = SignalConfig::default().ttl.as_secs())]
     ttl_secs: u64,
@@ -244,13 +281,23 @@ impl Args {
     }
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people: one line of text per event.
+    Text,
+    /// For log pipelines: one JSON object per line, the event's fields at the top level.
+    Json,
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     raise_fd_limit(args.max_connections);
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -348,6 +395,8 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
 }
 
 async fn serve(args: Args) -> Result<(), Failure> {
+    // Before the server and the transport exist: they register their metrics when made.
+    let prometheus = if args.metrics == "off" { None } else { Some(install_metrics()?) };
     let config = args.signal_config();
     let mut ws_config = args.ws_config(&config);
     // Checked before anything starts, so that a bad flag is one line and status 2.
@@ -407,7 +456,16 @@ async fn serve(args: Args) -> Result<(), Failure> {
         })?;
         let local = listener.local_addr().map_err(|e| Failure::Runtime(format!("metrics listener: {e}")))?;
         info!("metrics on http://{local}/metrics");
-        tokio::spawn(serve_metrics(listener, handle.clone(), ws_stats.clone(), redis.clone()));
+        if let Some(prometheus) = prometheus {
+            let probes = Probes {
+                handle: handle.clone(),
+                ws_stats: ws_stats.clone(),
+                redis: redis.clone(),
+                prometheus,
+                process: metrics_process::Collector::default(),
+            };
+            tokio::spawn(serve_metrics(listener, probes));
+        }
     }
     tokio::spawn(stop_on_signal(handle.clone()));
     tokio::spawn(async move {
@@ -512,17 +570,67 @@ async fn stop_on_signal(handle: DriverHandle) {
     info!("{signal}: closing every connection");
 }
 
-/// A minimal HTTP/1.1 responder for `GET /health` and `GET /metrics`: one request per
-/// connection, a bounded request head, a deadline.
-async fn serve_metrics(
-    listener: TcpListener,
+/// Histogram buckets, in seconds. An announce takes a round trip and a signature check:
+/// milliseconds on a good link, seconds on a bad one, at most the handshake timeout.
+const ANNOUNCE_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// A frame waits for the connection's task to run (microseconds), then for a slow reader's socket
+/// to drain (up to the write timeout).
+const SEND_QUEUE_BUCKETS: &[f64] = &[
+    0.000_05, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// Installs the Prometheus recorder for the library's metrics, with buckets for its histograms,
+/// and sets the build information.
+fn install_metrics() -> Result<PrometheusHandle, Failure> {
+    let histogram = |name: &str| Matcher::Full(name.to_string());
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(histogram("peer_signal_announce_duration_seconds"), ANNOUNCE_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(histogram("peer_signal_ws_send_queue_seconds"), SEND_QUEUE_BUCKETS)
+        })
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| Failure::Runtime(format!("cannot collect metrics: {e}")))?;
+    metrics::describe_gauge!("peer_signal_build_info", "Always 1: the server's version is in the label.");
+    metrics::gauge!("peer_signal_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics_process::Collector::default().describe();
+    // Histograms hold their samples until they are folded into buckets: at each scrape, and at
+    // least this often, so that memory stays bounded without scrapes.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(prometheus)
+}
+
+/// What `/ready` and `/metrics` read.
+#[derive(Clone)]
+struct Probes {
     handle: DriverHandle,
     ws_stats: WsStatsHandle,
     redis: Option<RedisHandle>,
-) {
+    prometheus: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+/// Metrics connections served at once; more are closed at once.
+const MAX_METRICS_CONNECTIONS: usize = 64;
+
+/// Serves `GET /health`, `/ready` and `/metrics` over HTTP/1.1 (hyper): one request per
+/// connection, a request head of at most 8 KiB that must arrive within 5 s, 10 s for all of it.
+async fn serve_metrics(listener: TcpListener, probes: Probes) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
-        let mut stream = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(10);
                 stream
@@ -535,190 +643,61 @@ async fn serve_metrics(
                 continue;
             }
         };
-        let (handle, ws_stats, redis) = (handle.clone(), ws_stats.clone(), redis.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let probes = probes.clone();
         tokio::spawn(async move {
-            let mut head = Vec::with_capacity(512);
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut buf = [0u8; 512];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
-                    }
-                }
+            let service = hyper::service::service_fn(move |request| {
+                let response = probes.answer(&request);
+                async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            if read.await.is_err() {
-                return;
-            }
-            let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-            let (status, content_type, body) = match request_line {
-                line if line.starts_with(b"GET /health ") => ("200 OK", "text/plain", "ok\n".to_string()),
-                // Not ready while cut off from the other instances: newcomers are better served
-                // elsewhere. The nodes already here are still served.
-                line if line.starts_with(b"GET /ready ") => match &redis {
-                    // Draining after SIGTERM: the process is on its way out.
-                    _ if handle.is_stopping() => {
-                        ("503 Service Unavailable", "text/plain", "draining\n".to_string())
-                    }
-                    Some(redis) if !redis.is_up() => {
-                        ("503 Service Unavailable", "text/plain", "redis unreachable\n".to_string())
-                    }
-                    _ => ("200 OK", "text/plain", "ready\n".to_string()),
-                },
-                line if line.starts_with(b"GET /metrics ") => (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    prometheus(
-                        &handle.stats(),
-                        handle.dropped_events(),
-                        &ws_stats.get(),
-                        redis.as_ref().map(RedisHandle::stats).as_ref(),
-                    ),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response.as_bytes())).await;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(8192)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(10), connection).await;
+            drop(slot);
         });
     }
 }
 
-fn prometheus(stats: &ServerStats, dropped_events: u64, ws: &WsStats, redis: Option<&RedisStats>) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        out.push_str(&format!("# HELP peer_signal_{name} {help}\n# TYPE peer_signal_{name} {kind}\npeer_signal_{name} {value}\n"));
-    };
-    metric("connections", "gauge", "Open connections, announced or not.", stats.connections as u64);
-    metric("nodes", "gauge", "Announced nodes.", stats.nodes as u64);
-    metric("frames_in_total", "counter", "Frames received.", stats.frames_in);
-    metric("bytes_in_total", "counter", "Bytes received.", stats.bytes_in);
-    metric("frames_out_total", "counter", "Frames sent.", stats.frames_out);
-    metric("bytes_out_total", "counter", "Bytes sent.", stats.bytes_out);
-    metric("relays_total", "counter", "PeerSetup messages relayed.", stats.relays);
-    metric("joins_total", "counter", "Successful announces.", stats.joins);
-    metric(
-        "evictions_total",
-        "counter",
-        "Nodes closed for being idle longer than the TTL.",
-        stats.errors.get("idle_timeout").copied().unwrap_or(0),
-    );
-    metric(
-        "dropped_events_total",
-        "counter",
-        "Application events dropped because nobody read them.",
-        dropped_events,
-    );
-    metric("ws_connection_tasks", "gauge", "WebSocket connection tasks alive.", ws.connection_tasks);
-    metric("ws_accepted_total", "counter", "TCP connections accepted.", ws.accepted);
-    metric("ws_refused_total", "counter", "TCP connections refused: too many open.", ws.refused);
-    metric(
-        "ws_refused_per_ip_total",
-        "counter",
-        "TCP connections refused: too many open from one address.",
-        ws.refused_per_ip,
-    );
-    metric(
-        "ws_failed_handshakes_total",
-        "counter",
-        "WebSocket handshakes that failed or timed out.",
-        ws.failed_handshakes,
-    );
-    metric(
-        "ws_slow_readers_total",
-        "counter",
-        "Connections closed for reading too slowly (full queue or write timeout).",
-        ws.slow_readers,
-    );
-    metric(
-        "ws_protocol_violations_total",
-        "counter",
-        "Connections closed for breaking the WebSocket protocol.",
-        ws.protocol_violations,
-    );
-    metric(
-        "ws_clean_closes_total",
-        "counter",
-        "Connections whose closing handshake completed.",
-        ws.clean_closes,
-    );
-    metric("ws_oversize_total", "counter", "Connections closed for an oversize message.", ws.oversize);
-    metric(
-        "ws_ping_timeouts_total",
-        "counter",
-        "Connections closed for silence past two pings.",
-        ws.ping_timeouts,
-    );
-    if let (Some(cluster), Some(redis)) = (&stats.cluster, redis) {
-        metric(
-            "cluster_up",
-            "gauge",
-            "1 while Redis answers and every local node is registered.",
-            u64::from(redis.up),
-        );
-        metric("cluster_downs_total", "counter", "Times Redis became unreachable.", redis.downs);
-        metric(
-            "cluster_relays_out_total",
-            "counter",
-            "Set-ups handed to other instances.",
-            cluster.relays_out,
-        );
-        metric(
-            "cluster_relays_in_total",
-            "counter",
-            "Set-ups from other instances delivered here.",
-            cluster.relays_in,
-        );
-        metric(
-            "cluster_undeliverable_total",
-            "counter",
-            "Set-ups from local nodes that reached no instance.",
-            cluster.undeliverable,
-        );
-        metric(
-            "cluster_bounced_total",
-            "counter",
-            "Set-ups from other instances for nodes gone or busy here.",
-            cluster.bounced,
-        );
-        metric(
-            "cluster_rejected_total",
-            "counter",
-            "Bus inputs refused by the checks.",
-            cluster.rejected + redis.rejected,
-        );
-        metric(
-            "cluster_taken_over_total",
-            "counter",
-            "Local nodes replaced by a newer connection elsewhere.",
-            cluster.taken_over,
-        );
-        metric("cluster_pool", "gauge", "Remote nodes in the pool for lists.", cluster.pool as u64);
-        metric(
-            "cluster_remote_nodes",
-            "gauge",
-            "Nodes on other instances, as last sampled.",
-            cluster.remote_nodes,
-        );
-        metric("cluster_presence", "gauge", "Local nodes registered in Redis.", redis.registered as u64);
-        metric(
-            "cluster_dropped_out_total",
-            "counter",
-            "Messages dropped: the queue to Redis was full.",
-            redis.dropped_out,
-        );
-        metric(
-            "cluster_dropped_in_total",
-            "counter",
-            "Messages dropped: the queue to the server was full.",
-            redis.dropped_in,
-        );
+impl Probes {
+    fn answer<B>(&self, request: &hyper::Request<B>) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+        use hyper::StatusCode;
+
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let (status, content_type, body) = match (request.method(), request.uri().path()) {
+            (&hyper::Method::GET, "/health") => (StatusCode::OK, TEXT, "ok\n".to_string()),
+            (&hyper::Method::GET, "/ready") => match &self.redis {
+                // Draining after SIGTERM: the process is on its way out.
+                _ if self.handle.is_stopping() => {
+                    (StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n".into())
+                }
+                // Cut off from the other instances: newcomers are better served elsewhere. The
+                // nodes already here are still served.
+                Some(redis) if !redis.is_up() => {
+                    (StatusCode::SERVICE_UNAVAILABLE, TEXT, "redis unreachable\n".into())
+                }
+                _ => (StatusCode::OK, TEXT, "ready\n".into()),
+            },
+            (&hyper::Method::GET, "/metrics") => {
+                // The transport's and the backplane's counters are snapshots; the core's are live.
+                self.ws_stats.publish_metrics();
+                if let Some(redis) = &self.redis {
+                    redis.publish_metrics();
+                }
+                self.process.collect();
+                (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.prometheus.render())
+            }
+            (&hyper::Method::GET, _) => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+            _ => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into()),
+        };
+        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+        response
     }
-    out.push_str("# HELP peer_signal_errors_total Error replies, by reason.\n# TYPE peer_signal_errors_total counter\n");
-    for (reason, count) in &stats.errors {
-        out.push_str(&format!("peer_signal_errors_total{{reason=\"{reason}\"}} {count}\n"));
-    }
-    out
 }

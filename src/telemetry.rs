@@ -47,6 +47,10 @@ mod names {
 #[cfg(feature = "metrics")]
 use names::*;
 
+/// Where the core's events come from, for filters (`RUST_LOG=peer_signal::server=debug`).
+#[cfg(feature = "tracing")]
+const SERVER: &str = "peer_signal::server";
+
 /// The core's metric handles, and the sizes it last reported to the gauges.
 ///
 /// Gauges move by the difference to what this server reported before, rather than being set, so
@@ -106,6 +110,9 @@ impl Meters {
             describe_counter!(LEAVES, "Announced nodes that disconnected, were closed or were replaced.");
             describe_counter!(EVICTIONS, "Nodes closed for being idle longer than the TTL.");
             describe_counter!(ERRORS, "Error replies, by reason.");
+            describe_counter!(DROPPED_EVENTS, "Application events dropped because nobody read them.");
+            // Registered now, so that it is exported as zero until the first drop.
+            let _ = counter!(DROPPED_EVENTS);
             describe_histogram!(
                 ANNOUNCE,
                 Unit::Seconds,
@@ -198,7 +205,7 @@ impl Meters {
             on.announce.record(waited.as_secs_f64());
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), node = %id, waited = ?waited, "node joined");
+        tracing::debug!(target: SERVER, conn = conn.get(), node = %id, waited = ?waited, "node joined");
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, id, waited);
     }
@@ -210,7 +217,7 @@ impl Meters {
             on.leaves.increment(1);
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), node = %id, "node left");
+        tracing::debug!(target: SERVER, conn = conn.get(), node = %id, "node left");
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, id);
     }
@@ -232,7 +239,7 @@ impl Meters {
             }
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), reason = kind, error = %Printable(&error.to_string()), "error reply");
+        tracing::debug!(target: SERVER, conn = conn.get(), reason = kind, error = %Printable(&error.to_string()), "error reply");
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, kind);
     }
@@ -240,7 +247,7 @@ impl Meters {
     /// The server closes `conn` for `error`, just sent to it.
     pub(crate) fn closed(&self, conn: ConnId, error: &ProtocolError) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), reason = error.kind(), "closing the connection");
+        tracing::debug!(target: SERVER, conn = conn.get(), reason = error.kind(), "closing the connection");
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, error);
     }
@@ -318,12 +325,9 @@ fn move_gauge(gauge: &metrics::Gauge, reported: &mut u64, now: u64) {
 /// An event for the application was dropped: nobody read them fast enough.
 pub(crate) fn event_dropped() {
     #[cfg(feature = "metrics")]
-    {
-        metrics::describe_counter!(DROPPED_EVENTS, "Application events dropped because nobody read them.");
-        metrics::counter!(DROPPED_EVENTS).increment(1);
-    }
+    metrics::counter!(DROPPED_EVENTS).increment(1);
     #[cfg(feature = "tracing")]
-    tracing::debug!("application event dropped: the event stream is full");
+    tracing::debug!(target: "peer_signal::driver", "application event dropped: the event stream is full");
 }
 
 /// Text from a peer, with control characters escaped, so that it cannot forge log lines.
@@ -413,11 +417,15 @@ pub(crate) mod ws {
     use crate::server::CloseReason;
     use crate::Codec;
 
+    /// Where the transport's events come from, for filters (`RUST_LOG=peer_signal::websocket=debug`).
+    #[cfg(feature = "tracing")]
+    const WS: &str = "peer_signal::websocket";
+
     /// A connection refused before it became a WebSocket, for `why` (the limit's name). Logged at
     /// `info`: these are what an operator watches for (and what fail2ban reads).
     pub(crate) fn refused(peer: SocketAddr, client: IpAddr, why: &'static str) {
         #[cfg(feature = "tracing")]
-        tracing::info!(peer = %peer, client = %client, reason = why, "connection refused: {why}");
+        tracing::info!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}");
         #[cfg(not(feature = "tracing"))]
         let _ = (peer, client, why);
     }
@@ -426,9 +434,9 @@ pub(crate) mod ws {
     pub(crate) fn handshake_failed(peer: SocketAddr, timed_out: bool) {
         #[cfg(feature = "tracing")]
         if timed_out {
-            tracing::debug!(peer = %peer, reason = "handshake_timeout", "WebSocket handshake timed out");
+            tracing::debug!(target: WS, peer = %peer, reason = "handshake_timeout", "WebSocket handshake timed out");
         } else {
-            tracing::debug!(peer = %peer, reason = "handshake_failed", "WebSocket handshake failed");
+            tracing::debug!(target: WS, peer = %peer, reason = "handshake_failed", "WebSocket handshake failed");
         }
         #[cfg(not(feature = "tracing"))]
         let _ = (peer, timed_out);
@@ -437,7 +445,7 @@ pub(crate) mod ws {
     /// The handshake is done: from now on the core knows the connection as `conn`.
     pub(crate) fn opened(conn: ConnId, peer: SocketAddr, client: IpAddr, codec: Codec) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), peer = %peer, client = %client, codec = ?codec, "connection opened");
+        tracing::debug!(target: WS, conn = conn.get(), peer = %peer, client = %client, codec = ?codec, "connection opened");
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, peer, client, codec);
     }
@@ -447,9 +455,9 @@ pub(crate) mod ws {
         #[cfg(feature = "tracing")]
         match reason {
             CloseReason::Error(error) => {
-                tracing::debug!(conn = conn.get(), peer = %peer, reason = error.kind(), "closing: {}", error.kind())
+                tracing::debug!(target: WS, conn = conn.get(), peer = %peer, reason = error.kind(), "closing: {}", error.kind())
             }
-            _ => tracing::trace!(conn = conn.get(), peer = %peer, "closing: server stopping"),
+            _ => tracing::trace!(target: WS, conn = conn.get(), peer = %peer, "closing: server stopping"),
         }
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, peer, reason);
@@ -458,7 +466,7 @@ pub(crate) mod ws {
     /// `conn`'s send queue overflowed: it reads too slowly, and is ended.
     pub(crate) fn slow_reader(conn: ConnId) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), reason = "slow_reader", "send queue full: ending the connection");
+        tracing::debug!(target: WS, conn = conn.get(), reason = "slow_reader", "send queue full: ending the connection");
         #[cfg(not(feature = "tracing"))]
         let _ = conn;
     }
@@ -466,7 +474,7 @@ pub(crate) mod ws {
     /// `conn`'s task ended, `how` (a problem's name, or how a normal end went).
     pub(crate) fn ended(conn: ConnId, peer: SocketAddr, how: &'static str) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(conn = conn.get(), peer = %peer, how, "connection ended");
+        tracing::debug!(target: WS, conn = conn.get(), peer = %peer, how, "connection ended");
         #[cfg(not(feature = "tracing"))]
         let _ = (conn, peer, how);
     }
@@ -561,4 +569,17 @@ pub(crate) fn publish_redis(redis: &crate::RedisStats) {
     counter!("peer_signal_cluster_dropped_out_total").absolute(redis.dropped_out);
     counter!("peer_signal_cluster_dropped_in_total").absolute(redis.dropped_in);
     counter!(CLUSTER_REJECTED, "stage" => "backplane").absolute(redis.rejected);
+}
+
+#[cfg(all(test, feature = "tracing"))]
+mod tests {
+    use super::Printable;
+
+    #[test]
+    fn text_from_a_peer_cannot_start_a_log_line_of_its_own() {
+        let quoted = "unknown variant `x\n2026-01-01T00:00:00Z  INFO forged\u{1b}[0m`";
+        let printed = Printable(quoted).to_string();
+        assert!(!printed.chars().any(char::is_control), "{printed}");
+        assert_eq!(printed, "unknown variant `x\\n2026-01-01T00:00:00Z  INFO forged\\u{1b}[0m`");
+    }
 }

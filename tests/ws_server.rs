@@ -29,6 +29,7 @@ async fn spawn_server(extra: &[&str]) -> (Child, String, tokio::sync::mpsc::Rece
     // The server says where it listens; that line is the signal that it is ready.
     let url = within("ws_server listening", async {
         while let Some(line) = lines.next_line().await.expect("read the server's log") {
+            let line = message(&line);
             if let Some(at) = line.find("signalling on ") {
                 return line[at + "signalling on ".len()..].trim().to_string();
             }
@@ -44,6 +45,14 @@ async fn spawn_server(extra: &[&str]) -> (Child, String, tokio::sync::mpsc::Rece
         }
     });
     (child, format!("{url}/"), logged)
+}
+
+/// A log line's message: the line itself as text, its `message` field as JSON.
+fn message(line: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(json) => json.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string(),
+        Err(_) => line.to_string(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,12 +200,26 @@ async fn every_flag_has_an_environment_variable_and_it_is_read() {
 
 /// `GET path` on the metrics address; the status line.
 async fn http_status(addr: &str, path: &str) -> String {
+    http_get(addr, path).await.0
+}
+
+/// `GET path` on the metrics address; the status line and the body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
     let mut response = Vec::new();
     within("http answer", stream.read_to_end(&mut response)).await.unwrap();
-    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_string()
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response.lines().next().unwrap_or_default().to_string();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The address of the metrics listener, from the server's log.
+async fn metrics_address(log: &mut tokio::sync::mpsc::Receiver<String>) -> String {
+    let line = message(&log_line(log, "metrics on http://").await);
+    line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string()
 }
 
 /// Reads the server's log up to a line containing `what`; returns that line.
@@ -217,8 +240,7 @@ async fn ready_turns_503_while_draining_and_health_stays_200() {
     // A long linger, and a client that never answers the close, keep the drain going.
     let (mut child, url, mut log) =
         spawn_server(&["--metrics", "127.0.0.1:0", "--close-linger-ms", "5000", "--drain-secs", "10"]).await;
-    let line = log_line(&mut log, "metrics on http://").await;
-    let metrics = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string();
+    let metrics = metrics_address(&mut log).await;
     assert_eq!(http_status(&metrics, "/ready").await, "HTTP/1.1 200 OK");
     let mut mute = raw_clients(&url, 1).await;
     let pid = child.id().expect("pid").to_string();
@@ -230,4 +252,165 @@ async fn ready_turns_503_while_draining_and_health_stays_200() {
     let code = mute[0].close_frame().await;
     mute[0].send_close(code).await;
     assert!(within("exit", child.wait()).await.unwrap().success());
+}
+
+/// A scrape, as `name{labels}` → value, with the `# TYPE` of each family.
+struct Scrape {
+    samples: std::collections::BTreeMap<String, f64>,
+    types: std::collections::BTreeMap<String, String>,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Self {
+        let (mut samples, mut types) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+        for line in text.lines() {
+            if let Some(family) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = family.split_once(' ').expect("# TYPE name kind");
+                types.insert(name.to_string(), kind.to_string());
+            } else if !line.is_empty() && !line.starts_with('#') {
+                let (series, value) = line.rsplit_once(' ').expect("a sample: series value");
+                let value = match value {
+                    "+Inf" => f64::INFINITY,
+                    value => value.parse().unwrap_or_else(|_| panic!("not a number: {line}")),
+                };
+                samples.insert(series.to_string(), value);
+            }
+        }
+        Self { samples, types }
+    }
+
+    fn get(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in the scrape: {:?}", self.samples.keys()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_prometheus_conventions_and_count_what_the_nodes_did() {
+    use peer_signal::Codec;
+    // No pushes of joins: every frame the server sends is an answer the test waits for.
+    let (_child, url, mut log) = spawn_server(&["--metrics", "127.0.0.1:0", "--list-push-fanout", "0"]).await;
+    let metrics = metrics_address(&mut log).await;
+    let mut a = join(&url, 1, Codec::Json).await;
+    let mut b = join(&url, 2, Codec::Bincode).await;
+    // Init, Offer, Answer and two ICE candidates: five relays, each awaited by its receiver.
+    exchange(&mut a, &mut b).await;
+
+    let (status, body) = http_get(&metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let scrape = Scrape::parse(&body);
+    for (name, kind) in &scrape.types {
+        assert!(name.starts_with("peer_signal_") || name.starts_with("process_"), "{name}");
+        assert!(!name.contains("_in_total") || name.starts_with("peer_signal_cluster_"), "{name}");
+        match kind.as_str() {
+            "counter" => assert!(name.ends_with("_total"), "counter {name}"),
+            "histogram" => assert!(name.ends_with("_seconds"), "histogram {name}"),
+            "gauge" => assert!(!name.ends_with("_total"), "gauge {name}"),
+            other => panic!("{name} is a {other}: a histogram without buckets renders as a summary"),
+        }
+    }
+    assert_eq!(
+        scrape.get(&format!("peer_signal_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+        1.0
+    );
+
+    // Two announces, five relays; each node got its challenge, SystemConfig and first list.
+    assert_eq!(scrape.get("peer_signal_joins_total"), 2.0);
+    assert_eq!(scrape.get("peer_signal_relays_total"), 5.0);
+    assert_eq!(scrape.get("peer_signal_received_frames_total"), 2.0 + 5.0);
+    assert_eq!(scrape.get("peer_signal_sent_frames_total"), 2.0 * 3.0 + 5.0);
+    assert!(scrape.get("peer_signal_received_bytes_total") > 0.0);
+    assert!(scrape.get("peer_signal_sent_bytes_total") > 0.0);
+    assert_eq!(scrape.get("peer_signal_connections"), 2.0);
+    assert_eq!(scrape.get("peer_signal_nodes"), 2.0);
+    assert_eq!(scrape.get("peer_signal_pending_handshakes"), 0.0);
+    assert_eq!(scrape.get("peer_signal_leaves_total"), 0.0);
+    assert_eq!(scrape.get("peer_signal_ws_accepted_total"), 2.0);
+    assert_eq!(scrape.get("peer_signal_ws_connection_tasks"), 2.0);
+    assert_eq!(scrape.get("peer_signal_ws_refused_total{reason=\"max_connections_per_ip\"}"), 0.0);
+
+    // The histograms: one announce latency per join, one queue wait per frame written.
+    for (histogram, count) in
+        [("peer_signal_announce_duration_seconds", 2.0), ("peer_signal_ws_send_queue_seconds", 11.0)]
+    {
+        assert_eq!(scrape.get(&format!("{histogram}_count")), count, "{histogram}");
+        assert_eq!(scrape.get(&format!("{histogram}_bucket{{le=\"+Inf\"}}")), count, "{histogram}");
+        let sum = scrape.get(&format!("{histogram}_sum"));
+        assert!((0.0..30.0).contains(&sum), "{histogram}_sum {sum}");
+        let buckets: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|(series, _)| series.starts_with(&format!("{histogram}_bucket{{")))
+            .map(|(_, value)| *value)
+            .collect();
+        assert!(buckets.len() > 5, "{histogram}: {buckets:?}");
+    }
+    // Cumulative buckets: each at least the one below it (the map sorts `le` as text, so sort
+    // by bound).
+    let mut bounds: Vec<(f64, f64)> = scrape
+        .samples
+        .iter()
+        .filter_map(|(series, value)| {
+            let le = series.strip_prefix("peer_signal_announce_duration_seconds_bucket{le=\"")?;
+            let le = le.strip_suffix("\"}")?;
+            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, *value))
+        })
+        .collect();
+    bounds.sort_by(|x, y| x.0.total_cmp(&y.0));
+    assert!(bounds.windows(2).all(|pair| pair[0].1 <= pair[1].1), "{bounds:?}");
+
+    // The process.
+    assert!(scrape.get("process_resident_memory_bytes") > 1e6);
+    assert!(scrape.get("process_open_fds") >= 4.0);
+    assert!(scrape.get("process_max_fds") > 0.0);
+    assert!(scrape.get("process_cpu_seconds_total") >= 0.0);
+    assert!(scrape.get("process_threads") >= 1.0);
+
+    // One node leaves: once the server says so, the gauges have followed and the leave counts.
+    drop(b);
+    log_line(&mut log, "node left").await;
+    let scrape = Scrape::parse(&http_get(&metrics, "/metrics").await.1);
+    assert_eq!(scrape.get("peer_signal_leaves_total"), 1.0);
+    assert_eq!(scrape.get("peer_signal_nodes"), 1.0);
+    assert_eq!(scrape.get("peer_signal_connections"), 1.0);
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_and_a_refusal_names_the_peer() {
+    let (_child, url, mut log) =
+        spawn_server(&["--log-format", "json", "--max-connections-per-ip", "1"]).await;
+    let addr = host(&url).to_string();
+    // The first connection takes the one place of 127.0.0.1 (it stays in the WebSocket
+    // handshake); the second is refused at once.
+    let _first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let peer = second.local_addr().unwrap().to_string();
+    // Every line is one JSON object, up to the refusal's.
+    let json = within("the refusal", async {
+        while let Some(line) = log.recv().await {
+            let json: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if json
+                .get("message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.starts_with("connection refused"))
+            {
+                return json;
+            }
+        }
+        panic!("ws_server exited before refusing");
+    })
+    .await;
+    let line = json.to_string();
+    assert_eq!(json.get("level").and_then(|v| v.as_str()), Some("INFO"), "{line}");
+    assert_eq!(json.get("peer").and_then(|v| v.as_str()), Some(peer.as_str()), "{line}");
+    assert_eq!(json.get("reason").and_then(|v| v.as_str()), Some("max_connections_per_ip"), "{line}");
+    assert!(
+        json.get("target").and_then(|v| v.as_str()).is_some_and(|t| t.starts_with("peer_signal")),
+        "{line}"
+    );
+    assert!(json.get("timestamp").is_some(), "{line}");
 }
