@@ -145,9 +145,8 @@ fn two_servers_in_one_process_add_up_in_the_gauges() {
 fn a_clustered_server_counts_what_crosses_the_bus() {
     let recorder = DebuggingRecorder::new();
     let metrics = metrics::with_local_recorder(&recorder, || {
-        let mut config = SignalConfig::default();
-        config.rng_seed = Some([7; 32]);
         let mut h = Harness::new();
+        let config = h.server.config().clone();
         h.server = SignalServer::with_cluster(config, ClusterConfig::default()).expect("a valid config");
         h.input(SignalIn::Cluster(Box::new(ClusterIn::Up)));
         let a = h.join(1);
