@@ -30,6 +30,8 @@
 //! | `websocket` | `WsTransport` and `WsClient` (tokio, our framing on tungstenite's headers), admission hooks, `TokioTimer` |
 //! | `tls` | wss:// on both sides: `ServerTls`, `TlsRoots` (rustls with ring; no OpenSSL) |
 //! | `redis` | `RedisBackplane`: several instances form one network through Redis (needs Rust 1.88) |
+//! | `metrics` | counters, gauges and histograms through the `metrics` facade, for any exporter: see [Metrics and logs](#metrics-and-logs) |
+//! | `tracing` | joins, leaves, refusals and errors as `tracing` events: see [Metrics and logs](#metrics-and-logs) |
 //!
 //! # What this crate does not do
 //!
@@ -286,6 +288,55 @@
 //! million nodes may take part in about one new connection a minute. Beyond that, channels shard
 //! by node id over a Redis Cluster (`SPUBLISH`), which this backplane does not do yet, and the
 //! per-instance presence hashes shard with them.
+//!
+//! # Metrics and logs
+//!
+//! With the feature `metrics`, the server reports through the [`metrics`](https://docs.rs/metrics)
+//! facade to whatever recorder the application installs: `metrics-exporter-prometheus` (as the
+//! `ws_server` example does), statsd, OpenTelemetry. Install it before making the server and the
+//! transport, which register their metrics when they are made. The core counts as things happen,
+//! with handles registered once: a relay adds to a few atomic counters, with no lookup and no
+//! allocation, and the core still reads no clock (the announce latency is measured in the time it
+//! is handed). The WebSocket transport's and the Redis backplane's own counters are kept as they
+//! were and published as a snapshot by `WsStatsHandle::publish_metrics` and
+//! `RedisHandle::publish_metrics`: call them before each scrape. Without the feature none of this
+//! is compiled. Counters end in `_total`, units are bytes and seconds:
+//!
+//! | Metric | Type | What |
+//! |---|---|---|
+//! | `peer_signal_connections`, `peer_signal_nodes`, `peer_signal_pending_handshakes` | gauge | open connections, announced nodes, connections yet to announce (servers in one process add up) |
+//! | `peer_signal_received_frames_total`, `peer_signal_received_bytes_total` | counter | frames from nodes, and their bytes |
+//! | `peer_signal_sent_frames_total`, `peer_signal_sent_bytes_total` | counter | frames to nodes, and their bytes |
+//! | `peer_signal_joins_total`, `peer_signal_leaves_total` | counter | announces accepted; announced nodes gone (not counted at [`SignalIn::Stop`]) |
+//! | `peer_signal_relays_total` | counter | `PeerSetup` messages forwarded to a local node |
+//! | `peer_signal_errors_total{reason}` | counter | `Error` replies, by [`ProtocolError::kind`] |
+//! | `peer_signal_evictions_total` | counter | nodes closed for silence past the TTL |
+//! | `peer_signal_dropped_events_total` | counter | events [`DriverEvents`] had no room for |
+//! | `peer_signal_announce_duration_seconds` | histogram | from a connection's challenge to its accepted announce |
+//! | `peer_signal_cluster_{relays_out,relays_in,undeliverable,bounced,taken_over}_total`, `peer_signal_cluster_rejected_total{stage="server"}` | counter | a clustered server's traffic with the other instances ([`ClusterStats`]) |
+//! | `peer_signal_cluster_pool`, `peer_signal_cluster_remote_nodes` | gauge | remote nodes pooled for lists, and known in all |
+//! | `peer_signal_ws_send_queue_seconds` | histogram | how long a frame waited in its WebSocket connection's send queue, until the socket took its last byte |
+//! | `peer_signal_ws_connection_tasks`, `peer_signal_ws_read_buffer_bytes` | gauge | `WsStats`, published |
+//! | `peer_signal_ws_accepted_total`, `peer_signal_ws_refused_total{reason}`, `peer_signal_ws_{failed_handshakes,slow_readers,oversize,protocol_violations,ping_timeouts,clean_closes}_total` | counter | `WsStats`, published; `reason` is `max_connections`, `max_connections_per_ip` or `admission` |
+//! | `peer_signal_cluster_up`, `peer_signal_cluster_presence`; `peer_signal_cluster_{downs,published,received,dropped_out,dropped_in}_total`, `peer_signal_cluster_rejected_total{stage="backplane"}` | gauge; counter | `RedisStats`, published |
+//!
+//! A histogram's buckets are the exporter's to choose (with `metrics-exporter-prometheus`,
+//! `set_buckets_for_metric`; without buckets it renders a summary).
+//!
+//! With the feature `tracing`, the crate emits `tracing` events, and the application's
+//! subscriber decides what to keep. `conn` is the connection's [`ConnId`] number everywhere; the
+//! transport's `connection opened` ties it to the peer's address. Text from a peer is logged with
+//! its control characters escaped.
+//!
+//! | Target | Level | Events (fields) |
+//! |---|---|---|
+//! | `peer_signal::server` | debug | `node joined` (`conn`, `node`, `waited`), `node left` (`conn`, `node`), `error reply` (`conn`, `reason`, `error`), `closing the connection` (`conn`, `reason`) |
+//! | `peer_signal::websocket` | info | `connection refused: …` (`peer`, `client`, `reason`: `max_connections`, `max_connections_per_ip`, `admission`) |
+//! | `peer_signal::websocket` | debug | `WebSocket handshake failed` or `timed out` (`peer`), `connection opened` (`conn`, `peer`, `client`, `codec`), `closing: …` (`conn`, `peer`, `reason`), `send queue full` (`conn`), `connection ended` (`conn`, `peer`, `how`) |
+//! | `peer_signal::driver` | debug | `application event dropped` |
+//!
+//! `peer` is the socket's address; `client` is the address the per-IP limit counts, which behind
+//! a trusted proxy is the one its `X-Forwarded-For` names.
 //!
 //! # Example
 //!
