@@ -330,13 +330,14 @@
 //!
 //! | Target | Level | Events (fields) |
 //! |---|---|---|
-//! | `peer_signal::server` | debug | `node joined` (`conn`, `node`, `waited`), `node left` (`conn`, `node`), `error reply` (`conn`, `reason`, `error`), `closing the connection` (`conn`, `reason`) |
+//! | `peer_signal::server` | debug | `node joined` (`conn`, `addr`, `node`, `waited`), `node left` (`conn`, `addr`, `node`), `error reply` (`conn`, `addr`, `reason`, `error`), `closing the connection` (`conn`, `addr`, `reason`) |
 //! | `peer_signal::websocket` | info | `connection refused: …` (`peer`, `client`, `reason`: `max_connections`, `max_connections_per_ip`, `admission`) |
 //! | `peer_signal::websocket` | debug | `WebSocket handshake failed` or `timed out` (`peer`), `connection opened` (`conn`, `peer`, `client`, `codec`), `closing: …` (`conn`, `peer`, `reason`), `send queue full` (`conn`), `connection ended` (`conn`, `peer`, `how`) |
 //! | `peer_signal::driver` | debug | `application event dropped` |
 //!
 //! `peer` is the socket's address; `client` is the address the per-IP limit counts, which behind
-//! a trusted proxy is the one its `X-Forwarded-For` names.
+//! a trusted proxy is the one its `X-Forwarded-For` names; `addr`, in the core's events, is the
+//! address the transport reported in [`SignalIn::Opened`] (absent when it reported none).
 //!
 //! # Example
 //!

@@ -8,6 +8,7 @@
 //! to counters whose handles were registered once, when the server was made: no lookup, no
 //! allocation and no label built per frame. The names are listed in the crate docs.
 
+use std::net::IpAddr;
 use std::time::Duration;
 #[cfg(all(feature = "metrics", feature = "websocket"))]
 use std::time::Instant;
@@ -197,33 +198,33 @@ impl Meters {
         }
     }
 
-    /// `id` announced on `conn`, `waited` after its challenge.
-    pub(crate) fn joined(&self, conn: ConnId, id: &NodeID, waited: Duration) {
+    /// `id` announced on `conn` (from `addr`), `waited` after its challenge.
+    pub(crate) fn joined(&self, conn: ConnId, addr: Option<IpAddr>, id: &NodeID, waited: Duration) {
         #[cfg(feature = "metrics")]
         if let Some(on) = &self.on {
             on.joins.increment(1);
             on.announce.record(waited.as_secs_f64());
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(target: SERVER, conn = conn.get(), node = %id, waited = ?waited, "node joined");
+        tracing::debug!(target: SERVER, conn = conn.get(), addr = addr.map(tracing::field::display), node = %id, waited = ?waited, "node joined");
         #[cfg(not(feature = "tracing"))]
-        let _ = (conn, id, waited);
+        let _ = (conn, addr, id, waited);
     }
 
-    /// `id` on `conn` is gone.
-    pub(crate) fn left(&self, conn: ConnId, id: &NodeID) {
+    /// `id` on `conn` (from `addr`) is gone.
+    pub(crate) fn left(&self, conn: ConnId, addr: Option<IpAddr>, id: &NodeID) {
         #[cfg(feature = "metrics")]
         if let Some(on) = &self.on {
             on.leaves.increment(1);
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(target: SERVER, conn = conn.get(), node = %id, "node left");
+        tracing::debug!(target: SERVER, conn = conn.get(), addr = addr.map(tracing::field::display), node = %id, "node left");
         #[cfg(not(feature = "tracing"))]
-        let _ = (conn, id);
+        let _ = (conn, addr, id);
     }
 
-    /// `conn` was sent `error`.
-    pub(crate) fn error(&mut self, conn: ConnId, error: &ProtocolError) {
+    /// `conn` (from `addr`) was sent `error`.
+    pub(crate) fn error(&mut self, conn: ConnId, addr: Option<IpAddr>, error: &ProtocolError) {
         let kind = error.kind();
         #[cfg(feature = "metrics")]
         if let Some(on) = self.on.as_mut() {
@@ -239,17 +240,17 @@ impl Meters {
             }
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(target: SERVER, conn = conn.get(), reason = kind, error = %Printable(&error.to_string()), "error reply");
+        tracing::debug!(target: SERVER, conn = conn.get(), addr = addr.map(tracing::field::display), reason = kind, error = %Printable(&error.to_string()), "error reply");
         #[cfg(not(feature = "tracing"))]
-        let _ = (conn, kind);
+        let _ = (conn, addr, kind);
     }
 
-    /// The server closes `conn` for `error`, just sent to it.
-    pub(crate) fn closed(&self, conn: ConnId, error: &ProtocolError) {
+    /// The server closes `conn` (from `addr`) for `error`, just sent to it.
+    pub(crate) fn closed(&self, conn: ConnId, addr: Option<IpAddr>, error: &ProtocolError) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(target: SERVER, conn = conn.get(), reason = error.kind(), "closing the connection");
+        tracing::debug!(target: SERVER, conn = conn.get(), addr = addr.map(tracing::field::display), reason = error.kind(), "closing the connection");
         #[cfg(not(feature = "tracing"))]
-        let _ = (conn, error);
+        let _ = (conn, addr, error);
     }
 
     /// The sizes now: open connections, announced nodes, pending handshakes. Cheap when nothing

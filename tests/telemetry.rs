@@ -1,12 +1,10 @@
-//! What the core reports through the `metrics` facade and as `tracing` events (features `metrics`
-//! and `tracing`): recorded by metrics-util's debugging recorder and a JSON subscriber writing to
-//! memory, while the harness steps virtual time.
+//! What the core reports through the `metrics` facade (feature `metrics`), recorded by
+//! metrics-util's debugging recorder while the harness steps virtual time. Its `tracing` events
+//! are in `tests/logs.rs`.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{announce, key, Harness};
@@ -166,65 +164,4 @@ fn a_clustered_server_counts_what_crosses_the_bus() {
         0,
         "a relay to another instance is not a local one"
     );
-}
-
-/// A `MakeWriter` that appends to a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
-}
-
-#[test]
-fn joins_leaves_and_errors_are_tracing_events_naming_the_connection() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let (a, b) = tracing::subscriber::with_default(subscriber, || {
-        let mut h = Harness::new();
-        let a = h.join(1);
-        let b = h.join(2);
-        h.frame(b.conn, "not json");
-        h.input(SignalIn::Closed { conn: a.conn });
-        (a, b)
-    });
-    let lines = capture.lines();
-    let find = |message: &str, conn: ConnId| {
-        lines
-            .iter()
-            .find(|line| {
-                line.get("message").and_then(|m| m.as_str()) == Some(message)
-                    && line.get("conn").and_then(|c| c.as_u64()) == Some(conn.get())
-            })
-            .unwrap_or_else(|| panic!("no {message:?} for {conn}: {lines:?}"))
-    };
-    let joined = find("node joined", a.conn);
-    assert_eq!(joined.get("node").and_then(|n| n.as_str()), Some(a.id.to_string().as_str()));
-    assert_eq!(joined.get("level").and_then(|l| l.as_str()), Some("DEBUG"));
-    assert_eq!(joined.get("target").and_then(|t| t.as_str()), Some("peer_signal::server"));
-    find("node left", a.conn);
-    let error = find("error reply", b.conn);
-    assert_eq!(error.get("reason").and_then(|r| r.as_str()), Some("malformed"));
 }

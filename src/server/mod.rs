@@ -436,8 +436,8 @@ impl SignalServer {
         if full && self.pending.is_empty() {
             let error = ProtocolError::ServerFull;
             self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
-            self.count_error(conn, &error);
-            self.meters.closed(conn, &error);
+            self.count_error(conn, addr, &error);
+            self.meters.closed(conn, addr, &error);
             self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
             return;
         }
@@ -556,8 +556,9 @@ impl SignalServer {
         if let Some(old) = self.nodes.get(&id).map(|node| node.conn) {
             self.close(old, ProtocolError::Replaced);
         }
-        let mut waited = Duration::ZERO;
+        let (mut waited, mut addr) = (Duration::ZERO, None);
         if let Some(c) = self.conns.get_mut(&conn) {
+            addr = c.addr;
             if let Phase::Challenged { seq, .. } = c.phase {
                 self.pending.remove(&seq);
                 // Until now the deadline was the one set at the challenge: nothing refreshes a
@@ -571,7 +572,7 @@ impl SignalServer {
         self.cluster_joined(id, conn, &info);
         self.insert_node(id, conn, codec, info);
         self.stats.joins += 1;
-        self.meters.joined(conn, &id, waited);
+        self.meters.joined(conn, addr, &id, waited);
 
         if self.system_config.slot(codec).is_none() {
             let message =
@@ -684,23 +685,21 @@ impl SignalServer {
 
     /// Sends `error`, then closes the connection and forgets it.
     fn close(&mut self, conn: ConnId, error: ProtocolError) {
-        if !self.conns.contains_key(&conn) {
-            return;
-        }
+        let Some(addr) = self.conns.get(&conn).map(|c| c.addr) else { return };
         self.send_error(conn, &error);
-        self.meters.closed(conn, &error);
+        self.meters.closed(conn, addr, &error);
         self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Error(error) });
         self.forget(conn);
     }
 
     /// Sends `error` to an open connection as an `Error` reply, and counts it.
     fn send_error(&mut self, conn: ConnId, error: &ProtocolError) {
-        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else { return };
+        let Some((codec, addr)) = self.conns.get(&conn).map(|c| (c.codec, c.addr)) else { return };
         // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
         if let Ok(frame) = codec.encode(&WSSignalMessageToNode::Error(error.to_string())) {
             self.reply(conn, frame);
         }
-        self.count_error(conn, error);
+        self.count_error(conn, addr, error);
     }
 
     /// Drops a connection and, if it was a node's, the node.
@@ -718,13 +717,13 @@ impl SignalServer {
         }
         self.remove_node(&id);
         self.cluster_left(id, conn);
-        self.meters.left(conn, &id);
+        self.meters.left(conn, c.addr, &id);
         self.out.push_back(SignalOut::Event(SignalEvent::NodeLeft(id)));
     }
 
-    fn count_error(&mut self, conn: ConnId, error: &ProtocolError) {
+    fn count_error(&mut self, conn: ConnId, addr: Option<IpAddr>, error: &ProtocolError) {
         *self.stats.errors.entry(error.kind()).or_default() += 1;
-        self.meters.error(conn, error);
+        self.meters.error(conn, addr, error);
     }
 
     fn send(&mut self, conn: ConnId, codec: Codec, message: &impl Serialize) {
