@@ -122,6 +122,27 @@ fn relay(c: &mut Criterion) {
         let stats = bench.server.stats();
         assert!(stats.errors.is_empty(), "{stats:?}");
     }
+    // The same relay with the metrics feature's counters going to a Prometheus recorder, as in
+    // ws_server (above, no recorder is installed and the counters go nowhere).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || {
+        let mut bench = Bench::new(SignalConfig::default(), 2, Codec::Json);
+        let offer = WSSignalMessageFromNode::PeerSetup(PeerInfo {
+            id_init: bench.ids[0],
+            id_follow: bench.ids[1],
+            message: PeerMessage::Offer("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n".repeat(8)),
+        });
+        let frame: Bytes = Codec::Json.encode(&offer).unwrap();
+        group.bench_function(BenchmarkId::new("offer", "Json, metrics to Prometheus"), |b| {
+            b.iter(|| {
+                bench
+                    .server
+                    .handle(bench.now, SignalIn::Frame { conn: ConnId::new(1), frame: frame.clone() });
+                bench.drain()
+            })
+        });
+        assert!(recorder.handle().render().contains("peer_signal_relays_total"));
+    });
     group.finish();
 }
 
