@@ -7,6 +7,11 @@
 //! I/O, and a duration is the difference of two instants the core was handed. The relay path adds
 //! to counters whose handles were registered once, when the server was made: no lookup, no
 //! allocation and no label built per frame. The names are listed in the crate docs.
+//!
+//! The facade's recorder and the tracing dispatcher are globals, the one thing the crate otherwise
+//! stays away from (callbacks and global meters in the core). They are opt-in, by feature, and
+//! only observe: [`ServerStats`](crate::ServerStats) and [`SignalEvent`](crate::SignalEvent)
+//! remain how an application learns what happened.
 
 use std::net::IpAddr;
 use std::time::Duration;
