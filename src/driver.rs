@@ -92,7 +92,9 @@ pub struct Driver<T, B = NoBackplane> {
     backplane_first: bool,
     shared: Arc<Shared>,
     events: mpsc::Sender<SignalEvent>,
-    commands: flume::Receiver<Request>,
+    /// A stream rather than the receiver: polling it again after a dropped `next()` keeps its
+    /// registration, where a fresh `recv_async` per input would make and drop one each time.
+    commands: flume::r#async::RecvStream<'static, Request>,
     /// Keeps the command channel open when every handle is gone, so that waiting on it never
     /// ends.
     _command_sender: flume::Sender<Request>,
@@ -188,7 +190,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
             backplane_first: false,
             shared,
             events,
-            commands,
+            commands: commands.into_stream(),
             _command_sender: command_sender,
             waiting: HashMap::new(),
             next_token: 0,
@@ -261,7 +263,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
         let mut stop = poll_fn(|cx| shared.poll_stop(cx)).fuse();
         let mut event = self.transport.next_event().fuse();
         // Never fails: the driver holds a sender itself.
-        let mut command = self.commands.recv_async().fuse();
+        let mut command = self.commands.next();
         let waiting = &mut self.waiting;
         let next_token = &mut self.next_token;
         let mut command_input = |(command, reply): Request| {
@@ -276,7 +278,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                     tick = ticks.next() => if tick.is_some() {
                         return SignalIn::Tick;
                     },
-                    request = command => if let Ok(request) = request {
+                    request = command => if let Some(request) = request {
                         return command_input(request);
                     },
                     event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
@@ -292,7 +294,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                     tick = ticks.next() => if tick.is_some() {
                         return SignalIn::Tick;
                     },
-                    request = command => if let Ok(request) = request {
+                    request = command => if let Some(request) = request {
                         return command_input(request);
                     },
                     input = cluster => break input,
@@ -304,7 +306,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
                     tick = ticks.next() => if tick.is_some() {
                         return SignalIn::Tick;
                     },
-                    request = command => if let Ok(request) = request {
+                    request = command => if let Some(request) = request {
                         return command_input(request);
                     },
                     event = event => return event.map_or(SignalIn::Stop, SignalIn::from),

@@ -33,6 +33,7 @@ use crate::protocol::{
 use crate::telemetry::Meters;
 
 pub use crate::ids::ConnId;
+use crate::ids::ConnMap;
 #[cfg(feature = "websocket")]
 pub(crate) use config::duration;
 pub use config::SignalConfig;
@@ -242,7 +243,7 @@ struct PendingPush {
 pub struct SignalServer {
     config: SignalConfig,
     rng: ChaCha20Rng,
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnMap<Conn>,
     nodes: HashMap<NodeID, Node>,
     /// Every announced node once, in no particular order: what list samples are drawn from.
     order: Vec<NodeID>,
@@ -299,7 +300,7 @@ impl SignalServer {
             system_config: PerCodec::default(),
             config,
             rng,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             nodes: HashMap::new(),
             order: Vec::new(),
             timers: BinaryHeap::new(),

@@ -2,7 +2,6 @@
 //!
 //! The only file that names flume: channel errors become [`TransportError`] here.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +15,7 @@ use futures::stream::{self, AbortHandle, BoxStream, SelectAll, StreamExt};
 use crate::client::ClientConnection;
 use crate::codec::Codec;
 use crate::error::TransportError;
+use crate::ids::ConnMap;
 use crate::server::{CloseReason, ConnId, SignalConfig};
 use crate::transport::{Transport, TransportEvent};
 
@@ -81,7 +81,7 @@ pub struct MemoryTransport {
     accepting: bool,
     /// Each connection's frames, then one `None` when its stream ends.
     inbound: SelectAll<BoxStream<'static, (ConnId, Option<Bytes>)>>,
-    links: HashMap<ConnId, Link>,
+    links: ConnMap<Link>,
     /// Alternates which source is polled first, so neither a connect storm nor a frame storm
     /// starves the other.
     accept_first: bool,
@@ -115,7 +115,7 @@ impl MemoryTransport {
             accept: accept_rx.into_stream(),
             accepting: true,
             inbound: SelectAll::new(),
-            links: HashMap::new(),
+            links: ConnMap::default(),
             accept_first: false,
         };
         let connector = MemoryConnector { accept: accept_tx, next_id: Arc::new(AtomicU64::new(1)), capacity };

@@ -44,6 +44,7 @@ use self::handshake::Refusal;
 use self::link::Link;
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
+use crate::ids::ConnMap;
 use crate::server::{duration, nonzero};
 use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::{CloseReason, Codec, ConfigError, ConnId, SignalConfig, TransportError};
@@ -381,7 +382,7 @@ struct ConnHandle {
 /// ```
 pub struct WsTransport {
     events: mpsc::Receiver<Event>,
-    conns: HashMap<ConnId, ConnHandle>,
+    conns: ConnMap<ConnHandle>,
     /// Connections the transport found busy, reported before anything else.
     local: VecDeque<TransportEvent>,
     /// [`WsConfig::send_backlog_bytes`].
@@ -439,7 +440,7 @@ impl WsTransport {
         let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx, stats.0.clone(), meter));
         Ok(Self {
             events,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             local: VecDeque::new(),
             backlog_bytes,
             local_addr,
