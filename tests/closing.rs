@@ -181,3 +181,42 @@ async fn frames_a_peer_sent_before_it_vanished_come_before_its_close_even_when_a
     assert_eq!(within("close", transport.next_event()).await, Some(TransportEvent::Closed { conn }));
     assert_eq!(stats.get().slow_readers, 0, "a peer that left is no slow reader");
 }
+
+#[tokio::test]
+async fn what_a_peer_sent_before_resetting_is_handed_on_even_when_a_write_to_it_fails_first() {
+    use futures::FutureExt;
+    use peer_signal::{Transport, TransportEvent, WsTransport};
+    // A peer that reads nothing: the server's writes to it back up in its task.
+    let config = WsConfig::default().with_send_backlog(100_000).with_send_backlog_bytes(64 << 20);
+    let mut transport = WsTransport::bind("127.0.0.1:0", config).await.unwrap();
+    let url = format!("ws://{}/", transport.local_addr());
+    let mut raw = RawWs::connect_small(&url).await;
+    let Some(TransportEvent::Opened { conn, .. }) = within("opened", transport.next_event()).await else {
+        panic!("no open")
+    };
+    // Past half of the byte backlog, the transport reports the connection busy: by then the
+    // kernel's buffers are full and the task holds unwritten frames, waiting for the socket.
+    let frame = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut busy = false;
+    for _ in 0..1_000 {
+        transport.send(conn, frame.clone()).expect("the connection is open");
+        if let Some(event) = transport.next_event().now_or_never() {
+            assert_eq!(event, Some(TransportEvent::Busy { conn, busy: true }));
+            busy = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(busy, "the writes never backed up");
+    // A message, a close, and a reset: the task's next write fails, before it has read them.
+    raw.send(TEXT, b"\"ListIDsRequest\"").await;
+    raw.send_close(1000).await;
+    raw.stream.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(raw);
+    let frame = within("frame", transport.next_event()).await;
+    assert_eq!(
+        frame,
+        Some(TransportEvent::Frame { conn, frame: bytes::Bytes::from_static(b"\"ListIDsRequest\"") })
+    );
+    assert_eq!(within("close", transport.next_event()).await, Some(TransportEvent::Closed { conn }));
+}

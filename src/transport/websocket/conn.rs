@@ -158,6 +158,10 @@ impl Connection<'_> {
         // A frame for the transport that waits for room in its queue; reading stops meanwhile.
         let mut inbox: Option<Event> = None;
         let mut report_drained = false;
+        // The socket refused a write (the peer reset the connection): nothing more is written,
+        // but what the peer sent before its reset may still wait in the socket. It is read and
+        // handed on until the stream ends, for at most `close_linger`.
+        let mut broken: Option<Instant> = None;
         let mut held = HeldBuffer { counters: self.counters, held: 0 };
         held.update(buf.capacity());
 
@@ -223,7 +227,7 @@ impl Connection<'_> {
                 held.update(0);
             }
 
-            if !out.is_empty() || link.wants_write() {
+            if broken.is_none() && (!out.is_empty() || link.wants_write()) {
                 let mut drained = false;
                 let now = Stamp::now();
                 let mut done = |frame: &OutFrame| {
@@ -233,16 +237,26 @@ impl Connection<'_> {
                 match link.write_now(&mut out, &mut done) {
                     Ok(true) => last_progress = Instant::now(),
                     Ok(false) => {}
-                    Err(_) => return End::Error,
+                    Err(_) => {
+                        broken = Some(Instant::now() + config.close_linger);
+                        out.clear();
+                    }
                 }
                 report_drained |= drained;
                 if out.is_empty() && out.capacity() > MAX_WRITE_QUEUE {
                     out = VecDeque::new();
                 }
             }
-            let writing = !out.is_empty() || link.wants_write();
+            let writing = broken.is_none() && (!out.is_empty() || link.wants_write());
 
-            let wake_at = if writing {
+            let wake_at = if let Some(until) = broken {
+                // Done once the peer's close frame came (nothing is read after it) with every
+                // message before it handed on, or at the deadline.
+                if until <= Instant::now() || (closing.received && inbox.is_none()) {
+                    return End::Error;
+                }
+                Some(until)
+            } else if writing {
                 Some(last_progress + config.write_timeout)
             } else if closing.sent {
                 let until = *closing.linger_until.get_or_insert_with(|| Instant::now() + config.close_linger);
@@ -262,7 +276,7 @@ impl Connection<'_> {
                 }
             }
 
-            let room = out.len() < MAX_WRITE_QUEUE && !closing.sent;
+            let room = out.len() < MAX_WRITE_QUEUE && !closing.sent && broken.is_none();
             let reading = inbox.is_none() && !closing.received;
             let reporting = inbox.is_some() || report_drained;
             tokio::select! {
@@ -328,6 +342,7 @@ impl Connection<'_> {
                     let read = link.read_now(&mut buf, wanted, config.read_buffer_size, READ_BATCH);
                     held.update(buf.capacity());
                     match read {
+                        Ok(Some(0)) if broken.is_some() => return End::Error,
                         Ok(Some(0)) => {
                             // The peer hung up: after our close that is its answer, before it
                             // there is nobody left to answer.
@@ -338,7 +353,7 @@ impl Connection<'_> {
                         Err(_) => return End::Error,
                     }
                 }
-                _ = ping.tick(), if !closing.sent => {
+                _ = ping.tick(), if !closing.sent && broken.is_none() => {
                     if last_heard.elapsed() >= config.ping_interval.saturating_mul(2) {
                         closing.start(&mut out, OutFrame::close(CloseCode::Away, "ping timeout"), Some(End::PingTimeout));
                     } else if out.len() < MAX_WRITE_QUEUE {

@@ -75,6 +75,9 @@ impl Link {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             return Ok((total > 0).then_some(total))
                         }
+                        // What was read before the error is handed on first; the next read
+                        // reports the end.
+                        Err(_) if total > 0 => return Ok(Some(total)),
                         Err(e) => return Err(e),
                     }
                     // A read that left room took everything the socket had: another would only
@@ -295,6 +298,8 @@ pub(super) mod tls {
                     Ok(0) => eof = true,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // As for plain sockets: the plaintext already taken goes first.
+                    Err(_) if total > 0 => return Ok(Some(total)),
                     Err(e) => return Err(e),
                 }
                 let state = match self.tls.process_new_packets() {
