@@ -211,7 +211,7 @@ async fn what_a_peer_sent_before_resetting_is_handed_on_even_when_a_write_to_it_
     // A message, a close, and a reset: the task's next write fails, before it has read them.
     raw.send(TEXT, b"\"ListIDsRequest\"").await;
     raw.send_close(1000).await;
-    raw.stream.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    raw.stream.set_zero_linger().unwrap();
     drop(raw);
     let frame = within("frame", transport.next_event()).await;
     assert_eq!(
