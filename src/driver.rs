@@ -21,7 +21,7 @@ use crate::protocol::{NodeID, WSSignalMessageToNode};
 use crate::server::{
     Command, CommandReply, ConnectedNode, ServerStats, SignalEvent, SignalIn, SignalOut, SignalServer,
 };
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportEvent};
 
 /// Inputs handled in a row before the driver yields to the executor, so that a transport that is
 /// always ready cannot monopolise a thread.
@@ -259,65 +259,46 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
     where
         S: FusedStream<Item = ()> + Unpin,
     {
-        let shared = &self.shared;
-        let mut stop = poll_fn(|cx| shared.poll_stop(cx)).fuse();
-        let mut event = self.transport.next_event().fuse();
-        // Never fails: the driver holds a sender itself.
-        let mut command = self.commands.next();
-        let waiting = &mut self.waiting;
-        let next_token = &mut self.next_token;
-        let mut command_input = |(command, reply): Request| {
-            *next_token = next_token.wrapping_add(1);
-            waiting.insert(*next_token, reply);
-            SignalIn::Command { token: *next_token, command: Box::new(command) }
-        };
-        let Some(backplane) = self.backplane.as_mut() else {
-            loop {
-                select_biased! {
-                    () = stop => return SignalIn::Stop,
-                    tick = ticks.next() => if tick.is_some() {
-                        return SignalIn::Tick;
-                    },
-                    request = command => if let Some(request) = request {
-                        return command_input(request);
-                    },
-                    event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
-                }
-            }
-        };
         self.backplane_first = !self.backplane_first;
-        let mut cluster = backplane.next_event().fuse();
-        let input = loop {
-            if self.backplane_first {
-                select_biased! {
-                    () = stop => return SignalIn::Stop,
-                    tick = ticks.next() => if tick.is_some() {
-                        return SignalIn::Tick;
-                    },
-                    request = command => if let Some(request) = request {
-                        return command_input(request);
-                    },
-                    input = cluster => break input,
-                    event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
-                }
-            } else {
-                select_biased! {
-                    () = stop => return SignalIn::Stop,
-                    tick = ticks.next() => if tick.is_some() {
-                        return SignalIn::Tick;
-                    },
-                    request = command => if let Some(request) = request {
-                        return command_input(request);
-                    },
-                    event = event => return event.map_or(SignalIn::Stop, SignalIn::from),
-                    input = cluster => break input,
+        let next = {
+            let shared = &self.shared;
+            let commands = &mut self.commands;
+            let mut control = poll_fn(|cx| poll_control(shared, ticks, commands, cx)).fuse();
+            let mut event = self.transport.next_event().fuse();
+            match self.backplane.as_mut() {
+                None => select_biased! {
+                    control = control => Next::Control(control),
+                    event = event => Next::Event(event),
+                },
+                Some(backplane) => {
+                    let mut cluster = backplane.next_event().fuse();
+                    if self.backplane_first {
+                        select_biased! {
+                            control = control => Next::Control(control),
+                            input = cluster => Next::Cluster(input),
+                            event = event => Next::Event(event),
+                        }
+                    } else {
+                        select_biased! {
+                            control = control => Next::Control(control),
+                            event = event => Next::Event(event),
+                            input = cluster => Next::Cluster(input),
+                        }
+                    }
                 }
             }
         };
-        drop(cluster);
-        match input {
-            Some(input) => SignalIn::Cluster(Box::new(input)),
-            None => {
+        match next {
+            Next::Control(Control::Stop) => SignalIn::Stop,
+            Next::Control(Control::Tick) => SignalIn::Tick,
+            Next::Control(Control::Command((command, reply))) => {
+                self.next_token = self.next_token.wrapping_add(1);
+                self.waiting.insert(self.next_token, reply);
+                SignalIn::Command { token: self.next_token, command: Box::new(command) }
+            }
+            Next::Event(event) => event.map_or(SignalIn::Stop, SignalIn::from),
+            Next::Cluster(Some(input)) => SignalIn::Cluster(Box::new(input)),
+            Next::Cluster(None) => {
                 // The backplane is gone for good: the server serves its own nodes from now on.
                 self.backplane = None;
                 SignalIn::Cluster(Box::new(ClusterIn::Down))
@@ -535,4 +516,43 @@ impl Future for YieldNow {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// What the driver waits for, ahead of the transport and the backplane.
+enum Control {
+    Stop,
+    Tick,
+    Command(Request),
+}
+
+/// The source the driver's next input came from.
+enum Next {
+    Control(Control),
+    Event(Option<TransportEvent>),
+    Cluster(Option<ClusterIn>),
+}
+
+/// The driver's own inputs, in order of priority: a stop request, a tick, a command. An ended
+/// tick stream feeds no more ticks; the command stream never ends (the driver holds a sender).
+fn poll_control<S>(
+    shared: &Shared,
+    ticks: &mut S,
+    commands: &mut flume::r#async::RecvStream<'static, Request>,
+    cx: &mut Context<'_>,
+) -> Poll<Control>
+where
+    S: FusedStream<Item = ()> + Unpin,
+{
+    if shared.poll_stop(cx).is_ready() {
+        return Poll::Ready(Control::Stop);
+    }
+    if !ticks.is_terminated() {
+        if let Poll::Ready(Some(())) = ticks.poll_next_unpin(cx) {
+            return Poll::Ready(Control::Tick);
+        }
+    }
+    if let Poll::Ready(Some(request)) = commands.poll_next_unpin(cx) {
+        return Poll::Ready(Control::Command(request));
+    }
+    Poll::Pending
 }
