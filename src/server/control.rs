@@ -83,9 +83,9 @@ impl SignalServer {
 
     pub(super) fn handle_command(&mut self, token: u64, command: Command) {
         let reply = match command {
-            Command::ListNodes => {
-                CommandReply::Nodes(self.order.iter().filter_map(|id| self.connected_node(id)).collect())
-            }
+            Command::ListNodes => CommandReply::Nodes(
+                self.order.iter().filter_map(|listed| self.connected_node(&listed.id)).collect(),
+            ),
             Command::Disconnect { node, reason } => match self.node_conn(&node) {
                 Some(conn) => {
                     self.close(conn, ProtocolError::Disconnected(reason));

@@ -5,6 +5,7 @@ use rand_core::RngCore;
 use serde_json::value::RawValue;
 
 use crate::codec::Codec;
+use crate::error::CodecError;
 use crate::ids::ConnId;
 use crate::protocol::{ListIDsReplyRef, NodeID, NodeInfo};
 
@@ -15,10 +16,17 @@ pub(super) struct Node {
     /// The codec of `conn`, kept here so that a relay needs one lookup.
     pub(super) codec: Codec,
     pub(super) info: NodeInfo,
-    /// `info` as JSON, encoded once at the join: lists splice it instead of encoding it again.
-    pub(super) json: Box<RawValue>,
     /// Index in `SignalServer::order`.
     pub(super) slot: usize,
+}
+
+/// An entry of `SignalServer::order`: what a JSON list needs of a node, where a sample finds it
+/// without hashing the node's id, so that drawing a list is one pass over the sampled slots.
+pub(super) struct Listed {
+    pub(super) id: NodeID,
+    /// The node's `NodeInfo` as JSON, encoded once at the join: lists splice it instead of
+    /// encoding it again.
+    pub(super) json: Box<RawValue>,
 }
 
 /// One encoded frame per codec.
@@ -43,8 +51,8 @@ impl SignalServer {
     pub(super) fn insert_node(&mut self, id: NodeID, conn: ConnId, codec: Codec, info: NodeInfo) {
         // Our own NodeInfo always encodes; the fallback keeps this free of panics regardless.
         let json = serde_json::value::to_raw_value(&info).unwrap_or_else(|_| RawValue::NULL.to_owned());
-        self.nodes.insert(id, Node { conn, codec, info, json, slot: self.order.len() });
-        self.order.push(id);
+        self.nodes.insert(id, Node { conn, codec, info, slot: self.order.len() });
+        self.order.push(Listed { id, json });
         self.full_list = PerCodec::default();
     }
 
@@ -53,7 +61,7 @@ impl SignalServer {
         self.full_list = PerCodec::default();
         if let Some(node) = self.nodes.remove(id).filter(|node| node.slot < self.order.len()) {
             self.order.swap_remove(node.slot);
-            if let Some(moved) = self.order.get(node.slot).and_then(|moved| self.nodes.get_mut(moved)) {
+            if let Some(moved) = self.order.get(node.slot).and_then(|moved| self.nodes.get_mut(&moved.id)) {
                 moved.slot = node.slot;
             }
         }
@@ -66,7 +74,8 @@ impl SignalServer {
         if self.config.max_list_len >= self.order.len() {
             // Everybody fits: the same reply for every request until a node joins or leaves.
             if self.full_list.slot(codec).is_none() {
-                let frame = self.encode_list(codec, &self.order).ok();
+                let everyone: Vec<&Listed> = self.order.iter().collect();
+                let frame = self.encode_list(codec, &everyone).ok();
                 *self.full_list.slot(codec) = frame;
             }
             if let Some(frame) = self.full_list.slot(codec).clone() {
@@ -75,9 +84,9 @@ impl SignalServer {
             return;
         }
         let slots = sample(&mut self.rng, self.order.len(), self.config.max_list_len);
-        let ids: Vec<NodeID> = slots.into_iter().filter_map(|slot| self.order.get(slot).copied()).collect();
+        let listed: Vec<&Listed> = slots.into_iter().filter_map(|slot| self.order.get(slot)).collect();
         // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
-        if let Ok(frame) = self.encode_list(codec, &ids) {
+        if let Ok(frame) = self.encode_list(codec, &listed) {
             self.reply(conn, frame);
         }
     }
@@ -101,23 +110,23 @@ impl SignalServer {
         let mut remote = share.min(pool);
         let local_places = local.min(limit.saturating_sub(remote));
         remote = pool.min(limit.saturating_sub(local_places));
-        let ids: Vec<NodeID> = sample(&mut self.rng, local, local_places)
-            .into_iter()
-            .filter_map(|slot| self.order.get(slot).copied())
-            .collect();
+        let slots = sample(&mut self.rng, local, local_places);
         let remotes = sample(&mut self.rng, pool, remote);
         let Some(cluster) = self.cluster.as_ref() else { return };
-        let locals = ids.iter().filter_map(|id| self.nodes.get(id));
+        let locals = slots.iter().filter_map(|&slot| self.order.get(slot));
         let others = remotes.iter().filter_map(|&slot| cluster.pool.get(slot));
         let frame = match codec {
             Codec::Json => {
                 let raw: Vec<&RawValue> =
-                    locals.map(|node| &*node.json).chain(others.map(|remote| &*remote.json)).collect();
-                codec.encode(&ListIDsReplyRef(&raw))
+                    locals.map(|listed| &*listed.json).chain(others.map(|remote| &*remote.json)).collect();
+                json_list(&raw)
             }
             Codec::Bincode => {
-                let infos: Vec<&NodeInfo> =
-                    locals.map(|node| &node.info).chain(others.map(|remote| &remote.info)).collect();
+                let infos: Vec<&NodeInfo> = locals
+                    .filter_map(|listed| self.nodes.get(&listed.id))
+                    .map(|node| &node.info)
+                    .chain(others.map(|remote| &remote.info))
+                    .collect();
                 codec.encode(&ListIDsReplyRef(&infos))
             }
         };
@@ -127,16 +136,16 @@ impl SignalServer {
         }
     }
 
-    /// A `ListIDsReply` of the nodes `ids`. JSON splices each node's pre-encoded text.
-    fn encode_list(&self, codec: Codec, ids: &[NodeID]) -> Result<Bytes, crate::CodecError> {
-        let nodes = ids.iter().filter_map(|id| self.nodes.get(id));
+    /// A `ListIDsReply` of the nodes `listed`. JSON splices each node's pre-encoded text.
+    fn encode_list(&self, codec: Codec, listed: &[&Listed]) -> Result<Bytes, CodecError> {
         match codec {
-            Codec::Json => {
-                let raw: Vec<&RawValue> = nodes.map(|node| &*node.json).collect();
-                codec.encode(&ListIDsReplyRef(&raw))
-            }
+            Codec::Json => json_list(&listed.iter().map(|listed| &*listed.json).collect::<Vec<_>>()),
             Codec::Bincode => {
-                let infos: Vec<&NodeInfo> = nodes.map(|node| &node.info).collect();
+                let infos: Vec<&NodeInfo> = listed
+                    .iter()
+                    .filter_map(|listed| self.nodes.get(&listed.id))
+                    .map(|node| &node.info)
+                    .collect();
                 codec.encode(&ListIDsReplyRef(&infos))
             }
         }
@@ -156,19 +165,24 @@ impl SignalServer {
             return;
         }
         let limit = self.config.max_list_len;
-        let mut listed = joined.clone();
-        listed.truncate(limit);
+        let mut listed: Vec<&Listed> = joined
+            .iter()
+            .filter_map(|id| self.nodes.get(id))
+            .filter_map(|node| self.order.get(node.slot))
+            .take(limit)
+            .collect();
         let fill = sample(&mut self.rng, self.order.len(), limit);
         listed.extend(
             fill.into_iter()
-                .filter_map(|slot| self.order.get(slot).copied())
-                .filter(|id| joined.binary_search(id).is_err())
+                .filter_map(|slot| self.order.get(slot))
+                .filter(|listed| joined.binary_search(&listed.id).is_err())
                 .take(limit.saturating_sub(listed.len())),
         );
         let recipients: Vec<(ConnId, Codec)> =
             sample(&mut self.rng, self.order.len(), self.config.list_push_fanout)
                 .into_iter()
                 .filter_map(|slot| self.order.get(slot))
+                .map(|listed| &listed.id)
                 .filter(|id| joined.binary_search(id).is_err())
                 .filter_map(|id| self.nodes.get(id))
                 .filter(|node| !self.conns.get(&node.conn).is_some_and(|c| c.busy))
@@ -176,15 +190,30 @@ impl SignalServer {
                 .collect();
         // One reply for all recipients, encoded at most once per codec.
         let mut encoded = PerCodec::default();
-        for (conn, codec) in recipients {
+        for &(_, codec) in &recipients {
             if encoded.slot(codec).is_none() {
                 *encoded.slot(codec) = self.encode_list(codec, &listed).ok();
             }
+        }
+        for (conn, codec) in recipients {
             if let Some(frame) = encoded.slot(codec).clone() {
                 self.push_frame(conn, frame);
             }
         }
     }
+}
+
+/// A JSON `ListIDsReply` of pre-encoded `NodeInfo`s, written into a buffer of its final size.
+fn json_list(raw: &[&RawValue]) -> Result<Bytes, CodecError> {
+    let mut out = Vec::with_capacity(json_list_len(raw));
+    serde_json::to_writer(&mut out, &ListIDsReplyRef(raw)).map_err(|e| CodecError::Json(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+/// The length of [`json_list`]'s output, or a few bytes more: `{"ListIDsReply":[` and `]}`
+/// around the entries, a comma after each.
+fn json_list_len(raw: &[&RawValue]) -> usize {
+    raw.iter().map(|raw| raw.get().len() + 1).sum::<usize>() + 20
 }
 
 /// `min(k, n)` distinct indices below `n`, each subset equally likely (Floyd's algorithm, O(k)).
@@ -193,7 +222,8 @@ fn sample(rng: &mut impl RngCore, n: usize, k: usize) -> Vec<usize> {
     if k >= n {
         return (0..n).collect();
     }
-    let mut chosen = std::collections::HashSet::with_capacity(k);
+    // The indices come from our own generator, never from a peer: a fast hash serves.
+    let mut chosen = rustc_hash::FxHashSet::with_capacity_and_hasher(k, Default::default());
     let mut picked = Vec::with_capacity(k);
     for j in n - k..n {
         let t = below(rng, j + 1);
@@ -242,6 +272,23 @@ mod tests {
         assert!(seen.iter().all(|&c| (450..750).contains(&c)), "{seen:?}");
         assert_eq!(sample(&mut rng, 4, 10), vec![0, 1, 2, 3]);
         assert!(sample(&mut rng, 0, 3).is_empty());
+    }
+
+    #[test]
+    fn a_spliced_json_list_is_the_encoded_list_in_a_buffer_that_never_grows() {
+        use crate::protocol::WSSignalMessageToNode;
+        let infos: Vec<NodeInfo> =
+            (0..4u8).map(|i| NodeInfo::new(format!("n\"{i}\\ \u{1}é"), "c", [i; 32])).collect();
+        for len in 0..=infos.len() {
+            let infos = &infos[..len];
+            let raw: Vec<Box<RawValue>> =
+                infos.iter().map(|info| serde_json::value::to_raw_value(info).unwrap()).collect();
+            let raw: Vec<&RawValue> = raw.iter().map(|raw| &**raw).collect();
+            let spliced = json_list(&raw).unwrap();
+            let owned = Codec::Json.encode(&WSSignalMessageToNode::ListIDsReply(infos.to_vec())).unwrap();
+            assert_eq!(spliced, owned);
+            assert!(json_list_len(&raw) >= spliced.len(), "{} < {}", json_list_len(&raw), spliced.len());
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(crate) use config::duration;
 pub use config::SignalConfig;
 pub(crate) use config::{later, nonzero};
 pub use control::{Command, CommandReply, ConnectedNode};
-use directory::{Node, PerCodec};
+use directory::{Listed, Node, PerCodec};
 pub use policy::{AnnouncePolicy, Verdict};
 use rate::Buckets;
 pub use rate::RateLimit;
@@ -246,7 +246,7 @@ pub struct SignalServer {
     conns: ConnMap<Conn>,
     nodes: HashMap<NodeID, Node>,
     /// Every announced node once, in no particular order: what list samples are drawn from.
-    order: Vec<NodeID>,
+    order: Vec<Listed>,
     /// One entry per connection at its `armed` deadline, plus stale entries of closed or re-armed
     /// connections, which `arm` sweeps out before they outnumber the live ones.
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -409,7 +409,7 @@ impl SignalServer {
     /// The announced nodes, in no particular order. [`Command::ListNodes`] answers the same with
     /// connections and addresses, through the driver.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> + '_ {
-        self.order.iter().filter_map(|id| self.nodes.get(id)).map(|node| &node.info)
+        self.order.iter().filter_map(|listed| self.nodes.get(&listed.id)).map(|node| &node.info)
     }
 
     /// The connection an announced node is on.
