@@ -48,9 +48,10 @@
 //! whole run by `--timeout-secs`. Connections come from 127.0.0.1..127.0.0.N (`--source-ips`), so
 //! that more than one address's worth of ephemeral ports is available.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -454,7 +455,42 @@ impl FlNode {
     }
 }
 
+/// Keys derived before a scenario's clock starts. A node has its key before it connects (fledger
+/// derives it once, at start-up): deriving one per join would add load-generator time to every
+/// join, and to none of matchbox's.
+static KEYS: OnceLock<HashMap<u64, SigningKey>> = OnceLock::new();
+
+/// A churn worker's nodes take turns with this many keys: a key comes back after the worker's
+/// previous node with it has long left.
+const CHURN_KEYS: u64 = 256;
+
+/// Derives the keys of the nodes `args` will join, for [`key`] to look up.
+fn preload_keys(args: &Args) {
+    if args.protocol != Protocol::PeerSignal {
+        return;
+    }
+    let indices: Vec<u64> = match args.scenario {
+        Scenario::Join { conns, .. } | Scenario::Idle { conns, .. } => (0..u64::from(conns)).collect(),
+        Scenario::Relay { pairs, .. } => (0..2 * u64::from(pairs)).collect(),
+        Scenario::Churn { workers, .. } => (0..workers)
+            .flat_map(|worker| (0..CHURN_KEYS).map(move |i| churn_index(worker, i)))
+            .chain([u64::MAX])
+            .collect(),
+    };
+    let _ = KEYS.set(indices.into_iter().map(|index| (index, derive_key(index))).collect());
+}
+
+/// The node index of a churn worker's `cycle`.
+fn churn_index(worker: u32, cycle: u64) -> u64 {
+    (u64::from(worker) << 32) + 1 + cycle % CHURN_KEYS
+}
+
+/// The key of node `index`: preloaded, or derived now.
 fn key(index: u64) -> SigningKey {
+    KEYS.get().and_then(|keys| keys.get(&index)).cloned().unwrap_or_else(|| derive_key(index))
+}
+
+fn derive_key(index: u64) -> SigningKey {
     let mut seed = [0x4c; 32];
     seed[..8].copy_from_slice(&index.to_le_bytes());
     SigningKey::from_bytes(&seed)
@@ -758,6 +794,7 @@ async fn main() {
         std::process::exit(2);
     }
     watchdog(Duration::from_secs_f64(args.timeout_secs));
+    preload_keys(&args);
     let stats = Arc::new(Stats::default());
     let done = Arc::new(AtomicBool::new(false));
     let before = read_proc(args.server_pid);
@@ -878,9 +915,10 @@ async fn main() {
             for worker in 0..workers {
                 let (args, stats) = (args.clone(), stats.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut index = u64::from(worker) << 32;
+                    let mut cycle = 0;
                     while Instant::now() < deadline {
-                        index += 1;
+                        let index = churn_index(worker, cycle);
+                        cycle += 1;
                         let began = Instant::now();
                         let cycle = async {
                             let mut node = Node::join(&args, source(&args, index), index).await?;
