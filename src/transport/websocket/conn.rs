@@ -140,7 +140,30 @@ impl Drop for HeldBuffer<'_> {
 }
 
 impl Connection<'_> {
-    /// Serves the connection until it ends; `buf` holds what was read after the handshake.
+    /// Moves `item` from the transport into the write queue. Returns false for a close, after
+    /// which nothing more is taken.
+    fn enqueue(&self, item: Outbound, out: &mut VecDeque<OutFrame>, closing: &mut Closing) -> bool {
+        match item {
+            Outbound::Frame(frame, queued) => {
+                // JSON frames from the core are UTF-8: serde_json wrote them, or they are
+                // relayed frames that the codec checked on arrival.
+                let opcode = if self.codec.is_binary() { Opcode::Binary } else { Opcode::Text };
+                let mut frame = OutFrame::new(opcode, frame);
+                frame.queued = queued;
+                out.push_back(frame);
+                true
+            }
+            Outbound::Close(reason) => {
+                telemetry::ws::closing(self.conn, self.peer, &reason);
+                let (code, text) = close_frame(&reason);
+                closing.start(out, OutFrame::close(code, &text), None);
+                false
+            }
+        }
+    }
+
+    /// Serves the connection until it ends: writes `response` (the handshake's), then speaks
+    /// WebSocket; `buf` holds what was read after the handshake.
     ///
     /// One task owns the socket and waits on its readiness, so reads and writes need no lock
     /// between them, a read takes every message that arrived, and a write sends every frame
@@ -148,13 +171,22 @@ impl Connection<'_> {
     pub(super) async fn run(
         &self,
         mut link: Link,
+        response: Bytes,
         mut buf: BytesMut,
         mut outbound: futures::channel::mpsc::Receiver<Outbound>,
     ) -> End {
         let config = self.config;
         let mut reader = Reader::new(config.max_message_size);
-        let mut out = VecDeque::<OutFrame>::new();
+        let mut out = VecDeque::from([OutFrame::raw(response)]);
         let mut closing = Closing::default();
+        // What the core queued when it heard of the connection (its challenge) goes out with the
+        // response, in one write: one segment and one wake-up of the peer fewer per connection.
+        while out.len() < MAX_WRITE_QUEUE {
+            let Ok(item) = outbound.try_recv() else { break };
+            if !self.enqueue(item, &mut out, &mut closing) {
+                break;
+            }
+        }
         // A frame for the transport that waits for room in its queue; reading stops meanwhile.
         let mut inbox: Option<Event> = None;
         let mut report_drained = false;
@@ -313,21 +345,8 @@ impl Connection<'_> {
                     }
                     let mut next = Some(first);
                     while let Some(item) = next.take() {
-                        match item {
-                            Outbound::Frame(frame, queued) => {
-                                // JSON frames from the core are UTF-8: serde_json wrote them, or
-                                // they are relayed frames that the codec checked on arrival.
-                                let opcode = if self.codec.is_binary() { Opcode::Binary } else { Opcode::Text };
-                                let mut frame = OutFrame::new(opcode, frame);
-                                frame.queued = queued;
-                                out.push_back(frame);
-                            }
-                            Outbound::Close(reason) => {
-                                telemetry::ws::closing(self.conn, self.peer, &reason);
-                                let (code, text) = close_frame(&reason);
-                                closing.start(&mut out, OutFrame::close(code, &text), None);
-                                break;
-                            }
+                        if !self.enqueue(item, &mut out, &mut closing) {
+                            break;
                         }
                         if out.len() < MAX_WRITE_QUEUE {
                             next = outbound.try_recv().ok();

@@ -5,7 +5,7 @@
 //! headers the RFC requires and picks the codec. The bytes a client sends after its request stay
 //! in the read buffer for the framing layer, so that nothing is lost between the two.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::link::Link;
@@ -71,8 +71,10 @@ pub(super) async fn read_request(link: &mut Link, buf: &mut BytesMut) -> Result<
     Ok(upgrade)
 }
 
-/// Answers `upgrade` with `101 Switching Protocols`: from now on the link speaks WebSocket.
-pub(super) async fn accept(link: &mut Link, upgrade: &Upgrade) -> Result<(), Refusal> {
+/// The `101 Switching Protocols` answer to `upgrade`: once it is written the link speaks
+/// WebSocket. The connection task writes it as the first bytes of its write queue, so that the
+/// core's first frames (the challenge) can go out in the same system call.
+pub(super) fn accept(upgrade: &Upgrade) -> Bytes {
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         upgrade.accept
@@ -83,7 +85,7 @@ pub(super) async fn accept(link: &mut Link, upgrade: &Upgrade) -> Result<(), Ref
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
-    link.write_all(response.as_bytes()).await.map_err(|_| Refusal::Io)
+    Bytes::from(response)
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -205,7 +207,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let upgrade = read_request(&mut server, &mut buf).await.unwrap();
         assert_eq!(upgrade.codec, Codec::Json);
-        accept(&mut server, &upgrade).await.unwrap();
+        server.write_all(&accept(&upgrade)).await.unwrap();
         assert_eq!(&buf[..], b"EXTRA");
         let mut response = vec![0; 4096];
         let n = client.read(&mut response).await.unwrap();

@@ -745,19 +745,19 @@ async fn serve_connection(
                 return Err(Refusal::Admission);
             }
         }
-        handshake::accept(&mut link, &upgrade).await?;
-        Ok((link, upgrade.codec, client))
+        Ok((link, handshake::accept(&upgrade), upgrade.codec, client))
     };
-    let (link, codec, client) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Ok(Ok(opened)) => opened,
-        // Counted as they were refused.
-        Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
-        failed => {
-            Counters::bump(&counters.failed_handshakes);
-            telemetry::ws::handshake_failed(peer, failed.is_err());
-            return; // Never became a WebSocket: the core never hears of it.
-        }
-    };
+    let (link, response, codec, client) =
+        match tokio::time::timeout(config.handshake_timeout, handshake).await {
+            Ok(Ok(opened)) => opened,
+            // Counted as they were refused.
+            Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
+            failed => {
+                Counters::bump(&counters.failed_handshakes);
+                telemetry::ws::handshake_failed(peer, failed.is_err());
+                return; // Never became a WebSocket: the core never hears of it.
+            }
+        };
 
     // Capacity is `buffer` plus one per sender, and there is one sender.
     let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
@@ -767,9 +767,12 @@ async fn serve_connection(
         return;
     }
     telemetry::ws::opened(conn, peer, client, codec);
+    // The driver has just been woken by `Opened`; giving it its turn first lets the core's first
+    // frames (the challenge) join the response in the connection's first write.
+    tokio::task::yield_now().await;
     let connection =
         Connection { conn, peer, codec, config, shared: &shared, events: &events, counters, send_queue };
-    let end = connection.run(link, buf, outbound).await;
+    let end = connection.run(link, response, buf, outbound).await;
     telemetry::ws::ended(conn, peer, end.name());
     let counter = match end {
         End::Closed => Some(&counters.clean_closes),
