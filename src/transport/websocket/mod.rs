@@ -231,7 +231,10 @@ pub struct WsStats {
     /// TCP connections dropped at once because [`WsConfig::max_connections_per_ip`] were open
     /// from the same address.
     pub refused_per_ip: u64,
-    /// Connections that failed or timed out in the WebSocket handshake.
+    /// Connections that failed or timed out before the server accepted their WebSocket upgrade:
+    /// the TLS handshake or the upgrade request. The accepting response goes out with the
+    /// connection's first frames, so a failure to write it ends the connection like any later
+    /// write failure.
     pub failed_handshakes: u64,
     /// Upgrade requests that [`WsConfig::admission`] refused.
     pub refused_admission: u64,
