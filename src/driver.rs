@@ -255,10 +255,34 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
         }
     }
 
+    fn control_input(&mut self, control: Control) -> SignalIn {
+        match control {
+            Control::Stop => SignalIn::Stop,
+            Control::Tick => SignalIn::Tick,
+            Control::Command((command, reply)) => {
+                self.next_token = self.next_token.wrapping_add(1);
+                self.waiting.insert(self.next_token, reply);
+                SignalIn::Command { token: self.next_token, command: Box::new(command) }
+            }
+        }
+    }
+
     async fn next_input<S>(&mut self, ticks: &mut S) -> SignalIn
     where
         S: FusedStream<Item = ()> + Unpin,
     {
+        if self.backplane.is_none() {
+            // What is ready at once, without building the sources' futures: the transport's
+            // would be a heap allocation per input. Control still goes first.
+            let (shared, commands) = (&self.shared, &mut self.commands);
+            let ready = poll_fn(|cx| poll_control(shared, ticks, commands, cx)).now_or_never();
+            if let Some(control) = ready {
+                return self.control_input(control);
+            }
+            if let Some(event) = self.transport.try_next_event() {
+                return SignalIn::from(event);
+            }
+        }
         self.backplane_first = !self.backplane_first;
         let next = {
             let shared = &self.shared;
@@ -289,13 +313,7 @@ impl<T: Transport, B: Backplane> Driver<T, B> {
             }
         };
         match next {
-            Next::Control(Control::Stop) => SignalIn::Stop,
-            Next::Control(Control::Tick) => SignalIn::Tick,
-            Next::Control(Control::Command((command, reply))) => {
-                self.next_token = self.next_token.wrapping_add(1);
-                self.waiting.insert(self.next_token, reply);
-                SignalIn::Command { token: self.next_token, command: Box::new(command) }
-            }
+            Next::Control(control) => self.control_input(control),
             Next::Event(event) => event.map_or(SignalIn::Stop, SignalIn::from),
             Next::Cluster(Some(input)) => SignalIn::Cluster(Box::new(input)),
             Next::Cluster(None) => {

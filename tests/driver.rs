@@ -227,3 +227,36 @@ async fn the_handle_lists_disconnects_and_sends_to_nodes() {
     within("shutdown", running.server).await.unwrap();
     assert_eq!(within("after", running.handle.nodes()).await, Err(ControlError::Stopped));
 }
+
+/// A transport that always has another frame ready, for a connection the server never heard of.
+struct Flood;
+
+#[async_trait::async_trait]
+impl peer_signal::Transport for Flood {
+    async fn next_event(&mut self) -> Option<peer_signal::TransportEvent> {
+        self.try_next_event()
+    }
+
+    fn try_next_event(&mut self) -> Option<peer_signal::TransportEvent> {
+        let frame = bytes::Bytes::from_static(b"\"ListIDsRequest\"");
+        Some(peer_signal::TransportEvent::Frame { conn: peer_signal::ConnId::new(1), frame })
+    }
+
+    fn send(&mut self, _: peer_signal::ConnId, _: bytes::Bytes) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn close(&mut self, _: peer_signal::ConnId, _: peer_signal::CloseReason) {}
+}
+
+/// Events the transport has ready are taken without waiting, but a stop still goes first: a
+/// transport that is never empty cannot keep the server running.
+#[tokio::test]
+async fn a_stop_goes_ahead_of_a_transport_that_always_has_more() {
+    let (driver, handle, _events) = Driver::new(SignalServer::new(config()).unwrap(), Flood, 64);
+    let server = tokio::spawn(driver.run(futures::stream::pending()));
+    // The driver yields every 64 inputs, so this task gets its turn while the flood goes on.
+    tokio::task::yield_now().await;
+    handle.stop();
+    assert!(within("stop", server).await.unwrap().is_stopped());
+}

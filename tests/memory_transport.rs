@@ -321,3 +321,31 @@ async fn frames_a_client_sent_before_it_left_come_before_its_close_even_when_a_s
     assert_eq!(frame, Some(TransportEvent::Frame { conn, frame: Bytes::from_static(b"\"ListIDsRequest\"") }));
     assert_eq!(within("close", transport.next_event()).await, Some(TransportEvent::Closed { conn }));
 }
+
+/// What a driver takes without waiting: the same events as `next_event`, in the same order, and
+/// `None` both when nothing is ready and once the transport has ended (which `next_event` tells).
+#[tokio::test]
+async fn events_ready_now_come_without_waiting_in_order() {
+    let (mut transport, connector) = MemoryTransport::with_capacity(8);
+    assert_eq!(transport.try_next_event(), None, "nothing has happened");
+    let client = connector.connect(Codec::Bincode).await.unwrap();
+    let conn = client.conn();
+    assert_eq!(
+        transport.try_next_event(),
+        Some(TransportEvent::Opened { conn, codec: Codec::Bincode, addr: None })
+    );
+    for frame in [&b"a"[..], b"b", b"c"] {
+        client.send(Bytes::from_static(frame)).await.unwrap();
+    }
+    drop(client);
+    drop(connector);
+    for frame in [&b"a"[..], b"b", b"c"] {
+        assert_eq!(
+            transport.try_next_event(),
+            Some(TransportEvent::Frame { conn, frame: Bytes::from_static(frame) })
+        );
+    }
+    assert_eq!(transport.try_next_event(), Some(TransportEvent::Closed { conn }));
+    assert_eq!(transport.try_next_event(), None);
+    assert_eq!(next(&mut transport).await, None, "the end is next_event's to tell");
+}

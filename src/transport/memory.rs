@@ -193,6 +193,15 @@ impl Transport for MemoryTransport {
         poll_fn(|cx| self.poll_event(cx)).await
     }
 
+    fn try_next_event(&mut self) -> Option<TransportEvent> {
+        // A pending poll leaves nothing behind: the driver polls again, with its own waker,
+        // before it waits.
+        match self.poll_event(&mut Context::from_waker(futures::task::noop_waker_ref())) {
+            Poll::Ready(event) => event,
+            Poll::Pending => None,
+        }
+    }
+
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
         let Some(link) = self.links.get(&conn) else { return Err(TransportError::Closed(conn)) };
         match link.to_client.try_send(frame) {

@@ -160,6 +160,16 @@ pub trait Transport: Send {
     /// Must be cancel-safe: dropping the future before it completes loses no event.
     async fn next_event(&mut self) -> Option<TransportEvent>;
 
+    /// The next event if one is ready now, without waiting; `None` when none is (the end of the
+    /// transport included: [`next_event`](Self::next_event) reports that).
+    ///
+    /// A driver takes the events that arrived together this way before it builds a
+    /// `next_event` future, which `async_trait` puts on the heap. The default has nothing ready,
+    /// which is always correct, only slower.
+    fn try_next_event(&mut self) -> Option<TransportEvent> {
+        None
+    }
+
     /// Queues a frame for `conn`; must not wait for the peer.
     ///
     /// A connection whose queue is full

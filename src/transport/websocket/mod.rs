@@ -406,6 +406,27 @@ impl std::fmt::Debug for WsTransport {
 }
 
 impl WsTransport {
+    /// What a connection task reported, as the transport's event; `None` for the frames and
+    /// closes of connections already closed here, which are stale.
+    fn take(&mut self, event: Event) -> Option<TransportEvent> {
+        match event {
+            Event::Opened { conn, codec, addr, handle } => {
+                self.conns.insert(conn, handle);
+                Some(TransportEvent::Opened { conn, codec, addr: Some(addr) })
+            }
+            Event::Frame { conn, frame } if self.conns.contains_key(&conn) => {
+                Some(TransportEvent::Frame { conn, frame })
+            }
+            Event::Busy { conn, busy } if self.conns.contains_key(&conn) => {
+                Some(TransportEvent::Busy { conn, busy })
+            }
+            Event::Closed { conn } if self.conns.remove(&conn).is_some() => {
+                Some(TransportEvent::Closed { conn })
+            }
+            Event::Frame { .. } | Event::Busy { .. } | Event::Closed { .. } => None,
+        }
+    }
+
     /// Listens on `addr` and starts accepting connections.
     ///
     /// # Errors
@@ -508,22 +529,21 @@ impl Transport for WsTransport {
             return Some(event);
         }
         loop {
-            // Frames and closes of connections already closed here are stale: drop them.
-            match self.events.recv().await? {
-                Event::Opened { conn, codec, addr, handle } => {
-                    self.conns.insert(conn, handle);
-                    return Some(TransportEvent::Opened { conn, codec, addr: Some(addr) });
-                }
-                Event::Frame { conn, frame } if self.conns.contains_key(&conn) => {
-                    return Some(TransportEvent::Frame { conn, frame });
-                }
-                Event::Busy { conn, busy } if self.conns.contains_key(&conn) => {
-                    return Some(TransportEvent::Busy { conn, busy });
-                }
-                Event::Closed { conn } if self.conns.remove(&conn).is_some() => {
-                    return Some(TransportEvent::Closed { conn });
-                }
-                Event::Frame { .. } | Event::Busy { .. } | Event::Closed { .. } => {}
+            let event = self.events.recv().await?;
+            if let Some(event) = self.take(event) {
+                return Some(event);
+            }
+        }
+    }
+
+    fn try_next_event(&mut self) -> Option<TransportEvent> {
+        if let Some(event) = self.local.pop_front() {
+            return Some(event);
+        }
+        loop {
+            let event = self.events.try_recv().ok()?;
+            if let Some(event) = self.take(event) {
+                return Some(event);
             }
         }
     }
