@@ -106,9 +106,21 @@ async fn protocol_violations_are_closed_with_their_codes() {
     let unmasked = [0x81, 0x02, b'h', b'i'];
     let mut fragmented_ping = client_frame(PING, b"x");
     fragmented_ping[0] &= 0x7f;
-    for (bytes, code) in
-        [(unmasked.to_vec(), 1002), (client_frame(TEXT, &[0xc3, 0x28]), 1007), (fragmented_ping, 1002)]
-    {
+    // A 64-bit length with its most significant bit set (1002, not 1009: no such length exists).
+    let mut top_bit = vec![0x82, 0x80 | 127];
+    top_bit.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    top_bit.extend_from_slice(&[0; 4]);
+    // The first fragment of a text message that cannot become UTF-8: refused without waiting
+    // for the rest of the message.
+    let mut bad_fragment = client_frame(TEXT, &[b'{', 0xff]);
+    bad_fragment[0] &= 0x7f;
+    for (bytes, code) in [
+        (unmasked.to_vec(), 1002),
+        (client_frame(TEXT, &[0xc3, 0x28]), 1007),
+        (fragmented_ping, 1002),
+        (top_bit, 1002),
+        (bad_fragment, 1007),
+    ] {
         let mut raw = RawWs::connect(&server.url, false).await;
         raw.frame().await.expect("challenge");
         tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &bytes).await.unwrap();
@@ -116,7 +128,7 @@ async fn protocol_violations_are_closed_with_their_codes() {
         raw.send_close(code).await;
         assert_eq!(raw.end().await, StreamEnd::Eof);
     }
-    eventually("violations counted", || server.ws.get().protocol_violations == 3).await;
+    eventually("violations counted", || server.ws.get().protocol_violations == 5).await;
 }
 
 #[tokio::test]
@@ -219,4 +231,44 @@ async fn what_a_peer_sent_before_resetting_is_handed_on_even_when_a_write_to_it_
         Some(TransportEvent::Frame { conn, frame: bytes::Bytes::from_static(b"\"ListIDsRequest\"") })
     );
     assert_eq!(within("close", transport.next_event()).await, Some(TransportEvent::Closed { conn }));
+}
+
+#[tokio::test]
+async fn data_a_peer_sends_after_its_close_is_neither_handed_on_nor_answered() {
+    use peer_signal::{Transport, TransportEvent, WsTransport};
+    // RFC 6455 §5.5.1: after its close frame an endpoint sends no more data frames. A peer that
+    // does anyway gets the reply to its close and nothing else, whether the frames after it
+    // arrive in the same read or trickle in later.
+    let mut after_close = client_frame(CLOSE, &1000u16.to_be_bytes());
+    after_close.extend(client_frame(TEXT, b"\"ListIDsRequest\""));
+    after_close.extend(client_frame(BINARY, b"late"));
+    let mut transport = WsTransport::bind("127.0.0.1:0", WsConfig::default()).await.unwrap();
+    let url = format!("ws://{}/", transport.local_addr());
+    for in_one_write in [true, false] {
+        let mut raw = RawWs::connect(&url, false).await;
+        let Some(TransportEvent::Opened { conn, .. }) = within("opened", transport.next_event()).await else {
+            panic!("no open")
+        };
+        if in_one_write {
+            tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &after_close).await.unwrap();
+        } else {
+            for piece in after_close.chunks(3) {
+                tokio::io::AsyncWriteExt::write_all(&mut raw.stream, piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(raw.close_frame().await, 1000, "in one write: {in_one_write}");
+        assert_eq!(raw.end().await, StreamEnd::Eof, "in one write: {in_one_write}");
+        let next = within("close", transport.next_event()).await;
+        assert_eq!(next, Some(TransportEvent::Closed { conn }), "in one write: {in_one_write}");
+    }
+
+    // Through the whole server: a request after the close gets no reply (an unannounced
+    // connection's request would be answered with an error).
+    let server = start_default().await;
+    let mut raw = RawWs::connect(&server.url, false).await;
+    raw.frame().await.expect("challenge");
+    tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &after_close).await.unwrap();
+    assert_eq!(raw.close_frame().await, 1000);
+    assert_eq!(raw.end().await, StreamEnd::Eof);
 }

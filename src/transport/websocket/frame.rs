@@ -16,6 +16,10 @@ use crate::telemetry::Stamp;
 /// Longest payload of a control frame (§5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// Longest length a frame header may give: the most significant bit of the 64-bit length must be
+/// 0 (§5.2).
+const MAX_FRAME_LEN: u64 = i64::MAX as u64;
+
 /// One thing the peer sent: a whole data message, or a control frame.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Incoming {
@@ -58,6 +62,27 @@ impl Violation {
 struct Partial {
     text: bool,
     data: BytesMut,
+    /// For text: how much of `data` is checked to be UTF-8. What follows is at most the start of
+    /// a character that the next fragment completes.
+    checked: usize,
+}
+
+impl Partial {
+    /// Checks the text assembled so far, up to its last whole character (§8.1: a text message
+    /// that cannot become UTF-8 fails at once, not when its last fragment arrives).
+    fn check_text(&mut self) -> Result<(), Violation> {
+        if !self.text {
+            return Ok(());
+        }
+        let rest = self.data.get(self.checked..).unwrap_or_default();
+        match std::str::from_utf8(rest) {
+            Ok(_) => self.checked = self.data.len(),
+            // An incomplete character at the end: valid so far.
+            Err(error) if error.error_len().is_none() => self.checked += error.valid_up_to(),
+            Err(_) => return Err(Violation::NotUtf8),
+        }
+        Ok(())
+    }
 }
 
 /// Takes complete messages out of a read buffer.
@@ -66,12 +91,15 @@ pub(super) struct Reader {
     /// The header of a frame whose payload is not all in the buffer yet.
     header: Option<(FrameHeader, usize)>,
     partial: Option<Partial>,
+    /// The peer's close frame came: it sends nothing after it (§5.5.1), and what it sends anyway
+    /// is dropped unread.
+    closed: bool,
 }
 
 impl Reader {
     /// A reader that refuses messages (and frames) longer than `max_message` bytes.
     pub(super) fn new(max_message: usize) -> Self {
-        Self { max_message, header: None, partial: None }
+        Self { max_message, header: None, partial: None, closed: false }
     }
 
     /// Bytes the buffer must hold before the next call can make progress: the rest of the frame
@@ -91,13 +119,18 @@ impl Reader {
     }
 
     /// The next message or control frame in `buf`, consuming its bytes; `Ok(None)` when `buf`
-    /// holds no complete one yet.
+    /// holds no complete one yet. After the peer's close frame, always `Ok(None)`: whatever
+    /// follows it is dropped.
     ///
     /// # Errors
     ///
     /// A [`Violation`]: the connection must be failed, and nothing more read from it.
     pub(super) fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, Violation> {
         loop {
+            if self.closed {
+                buf.clear();
+                return Ok(None);
+            }
             let Some((header, len)) = self.next_frame_header(buf)? else { return Ok(None) };
             if buf.len() < len {
                 self.header = Some((header, len));
@@ -123,6 +156,9 @@ impl Reader {
             FrameHeader::parse(&mut cursor).map_err(|_| Violation::Protocol("invalid frame header"))?;
         let Some((header, len)) = parsed else { return Ok(None) };
         let consumed = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+        if len > MAX_FRAME_LEN {
+            return Err(Violation::Protocol("frame length with its most significant bit set"));
+        }
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(Violation::Protocol("reserved bits set"));
         }
@@ -151,7 +187,10 @@ impl Reader {
             OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload.freeze()))),
             OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
             OpCode::Control(Control::Close) => {
-                return close_code(&payload).map(|code| Some(Incoming::Close(code)))
+                let code = close_code(&payload)?;
+                self.closed = true;
+                self.partial = None;
+                return Ok(Some(Incoming::Close(code)));
             }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 return Err(Violation::Protocol("reserved opcode"));
@@ -160,19 +199,23 @@ impl Reader {
             OpCode::Data(Data::Binary) => Some(false),
             OpCode::Data(Data::Continue) => None,
         };
-        let (text, data) = match (first, self.partial.take()) {
-            (Some(text), None) if header.is_final => (text, payload),
+        // `checked`: how much of the message is known to be UTF-8 (all of it, for binary).
+        let (text, data, checked) = match (first, self.partial.take()) {
+            (Some(text), None) if header.is_final => (text, payload, 0),
             (Some(text), None) => {
-                self.partial = Some(Partial { text, data: payload });
+                let mut partial = Partial { text, data: payload, checked: 0 };
+                partial.check_text()?;
+                self.partial = Some(partial);
                 return Ok(None);
             }
             (None, Some(mut partial)) => {
                 partial.data.extend_from_slice(&payload);
+                partial.check_text()?;
                 if !header.is_final {
                     self.partial = Some(partial);
                     return Ok(None);
                 }
-                (partial.text, partial.data)
+                (partial.text, partial.data, partial.checked)
             }
             (Some(_), Some(_)) => return Err(Violation::Protocol("new message inside a fragmented one")),
             (None, None) => return Err(Violation::Protocol("continuation without a message")),
@@ -181,7 +224,9 @@ impl Reader {
         if !text {
             return Ok(Some(Incoming::Binary(data)));
         }
-        std::str::from_utf8(&data).map_err(|_| Violation::NotUtf8)?;
+        // Fragments were checked as they came, up to an incomplete last character.
+        let unchecked = data.get(checked..).unwrap_or_default();
+        std::str::from_utf8(unchecked).map_err(|_| Violation::NotUtf8)?;
         Ok(Some(Incoming::Text(data)))
     }
 }
@@ -427,6 +472,76 @@ mod tests {
         let mut nested = client_frame(false, 1, b"a");
         nested.extend(client_frame(true, 1, b"b"));
         assert!(matches!(read_all(&mut Reader::new(100), &nested), Err(Violation::Protocol(_))));
+    }
+
+    #[test]
+    fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
+        // §5.2: "the most significant bit MUST be 0". Not a message too big (1009): no such
+        // length exists, so it is a broken stream (1002), whatever the limit.
+        for len in [1u64 << 63, u64::MAX] {
+            let mut header = vec![0x82, 0x80 | 127];
+            header.extend_from_slice(&len.to_be_bytes());
+            header.extend_from_slice(&[1, 2, 3, 4]);
+            let got = read_all(&mut Reader::new(usize::MAX), &header);
+            assert_eq!(got, Err(Violation::Protocol("frame length with its most significant bit set")));
+            assert_eq!(got.unwrap_err().close().0, CloseCode::Protocol);
+        }
+        // The largest length allowed is a message too big, as any other over the limit.
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(read_all(&mut Reader::new(1 << 20), &header), Err(Violation::TooBig));
+    }
+
+    #[test]
+    fn text_that_cannot_be_utf8_fails_at_its_first_fragment() {
+        // The first fragment is already invalid: no need to wait for (or hold) the rest.
+        let mut reader = Reader::new(1024);
+        let first = client_frame(false, 1, &[b'o', b'k', 0xff]);
+        assert_eq!(read_all(&mut reader, &first), Err(Violation::NotUtf8));
+        // An invalid continuation, with the message still open.
+        let mut reader = Reader::new(1024);
+        let mut bytes = client_frame(false, 1, b"fine");
+        bytes.extend(client_frame(false, 0, &[0xc3, 0x28]));
+        assert_eq!(read_all(&mut reader, &bytes), Err(Violation::NotUtf8));
+        // A character split between fragments is valid: é is c3 a9, € is e2 82 ac.
+        let mut reader = Reader::new(1024);
+        let mut bytes = client_frame(false, 1, &[b'a', 0xc3]);
+        bytes.extend(client_frame(false, 0, &[0xa9, 0xe2]));
+        bytes.extend(client_frame(false, 0, &[0x82]));
+        bytes.extend(client_frame(true, 0, &[0xac, b'z']));
+        assert_eq!(read_all(&mut reader, &bytes), Ok(vec![Incoming::Text(Bytes::from("aé€z"))]));
+        // ...but a message may not end inside a character.
+        let mut reader = Reader::new(1024);
+        let mut bytes = client_frame(false, 1, b"a");
+        bytes.extend(client_frame(true, 0, &[0xe2, 0x82]));
+        assert_eq!(read_all(&mut reader, &bytes), Err(Violation::NotUtf8));
+        // Binary messages are not text: any bytes.
+        let mut bytes = client_frame(false, 2, &[0xff]);
+        bytes.extend(client_frame(true, 0, &[0xfe]));
+        assert_eq!(
+            read_all(&mut Reader::new(1024), &bytes),
+            Ok(vec![Incoming::Binary(Bytes::from_static(&[0xff, 0xfe]))])
+        );
+    }
+
+    #[test]
+    fn nothing_after_the_peers_close_comes_out() {
+        // §5.5.1: the peer sends no data frame after its close; any that comes is dropped, and
+        // so is the message it had begun.
+        let mut bytes = client_frame(false, 1, b"begun");
+        bytes.extend(client_frame(true, 8, &[0x03, 0xe8]));
+        bytes.extend(client_frame(true, 1, b"\"ListIDsRequest\""));
+        bytes.extend(client_frame(true, 9, b"ping"));
+        bytes.extend([0xff; 20]);
+        let mut reader = Reader::new(1024);
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(reader.next(&mut buf), Ok(Some(Incoming::Close(Some(1000)))));
+        assert!(!reader.is_assembling());
+        assert_eq!(reader.next(&mut buf), Ok(None));
+        assert!(buf.is_empty(), "what follows the close is dropped");
+        buf.extend_from_slice(&client_frame(true, 2, b"later"));
+        assert_eq!(reader.next(&mut buf), Ok(None));
     }
 
     #[test]
