@@ -85,16 +85,24 @@ impl AdmissionHook {
         Self(Arc::new(decide))
     }
 
-    /// Lets in requests that carry `token`, as `Authorization: Bearer <token>` or as the query
-    /// parameter `token=<token>` (for clients that cannot set headers, such as browsers and
-    /// fledger nodes); refuses the others with 401. The comparison takes the same time however
-    /// much of the token matches.
+    /// Lets in requests that carry `token`, as `Authorization: Bearer <token>` (the scheme in any
+    /// case, RFC 9110 §11.1) or as the query parameter `token=<token>` (for clients that cannot
+    /// set headers, such as browsers and fledger nodes); refuses the others with 401.
+    ///
+    /// The comparison takes the same time however much of the token matches, and however long
+    /// the token given is: it depends only on the length of `token`.
+    ///
+    /// An empty `token` lets nobody in: every request is refused with 401, so that a secret
+    /// missing from the configuration (an unset environment variable) closes the server rather
+    /// than opening it to anyone who sends `?token=`.
     pub fn bearer_token(token: impl Into<String>) -> Self {
         let token = token.into();
         Self::new(move |request| {
-            let bearer = request.header("authorization").and_then(|value| value.strip_prefix("Bearer "));
+            let bearer = request.header("authorization").and_then(bearer_credentials);
             let given = bearer.or_else(|| request.query("token"));
-            if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+            if !token.is_empty()
+                && given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+            {
                 Admission::Accept
             } else {
                 Admission::refuse(401, "a valid token is required")
@@ -139,11 +147,21 @@ impl PartialEq for AdmissionHook {
 
 impl Eq for AdmissionHook {}
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The credentials of an `Authorization` header of scheme `Bearer`, in any case.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim_matches(' '))
+}
+
+/// Whether `given` equals `secret`, in a time that depends only on the length of `secret`:
+/// every byte of `secret` is compared, whatever `given` holds.
+fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut equal = given.len().ct_eq(&secret.len());
+    for (i, byte) in secret.iter().enumerate() {
+        equal &= given.get(i).unwrap_or(&0).ct_eq(byte);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    equal.into()
 }
 
 /// The status line and body of a refusal: a status the hook may give, a reason that cannot break
@@ -207,6 +225,52 @@ mod tests {
         }
         let wrong = headers(&[("authorization", "Bearer nope")]);
         assert!(matches!(hook.decide(&request("/", &wrong)), Admission::Refuse { status: 401, .. }));
+    }
+
+    #[test]
+    fn the_scheme_is_matched_in_any_case() {
+        // RFC 9110 §11.1: the authentication scheme is case-insensitive.
+        let hook = AdmissionHook::bearer_token("s3cret");
+        for value in ["bearer s3cret", "BEARER s3cret", "Bearer  s3cret", "bEaReR s3cret"] {
+            let given = headers(&[("Authorization", value)]);
+            assert_eq!(hook.decide(&request("/", &given)), Admission::Accept, "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "s3cret", "Bearer s3cre", "Bearer s3crett"] {
+            let given = headers(&[("Authorization", value)]);
+            assert!(
+                matches!(hook.decide(&request("/", &given)), Admission::Refuse { status: 401, .. }),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_token_lets_nobody_in() {
+        let hook = AdmissionHook::bearer_token("");
+        let empty_header = headers(&[("Authorization", "Bearer ")]);
+        let none = headers(&[]);
+        for (path, given) in [("/?token=", &none), ("/?token", &none), ("/", &empty_header), ("/", &none)] {
+            assert!(
+                matches!(hook.decide(&request(path, given)), Admission::Refuse { status: 401, .. }),
+                "{path} {given:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_comparison_is_exact_for_every_length() {
+        let secret = b"0123456789abcdef";
+        assert!(constant_time_eq(secret, secret));
+        for len in 0..secret.len() + 3 {
+            let mut given = secret.repeat(2);
+            given.truncate(len);
+            assert_eq!(constant_time_eq(&given, secret), len == secret.len(), "{len}");
+        }
+        // A given token padded with zero bytes does not match a shorter secret.
+        assert!(!constant_time_eq(b"ab\0", b"ab"));
+        let mut flipped = *secret;
+        flipped[15] ^= 1;
+        assert!(!constant_time_eq(&flipped, secret));
     }
 
     #[test]
