@@ -336,6 +336,14 @@ pub(crate) fn event_dropped() {
     tracing::debug!(target: "peer_signal::driver", "application event dropped: the event stream is full");
 }
 
+/// The application's announce policy panicked while deciding on `conn`; the node was denied.
+pub(crate) fn policy_panicked(conn: ConnId) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: SERVER, conn = conn.get(), "announce policy panicked: the node was denied");
+    #[cfg(not(feature = "tracing"))]
+    let _ = conn;
+}
+
 /// Text from a peer, with control characters escaped, so that it cannot forge log lines.
 #[cfg(feature = "tracing")]
 struct Printable<'a>(&'a str);

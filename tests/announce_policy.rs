@@ -2,6 +2,7 @@
 //! whether a node joins. Driven by hand with a virtual clock; no sockets.
 
 mod common;
+mod nodes;
 
 use std::sync::{Arc, Mutex};
 
@@ -88,4 +89,70 @@ fn a_policy_of_ones_own_sees_the_verified_node_and_its_connection_and_gives_its_
     bad.signature[0] ^= 1;
     h.send(conn, Codec::Json, &WSSignalMessageFromNode::Announce(bad));
     assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// A policy with a bug: it panics on the node of key `seed` 2.
+fn panicking_policy() -> AnnouncePolicy {
+    let bad = id(2);
+    AnnouncePolicy::new(move |info, _| {
+        assert_ne!(info.id(), bad, "a bug in the application's policy");
+        Verdict::Allow
+    })
+}
+
+#[test]
+fn a_policy_that_panics_denies_that_node_and_the_server_goes_on() {
+    let mut h = harness(panicking_policy());
+    let first = h.join(1);
+    let (conn, out) = try_join(&mut h, 2, Codec::Json);
+    assert_eq!(
+        messages_to(&out, conn, Codec::Json),
+        vec![WSSignalMessageToNode::Error("node not allowed".into())]
+    );
+    assert!(out.contains(&SignalOut::Close {
+        conn,
+        reason: CloseReason::Error(ProtocolError::Denied("node not allowed".into()))
+    }));
+    // Everybody else is served as before: the next node joins and sees the first.
+    h.join(3);
+    let nodes: Vec<NodeID> = h.server.nodes().map(NodeInfo::id).collect();
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes.contains(&id(1)) && nodes.contains(&id(3)));
+    let out = h.send(first.conn, Codec::Json, &WSSignalMessageFromNode::ListIDsRequest);
+    assert!(matches!(
+        messages_to(&out, first.conn, Codec::Json).as_slice(),
+        [WSSignalMessageToNode::ListIDsReply(list)] if list.len() == 2
+    ));
+    assert_eq!(h.server.stats().errors.get("denied"), Some(&1));
+}
+
+#[tokio::test]
+async fn a_policy_that_panics_does_not_take_the_driver_down() {
+    use peer_signal::{AsyncClient, ClientError};
+    let running = nodes::start(nodes::config().with_announce_policy({
+        let bad = nodes::id(2);
+        AnnouncePolicy::new(move |info, _| {
+            assert_ne!(info.id(), bad, "a bug in the application's policy");
+            Verdict::Allow
+        })
+    }));
+    let mut first = nodes::join(&running.connector, 1, Codec::Json).await;
+    let conn = running.connector.connect(Codec::Json).await.expect("transport is up");
+    let key = nodes::key(2);
+    let info = NodeInfo::new("node-2", "test", key.verifying_key().to_bytes());
+    let refused = nodes::within("refusal", AsyncClient::connect(conn, key, info)).await;
+    assert!(
+        matches!(refused, Err(ClientError::Refused(ref reason)) if reason == "node not allowed"),
+        "{refused:?}"
+    );
+    // The driver still runs: another node joins, and the first one is still served.
+    nodes::join(&running.connector, 3, Codec::Bincode).await;
+    let nodes = nodes::within("nodes", running.handle.nodes()).await.expect("the driver runs");
+    let mut ids: Vec<NodeID> = nodes.iter().map(|node| node.info.id()).collect();
+    ids.sort();
+    let mut expected = vec![nodes::id(1), nodes::id(3)];
+    expected.sort();
+    assert_eq!(ids, expected);
+    nodes::within("list", first.list()).await.expect("a list");
+    assert!(!running.server.is_finished());
 }

@@ -23,6 +23,12 @@ pub enum Verdict {
 /// [`NodeInfo`] the node announced (its id is its key, which it just proved it holds) and the
 /// connection. It runs inside [`SignalServer::handle`](crate::SignalServer::handle): keep it quick.
 ///
+/// A policy that panics does not take the server down: the panic is caught, the node is denied
+/// with `node not allowed` as if the policy had said so, and the server goes on serving every
+/// other node. (The panic hook still runs, and prints the panic as usual; with `panic = "abort"`
+/// in the build profile nothing can be caught, and the process ends.) A policy that holds a lock
+/// should expect to find it poisoned after such a panic.
+///
 /// ```
 /// use peer_signal::{AnnouncePolicy, NodeInfo, SignalConfig, Verdict};
 ///
@@ -56,8 +62,18 @@ impl AnnouncePolicy {
         Self::new(move |info, _| if ids.contains(&info.id()) { denied() } else { Verdict::Allow })
     }
 
+    /// The policy's verdict; a panic in it is a denial.
     pub(crate) fn decide(&self, info: &NodeInfo, conn: ConnId) -> Verdict {
-        (self.0)(info, conn)
+        // The policy sees only shared references to data the server does not change during the
+        // call, and the server's own state is consistent across it: nothing is half-done if it
+        // unwinds. What the closure captured is its own, as with any panic in a callback.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(info, conn))) {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                crate::telemetry::policy_panicked(conn);
+                denied()
+            }
+        }
     }
 }
 
