@@ -110,3 +110,68 @@ fn the_first_refused_field_in_declaration_order_is_reported() {
     let config = with(|c| (c.ttl, c.max_send_backlog) = (Duration::ZERO, 0));
     assert_eq!(config.validate(), Err(ConfigError::Zero { field: "ttl" }));
 }
+
+#[test]
+fn the_longest_list_reply_is_an_upper_bound_of_every_list() {
+    use peer_signal::{Codec, Modules, NodeInfo, WSSignalMessageToNode};
+    let config = SignalConfig::default().with_max_list_len(3).with_max_name_len(40).with_max_client_len(8);
+    // Three nodes at the limits, with escapes in their names, every module set.
+    let name = "\u{1}\"\\".repeat(4); // 4 × (6 + 2 + 2) = 40 bytes in JSON
+    let node = NodeInfo { modules: Modules(u32::MAX), ..NodeInfo::new(name, "12345678", [0xff; 32]) };
+    let longest = config.max_list_reply_len();
+    for codec in [Codec::Json, Codec::Bincode] {
+        let frame = codec.encode(&WSSignalMessageToNode::ListIDsReply(vec![node.clone(); 3])).unwrap();
+        assert!(frame.len() <= longest, "{codec:?}: {} > {longest}", frame.len());
+        if codec == Codec::Json {
+            // The bound is tight for JSON, the longer codec: at most the comma after the last.
+            assert!(frame.len() + 1 >= longest, "{} is far below {longest}", frame.len());
+        }
+    }
+    assert_eq!(SignalConfig::default().max_list_reply_len(), 54_619);
+    assert_eq!(SignalConfig::default().with_max_list_len(usize::MAX).max_list_reply_len(), usize::MAX);
+}
+
+#[test]
+fn a_list_longer_than_the_send_backlog_is_refused_naming_both() {
+    let config = SignalConfig::default().with_max_list_len(2_000);
+    let longest = config.max_list_reply_len();
+    assert!(longest > 1 << 20, "{longest}");
+    let error = config.check_send_backlog(1 << 20).unwrap_err();
+    assert_eq!(error.field(), "send_backlog_bytes");
+    assert_eq!(
+        error.to_string(),
+        format!("send_backlog_bytes (1048576) must be at least the longest list reply of max_list_len nodes ({longest})")
+    );
+    assert_eq!(config.check_send_backlog(longest), Ok(()));
+    assert_eq!(SignalConfig::default().check_send_backlog(1 << 20), Ok(()));
+}
+
+#[test]
+fn the_extremes_that_validate_run_without_a_panic() {
+    use common::Harness;
+    use peer_signal::{SignalIn, WSSignalMessageFromNode};
+    // Every limit at its largest, every duration at a century, rates unlimited or nearly: each
+    // valid configuration serves joins, lists and garbage, and ticks a few centuries on.
+    for rate in [RateLimit::UNLIMITED, RateLimit::new(u64::MAX - 1, u64::MAX), RateLimit::new(1, u64::MAX)] {
+        let config = with(|c| {
+            (c.ttl, c.handshake_timeout, c.list_push_interval) = (CENTURY, CENTURY, CENTURY);
+            (c.max_list_len, c.max_connections, c.max_pending_handshakes) =
+                (usize::MAX, usize::MAX, usize::MAX);
+            (c.max_frame_size, c.max_name_len, c.max_client_len) = (usize::MAX, usize::MAX, usize::MAX);
+            (c.max_setup_len, c.max_node_stats, c.max_send_backlog) = (usize::MAX, usize::MAX, usize::MAX);
+            (c.list_push_fanout, c.max_errors, c.max_announce_failures) = (usize::MAX, u32::MAX, u32::MAX);
+            (c.frame_rate, c.byte_rate) = (rate, rate);
+        });
+        assert_eq!(config.validate(), Ok(()));
+        let mut h = Harness::with(config);
+        let a = h.join(1);
+        h.join(2);
+        h.from(a, &WSSignalMessageFromNode::ListIDsRequest);
+        h.frame(a.conn, vec![b'x'; 100]);
+        for _ in 0..3 {
+            h.advance(CENTURY);
+        }
+        h.join(3);
+        h.input(SignalIn::Stop);
+    }
+}

@@ -47,6 +47,10 @@ pub struct SignalConfig {
     pub system_realm: Option<RealmID>,
     /// At most this many nodes in one `ListIDsReply`, sampled uniformly at random when more are
     /// connected. Default 100; `usize::MAX` lists everybody, as fledger does without a limit.
+    /// A reply must fit in the transport's send backlog for one connection:
+    /// [`check_send_backlog`](Self::check_send_backlog) checks the longest one against it
+    /// (54,619 bytes with the defaults, under the default 64 KiB `max_frame_size` that clients
+    /// may use as their own message limit).
     pub max_list_len: usize,
     /// Open connections, announced or not. When they are all announced nodes, further
     /// connections get `server full` and are closed; while some have not announced yet, the oldest
@@ -219,6 +223,68 @@ impl SignalConfig {
         nonzero("max_send_backlog", self.max_send_backlog)?;
         if self.list_push_fanout > 0 {
             duration("list_push_interval", self.list_push_interval)?;
+        }
+        Ok(())
+    }
+}
+
+impl SignalConfig {
+    /// The longest `ListIDsReply` these settings let the server send, in bytes: `max_list_len`
+    /// nodes whose names and clients are as long as `max_name_len` and `max_client_len` allow,
+    /// whose modules are all set, in whichever codec makes them longer (JSON). Saturates at
+    /// `usize::MAX`, as with `max_list_len` at `usize::MAX`.
+    ///
+    /// With the defaults it is 54,619 bytes (100 nodes of at most 546 bytes each); a list of
+    /// real nodes is much shorter (about 250 bytes a node).
+    pub fn max_list_reply_len(&self) -> usize {
+        use crate::codec::Codec;
+        use crate::protocol::{Modules, NodeInfo, WSSignalMessageToNode};
+        let node = NodeInfo { modules: Modules(u32::MAX), ..NodeInfo::new("", "", [0xff; 32]) };
+        let strings = self.max_name_len.saturating_add(self.max_client_len);
+        [Codec::Json, Codec::Bincode]
+            .into_iter()
+            .map(|codec| {
+                let len = |nodes: Vec<NodeInfo>| {
+                    codec.encode(&WSSignalMessageToNode::ListIDsReply(nodes)).map_or(0, |frame| frame.len())
+                };
+                let (empty, one) = (len(Vec::new()), len(vec![node.clone()]));
+                // One more byte per node for the comma between JSON entries.
+                let per_node = one.saturating_sub(empty).saturating_add(strings).saturating_add(1);
+                empty.saturating_add(per_node.saturating_mul(self.max_list_len))
+            })
+            .max()
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Checks that the longest list reply ([`max_list_reply_len`](Self::max_list_reply_len))
+    /// fits in a transport's send backlog of `backlog_bytes` for one connection, such as
+    /// `WsConfig::send_backlog_bytes`. A reply longer than the backlog could never be queued:
+    /// every node that asked for the list would be closed as a slow reader. Lower `max_list_len`
+    /// (or the string limits), or raise the backlog.
+    ///
+    /// ```
+    /// use peer_signal::SignalConfig;
+    ///
+    /// assert!(SignalConfig::default().check_send_backlog(1 << 20).is_ok());
+    /// let everybody = SignalConfig::default().with_max_list_len(usize::MAX);
+    /// assert_eq!(
+    ///     everybody.check_send_backlog(1 << 20).unwrap_err().to_string(),
+    ///     format!("send_backlog_bytes (1048576) must be at least the longest list reply of max_list_len nodes ({})", usize::MAX),
+    /// );
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Below`] for `send_backlog_bytes`, with the longest reply.
+    pub fn check_send_backlog(&self, backlog_bytes: usize) -> Result<(), ConfigError> {
+        let longest = self.max_list_reply_len();
+        if longest > backlog_bytes {
+            return Err(ConfigError::Below {
+                field: "send_backlog_bytes",
+                value: u64::try_from(backlog_bytes).unwrap_or(u64::MAX),
+                other: "the longest list reply of max_list_len nodes",
+                other_value: u64::try_from(longest).unwrap_or(u64::MAX),
+            });
         }
         Ok(())
     }
