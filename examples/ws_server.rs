@@ -473,7 +473,7 @@ async fn serve(args: Args) -> Result<(), Failure> {
             match event {
                 SignalEvent::NewNode(node) => {
                     let addr = node.addr.map(|addr| addr.to_string()).unwrap_or_default();
-                    info!(id = %node.id, name = %node.info.name, conn = %node.conn, %addr, "node joined");
+                    info!(id = %node.id, name = ?node.info.name, conn = %node.conn, %addr, "node joined");
                 }
                 SignalEvent::NodeLeft(id) => info!(%id, "node left"),
                 SignalEvent::NodeStats { from, stats } => debug!(%from, entries = stats.len(), "node stats"),

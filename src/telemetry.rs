@@ -15,7 +15,10 @@
 
 use std::net::IpAddr;
 use std::time::Duration;
-#[cfg(all(feature = "metrics", feature = "websocket"))]
+#[cfg(any(
+    all(feature = "metrics", feature = "websocket"),
+    all(feature = "tracing", feature = "websocket")
+))]
 use std::time::Instant;
 
 use crate::error::ProtocolError;
@@ -337,11 +340,104 @@ pub(crate) fn event_dropped() {
 }
 
 /// The application's announce policy panicked while deciding on `conn`; the node was denied.
+///
+/// A policy that panics on every announce would write a line per announce: the first
+/// [`EVERY_LINE_UP_TO`] are logged, then the 100th, the 1,000th and so on, each with the count.
 pub(crate) fn policy_panicked(conn: ConnId) {
     #[cfg(feature = "tracing")]
-    tracing::error!(target: SERVER, conn = conn.get(), "announce policy panicked: the node was denied");
+    {
+        static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).saturating_add(1);
+        if sparse(count) {
+            tracing::error!(target: SERVER, conn = conn.get(), count, "announce policy panicked: the node was denied");
+        }
+    }
     #[cfg(not(feature = "tracing"))]
     let _ = conn;
+}
+
+/// Lines of one kind logged one by one; past them, only the powers of ten.
+#[cfg(feature = "tracing")]
+const EVERY_LINE_UP_TO: u64 = 10;
+
+/// Whether the `count`th line of a kind is logged: the first [`EVERY_LINE_UP_TO`], then each
+/// power of ten. A count that only grows, without a clock.
+#[cfg(feature = "tracing")]
+fn sparse(count: u64) -> bool {
+    if count <= EVERY_LINE_UP_TO {
+        return true;
+    }
+    let mut power = EVERY_LINE_UP_TO;
+    while power < count {
+        let Some(next) = power.checked_mul(10) else { return false };
+        power = next;
+    }
+    power == count
+}
+
+/// How often a line of one kind may be logged at its level, for lines that a peer can cause as
+/// often as it likes (refused connections): at most [`Throttle::LINES`] of each kind in every
+/// [`Throttle::WINDOW`]. The rest are logged at `debug` instead, and the next line that passes
+/// says how many were held back (`suppressed`), so that counting the lines at `info` still counts
+/// every event. The counters in [`WsStats`](crate::WsStats) and the metrics count every event.
+#[cfg(all(feature = "tracing", feature = "websocket"))]
+pub(crate) struct Throttle {
+    kinds: std::sync::Mutex<Vec<(&'static str, Window)>>,
+}
+
+#[cfg(all(feature = "tracing", feature = "websocket"))]
+struct Window {
+    start: Instant,
+    passed: u32,
+    suppressed: u64,
+}
+
+/// Whether a line may go out.
+#[cfg(all(feature = "tracing", feature = "websocket"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// At its level, with the count of lines of its kind held back since the last one.
+    Pass { suppressed: u64 },
+    /// Not at its level: over the budget of this window.
+    Hold,
+}
+
+#[cfg(all(feature = "tracing", feature = "websocket"))]
+impl Throttle {
+    /// Lines of one kind per window. 20 per 10 s: enough to see a host that keeps trying (fail2ban
+    /// bans after a handful), few enough that a flood of refusals from many hosts writes two lines
+    /// a second, not one per connection.
+    pub(crate) const LINES: u32 = 20;
+    /// The window.
+    pub(crate) const WINDOW: Duration = Duration::from_secs(10);
+
+    pub(crate) const fn new() -> Self {
+        Self { kinds: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Whether a line of `kind` may go out at `now`. Kinds are a few names fixed in the code.
+    pub(crate) fn admit(&self, kind: &'static str, now: Instant) -> Admit {
+        let mut kinds = self.kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = match kinds.iter().position(|(k, _)| *k == kind) {
+            Some(index) => index,
+            None => {
+                kinds.push((kind, Window { start: now, passed: 0, suppressed: 0 }));
+                kinds.len() - 1
+            }
+        };
+        let Some((_, window)) = kinds.get_mut(index) else { return Admit::Hold };
+        if now.saturating_duration_since(window.start) >= Self::WINDOW {
+            window.start = now;
+            window.passed = 0;
+        }
+        if window.passed < Self::LINES {
+            window.passed += 1;
+            Admit::Pass { suppressed: std::mem::take(&mut window.suppressed) }
+        } else {
+            window.suppressed = window.suppressed.saturating_add(1);
+            Admit::Hold
+        }
+    }
 }
 
 /// Text from a peer, with control characters escaped, so that it cannot forge log lines.
@@ -353,7 +449,7 @@ impl std::fmt::Display for Printable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write;
         for c in self.0.chars() {
-            if c.is_control() {
+            if unsafe_in_logs(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 f.write_char(c)?;
@@ -361,6 +457,15 @@ impl std::fmt::Display for Printable<'_> {
         }
         Ok(())
     }
+}
+
+/// Characters that could forge or hide a log line when printed as they are: control characters
+/// (newlines, ANSI escapes, C1 controls), the Unicode line and paragraph separators, and the
+/// bidirectional overrides and isolates that reorder what a terminal shows.
+#[cfg(feature = "tracing")]
+fn unsafe_in_logs(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// When a frame entered a connection's send queue: an instant with feature `metrics`, nothing
@@ -435,11 +540,28 @@ pub(crate) mod ws {
     #[cfg(feature = "tracing")]
     const WS: &str = "peer_signal::websocket";
 
+    /// Refusals logged at `info`, per reason.
+    #[cfg(feature = "tracing")]
+    static REFUSALS: super::Throttle = super::Throttle::new();
+
     /// A connection refused before it became a WebSocket, for `why` (the limit's name). Logged at
-    /// `info`: these are what an operator watches for (and what fail2ban reads).
+    /// `info`: these are what an operator watches for (and what fail2ban reads). A peer can cause
+    /// them as fast as it can connect, so at most [`Throttle::LINES`](super::Throttle::LINES) of
+    /// each reason per [`Throttle::WINDOW`](super::Throttle::WINDOW) are; the others go to
+    /// `debug`, and the next line at `info` carries their count as `suppressed`.
     pub(crate) fn refused(peer: SocketAddr, client: IpAddr, why: &'static str) {
         #[cfg(feature = "tracing")]
-        tracing::info!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}");
+        match REFUSALS.admit(why, std::time::Instant::now()) {
+            super::Admit::Pass { suppressed: 0 } => {
+                tracing::info!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}")
+            }
+            super::Admit::Pass { suppressed } => {
+                tracing::info!(target: WS, peer = %peer, client = %client, reason = why, suppressed, "connection refused: {why} ({suppressed} more since the last line)")
+            }
+            super::Admit::Hold => {
+                tracing::debug!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}")
+            }
+        }
         #[cfg(not(feature = "tracing"))]
         let _ = (peer, client, why);
     }
@@ -587,7 +709,44 @@ pub(crate) fn publish_redis(redis: &crate::RedisStats) {
 
 #[cfg(all(test, feature = "tracing"))]
 mod tests {
-    use super::Printable;
+    use super::{sparse, Printable};
+
+    #[test]
+    fn text_from_a_peer_cannot_reorder_or_split_a_line_either() {
+        let sneaky = "name\u{202e}txt.exe\u{2028}INFO forged\u{85}\u{2066}x\u{2069}";
+        let printed = Printable(sneaky).to_string();
+        assert_eq!(printed, "name\\u{202e}txt.exe\\u{2028}INFO forged\\u{85}\\u{2066}x\\u{2069}");
+        // Other text passes as it is.
+        assert_eq!(Printable("é 日本 \u{1f600}").to_string(), "é 日本 \u{1f600}");
+    }
+
+    #[test]
+    fn a_line_that_repeats_forever_is_logged_sparsely() {
+        let logged: Vec<u64> = (1..=100_000).filter(|&n| sparse(n)).collect();
+        assert_eq!(logged, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100, 1_000, 10_000, 100_000]);
+        assert!(!sparse(u64::MAX));
+    }
+
+    #[cfg(feature = "websocket")]
+    #[test]
+    fn a_throttle_lets_a_budget_of_lines_through_per_window_and_counts_the_rest() {
+        use super::{Admit, Throttle};
+        use std::time::{Duration, Instant};
+        let throttle = Throttle::new();
+        let start = Instant::now();
+        let lines = |at: Instant, n: u32| (0..n).map(|_| throttle.admit("flood", at)).collect::<Vec<_>>();
+        let first = lines(start, 1_000);
+        assert!(first[..20].iter().all(|a| *a == Admit::Pass { suppressed: 0 }));
+        assert!(first[20..].iter().all(|a| *a == Admit::Hold));
+        // Another kind has its own budget.
+        assert_eq!(throttle.admit("other", start), Admit::Pass { suppressed: 0 });
+        // Still the same window: held.
+        assert_eq!(throttle.admit("flood", start + Duration::from_millis(9_999)), Admit::Hold);
+        // The next window: the first line says how many were held back.
+        let later = start + Throttle::WINDOW;
+        assert_eq!(throttle.admit("flood", later), Admit::Pass { suppressed: 981 });
+        assert_eq!(throttle.admit("flood", later), Admit::Pass { suppressed: 0 });
+    }
 
     #[test]
     fn text_from_a_peer_cannot_start_a_log_line_of_its_own() {
