@@ -526,8 +526,8 @@ fn raise_fd_limit(connections: usize) {
     }
 }
 
-/// Reads the certificate and key again on each SIGHUP; a file that does not parse leaves the
-/// certificate in use as it is.
+/// Reads the certificate and key again on each SIGHUP; a pair that still does not load after a
+/// few attempts leaves the certificate in use as it is.
 async fn reload_on_hangup(tls: ServerTls, cert: PathBuf, key: PathBuf) {
     #[cfg(unix)]
     {
@@ -536,9 +536,12 @@ async fn reload_on_hangup(tls: ServerTls, cert: PathBuf, key: PathBuf) {
             Err(e) => return warn!("cannot listen for SIGHUP, the certificate will not be reloaded: {e}"),
         };
         while hangups.recv().await.is_some() {
-            match tls.reload_pem_files(&cert, &key) {
-                Ok(()) => info!(cert = %cert.display(), "SIGHUP: certificate reloaded for new connections"),
-                Err(e) => warn!("SIGHUP: keeping the certificate in use: {e}"),
+            // A renewal may be writing the pair right now: a pair that does not load yet is read
+            // again, a few times, before the certificate in use is kept.
+            let (attempts, delay) = (ServerTls::RELOAD_ATTEMPTS, ServerTls::RELOAD_DELAY);
+            match tls.reload_pem_files_retrying(&cert, &key, attempts, delay).await {
+                Ok(_) => info!(cert = %cert.display(), "SIGHUP: certificate reloaded for new connections"),
+                Err(e) => warn!("SIGHUP: keeping the certificate in use after {attempts} attempts: {e}"),
             }
         }
     }

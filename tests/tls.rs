@@ -142,3 +142,53 @@ async fn a_reloaded_certificate_serves_new_connections_and_keeps_open_ones() {
     assert!(error.starts_with("cannot read private key from ") && error.contains("key.pem"), "{error}");
     join_trusting(&server.url, 3, Codec::Json, &new_roots).await;
 }
+
+#[tokio::test]
+async fn a_reload_while_a_renewal_writes_the_pair_waits_for_the_key_instead_of_keeping_the_old_pair() {
+    let (_, _, old) = certificate();
+    let (new_cert, _, new) = certificate();
+    let chain = TempFile::new("renew-chain.pem", &old.cert.pem());
+    let key = TempFile::new("renew-key.pem", &old.key_pair.serialize_pem());
+    let tls = ServerTls::from_pem_files(&chain.0, &key.0).unwrap();
+    // The renewal has written the new chain, not yet the new key: the pair does not match.
+    std::fs::write(&chain.0, new.cert.pem()).unwrap();
+    let once = tls.reload_pem_files(&chain.0, &key.0).unwrap_err().to_string();
+    assert!(once.starts_with("certificate and key: "), "{once}");
+    // A reload that retries: its first attempt fails the same way, and it waits.
+    let reload = {
+        let (tls, chain, key) = (tls.clone(), chain.0.clone(), key.0.clone());
+        tokio::spawn(
+            async move { tls.reload_pem_files_retrying(chain, key, 5, Duration::from_millis(20)).await },
+        )
+    };
+    // On this single-threaded runtime, the reload's first attempt runs here and it then sleeps.
+    tokio::task::yield_now().await;
+    assert!(!reload.is_finished());
+    // The renewal writes the key (a half-written key first: the next attempt fails on it too).
+    let key_pem = new.key_pair.serialize_pem();
+    std::fs::write(&key.0, &key_pem[..key_pem.len() / 2]).unwrap();
+    assert!(tls.reload_pem_files(&chain.0, &key.0).is_err(), "half a key does not load");
+    std::fs::write(&key.0, &key_pem).unwrap();
+    let attempts = within("reload", reload).await.unwrap().expect("the new pair loads");
+    assert_eq!(attempts, 2);
+    // New connections get the new certificate.
+    let config = config();
+    let server = start_wss(tls, WsConfig::for_server(&config), config).await;
+    join_trusting(&server.url, 1, Codec::Json, &TlsRoots::Custom(vec![new_cert])).await;
+
+    // A pair that never settles: every attempt is made, and the last error returned.
+    std::fs::write(&key.0, "not a key").unwrap();
+    let error = tls_clone_reload_error(&chain.0, &key.0, &new).await;
+    assert!(error.starts_with("cannot read private key from "), "{error}");
+}
+
+/// The error of a retrying reload of `chain` and `key`, on a `ServerTls` made from `made`.
+async fn tls_clone_reload_error(
+    chain: &std::path::Path,
+    key: &std::path::Path,
+    made: &rcgen::CertifiedKey,
+) -> String {
+    let good_key = TempFile::new("renew-key-good.pem", &made.key_pair.serialize_pem());
+    let tls = ServerTls::from_pem_files(chain, &good_key.0).unwrap();
+    tls.reload_pem_files_retrying(chain, key, 3, Duration::from_millis(1)).await.unwrap_err().to_string()
+}

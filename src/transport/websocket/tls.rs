@@ -97,6 +97,49 @@ impl ServerTls {
         Ok(())
     }
 
+    /// As [`reload_pem_files`](Self::reload_pem_files), for files that may be being replaced
+    /// right now: a pair that does not load (a file half-written, or a new certificate whose key
+    /// is not written yet, so that the two do not match) is read again, up to `attempts` times in
+    /// all, `delay` apart. Returns how many attempts it took.
+    ///
+    /// Tools that renew certificates write the chain and the key one after the other; a reload
+    /// signalled in between would otherwise keep the old certificate until the next signal,
+    /// which may come only after it has expired. [`RELOAD_ATTEMPTS`](Self::RELOAD_ATTEMPTS) and
+    /// [`RELOAD_DELAY`](Self::RELOAD_DELAY) are what `ws_server` uses on SIGHUP.
+    ///
+    /// # Errors
+    ///
+    /// The last attempt's error, after `attempts` attempts (at least one); the certificate in use
+    /// stays.
+    pub async fn reload_pem_files_retrying(
+        &self,
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        attempts: u32,
+        delay: std::time::Duration,
+    ) -> Result<u32, TlsError> {
+        let mut attempt = 1;
+        loop {
+            match self.reload_pem_files(chain.as_ref(), key.as_ref()) {
+                Ok(()) => return Ok(attempt),
+                Err(error) if attempt >= attempts => return Err(error),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Attempts of a reload on SIGHUP in `ws_server`: 5.
+    pub const RELOAD_ATTEMPTS: u32 = 5;
+
+    /// The wait between two attempts of a reload on SIGHUP in `ws_server`: 200 ms. With
+    /// [`RELOAD_ATTEMPTS`](Self::RELOAD_ATTEMPTS), the pair has 800 ms to settle after the
+    /// first attempt: writing two files of a few KiB takes milliseconds, and a signal that
+    /// arrives while a renewal writes them is answered with the new pair, not the old one.
+    pub const RELOAD_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
     pub(super) fn config(&self) -> Arc<rustls::ServerConfig> {
         Arc::clone(&self.config)
     }
