@@ -326,12 +326,16 @@
 //! With the feature `tracing`, the crate emits `tracing` events, and the application's
 //! subscriber decides what to keep. `conn` is the connection's [`ConnId`] number everywhere; the
 //! transport's `connection opened` ties it to the peer's address. Text from a peer is logged with
-//! its control characters escaped.
+//! its control characters, line separators and bidirectional overrides escaped. Lines at `info`
+//! or above that a peer can cause at will are bounded: at most 20 refusals of each reason per
+//! 10 s (the rest at `debug`; the next line at `info` counts them in `suppressed`), and an
+//! announce policy that panics is logged for its first 10 panics, then at the 100th, 1,000th….
 //!
 //! | Target | Level | Events (fields) |
 //! |---|---|---|
 //! | `peer_signal::server` | debug | `node joined` (`conn`, `addr`, `node`, `waited`), `node left` (`conn`, `addr`, `node`), `error reply` (`conn`, `addr`, `reason`, `error`), `closing the connection` (`conn`, `addr`, `reason`) |
-//! | `peer_signal::websocket` | info | `connection refused: …` (`peer`, `client`, `reason`: `max_connections`, `max_connections_per_ip`, `admission`) |
+//! | `peer_signal::server` | error | `announce policy panicked: the node was denied` (`conn`, `count`) |
+//! | `peer_signal::websocket` | info | `connection refused: …` (`peer`, `client`, `reason`: `max_connections`, `max_connections_per_ip`, `admission`; `suppressed` after a flood) |
 //! | `peer_signal::websocket` | debug | `WebSocket handshake failed` or `timed out` (`peer`), `connection opened` (`conn`, `peer`, `client`, `codec`), `closing: …` (`conn`, `peer`, `reason`), `send queue full` (`conn`), `connection ended` (`conn`, `peer`, `how`) |
 //! | `peer_signal::driver` | debug | `application event dropped` |
 //!
