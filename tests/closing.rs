@@ -271,4 +271,23 @@ async fn data_a_peer_sends_after_its_close_is_neither_handed_on_nor_answered() {
     tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &after_close).await.unwrap();
     assert_eq!(raw.close_frame().await, 1000);
     assert_eq!(raw.end().await, StreamEnd::Eof);
+
+    // The same frames sent with the upgrade request, in one write: the server reads them with
+    // the request, and still answers nothing but the challenge and the close.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host(&server.url)).await.unwrap();
+    let mut bytes = b"GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    bytes.extend(&after_close);
+    stream.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    within("the server ends the stream", stream.read_to_end(&mut got)).await.unwrap();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    // What follows the response: the challenge (a text frame), then the close, and nothing else.
+    let frames = &got[head_end..];
+    let challenge_len = usize::from(frames[1]);
+    assert_eq!(frames[0], 0x81);
+    assert_eq!(&frames[2 + challenge_len..], &[0x88, 0x02, 0x03, 0xe8]);
 }
