@@ -67,9 +67,9 @@ use common::ticks;
 use futures::StreamExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use peer_signal::{
-    ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, RateLimit, RealmID, RedisBackplane,
-    RedisConfig, RedisHandle, ServerTls, SignalConfig, SignalEvent, SignalServer, WsConfig, WsStatsHandle,
-    WsTransport,
+    ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, LogAdmit, LogThrottle, RateLimit,
+    RealmID, RedisBackplane, RedisConfig, RedisHandle, ServerTls, SignalConfig, SignalEvent, SignalServer,
+    WsConfig, WsStatsHandle, WsTransport,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -469,13 +469,27 @@ async fn serve(args: Args) -> Result<(), Failure> {
     }
     tokio::spawn(stop_on_signal(handle.clone()));
     tokio::spawn(async move {
+        // Nodes that come and go as fast as they can sign cannot flood the log: at most 20 joins
+        // and 20 leaves per 10 s at info, the rest at debug, counted in the next info line.
+        let churn = LogThrottle::new(LogThrottle::LINES, LogThrottle::WINDOW);
         while let Some(event) = events.next().await {
             match event {
                 SignalEvent::NewNode(node) => {
                     let addr = node.addr.map(|addr| addr.to_string()).unwrap_or_default();
-                    info!(id = %node.id, name = ?node.info.name, conn = %node.conn, %addr, "node joined");
+                    let (id, name, conn) = (node.id, &node.info.name, node.conn);
+                    match churn.admit("joined", std::time::Instant::now()) {
+                        LogAdmit::Pass { suppressed: 0 } => info!(%id, ?name, %conn, %addr, "node joined"),
+                        LogAdmit::Pass { suppressed } => {
+                            info!(%id, ?name, %conn, %addr, suppressed, "node joined")
+                        }
+                        _ => debug!(%id, ?name, %conn, %addr, "node joined"),
+                    }
                 }
-                SignalEvent::NodeLeft(id) => info!(%id, "node left"),
+                SignalEvent::NodeLeft(id) => match churn.admit("left", std::time::Instant::now()) {
+                    LogAdmit::Pass { suppressed: 0 } => info!(%id, "node left"),
+                    LogAdmit::Pass { suppressed } => info!(%id, suppressed, "node left"),
+                    _ => debug!(%id, "node left"),
+                },
                 SignalEvent::NodeStats { from, stats } => debug!(%from, entries = stats.len(), "node stats"),
                 SignalEvent::Stopped => info!("stopped"),
                 other => debug!(?other, "event"),

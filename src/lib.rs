@@ -445,6 +445,8 @@ pub use server::{
     AnnouncePolicy, CloseReason, Command, CommandReply, ConnId, ConnectedNode, RateLimit, ServerStats,
     SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer, Verdict,
 };
+#[cfg(feature = "tracing")]
+pub use telemetry::{LogAdmit, LogThrottle};
 
 mod client;
 mod driver;

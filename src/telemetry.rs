@@ -15,10 +15,7 @@
 
 use std::net::IpAddr;
 use std::time::Duration;
-#[cfg(any(
-    all(feature = "metrics", feature = "websocket"),
-    all(feature = "tracing", feature = "websocket")
-))]
+#[cfg(all(feature = "metrics", feature = "websocket"))]
 use std::time::Instant;
 
 use crate::error::ProtocolError;
@@ -375,48 +372,75 @@ fn sparse(count: u64) -> bool {
     power == count
 }
 
-/// How often a line of one kind may be logged at its level, for lines that a peer can cause as
-/// often as it likes (refused connections): at most [`Throttle::LINES`] of each kind in every
-/// [`Throttle::WINDOW`]. The rest are logged at `debug` instead, and the next line that passes
-/// says how many were held back (`suppressed`), so that counting the lines at `info` still counts
-/// every event. The counters in [`WsStats`](crate::WsStats) and the metrics count every event.
-#[cfg(all(feature = "tracing", feature = "websocket"))]
-pub(crate) struct Throttle {
+/// A budget for log lines that peers can cause as often as they like (refused connections,
+/// joins and leaves of nodes that come and go): at most `lines` of each kind in every `window`.
+/// What is over the budget is meant for a lower level (`debug`), and the next line of that kind
+/// that passes carries how many were held back, so that the lines at the higher level still
+/// account for every event (feature `tracing`).
+///
+/// The WebSocket transport logs its refusals at `info` through one with
+/// [`LogThrottle::LINES`] and [`LogThrottle::WINDOW`]; `ws_server` its joins and leaves.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use peer_signal::{LogAdmit, LogThrottle};
+///
+/// static JOINS: LogThrottle = LogThrottle::new(LogThrottle::LINES, LogThrottle::WINDOW);
+/// match JOINS.admit("joined", Instant::now()) {
+///     LogAdmit::Pass { suppressed: 0 } => { /* info!("node joined") */ }
+///     LogAdmit::Pass { suppressed } => { /* info!(suppressed, "node joined") */ }
+///     LogAdmit::Hold => { /* debug!("node joined") */ }
+/// }
+/// ```
+#[cfg(feature = "tracing")]
+#[derive(Debug)]
+pub struct LogThrottle {
+    lines: u32,
+    window: Duration,
     kinds: std::sync::Mutex<Vec<(&'static str, Window)>>,
 }
 
-#[cfg(all(feature = "tracing", feature = "websocket"))]
+#[cfg(feature = "tracing")]
+#[derive(Debug)]
 struct Window {
-    start: Instant,
+    start: std::time::Instant,
     passed: u32,
     suppressed: u64,
 }
 
-/// Whether a line may go out.
-#[cfg(all(feature = "tracing", feature = "websocket"))]
+/// Whether a line may go out at its level, from [`LogThrottle::admit`].
+#[cfg(feature = "tracing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admit {
-    /// At its level, with the count of lines of its kind held back since the last one.
-    Pass { suppressed: u64 },
-    /// Not at its level: over the budget of this window.
+#[non_exhaustive]
+pub enum LogAdmit {
+    /// Log it at its level, saying how many lines of its kind were held back since the last one
+    /// that passed (when that is not zero).
+    Pass {
+        /// Lines of this kind held back since the last one that passed.
+        suppressed: u64,
+    },
+    /// Over the budget of this window: log it at a lower level, or not at all.
     Hold,
 }
 
-#[cfg(all(feature = "tracing", feature = "websocket"))]
-impl Throttle {
-    /// Lines of one kind per window. 20 per 10 s: enough to see a host that keeps trying (fail2ban
-    /// bans after a handful), few enough that a flood of refusals from many hosts writes two lines
-    /// a second, not one per connection.
-    pub(crate) const LINES: u32 = 20;
-    /// The window.
-    pub(crate) const WINDOW: Duration = Duration::from_secs(10);
+#[cfg(feature = "tracing")]
+impl LogThrottle {
+    /// The default budget: 20 lines of a kind per window. Enough to see a host that keeps
+    /// trying (fail2ban bans after a handful of lines), few enough that a flood from many hosts
+    /// writes two lines a second of each kind, not one per connection.
+    pub const LINES: u32 = 20;
+    /// The default window: 10 s.
+    pub const WINDOW: Duration = Duration::from_secs(10);
 
-    pub(crate) const fn new() -> Self {
-        Self { kinds: std::sync::Mutex::new(Vec::new()) }
+    /// At most `lines` lines of each kind per `window`; `lines` 0 holds every line back.
+    pub const fn new(lines: u32, window: Duration) -> Self {
+        Self { lines, window, kinds: std::sync::Mutex::new(Vec::new()) }
     }
 
-    /// Whether a line of `kind` may go out at `now`. Kinds are a few names fixed in the code.
-    pub(crate) fn admit(&self, kind: &'static str, now: Instant) -> Admit {
+    /// Whether a line of `kind` may go out at `now`. Kinds are meant to be a few names fixed in
+    /// the code (a reason, an event), not text from peers: each has its own budget, kept for
+    /// the throttle's life.
+    pub fn admit(&self, kind: &'static str, now: std::time::Instant) -> LogAdmit {
         let mut kinds = self.kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let index = match kinds.iter().position(|(k, _)| *k == kind) {
             Some(index) => index,
@@ -425,17 +449,17 @@ impl Throttle {
                 kinds.len() - 1
             }
         };
-        let Some((_, window)) = kinds.get_mut(index) else { return Admit::Hold };
-        if now.saturating_duration_since(window.start) >= Self::WINDOW {
+        let Some((_, window)) = kinds.get_mut(index) else { return LogAdmit::Hold };
+        if now.saturating_duration_since(window.start) >= self.window {
             window.start = now;
             window.passed = 0;
         }
-        if window.passed < Self::LINES {
+        if window.passed < self.lines {
             window.passed += 1;
-            Admit::Pass { suppressed: std::mem::take(&mut window.suppressed) }
+            LogAdmit::Pass { suppressed: std::mem::take(&mut window.suppressed) }
         } else {
             window.suppressed = window.suppressed.saturating_add(1);
-            Admit::Hold
+            LogAdmit::Hold
         }
     }
 }
@@ -542,23 +566,24 @@ pub(crate) mod ws {
 
     /// Refusals logged at `info`, per reason.
     #[cfg(feature = "tracing")]
-    static REFUSALS: super::Throttle = super::Throttle::new();
+    static REFUSALS: super::LogThrottle =
+        super::LogThrottle::new(super::LogThrottle::LINES, super::LogThrottle::WINDOW);
 
     /// A connection refused before it became a WebSocket, for `why` (the limit's name). Logged at
     /// `info`: these are what an operator watches for (and what fail2ban reads). A peer can cause
-    /// them as fast as it can connect, so at most [`Throttle::LINES`](super::Throttle::LINES) of
-    /// each reason per [`Throttle::WINDOW`](super::Throttle::WINDOW) are; the others go to
-    /// `debug`, and the next line at `info` carries their count as `suppressed`.
+    /// them as fast as it can connect, so at most [`LogThrottle::LINES`](super::LogThrottle::LINES)
+    /// of each reason per [`LogThrottle::WINDOW`](super::LogThrottle::WINDOW) are; the others go
+    /// to `debug`, and the next line at `info` carries their count as `suppressed`.
     pub(crate) fn refused(peer: SocketAddr, client: IpAddr, why: &'static str) {
         #[cfg(feature = "tracing")]
         match REFUSALS.admit(why, std::time::Instant::now()) {
-            super::Admit::Pass { suppressed: 0 } => {
+            super::LogAdmit::Pass { suppressed: 0 } => {
                 tracing::info!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}")
             }
-            super::Admit::Pass { suppressed } => {
+            super::LogAdmit::Pass { suppressed } => {
                 tracing::info!(target: WS, peer = %peer, client = %client, reason = why, suppressed, "connection refused: {why} ({suppressed} more since the last line)")
             }
-            super::Admit::Hold => {
+            super::LogAdmit::Hold => {
                 tracing::debug!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}")
             }
         }
@@ -727,12 +752,11 @@ mod tests {
         assert!(!sparse(u64::MAX));
     }
 
-    #[cfg(feature = "websocket")]
     #[test]
     fn a_throttle_lets_a_budget_of_lines_through_per_window_and_counts_the_rest() {
-        use super::{Admit, Throttle};
+        use super::{LogAdmit as Admit, LogThrottle as Throttle};
         use std::time::{Duration, Instant};
-        let throttle = Throttle::new();
+        let throttle = Throttle::new(Throttle::LINES, Throttle::WINDOW);
         let start = Instant::now();
         let lines = |at: Instant, n: u32| (0..n).map(|_| throttle.admit("flood", at)).collect::<Vec<_>>();
         let first = lines(start, 1_000);
