@@ -402,6 +402,8 @@ async fn serve(args: Args) -> Result<(), Failure> {
     // Checked before anything starts, so that a bad flag is one line and status 2.
     config.validate().map_err(|e| Failure::config(e, false))?;
     ws_config.validate().map_err(|e| Failure::config(e, true))?;
+    // A list reply that cannot fit in the send backlog would close every node that asks for one.
+    config.check_send_backlog(ws_config.send_backlog_bytes).map_err(|e| Failure::config(e, true))?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let tls = ServerTls::from_pem_files(cert, key)
             .map_err(|e| Failure::Runtime(format!("{e}; check --tls-cert and --tls-key")))?;

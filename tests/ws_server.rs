@@ -85,6 +85,13 @@ async fn a_bad_flag_is_one_sentence_naming_it_and_exit_status_2() {
             &["--write-timeout-secs", "0"][..],
             "ws_server: invalid configuration: --write-timeout-secs must be more than zero",
         ),
+        (
+            // 100,000 nodes of at most 546 bytes in one list: every node that asks would be
+            // closed as a slow reader.
+            &["--max-list-len", "100000", "--send-backlog-bytes", "1048576"][..],
+            "ws_server: invalid configuration: --send-backlog-bytes (1048576) must be at least the longest \
+             list reply of max_list_len nodes (54600019)",
+        ),
     ] {
         let output = within(
             "ws_server refuses",
