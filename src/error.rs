@@ -233,6 +233,17 @@ pub enum ConfigError {
         /// That field's value.
         other_value: u64,
     },
+    /// A count or size larger than the most the setting can take: a queue whose capacity the
+    /// channels below it cannot hold, a read buffer that every connection would allocate.
+    #[error("{field} ({value}) must be at most {max}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The most it may be.
+        max: u64,
+    },
     /// A name with characters or a length the setting does not allow, e.g. an instance id of a
     /// cluster.
     #[error("{field} is not a valid name")]
@@ -250,6 +261,7 @@ impl ConfigError {
             Self::Zero { field }
             | Self::TooLong { field, .. }
             | Self::Below { field, .. }
+            | Self::TooLarge { field, .. }
             | Self::Invalid { field } => field,
         }
     }
@@ -355,6 +367,10 @@ mod tests {
                     other_value: 65536,
                 },
                 "byte_rate.burst (1000) must be at least max_frame_size (65536)",
+            ),
+            (
+                ConfigError::TooLarge { field: "event_queue", value: u64::MAX, max: 1 << 20 },
+                "event_queue (18446744073709551615) must be at most 1048576",
             ),
         ];
         for (error, text) in errors {

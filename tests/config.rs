@@ -2,6 +2,8 @@
 //! refused, by name.
 
 mod common;
+mod nodes;
+mod ws;
 
 use std::time::Duration;
 
@@ -64,6 +66,12 @@ fn each_refused_field_names_itself() {
             "byte_rate.burst (1000) must be at least max_frame_size (65536)",
         ),
         (with(|c| c.max_send_backlog = 0), "max_send_backlog", "max_send_backlog must be more than zero"),
+        (
+            // Its transports' channels panic at such capacities (futures' mpsc, flume).
+            with(|c| c.max_send_backlog = usize::MAX),
+            "max_send_backlog",
+            "max_send_backlog (18446744073709551615) must be at most 1048576",
+        ),
         (
             with(|c| c.list_push_interval = Duration::ZERO),
             "list_push_interval",
@@ -158,7 +166,7 @@ fn the_extremes_that_validate_run_without_a_panic() {
             (c.max_list_len, c.max_connections, c.max_pending_handshakes) =
                 (usize::MAX, usize::MAX, usize::MAX);
             (c.max_frame_size, c.max_name_len, c.max_client_len) = (usize::MAX, usize::MAX, usize::MAX);
-            (c.max_setup_len, c.max_node_stats, c.max_send_backlog) = (usize::MAX, usize::MAX, usize::MAX);
+            (c.max_setup_len, c.max_node_stats, c.max_send_backlog) = (usize::MAX, usize::MAX, 1 << 20);
             (c.list_push_fanout, c.max_errors, c.max_announce_failures) = (usize::MAX, u32::MAX, u32::MAX);
             (c.frame_rate, c.byte_rate) = (rate, rate);
         });
@@ -173,5 +181,48 @@ fn the_extremes_that_validate_run_without_a_panic() {
         }
         h.join(3);
         h.input(SignalIn::Stop);
+    }
+}
+
+#[tokio::test]
+async fn the_largest_backlogs_that_validate_work_over_memory_and_websocket() {
+    use peer_signal::{Codec, WsConfig};
+    // The largest backlog a configuration may have, over the memory transport...
+    let config = nodes::config().with_max_send_backlog(1 << 20);
+    assert_eq!(config.validate(), Ok(()));
+    let running = nodes::start(config.clone());
+    nodes::join(&running.connector, 1, Codec::Json).await;
+    // ...and a larger one given to the memory transport directly is taken as that.
+    let (_transport, connector) = peer_signal::MemoryTransport::with_capacity(usize::MAX);
+    drop(connector);
+    // Over WebSocket, with the largest queues and read buffer.
+    let ws = WsConfig::for_server(&config).with_event_queue(1 << 20).with_read_buffer_size(16 << 20);
+    let server = ws::start(config, ws).await;
+    ws::join(&server.url, 1, Codec::Json).await;
+}
+
+#[tokio::test]
+async fn websocket_queues_and_buffers_that_would_panic_are_refused_naming_the_field() {
+    use peer_signal::{WsConfig, WsTransport};
+    for (ws, text) in [
+        // tokio's channel panics above usize::MAX >> 3.
+        (
+            WsConfig::default().with_event_queue(usize::MAX),
+            "event_queue (18446744073709551615) must be at most 1048576",
+        ),
+        // futures' channel panics above usize::MAX >> 1, in every connection's task.
+        (
+            WsConfig::default().with_send_backlog(usize::MAX),
+            "send_backlog (18446744073709551615) must be at most 1048576",
+        ),
+        // Every connection reserves it at each read: capacity overflow, in every task.
+        (
+            WsConfig::default().with_read_buffer_size(usize::MAX),
+            "read_buffer_size (18446744073709551615) must be at most 16777216",
+        ),
+    ] {
+        assert_eq!(ws.validate().unwrap_err().to_string(), text);
+        let error = WsTransport::bind("127.0.0.1:0", ws).await.expect_err("refused");
+        assert_eq!(error.to_string(), text);
     }
 }

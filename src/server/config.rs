@@ -112,7 +112,7 @@ pub struct SignalConfig {
     /// Frames a transport may queue for one connection before it closes it as a slow reader.
     /// The core never holds frames itself; transports read this. A transport that reports
     /// [`SignalIn::Busy`] when the queue passes half of it keeps other nodes' set-up messages from
-    /// filling it. Default 256.
+    /// filling it. Default 256; at most 1,048,576 (2^20).
     pub max_send_backlog: usize,
     /// How often joins are pushed to other nodes, at most. Default 1 s. Any value when
     /// `list_push_fanout` is 0.
@@ -190,7 +190,7 @@ impl SignalConfig {
     /// Checks that a server can work with these settings: every duration more than zero and at
     /// most a century, every size and count more than zero (except where a field says what zero
     /// means: `max_errors`, `max_announce_failures`, `list_push_fanout`, and the `per_sec` of the
-    /// rates), and `byte_rate.burst` at least `max_frame_size`.
+    /// rates), `byte_rate.burst` at least `max_frame_size`, and `max_send_backlog` at most 2^20.
     ///
     /// [`SignalServer::new`] calls it.
     ///
@@ -221,6 +221,7 @@ impl SignalConfig {
             });
         }
         nonzero("max_send_backlog", self.max_send_backlog)?;
+        at_most("max_send_backlog", self.max_send_backlog, MAX_QUEUE)?;
         if self.list_push_fanout > 0 {
             duration("list_push_interval", self.list_push_interval)?;
         }
@@ -288,6 +289,23 @@ impl SignalConfig {
         }
         Ok(())
     }
+}
+
+/// The longest queue, in items, that a setting may ask for: 2^20. The channels that transports
+/// build from these settings panic at capacities near `usize::MAX`, and a queue this long is
+/// already far more than a bound (the defaults are 256 and 4,096).
+pub(crate) const MAX_QUEUE: usize = 1 << 20;
+
+/// Refuses `value` above `max`.
+pub(crate) fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::TooLarge {
+            field,
+            value: u64::try_from(value).unwrap_or(u64::MAX),
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn nonzero<T: Default + PartialEq>(field: &'static str, value: T) -> Result<(), ConfigError> {

@@ -37,7 +37,7 @@ use crate::ids::ConnMap;
 #[cfg(feature = "websocket")]
 pub(crate) use config::duration;
 pub use config::SignalConfig;
-pub(crate) use config::{later, nonzero};
+pub(crate) use config::{at_most, later, nonzero, MAX_QUEUE};
 pub use control::{Command, CommandReply, ConnectedNode};
 use directory::{Listed, Node, PerCodec};
 pub use policy::{AnnouncePolicy, Verdict};

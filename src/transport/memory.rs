@@ -99,17 +99,19 @@ impl fmt::Debug for MemoryTransport {
 impl MemoryTransport {
     /// A transport whose queues hold `config.max_send_backlog` frames, and its connector.
     ///
-    /// It reads nothing else of `config`, and every backlog works here (0 acts as 1, as in
-    /// [`with_capacity`](Self::with_capacity); the queues reserve nothing up front), so it does
+    /// It reads nothing else of `config`, and every backlog works here (0 acts as 1, and more
+    /// than 2^20 as 2^20, as in [`with_capacity`](Self::with_capacity); the queues reserve
+    /// nothing up front), so it does
     /// not fail: [`SignalServer::new`](crate::SignalServer::new) validates the whole
     /// configuration, the backlog included.
     pub fn new(config: &SignalConfig) -> (Self, MemoryConnector) {
         Self::with_capacity(config.max_send_backlog)
     }
 
-    /// A transport whose queues hold `capacity` frames (at least 1), and its connector.
+    /// A transport whose queues hold `capacity` frames (at least 1, at most 2^20: the channels
+    /// panic near `usize::MAX`), and its connector.
     pub fn with_capacity(capacity: usize) -> (Self, MemoryConnector) {
-        let capacity = capacity.max(1);
+        let capacity = capacity.clamp(1, crate::server::MAX_QUEUE);
         let (accept_tx, accept_rx) = flume::bounded(capacity);
         let transport = Self {
             accept: accept_rx.into_stream(),

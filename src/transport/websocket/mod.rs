@@ -46,7 +46,7 @@ use self::link::Link;
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
 use crate::ids::ConnMap;
-use crate::server::{duration, nonzero};
+use crate::server::{at_most, duration, nonzero, MAX_QUEUE};
 use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::{CloseReason, Codec, ConfigError, ConnId, SignalConfig, TransportError};
 
@@ -88,7 +88,7 @@ pub struct WsConfig {
     /// [`SignalConfig::max_frame_size`], which [`for_server`](Self::for_server) copies.
     pub max_message_size: usize,
     /// Frames queued for one connection. A connection whose queue is full reads too slowly and
-    /// is closed at once. Default 256.
+    /// is closed at once. Default 256; at most 2^20.
     pub send_backlog: usize,
     /// Bytes queued for one connection, counted by payload until written. A frame that would
     /// take the queue over it closes the connection as a slow reader; past half of it the
@@ -107,14 +107,16 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     /// Bytes read from the socket at a time. The buffer is allocated when the socket has data and
     /// given back once its messages are handled, so an idle connection holds none; a longer
-    /// message gets a buffer of its size for as long as it takes to arrive. Default 4 KiB.
+    /// message gets a buffer of its size for as long as it takes to arrive. Default 4 KiB; at
+    /// most 16 MiB (every reading connection allocates it; one read rarely returns more than
+    /// the kernel's socket buffer, a few MiB).
     pub read_buffer_size: usize,
     /// Connections the kernel queues for `accept` (the listen backlog; the kernel caps it at
     /// `net.core.somaxconn`). A full backlog drops connection attempts, which the client retries
     /// only a second later. Default 4096.
     pub listen_backlog: u32,
     /// Events (opens, frames, closes) waiting for the driver. When it is full, connections stop
-    /// reading until the driver catches up. Default 4096.
+    /// reading until the driver catches up. Default 4096; at most 2^20.
     pub event_queue: usize,
     /// Serve wss:// with this certificate (feature `tls`): every connection starts with a TLS
     /// handshake, within [`handshake_timeout`](Self::handshake_timeout) together with the
@@ -169,10 +171,15 @@ setters! {
     }
 }
 
+/// The largest [`WsConfig::read_buffer_size`]: 16 MiB.
+const MAX_READ_BUFFER: usize = 16 << 20;
+
 impl WsConfig {
     /// Checks every setting: zero sizes, counts and intervals are refused (a zero
     /// [`close_linger`](Self::close_linger) is allowed: it means not to wait), as are durations
-    /// over a century and a byte backlog too small for one message of the largest size.
+    /// over a century, a byte backlog too small for one message of the largest size, queues of
+    /// more than 2^20 items (`send_backlog`, `event_queue`: the channels under them panic near
+    /// `usize::MAX`) and a read buffer over 16 MiB.
     /// [`WsTransport::bind`] and [`WsTransport::from_listener`] run it.
     ///
     /// # Errors
@@ -186,6 +193,7 @@ impl WsConfig {
         duration("handshake_timeout", self.handshake_timeout)?;
         nonzero("max_message_size", self.max_message_size)?;
         nonzero("send_backlog", self.send_backlog)?;
+        at_most("send_backlog", self.send_backlog, MAX_QUEUE)?;
         if self.send_backlog_bytes < self.max_message_size {
             return Err(ConfigError::Below {
                 field: "send_backlog_bytes",
@@ -200,8 +208,10 @@ impl WsConfig {
         }
         duration("ping_interval", self.ping_interval)?;
         nonzero("read_buffer_size", self.read_buffer_size)?;
+        at_most("read_buffer_size", self.read_buffer_size, MAX_READ_BUFFER)?;
         nonzero("listen_backlog", self.listen_backlog)?;
         nonzero("event_queue", self.event_queue)?;
+        at_most("event_queue", self.event_queue, MAX_QUEUE)?;
         Ok(())
     }
 
