@@ -233,6 +233,16 @@ pub enum ConfigError {
         /// That field's value.
         other_value: u64,
     },
+    /// A number larger than the setting allows, e.g. an IPv6 prefix longer than 128 bits.
+    #[error("{field} ({value}) must be at most {limit}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The largest value allowed.
+        limit: u64,
+    },
     /// A name with characters or a length the setting does not allow, e.g. an instance id of a
     /// cluster.
     #[error("{field} is not a valid name")]
@@ -250,6 +260,7 @@ impl ConfigError {
             Self::Zero { field }
             | Self::TooLong { field, .. }
             | Self::Below { field, .. }
+            | Self::TooLarge { field, .. }
             | Self::Invalid { field } => field,
         }
     }
