@@ -36,7 +36,7 @@ use crate::telemetry::Meters;
 pub use crate::ids::ConnId;
 use crate::ids::ConnMap;
 #[cfg(feature = "websocket")]
-pub(crate) use config::duration;
+pub(crate) use config::{duration, source_prefix};
 pub use config::SignalConfig;
 pub(crate) use config::{later, nonzero};
 pub use control::{Command, CommandReply, ConnectedNode};
@@ -45,6 +45,8 @@ pub use policy::{AnnouncePolicy, Verdict};
 use rate::Buckets;
 pub use rate::RateLimit;
 use routing::Cluster;
+#[cfg(feature = "websocket")]
+pub(crate) use sources::source_of;
 use sources::Sources;
 pub use sources::WhenFull;
 
