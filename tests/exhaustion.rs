@@ -51,7 +51,10 @@ fn a_server_full_of_one_sources_nodes_makes_room_for_a_newcomer_from_another() {
     let out = h.input(SignalIn::Opened { conn, codec: Codec::Json, addr: ip("198.51.100.7") });
     // The sybil that was silent longest is closed, and the newcomer gets its challenge.
     assert_eq!(made_room(&out), vec![sybils[5].conn]);
-    assert!(matches!(messages_to(&out, conn, Codec::Json).as_slice(), [WSSignalMessageToNode::Challenge(..)]));
+    assert!(matches!(
+        messages_to(&out, conn, Codec::Json).as_slice(),
+        [WSSignalMessageToNode::Challenge(..)]
+    ));
     assert_eq!(h.server.stats().errors.get("server_full"), Some(&1));
     assert_eq!(h.server.stats().connections, 8);
     assert!(h.server.node_conn(&sybils[5].id).is_none());
@@ -69,7 +72,8 @@ fn a_newcomer_from_the_source_that_holds_most_is_refused() {
 
 #[test]
 fn with_refuse_a_full_server_keeps_whoever_filled_it() {
-    let mut h = Harness::with(SignalConfig::default().with_max_connections(4).with_when_full(WhenFull::Refuse));
+    let mut h =
+        Harness::with(SignalConfig::default().with_max_connections(4).with_when_full(WhenFull::Refuse));
     for i in 0..4 {
         h.join_from(&key(100 + i), Codec::Json, ip("192.0.2.66"));
     }
@@ -156,5 +160,7 @@ fn a_node_whose_queue_is_busy_gets_no_list_until_it_drains() {
     // Not a strike: the node stays, and once drained it is answered again.
     h.input(SignalIn::Busy { conn: node.conn, busy: false });
     let out = h.from(node, &WSSignalMessageFromNode::ListIDsRequest);
-    assert!(matches!(messages_to(&out, node.conn, Codec::Json).as_slice(), [WSSignalMessageToNode::ListIDsReply(list)] if list.len() == 2));
+    assert!(
+        matches!(messages_to(&out, node.conn, Codec::Json).as_slice(), [WSSignalMessageToNode::ListIDsReply(list)] if list.len() == 2)
+    );
 }

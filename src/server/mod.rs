@@ -35,9 +35,9 @@ use crate::telemetry::Meters;
 
 pub use crate::ids::ConnId;
 use crate::ids::ConnMap;
+pub use config::SignalConfig;
 #[cfg(feature = "websocket")]
 pub(crate) use config::{duration, source_prefix};
-pub use config::SignalConfig;
 pub(crate) use config::{later, nonzero};
 pub use control::{Command, CommandReply, ConnectedNode};
 use directory::{Listed, Node, PerCodec};

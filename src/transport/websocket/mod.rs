@@ -1277,5 +1277,4 @@ mod tests {
         assert_eq!(client("192.0.2.9", Some("203.0.113.7")), ip("192.0.2.9"));
         assert_eq!(client("10.0.0.1", None), ip("10.0.0.1"));
     }
-
 }

@@ -253,7 +253,11 @@ mod tests {
         assert!(held.is_some());
         drop(third);
         assert_eq!(upgrades.len(), 0);
-        assert_eq!(slots.available_permits(), 1, "the second's place is held by its caller; the third's is back");
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "the second's place is held by its caller; the third's is back"
+        );
         drop(held);
         assert_eq!(slots.available_permits(), 2);
     }
