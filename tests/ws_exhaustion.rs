@@ -113,3 +113,92 @@ async fn a_server_full_of_one_addresss_nodes_makes_room_for_a_node_from_another(
     let Some(SignalEvent::NodeLeft(gone)) = left.last() else { panic!("{left:?}") };
     assert!(sybils.iter().any(|node| node.id() == *gone));
 }
+
+/// A server for the queue tests: unlimited rates, 16 KiB frames, 64 KiB per connection.
+fn queue_configs() -> (peer_signal::SignalConfig, WsConfig) {
+    let config = config()
+        .with_frame_rate(peer_signal::RateLimit::UNLIMITED)
+        .with_byte_rate(peer_signal::RateLimit::UNLIMITED)
+        .with_max_frame_size(16 * 1024)
+        .with_max_setup_len(16 * 1024);
+    let ws = WsConfig::for_server(&config).without_source_limits().with_send_backlog_bytes(64 * 1024);
+    (config, ws)
+}
+
+fn offer(from: &WsNode, to: peer_signal::NodeID) -> peer_signal::PeerInfo {
+    let message = peer_signal::PeerMessage::Offer("o".repeat(12 * 1024));
+    peer_signal::PeerInfo { id_init: from.id(), id_follow: to, message }
+}
+
+#[tokio::test]
+async fn slow_readers_together_cannot_hold_more_than_the_send_budget() {
+    let (config, ws) = queue_configs();
+    let budget = 96 * 1024;
+    let server = start(config, ws.with_send_budget_bytes(budget)).await;
+    // Four readers that never read, each of which may hold up to 64 KiB.
+    let mut readers = Vec::new();
+    for seed in 30..34u8 {
+        let mut raw = RawWs::connect_small(&server.url).await;
+        announce(&mut raw, seed).await;
+        readers.push((raw, nodes::id(u32::from(seed))));
+    }
+    let mut sender = join(&server.url, 1, Codec::Json).await;
+    let mut peak = 0;
+    let mut sent = 0;
+    while server.ws.get().shed == 0 {
+        let to = readers[sent % readers.len()].1;
+        sender.send_setup(offer(&sender, to)).await.unwrap();
+        sent += 1;
+        assert!(sent < 2_000, "nothing was shed: {:?}", server.ws.get());
+        tokio::task::yield_now().await;
+        peak = peak.max(server.ws.get().queued_bytes);
+    }
+    // Killed connections count until their tasks end, so the total may pass the budget by what
+    // they held (at most the budget again), never more.
+    assert!(peak <= 2 * budget as u64 + 16 * 1024, "peak {peak}");
+    eventually("back under the budget", || server.ws.get().queued_bytes <= budget as u64).await;
+    // Honest nodes are still served.
+    let mut a = join(&server.url, 2, Codec::Json).await;
+    let mut b = join(&server.url, 3, Codec::Bincode).await;
+    exchange(&mut a, &mut b).await;
+    drop(readers);
+}
+
+#[tokio::test]
+async fn a_reader_that_trickles_a_few_bytes_is_closed_as_a_slow_reader() {
+    let (config, ws) = queue_configs();
+    let ws = ws
+        .with_write_timeout(Duration::from_millis(400))
+        .with_min_drain_rate(200 * 1024)
+        .with_drain_floor(16 * 1024);
+    let server = start(config, ws).await;
+    let mut raw = RawWs::connect_small(&server.url).await;
+    announce(&mut raw, 40).await;
+    let reader = nodes::id(40);
+    // It reads 1 KiB every 20 ms: progress at every write deadline, 50 KB/s in all, a quarter of
+    // the drain rate asked for.
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut buf = [0u8; 1024];
+        for _ in 0..1_000 {
+            tick.tick().await;
+            match raw.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let mut sender = join(&server.url, 1, Codec::Json).await;
+    // Past what the sockets hold, and then enough to keep more than the floor waiting in the
+    // server for it, until it is closed (within a few write timeouts).
+    let mut sent = 0;
+    while server.ws.get().slow_readers == 0 {
+        if server.ws.get().queued_bytes <= 24 * 1024 {
+            sender.send_setup(offer(&sender, reader)).await.unwrap();
+            sent += 1;
+            assert!(sent < 2_000, "the trickling reader was never closed: {:?}", server.ws.get());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    trickle.abort();
+}

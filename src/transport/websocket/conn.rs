@@ -484,3 +484,53 @@ pub(super) fn close_frame(reason: &CloseReason) -> (CloseCode, String) {
     };
     (code, text)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config() -> WsConfig {
+        WsConfig::default()
+            .with_write_timeout(Duration::from_secs(10))
+            .with_min_drain_rate(4096)
+            .with_drain_floor(16 * 1024)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn above_the_floor_a_window_must_drain_the_minimum_rate() {
+        let mut window = DrainWindow::new(&config());
+        // A byte now and then, with 200 KiB queued: progress, but 40 KiB short of the window's due.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            window.wrote(1, 200 * 1024);
+        }
+        assert!(!window.next(), "a trickle kept a full queue alive");
+
+        let mut window = DrainWindow::new(&config());
+        window.wrote(41 * 1024, 150 * 1024);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(window.next(), "a window that drained 41 KiB in 10 s was refused");
+        assert_eq!(window.start, Instant::now(), "the next window starts now");
+        assert!(!window.next(), "the next window starts with nothing written");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn below_the_floor_any_progress_starts_a_new_window() {
+        let mut window = DrainWindow::new(&config());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        window.wrote(1, 8 * 1024);
+        assert_eq!(window.start, Instant::now());
+    }
+
+    #[test]
+    fn small_frames_are_copied_out_of_large_buffers_and_large_ones_shared() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let small = detach(buffer.slice(..100), 64 * 1024);
+        assert_eq!(small, buffer.slice(..100));
+        assert_ne!(small.as_ptr(), buffer.as_ptr(), "copied");
+        let large = detach(buffer.slice(..9 * 1024), 64 * 1024);
+        assert_eq!(large.as_ptr(), buffer.as_ptr(), "shared, not copied");
+    }
+}
