@@ -2,7 +2,8 @@
 //! to compare, for matchbox_server 0.15 (`--protocol matchbox`).
 //!
 //! ```sh
-//! cargo run --release --example ws_server -- --metrics off --unlimited-rates &
+//! cargo run --release --example ws_server -- --metrics off --unlimited-rates \
+//!     --max-connections-per-ip 0 --accepts-per-sec-per-ip 0 &
 //! cargo run --release --example loadgen -- relay --pairs 50 --window 8 --secs 10 --server-pid $!
 //! cargo run --release --example loadgen -- join --conns 10000 --server-pid $!
 //! cargo run --release --example loadgen -- idle --conns 10000 --secs 5 --server-pid $!

@@ -49,7 +49,8 @@ struct Counts {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let config = SignalConfig::default();
-    let transport = WsTransport::bind("127.0.0.1:0", WsConfig::for_server(&config)).await?;
+    let transport =
+        WsTransport::bind("127.0.0.1:0", WsConfig::for_server(&config).without_source_limits()).await?;
     let url = format!("ws://{}", transport.local_addr());
     let (driver, handle, _events) = Driver::new(SignalServer::new(config)?, transport, 1024);
     let server = tokio::spawn(driver.run(ticks(Duration::from_millis(250))));

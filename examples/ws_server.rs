@@ -69,7 +69,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use peer_signal::{
     ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, LogAdmit, LogThrottle, RateLimit,
     RealmID, RedisBackplane, RedisConfig, RedisHandle, ServerTls, SignalConfig, SignalEvent, SignalServer,
-    WsConfig, WsStatsHandle, WsTransport,
+    WhenFull, WsConfig, WsStatsHandle, WsTransport,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -159,10 +159,29 @@ struct Args {
     /// Nodes that receive each push of new joins (0: off).
     #[arg(long, env = "PEER_SIGNAL_LIST_PUSH_FANOUT", default_value_t = SignalConfig::default().list_push_fanout)]
     list_push_fanout: usize,
-    /// Most open TCP connections from one IPv4 address or IPv6 /64 (default: no cap; leave it
-    /// off behind a reverse proxy, where every connection comes from the proxy).
-    #[arg(long, env = "PEER_SIGNAL_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: Option<usize>,
+    /// What a full server does with a newcomer once every connection has announced: make room
+    /// by closing the idlest node of the source (IPv4 address or IPv6 prefix) that holds most, or
+    /// refuse the newcomer.
+    #[arg(long, env = "PEER_SIGNAL_WHEN_FULL", value_enum, default_value_t = WhenFullArg::EvictFromLargestSource)]
+    when_full: WhenFullArg,
+    /// Leading bits of an IPv6 address that name its source, for the limits per source.
+    #[arg(long, env = "PEER_SIGNAL_IPV6_SOURCE_PREFIX", default_value_t = SignalConfig::default().ipv6_source_prefix)]
+    ipv6_source_prefix: u8,
+    /// Most open TCP connections from one source (IPv4 address or IPv6 prefix); 0: no cap.
+    /// Behind a reverse proxy, name it with --trusted-proxy so that its clients are counted, or
+    /// set 0.
+    #[arg(long, env = "PEER_SIGNAL_MAX_CONNECTIONS_PER_IP", default_value_t = WsConfig::default().max_connections_per_ip.unwrap_or(0))]
+    max_connections_per_ip: usize,
+    /// New connections accepted per second from one source, sustained; 0: no limit.
+    #[arg(long, env = "PEER_SIGNAL_ACCEPTS_PER_SEC_PER_IP", default_value_t = WsConfig::default().accept_rate_per_ip.map_or(0, |(rate, _)| rate))]
+    accepts_per_sec_per_ip: u32,
+    /// New connections accepted at once from one source after a quiet spell.
+    #[arg(long, env = "PEER_SIGNAL_ACCEPT_BURST_PER_IP", default_value_t = WsConfig::default().accept_rate_per_ip.map_or(1, |(_, burst)| burst))]
+    accept_burst_per_ip: u32,
+    /// Connections in their TLS or WebSocket handshake at once; a newcomer beyond it ends the
+    /// oldest.
+    #[arg(long, env = "PEER_SIGNAL_MAX_PENDING_UPGRADES", default_value_t = WsConfig::default().max_pending_upgrades)]
+    max_pending_upgrades: usize,
     /// A reverse proxy whose X-Forwarded-For header names the client, for the per-IP limit
     /// (repeat the flag, or separate addresses with commas). Only these are believed.
     #[arg(long = "trusted-proxy", env = "PEER_SIGNAL_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -180,6 +199,16 @@ struct Args {
     /// relays to the connection are refused with "destination busy".
     #[arg(long, env = "PEER_SIGNAL_SEND_BACKLOG_BYTES", default_value_t = WsConfig::default().send_backlog_bytes)]
     send_backlog_bytes: usize,
+    /// Bytes queued for sending by all connections together; beyond it, the connections that
+    /// hold most are closed.
+    #[arg(long, env = "PEER_SIGNAL_SEND_BUDGET_BYTES", default_value_t = WsConfig::default().send_budget_bytes)]
+    send_budget_bytes: usize,
+    /// Bytes per second a connection must drain while more than --drain-floor bytes wait for it.
+    #[arg(long, env = "PEER_SIGNAL_MIN_DRAIN_RATE", default_value_t = WsConfig::default().min_drain_rate)]
+    min_drain_rate: usize,
+    /// Queued bytes below which any progress satisfies the write deadline.
+    #[arg(long, env = "PEER_SIGNAL_DRAIN_FLOOR", default_value_t = WsConfig::default().drain_floor)]
+    drain_floor: usize,
     /// Seconds a write may make no progress before the connection is closed as a slow reader.
     #[arg(long, env = "PEER_SIGNAL_WRITE_TIMEOUT_SECS", default_value_t = WsConfig::default().write_timeout.as_secs())]
     write_timeout_secs: u64,
@@ -226,6 +255,11 @@ impl Args {
             .with_handshake_timeout(Duration::from_secs(self.handshake_timeout_secs))
             .with_max_list_len(self.max_list_len)
             .with_max_connections(self.max_connections)
+            .with_when_full(match self.when_full {
+                WhenFullArg::EvictFromLargestSource => WhenFull::EvictFromLargestSource,
+                WhenFullArg::Refuse => WhenFull::Refuse,
+            })
+            .with_ipv6_source_prefix(self.ipv6_source_prefix)
             .with_max_pending_handshakes(self.max_pending_handshakes)
             .with_max_frame_size(self.max_frame_size)
             .with_max_name_len(self.max_name_len)
@@ -275,10 +309,27 @@ impl Args {
             .with_trusted_proxies(self.trusted_proxies.clone())
             .with_send_backlog_bytes(self.send_backlog_bytes)
             .with_write_timeout(Duration::from_secs(self.write_timeout_secs))
-            .with_close_linger(Duration::from_millis(self.close_linger_ms));
-        ws.max_connections_per_ip = self.max_connections_per_ip;
+            .with_close_linger(Duration::from_millis(self.close_linger_ms))
+            .with_max_pending_upgrades(self.max_pending_upgrades)
+            .with_send_budget_bytes(self.send_budget_bytes)
+            .with_min_drain_rate(self.min_drain_rate)
+            .with_drain_floor(self.drain_floor);
+        ws.max_connections = config.max_connections.saturating_add(self.max_pending_upgrades);
+        ws.max_connections_per_ip = (self.max_connections_per_ip > 0).then_some(self.max_connections_per_ip);
+        ws.accept_rate_per_ip = (self.accepts_per_sec_per_ip > 0)
+            .then_some((self.accepts_per_sec_per_ip, self.accept_burst_per_ip));
         ws
     }
+}
+
+/// `--when-full`: [`WhenFull`] as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum WhenFullArg {
+    /// Close the idlest node of the source that holds most, if it holds two more than the
+    /// newcomer's.
+    EvictFromLargestSource,
+    /// Refuse the newcomer with "server full".
+    Refuse,
 }
 
 /// How log lines are written.

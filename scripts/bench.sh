@@ -48,8 +48,11 @@ run() {
     if [ "$protocol" = matchbox ]; then
         RUST_LOG=off TOKIO_WORKER_THREADS=1 "$mbx" "$addr" > /dev/null 2>&1 &
     else
+        # Every load generator connection comes from one of a few loopback addresses: no limits
+        # per source.
         # shellcheck disable=SC2086
-        RUST_LOG=off "$bin/ws_server" --listen "$addr" --metrics off $flags > /dev/null 2>&1 &
+        RUST_LOG=off "$bin/ws_server" --listen "$addr" --metrics off \
+            --max-connections-per-ip 0 --accepts-per-sec-per-ip 0 $flags > /dev/null 2>&1 &
     fi
     local pid=$!
     wait_listening "$pid"

@@ -233,16 +233,16 @@ pub enum ConfigError {
         /// That field's value.
         other_value: u64,
     },
-    /// A count or size larger than the most the setting can take: a queue whose capacity the
-    /// channels below it cannot hold, a read buffer that every connection would allocate.
-    #[error("{field} ({value}) must be at most {max}")]
+    /// A number larger than the setting allows, e.g. an IPv6 prefix longer than 128 bits, or a
+    /// queue longer than the channels under it can hold.
+    #[error("{field} ({value}) must be at most {limit}")]
     TooLarge {
         /// The field.
         field: &'static str,
         /// Its value.
         value: u64,
-        /// The most it may be.
-        max: u64,
+        /// The largest value allowed.
+        limit: u64,
     },
     /// A name with characters or a length the setting does not allow, e.g. an instance id of a
     /// cluster.
@@ -369,7 +369,7 @@ mod tests {
                 "byte_rate.burst (1000) must be at least max_frame_size (65536)",
             ),
             (
-                ConfigError::TooLarge { field: "event_queue", value: u64::MAX, max: 1 << 20 },
+                ConfigError::TooLarge { field: "event_queue", value: u64::MAX, limit: 1 << 20 },
                 "event_queue (18446744073709551615) must be at most 1048576",
             ),
         ];

@@ -443,7 +443,7 @@ pub use protocol::{
 };
 pub use server::{
     AnnouncePolicy, CloseReason, Command, CommandReply, ConnId, ConnectedNode, RateLimit, ServerStats,
-    SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer, Verdict,
+    SignalConfig, SignalEvent, SignalIn, SignalOut, SignalServer, Verdict, WhenFull,
 };
 #[cfg(feature = "tracing")]
 pub use telemetry::{LogAdmit, LogThrottle};

@@ -669,6 +669,19 @@ pub(crate) fn publish_ws(ws: &crate::WsStats) {
             "peer_signal_ws_slow_readers_total",
             "Connections closed for reading too slowly (full queue or write timeout)."
         );
+        describe_gauge!(
+            "peer_signal_ws_queued_bytes",
+            Unit::Bytes,
+            "Bytes queued for sending by every connection together."
+        );
+        describe_counter!(
+            "peer_signal_ws_shed_total",
+            "Connections ended because all queues together exceeded the send budget."
+        );
+        describe_counter!(
+            "peer_signal_ws_evicted_handshakes_total",
+            "Connections ended in their handshake to make room for newer ones."
+        );
         describe_counter!("peer_signal_ws_oversize_total", "Connections closed for an oversize message.");
         describe_counter!(
             "peer_signal_ws_protocol_violations_total",
@@ -690,6 +703,10 @@ pub(crate) fn publish_ws(ws: &crate::WsStats) {
     counter!("peer_signal_ws_refused_total", "reason" => "max_connections_per_ip")
         .absolute(ws.refused_per_ip);
     counter!("peer_signal_ws_refused_total", "reason" => "admission").absolute(ws.refused_admission);
+    counter!("peer_signal_ws_refused_total", "reason" => "accept_rate_per_ip").absolute(ws.refused_rate);
+    gauge!("peer_signal_ws_queued_bytes").set(ws.queued_bytes as f64);
+    counter!("peer_signal_ws_shed_total").absolute(ws.shed);
+    counter!("peer_signal_ws_evicted_handshakes_total").absolute(ws.evicted_handshakes);
     counter!("peer_signal_ws_failed_handshakes_total").absolute(ws.failed_handshakes);
     counter!("peer_signal_ws_slow_readers_total").absolute(ws.slow_readers);
     counter!("peer_signal_ws_oversize_total").absolute(ws.oversize);

@@ -42,12 +42,15 @@ async fn refused_connections_write_a_bounded_number_of_lines_at_info_and_count_e
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let transport =
-        WsTransport::bind("127.0.0.1:0", WsConfig::default().with_max_connections(1)).await.unwrap();
+        WsTransport::bind("127.0.0.1:0", WsConfig::default().with_max_connections(1).without_source_limits())
+            .await
+            .unwrap();
     let stats = transport.stats_handle();
     let addr = transport.local_addr();
-    // One connection holds the only slot; 300 more are refused at accept, one at a time so that
-    // the client's side never overflows the listen backlog.
-    let _holder = TcpStream::connect(addr).await.unwrap();
+    // One upgraded connection holds the only slot (one still in its handshake would give its
+    // place up to a newcomer); 300 more are refused at accept, one at a time so that the
+    // client's side never overflows the listen backlog.
+    let _holder = ws::RawWs::connect(&format!("ws://{addr}/"), false).await;
     eventually("the slot is taken", || stats.get().accepted == 1).await;
     for refused in 1..=300 {
         let stream = TcpStream::connect(addr).await.unwrap();

@@ -8,6 +8,7 @@ use crate::protocol::RealmID;
 
 use super::policy::AnnouncePolicy;
 use super::rate::RateLimit;
+use super::sources::WhenFull;
 #[cfg(doc)]
 use super::{SignalIn, SignalServer};
 
@@ -52,10 +53,21 @@ pub struct SignalConfig {
     /// (54,619 bytes with the defaults, under the default 64 KiB `max_frame_size` that clients
     /// may use as their own message limit).
     pub max_list_len: usize,
-    /// Open connections, announced or not. When they are all announced nodes, further
-    /// connections get `server full` and are closed; while some have not announced yet, the oldest
-    /// of those makes room, as for `max_pending_handshakes`. Default 100,000.
+    /// Open connections, announced or not. While some have not announced yet, the oldest of
+    /// those makes room for a newcomer, as for `max_pending_handshakes`; when they are all
+    /// announced nodes, `when_full` decides. Default 100,000.
     pub max_connections: usize,
+    /// What a new connection gets when `max_connections` announced nodes are connected: see
+    /// [`WhenFull`]. Default [`WhenFull::EvictFromLargestSource`]: whoever fills the server
+    /// from few addresses loses connections to newcomers from other addresses, so that a flood
+    /// of nodes with fresh keys cannot lock out everyone else.
+    pub when_full: WhenFull,
+    /// How many leading bits of an IPv6 address name its source, for `when_full` (and for the
+    /// per-source limits of a transport that derives them from this config). Default 56: an
+    /// ISP gives a home a /56 (sometimes a /64, rarely a /48), and one host can use every
+    /// address of its /64, so counting whole addresses would give one attacker 2^64 sources.
+    /// IPv4 addresses are always counted whole. At most 128.
+    pub ipv6_source_prefix: u8,
     /// Connections that have not announced yet. When a new connection would exceed it, the oldest
     /// pending connection is closed with `handshake timeout` (as if its handshake had timed out
     /// early) and the newcomer gets its challenge: a flood of connections that never announce
@@ -137,6 +149,8 @@ impl Default for SignalConfig {
             system_realm: None,
             max_list_len: 100,
             max_connections: 100_000,
+            when_full: WhenFull::EvictFromLargestSource,
+            ipv6_source_prefix: 56,
             max_pending_handshakes: 16_384,
             max_frame_size: 64 * 1024,
             max_name_len: 256,
@@ -162,6 +176,8 @@ setters! {
         with_handshake_timeout => handshake_timeout: Duration,
         with_max_list_len => max_list_len: usize,
         with_max_connections => max_connections: usize,
+        with_when_full => when_full: WhenFull,
+        with_ipv6_source_prefix => ipv6_source_prefix: u8,
         with_max_pending_handshakes => max_pending_handshakes: usize,
         with_max_frame_size => max_frame_size: usize,
         with_max_name_len => max_name_len: usize,
@@ -203,6 +219,7 @@ impl SignalConfig {
         duration("handshake_timeout", self.handshake_timeout)?;
         nonzero("max_list_len", self.max_list_len)?;
         nonzero("max_connections", self.max_connections)?;
+        source_prefix("ipv6_source_prefix", self.ipv6_source_prefix)?;
         nonzero("max_pending_handshakes", self.max_pending_handshakes)?;
         nonzero("max_frame_size", self.max_frame_size)?;
         nonzero("max_name_len", self.max_name_len)?;
@@ -296,13 +313,13 @@ impl SignalConfig {
 /// already far more than a bound (the defaults are 256 and 4,096).
 pub(crate) const MAX_QUEUE: usize = 1 << 20;
 
-/// Refuses `value` above `max`.
-pub(crate) fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), ConfigError> {
-    if value > max {
+/// Refuses `value` above `limit`.
+pub(crate) fn at_most(field: &'static str, value: usize, limit: usize) -> Result<(), ConfigError> {
+    if value > limit {
         return Err(ConfigError::TooLarge {
             field,
             value: u64::try_from(value).unwrap_or(u64::MAX),
-            max: u64::try_from(max).unwrap_or(u64::MAX),
+            limit: u64::try_from(limit).unwrap_or(u64::MAX),
         });
     }
     Ok(())
@@ -311,6 +328,14 @@ pub(crate) fn at_most(field: &'static str, value: usize, max: usize) -> Result<(
 pub(crate) fn nonzero<T: Default + PartialEq>(field: &'static str, value: T) -> Result<(), ConfigError> {
     if value == T::default() {
         return Err(ConfigError::Zero { field });
+    }
+    Ok(())
+}
+
+/// An IPv6 prefix length: at most 128 bits.
+pub(crate) fn source_prefix(field: &'static str, bits: u8) -> Result<(), ConfigError> {
+    if bits > 128 {
+        return Err(ConfigError::TooLarge { field, value: u64::from(bits), limit: 128 });
     }
     Ok(())
 }
@@ -333,6 +358,8 @@ impl fmt::Debug for SignalConfig {
             .field("system_realm", &self.system_realm)
             .field("max_list_len", &self.max_list_len)
             .field("max_connections", &self.max_connections)
+            .field("when_full", &self.when_full)
+            .field("ipv6_source_prefix", &self.ipv6_source_prefix)
             .field("max_pending_handshakes", &self.max_pending_handshakes)
             .field("max_frame_size", &self.max_frame_size)
             .field("max_name_len", &self.max_name_len)

@@ -10,6 +10,7 @@ mod directory;
 mod policy;
 mod rate;
 mod routing;
+mod sources;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -34,16 +35,20 @@ use crate::telemetry::Meters;
 
 pub use crate::ids::ConnId;
 use crate::ids::ConnMap;
-#[cfg(feature = "websocket")]
-pub(crate) use config::duration;
 pub use config::SignalConfig;
-pub(crate) use config::{at_most, later, nonzero, MAX_QUEUE};
+#[cfg(feature = "websocket")]
+pub(crate) use config::{at_most, duration, source_prefix};
+pub(crate) use config::{later, nonzero, MAX_QUEUE};
 pub use control::{Command, CommandReply, ConnectedNode};
 use directory::{Listed, Node, PerCodec};
 pub use policy::{AnnouncePolicy, Verdict};
 use rate::Buckets;
 pub use rate::RateLimit;
 use routing::Cluster;
+#[cfg(feature = "websocket")]
+pub(crate) use sources::source_of;
+use sources::Sources;
+pub use sources::WhenFull;
 
 /// Something the host observed, fed to [`SignalServer::handle`].
 #[derive(Debug, Clone)]
@@ -76,8 +81,11 @@ pub enum SignalIn {
     ///
     /// While a connection is busy, `PeerSetup` messages for its node are not forwarded: each
     /// sender gets `destination busy` (no strike), so that several senders cannot get a node
-    /// that reads slower than they write closed as a slow reader. Pushes of joins skip it too.
-    /// Replies to its own requests still go out, charged to it. Ignored for unknown connections.
+    /// that reads slower than they write closed as a slow reader. Pushes of joins skip it too,
+    /// and its own `ListIDsRequest`s go unanswered (counted in
+    /// [`ServerStats::unanswered_busy`]): a node that does not read its replies must not make
+    /// the server queue more of them. Error replies still go out, charged to it. Ignored for
+    /// unknown connections.
     Busy {
         /// The connection.
         conn: ConnId,
@@ -193,6 +201,9 @@ pub struct ServerStats {
     pub relays: u64,
     /// Successful announces.
     pub joins: u64,
+    /// `ListIDsRequest`s left unanswered because the requester's own send queue was busy (see
+    /// [`SignalIn::Busy`]): it has not read the replies it already has.
+    pub unanswered_busy: u64,
     /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`; pending
     /// connections closed to make room for newer ones are `handshake_timeout`.
     pub errors: BTreeMap<&'static str, u64>,
@@ -253,6 +264,8 @@ pub struct SignalServer {
     /// Connections that have not announced, oldest first: the first makes room when the table is
     /// full.
     pending: BTreeMap<u64, ConnId>,
+    /// Open connections by source, for [`WhenFull::EvictFromLargestSource`].
+    sources: Sources,
     next_seq: u64,
     push: PendingPush,
     /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
@@ -297,6 +310,7 @@ impl SignalServer {
             None => ChaCha20Rng::from_entropy(),
         };
         Ok(Self {
+            sources: Sources::new(config.ipv6_source_prefix),
             system_config: PerCodec::default(),
             config,
             rng,
@@ -434,7 +448,7 @@ impl SignalServer {
             return;
         }
         let full = self.conns.len() >= self.config.max_connections;
-        if full && self.pending.is_empty() {
+        if full && self.pending.is_empty() && !self.make_room(addr) {
             let error = ProtocolError::ServerFull;
             self.send(conn, codec, &WSSignalMessageToNode::Error(error.to_string()));
             self.count_error(conn, addr, &error);
@@ -454,6 +468,7 @@ impl SignalServer {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.pending.insert(seq, conn);
+        self.sources.add(conn, addr);
         self.conns.insert(
             conn,
             Conn {
@@ -470,6 +485,22 @@ impl SignalServer {
         );
         self.arm(deadline, conn);
         self.send(conn, codec, &WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge));
+    }
+
+    /// Closes a node to let a newcomer from `addr` in, as [`SignalConfig::when_full`] says; false
+    /// when the newcomer must be refused instead.
+    fn make_room(&mut self, addr: Option<IpAddr>) -> bool {
+        if self.config.when_full != WhenFull::EvictFromLargestSource {
+            return false;
+        }
+        // Two more than the newcomer's source, so that making room never just swaps two sources'
+        // shares back and forth.
+        let Some(largest) = self.sources.largest_beyond(addr, 2) else { return false };
+        // The node that has been silent longest: every valid frame pushes a deadline later.
+        let idlest = largest.iter().filter_map(|conn| Some((self.conns.get(conn)?.deadline, *conn))).min();
+        let Some((_, conn)) = idlest else { return false };
+        self.close(conn, ProtocolError::ServerFull);
+        true
     }
 
     fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: Bytes) {
@@ -516,7 +547,13 @@ impl SignalServer {
         let handled = match message {
             Inbound::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
             Inbound::ListIDsRequest => {
-                self.send_list(conn, codec);
+                // A requester that does not read its replies gets no more of them: a list is
+                // ~25 KB, and queueing it behind a full queue only holds memory for a slow reader.
+                if self.conns.get(&conn).is_some_and(|c| c.busy) {
+                    self.stats.unanswered_busy += 1;
+                } else {
+                    self.send_list(conn, codec);
+                }
                 Ok(())
             }
             Inbound::PeerSetup(route) => self.relay(conn, codec, id, frame, route),
@@ -629,6 +666,7 @@ impl SignalServer {
             self.out.push_back(SignalOut::Close { conn, reason: CloseReason::Stopped });
         }
         self.conns.clear();
+        self.sources.clear();
         self.nodes.clear();
         self.order.clear();
         self.timers.clear();
@@ -706,6 +744,7 @@ impl SignalServer {
     /// Drops a connection and, if it was a node's, the node.
     fn forget(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
+        self.sources.remove(conn, c.addr);
         let id = match c.phase {
             Phase::Node(id) => id,
             Phase::Challenged { seq, .. } => {

@@ -73,9 +73,14 @@ impl Harness {
 
     /// Opens a connection and returns it with the challenge it was sent.
     pub fn open(&mut self, codec: Codec) -> (ConnId, U256) {
+        self.open_from(codec, None)
+    }
+
+    /// Opens a connection from `addr` and returns it with the challenge it was sent.
+    pub fn open_from(&mut self, codec: Codec, addr: Option<std::net::IpAddr>) -> (ConnId, U256) {
         let conn = ConnId::new(self.next_conn);
         self.next_conn += 1;
-        let out = self.input(SignalIn::Opened { conn, codec, addr: None });
+        let out = self.input(SignalIn::Opened { conn, codec, addr });
         match messages_to(&out, conn, codec).as_slice() {
             [WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge)] => (conn, *challenge),
             other => panic!("expected one challenge, got {other:?}"),
@@ -95,7 +100,12 @@ impl Harness {
 
     /// Opens a connection and announces with `key`; checks that the server accepted it.
     pub fn join_with(&mut self, key: &SigningKey, codec: Codec) -> Joined {
-        let (conn, challenge) = self.open(codec);
+        self.join_from(key, codec, None)
+    }
+
+    /// As [`join_with`](Self::join_with), from `addr`.
+    pub fn join_from(&mut self, key: &SigningKey, codec: Codec, addr: Option<std::net::IpAddr>) -> Joined {
+        let (conn, challenge) = self.open_from(codec, addr);
         let out = self.send(conn, codec, &announce(key, challenge));
         let id = U256(key.verifying_key().to_bytes());
         assert!(

@@ -58,7 +58,8 @@ async fn start_with_ticks(
 
 pub async fn start_default() -> Server {
     let config = config();
-    let ws = WsConfig::for_server(&config);
+    // Every test client comes from 127.0.0.1: one source.
+    let ws = WsConfig::for_server(&config).without_source_limits();
     start(config, ws).await
 }
 

@@ -202,9 +202,11 @@ impl Connection<'_> {
         let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        // When the oldest unwritten byte last moved; a write deadline runs from it.
-        let mut last_progress = Instant::now();
-        let deadline = tokio::time::sleep_until(last_progress);
+        // The write deadline's window: from when it started, how much was written in it. Below
+        // `drain_floor` queued, any progress starts a new window; above it, a window must drain
+        // `min_drain_rate` per second.
+        let mut window = DrainWindow::new(config);
+        let deadline = tokio::time::sleep_until(window.start);
         tokio::pin!(deadline);
 
         loop {
@@ -215,6 +217,7 @@ impl Connection<'_> {
                         if closing.sent {
                             continue; // Closing: what the peer still sends is dropped.
                         }
+                        let frame = detach(frame, held.held);
                         match self.events.try_send(Event::Frame { conn: self.conn, frame }) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(event)) => inbox = Some(event),
@@ -267,8 +270,8 @@ impl Connection<'_> {
                     self.send_queue.written(frame.queued, now);
                 };
                 match link.write_now(&mut out, &mut done) {
-                    Ok(true) => last_progress = Instant::now(),
-                    Ok(false) => {}
+                    Ok(0) => {}
+                    Ok(written) => window.wrote(written, self.shared.queued.load(Ordering::Acquire)),
                     Err(_) => {
                         broken = Some(Instant::now() + config.close_linger);
                         out.clear();
@@ -289,7 +292,7 @@ impl Connection<'_> {
                 }
                 Some(until)
             } else if writing {
-                Some(last_progress + config.write_timeout)
+                Some(window.start + config.write_timeout)
             } else if closing.sent {
                 let until = *closing.linger_until.get_or_insert_with(|| Instant::now() + config.close_linger);
                 if closing.received || until <= Instant::now() {
@@ -315,7 +318,7 @@ impl Connection<'_> {
                 biased;
                 () = &mut killed => return End::Killed,
                 () = &mut deadline, if wake_at.is_some() => {
-                    if wake_at.is_some_and(|at| at <= Instant::now()) && writing {
+                    if wake_at.is_some_and(|at| at <= Instant::now()) && writing && !window.next() {
                         return End::WriteTimeout;
                     }
                     // Early (progress moved the deadline) or the linger ended: the next turn
@@ -341,7 +344,7 @@ impl Connection<'_> {
                         return End::Killed;
                     };
                     if out.is_empty() {
-                        last_progress = Instant::now();
+                        window = DrainWindow::new(config);
                     }
                     let mut next = Some(first);
                     while let Some(item) = next.take() {
@@ -386,9 +389,63 @@ impl Connection<'_> {
     /// Records `len` payload bytes written; true when this drained a busy connection below half
     /// its backlog.
     fn written(&self, len: usize) -> bool {
+        self.counters.queued.fetch_sub(len, Ordering::AcqRel);
         let left = self.shared.queued.fetch_sub(len, Ordering::AcqRel).saturating_sub(len);
         left <= self.config.send_backlog_bytes / 2
             && self.shared.busy.compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+/// A frame split off a read buffer of `allocation` bytes, copied out when it would keep much
+/// more memory alive than its own length: a 100-byte relay cut from a 64 KiB read must not hold
+/// the 64 KiB for as long as it waits in a slow reader's queue, where it counts 100 bytes. So a
+/// queued frame holds at most eight times its length.
+fn detach(frame: Bytes, allocation: usize) -> Bytes {
+    if frame.len().saturating_mul(PIN_RATIO) < allocation {
+        Bytes::copy_from_slice(&frame)
+    } else {
+        frame
+    }
+}
+
+/// See [`detach`].
+const PIN_RATIO: usize = 8;
+
+/// The write deadline of [`WsConfig::write_timeout`] as a window: a queue above
+/// [`WsConfig::drain_floor`] must drain at least [`WsConfig::min_drain_rate`] over each window,
+/// and below it any progress starts a new one.
+struct DrainWindow {
+    start: Instant,
+    written: usize,
+    floor: usize,
+    /// Bytes a window must see written while the queue is above the floor.
+    needed: usize,
+}
+
+impl DrainWindow {
+    fn new(config: &WsConfig) -> Self {
+        let needed = (config.min_drain_rate as f64 * config.write_timeout.as_secs_f64()) as usize;
+        Self { start: Instant::now(), written: 0, floor: config.drain_floor, needed: needed.max(1) }
+    }
+
+    /// `written` bytes went out; `queued` still wait.
+    fn wrote(&mut self, written: usize, queued: usize) {
+        if queued <= self.floor {
+            self.start = Instant::now();
+            self.written = 0;
+        } else {
+            self.written = self.written.saturating_add(written);
+        }
+    }
+
+    /// The window is over: starts the next one if this one drained enough.
+    fn next(&mut self) -> bool {
+        if self.written < self.needed {
+            return false;
+        }
+        self.start = Instant::now();
+        self.written = 0;
+        true
     }
 }
 
@@ -426,4 +483,54 @@ pub(super) fn close_frame(reason: &CloseReason) -> (CloseCode, String) {
         CloseReason::Error(error) => error.to_string(),
     };
     (code, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config() -> WsConfig {
+        WsConfig::default()
+            .with_write_timeout(Duration::from_secs(10))
+            .with_min_drain_rate(4096)
+            .with_drain_floor(16 * 1024)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn above_the_floor_a_window_must_drain_the_minimum_rate() {
+        let mut window = DrainWindow::new(&config());
+        // A byte now and then, with 200 KiB queued: progress, but 40 KiB short of the window's due.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            window.wrote(1, 200 * 1024);
+        }
+        assert!(!window.next(), "a trickle kept a full queue alive");
+
+        let mut window = DrainWindow::new(&config());
+        window.wrote(41 * 1024, 150 * 1024);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(window.next(), "a window that drained 41 KiB in 10 s was refused");
+        assert_eq!(window.start, Instant::now(), "the next window starts now");
+        assert!(!window.next(), "the next window starts with nothing written");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn below_the_floor_any_progress_starts_a_new_window() {
+        let mut window = DrainWindow::new(&config());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        window.wrote(1, 8 * 1024);
+        assert_eq!(window.start, Instant::now());
+    }
+
+    #[test]
+    fn small_frames_are_copied_out_of_large_buffers_and_large_ones_shared() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let small = detach(buffer.slice(..100), 64 * 1024);
+        assert_eq!(small, buffer.slice(..100));
+        assert_ne!(small.as_ptr(), buffer.as_ptr(), "copied");
+        let large = detach(buffer.slice(..9 * 1024), 64 * 1024);
+        assert_eq!(large.as_ptr(), buffer.as_ptr(), "shared, not copied");
+    }
 }

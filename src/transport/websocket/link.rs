@@ -94,15 +94,15 @@ impl Link {
     }
 
     /// Writes queued frames until the socket would block, calling `done` with each counted frame
-    /// written in full. Returns whether anything was written.
+    /// written in full. Returns how many bytes went into the socket (for TLS, record bytes).
     pub(super) fn write_now(
         &mut self,
         out: &mut VecDeque<OutFrame>,
         done: &mut dyn FnMut(&OutFrame),
-    ) -> io::Result<bool> {
+    ) -> io::Result<usize> {
         match self {
             Self::Plain(tcp) => {
-                let mut progress = false;
+                let mut progress = 0;
                 while !out.is_empty() {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let count = fill_slices(out, &mut slices);
@@ -112,7 +112,7 @@ impl Link {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e),
                     };
-                    progress = true;
+                    progress += n;
                     advance(out, n, done);
                 }
                 Ok(progress)
@@ -272,12 +272,12 @@ pub(super) mod tls {
         }
 
         /// Writes the TLS records rustls holds, until the socket would block.
-        fn flush_records(&mut self) -> io::Result<bool> {
-            let mut progress = false;
+        fn flush_records(&mut self) -> io::Result<usize> {
+            let mut progress = 0;
             while self.tls.wants_write() {
                 match self.tls.write_tls(&mut Socket(&self.tcp)) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => progress = true,
+                    Ok(n) => progress += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
                 }
@@ -338,8 +338,8 @@ pub(super) mod tls {
             &mut self,
             out: &mut VecDeque<OutFrame>,
             done: &mut dyn FnMut(&OutFrame),
-        ) -> io::Result<bool> {
-            let mut progress = false;
+        ) -> io::Result<usize> {
+            let mut progress = 0;
             loop {
                 // Plaintext into rustls, as much as its buffer takes.
                 while let Some(front) = out.front_mut() {
@@ -357,8 +357,8 @@ pub(super) mod tls {
                     }
                 }
                 let flushed = self.flush_records()?;
-                progress |= flushed;
-                if !flushed || (out.is_empty() && !self.tls.wants_write()) {
+                progress += flushed;
+                if flushed == 0 || (out.is_empty() && !self.tls.wants_write()) {
                     return Ok(progress);
                 }
             }

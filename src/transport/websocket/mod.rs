@@ -15,6 +15,7 @@ mod conn;
 mod frame;
 mod handshake;
 mod link;
+mod shares;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -22,17 +23,17 @@ pub use self::admission::{Admission, AdmissionHook, UpgradeRequest};
 #[cfg(feature = "tls")]
 pub use self::tls::{ServerTls, TlsError, TlsRoots};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -43,10 +44,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use self::conn::{Connection, End, Outbound, Shared};
 use self::handshake::Refusal;
 use self::link::Link;
+use self::shares::{AcceptRate, IpSlot, PerIp, Ticket, Upgrades};
 use super::{Transport, TransportEvent};
 use crate::client::ClientConnection;
 use crate::ids::ConnMap;
-use crate::server::{at_most, duration, nonzero, MAX_QUEUE};
+use crate::server::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::{CloseReason, Codec, ConfigError, ConnId, SignalConfig, TransportError};
 
@@ -60,16 +62,46 @@ pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WsConfig {
-    /// Open TCP connections, including those still in the WebSocket handshake or closing. Connections
-    /// over it are dropped right after `accept`. Default 100,000.
+    /// Open TCP connections, including those still in the TLS or WebSocket handshake or closing.
+    /// When all are taken, the oldest connection still in its handshake is ended to make room
+    /// (see [`max_pending_upgrades`](Self::max_pending_upgrades)); with none in its handshake,
+    /// the newcomer is dropped right after `accept`. Default 100,000;
+    /// [`for_server`](Self::for_server) gives the core's `max_connections` plus
+    /// `max_pending_upgrades`, so that handshakes never take an announced node's place.
     pub max_connections: usize,
-    /// Open TCP connections from one IPv4 address, or one IPv6 /64 (a host usually owns a whole
-    /// /64), counted from `accept` until the connection's task ends. Connections over it are
-    /// dropped right after `accept` and counted in [`WsStats::refused_per_ip`]. Default `None`:
-    /// many honest nodes can share an address (a NAT, or a reverse proxy in front of the server,
-    /// where every connection comes from the proxy), and `max_connections` and the core's
-    /// `max_pending_handshakes` bound the total anyway. Set it when clients connect directly.
+    /// Open TCP connections from one source (an IPv4 address, or an IPv6 prefix of
+    /// [`ipv6_source_prefix`](Self::ipv6_source_prefix) bits), counted from `accept` until the
+    /// connection's task ends. Connections over it are dropped right after `accept` and counted
+    /// in [`WsStats::refused_per_ip`]. Default 256: without it, one host could take every slot
+    /// with idle TCP connections and lock everybody else out; 256 leaves room for a NAT or a
+    /// carrier-grade NAT that hides many honest nodes behind one address, while one host holds at
+    /// most 0.26% of the default 100,000 slots (nginx's `limit_conn` has no default and leaves the
+    /// number to the operator; we do not, because the server faces the network by default).
+    ///
+    /// Behind a reverse proxy, every connection comes from the proxy: list it in
+    /// [`trusted_proxies`](Self::trusted_proxies) so that its clients are counted by
+    /// `X-Forwarded-For`, or set `None` to count nobody.
     pub max_connections_per_ip: Option<usize>,
+    /// How many leading bits of an IPv6 address name its source, for the per-source limits.
+    /// Default 56 (a home gets a /56 or a /64; one host can use every address of its /64), as the
+    /// core's [`SignalConfig::ipv6_source_prefix`], which [`for_server`](Self::for_server) copies.
+    /// At most 128.
+    pub ipv6_source_prefix: u8,
+    /// New connections accepted per second from one source, and at once after a quiet spell
+    /// (`(per_sec, burst)`); connections over it are dropped right after `accept` and counted in
+    /// [`WsStats::refused_rate`]. `None` accepts any rate. Default 32 per second, bursts of 128: a
+    /// NAT full of nodes that reconnect after a restart (with the client's backoff) passes within
+    /// seconds, while one source cannot churn handshakes fast enough to push everybody else's out
+    /// of [`max_pending_upgrades`](Self::max_pending_upgrades). Connections from trusted proxies
+    /// are not limited here.
+    pub accept_rate_per_ip: Option<(u32, u32)>,
+    /// Connections in their TLS or WebSocket handshake at once. A new connection beyond it ends
+    /// the oldest one still in its handshake ([`WsStats::evicted_handshakes`]), so a slowloris
+    /// that opens connections and sends nothing cannot lock newcomers out: it only shortens every
+    /// handshake to the time the flood takes to open this many. Default 4,096: an honest
+    /// handshake takes a few round trips, so even a flood of 40,000 connections a second leaves
+    /// each newcomer 100 ms.
+    pub max_pending_upgrades: usize,
     /// Reverse proxies whose `X-Forwarded-For` header is believed: for a connection from one of
     /// these addresses, the client is the nearest address in that header that is not itself a
     /// trusted proxy, and [`max_connections_per_ip`](Self::max_connections_per_ip) counts that
@@ -93,12 +125,27 @@ pub struct WsConfig {
     /// Bytes queued for one connection, counted by payload until written. A frame that would
     /// take the queue over it closes the connection as a slow reader; past half of it the
     /// connection is reported busy (see [`TransportEvent::Busy`]), and the core refuses relays to
-    /// it. Default 1 MiB.
+    /// it and leaves its list requests unanswered. Default 256 KiB: four frames of the largest
+    /// size, or ten lists of 100 nodes; an honest node reads what it asked for long before.
     pub send_backlog_bytes: usize,
+    /// Bytes queued for sending across all connections together. A frame that takes the total
+    /// over it ends the connections that hold most (as slow readers, counted in
+    /// [`WsStats::shed`]) until the rest fits, so that many slow readers together cannot make
+    /// the process run out of memory and take every node down with it. Default 512 MiB: 2,048
+    /// connections with full queues, far more than honest nodes hold at once.
+    pub send_budget_bytes: usize,
     /// Longest a write may make no progress: a connection whose peer does not take its bytes for
     /// this long is closed as a slow reader ([`WsStats::slow_readers`]), and its task, socket and
     /// slots are released. Default 10 s.
     pub write_timeout: Duration,
+    /// Bytes per second a connection must drain while more than
+    /// [`drain_floor`](Self::drain_floor) bytes wait for it, measured over each
+    /// [`write_timeout`](Self::write_timeout): a peer that reads a byte now and then to keep its
+    /// write deadline alive is closed as a slow reader all the same. Default 4 KiB/s (a 256 KiB
+    /// queue drains in a minute).
+    pub min_drain_rate: usize,
+    /// Queued bytes below which any progress satisfies the write deadline. Default 16 KiB.
+    pub drain_floor: usize,
     /// How long a closing connection waits for the peer's close frame after sending its own,
     /// reading and dropping what still arrives, before it ends the TCP connection. Default 1 s.
     pub close_linger: Duration,
@@ -129,14 +176,20 @@ impl Default for WsConfig {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
-            max_connections_per_ip: None,
+            max_connections_per_ip: Some(256),
+            ipv6_source_prefix: 56,
+            accept_rate_per_ip: Some((32, 128)),
+            max_pending_upgrades: 4096,
             trusted_proxies: Vec::new(),
             admission: None,
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
             send_backlog: 256,
-            send_backlog_bytes: 1024 * 1024,
+            send_backlog_bytes: 256 * 1024,
+            send_budget_bytes: 512 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            min_drain_rate: 4 * 1024,
+            drain_floor: 16 * 1024,
             close_linger: Duration::from_secs(1),
             ping_interval: Duration::from_secs(30),
             read_buffer_size: 4 * 1024,
@@ -151,6 +204,11 @@ impl Default for WsConfig {
 setters! {
     WsConfig {
         with_max_connections => max_connections: usize,
+        with_ipv6_source_prefix => ipv6_source_prefix: u8,
+        with_max_pending_upgrades => max_pending_upgrades: usize,
+        with_send_budget_bytes => send_budget_bytes: usize,
+        with_min_drain_rate => min_drain_rate: usize,
+        with_drain_floor => drain_floor: usize,
         with_trusted_proxies => trusted_proxies: Vec<IpAddr>,
         with_handshake_timeout => handshake_timeout: Duration,
         with_max_message_size => max_message_size: usize,
@@ -165,6 +223,7 @@ setters! {
     }
     optional {
         with_max_connections_per_ip => max_connections_per_ip: usize,
+        with_accept_rate_per_ip => accept_rate_per_ip: (u32, u32),
         with_admission => admission: AdmissionHook,
         #[cfg(feature = "tls")]
         with_tls => tls: ServerTls,
@@ -190,6 +249,12 @@ impl WsConfig {
         if let Some(per_ip) = self.max_connections_per_ip {
             nonzero("max_connections_per_ip", per_ip)?;
         }
+        source_prefix("ipv6_source_prefix", self.ipv6_source_prefix)?;
+        if let Some((per_sec, burst)) = self.accept_rate_per_ip {
+            nonzero("accept_rate_per_ip.per_sec", per_sec)?;
+            nonzero("accept_rate_per_ip.burst", burst)?;
+        }
+        nonzero("max_pending_upgrades", self.max_pending_upgrades)?;
         duration("handshake_timeout", self.handshake_timeout)?;
         nonzero("max_message_size", self.max_message_size)?;
         nonzero("send_backlog", self.send_backlog)?;
@@ -200,6 +265,14 @@ impl WsConfig {
                 value: u64::try_from(self.send_backlog_bytes).unwrap_or(u64::MAX),
                 other: "max_message_size",
                 other_value: u64::try_from(self.max_message_size).unwrap_or(u64::MAX),
+            });
+        }
+        if self.send_budget_bytes < self.send_backlog_bytes {
+            return Err(ConfigError::Below {
+                field: "send_budget_bytes",
+                value: u64::try_from(self.send_budget_bytes).unwrap_or(u64::MAX),
+                other: "send_backlog_bytes",
+                other_value: u64::try_from(self.send_backlog_bytes).unwrap_or(u64::MAX),
             });
         }
         duration("write_timeout", self.write_timeout)?;
@@ -215,13 +288,27 @@ impl WsConfig {
         Ok(())
     }
 
+    /// Turns off the limits per source ([`max_connections_per_ip`](Self::max_connections_per_ip)
+    /// and [`accept_rate_per_ip`](Self::accept_rate_per_ip)): for a server behind a reverse proxy
+    /// that cannot be listed in [`trusted_proxies`](Self::trusted_proxies), or for load tools and
+    /// tests whose clients all share one address. `max_connections` and
+    /// `max_pending_upgrades` still bound the whole.
+    #[must_use]
+    pub fn without_source_limits(mut self) -> Self {
+        self.max_connections_per_ip = None;
+        self.accept_rate_per_ip = None;
+        self
+    }
+
     /// The defaults, with the limits the core also knows taken from `config`.
     pub fn for_server(config: &SignalConfig) -> Self {
+        let defaults = Self::default();
         Self {
-            max_connections: config.max_connections,
+            max_connections: config.max_connections.saturating_add(defaults.max_pending_upgrades),
+            ipv6_source_prefix: config.ipv6_source_prefix,
             max_message_size: config.max_frame_size,
             send_backlog: config.max_send_backlog,
-            ..Self::default()
+            ..defaults
         }
     }
 }
@@ -248,9 +335,22 @@ pub struct WsStats {
     pub failed_handshakes: u64,
     /// Upgrade requests that [`WsConfig::admission`] refused.
     pub refused_admission: u64,
-    /// Connections closed as slow readers: their send queue was full, or a write made no progress
-    /// for [`WsConfig::write_timeout`].
+    /// TCP connections dropped at once because their source opened more than
+    /// [`WsConfig::accept_rate_per_ip`] allows.
+    pub refused_rate: u64,
+    /// Connections ended in their TLS or WebSocket handshake to make room for newer ones (see
+    /// [`WsConfig::max_pending_upgrades`]).
+    pub evicted_handshakes: u64,
+    /// Connections closed as slow readers: their send queue was full, a write made no progress
+    /// for [`WsConfig::write_timeout`], or a queue above [`WsConfig::drain_floor`] drained slower
+    /// than [`WsConfig::min_drain_rate`].
     pub slow_readers: u64,
+    /// Connections ended because together they held more than [`WsConfig::send_budget_bytes`]
+    /// queued, the ones holding most first.
+    pub shed: u64,
+    /// Bytes queued for sending now, by every connection together. A gauge, bounded by
+    /// [`WsConfig::send_budget_bytes`].
+    pub queued_bytes: u64,
     /// Connections closed for a message over [`WsConfig::max_message_size`].
     pub oversize: u64,
     /// Connections closed for breaking the WebSocket protocol (unmasked or malformed frames, text
@@ -280,7 +380,12 @@ struct Counters {
     refused_per_ip: AtomicU64,
     failed_handshakes: AtomicU64,
     refused_admission: AtomicU64,
+    refused_rate: AtomicU64,
+    evicted_handshakes: AtomicU64,
     slow_readers: AtomicU64,
+    shed: AtomicU64,
+    /// Payload bytes queued for sending, by every connection together.
+    queued: AtomicUsize,
     oversize: AtomicU64,
     protocol_violations: AtomicU64,
     ping_timeouts: AtomicU64,
@@ -306,7 +411,11 @@ impl WsStatsHandle {
             refused_per_ip: read(&c.refused_per_ip),
             failed_handshakes: read(&c.failed_handshakes),
             refused_admission: read(&c.refused_admission),
+            refused_rate: read(&c.refused_rate),
+            evicted_handshakes: read(&c.evicted_handshakes),
             slow_readers: read(&c.slow_readers),
+            shed: read(&c.shed),
+            queued_bytes: c.queued.load(Ordering::Relaxed) as u64,
             oversize: read(&c.oversize),
             protocol_violations: read(&c.protocol_violations),
             ping_timeouts: read(&c.ping_timeouts),
@@ -378,6 +487,9 @@ struct ConnHandle {
     shared: Arc<Shared>,
     /// The transport gave up on it; its task is ending and will report the close.
     killed: bool,
+    /// What it had queued when it was killed: counted in [`Counters::queued`] until its task
+    /// ends, but already on its way out, so not shed twice.
+    dying: usize,
 }
 
 /// A [`Transport`] that accepts WebSocket connections on a TCP listener.
@@ -399,8 +511,15 @@ pub struct WsTransport {
     conns: ConnMap<ConnHandle>,
     /// Connections the transport found busy, reported before anything else.
     local: VecDeque<TransportEvent>,
+    /// Connections the core closed whose tasks have not ended yet: what they still hold queued
+    /// is released from [`Counters::queued`] when they do.
+    closing: ConnMap<(Arc<Shared>, usize)>,
     /// [`WsConfig::send_backlog_bytes`].
     backlog_bytes: usize,
+    /// [`WsConfig::send_budget_bytes`].
+    budget: usize,
+    /// Bytes queued by killed connections whose tasks have not ended yet.
+    dying: usize,
     local_addr: SocketAddr,
     accept: JoinHandle<()>,
     stats: WsStatsHandle,
@@ -430,10 +549,21 @@ impl WsTransport {
             Event::Busy { conn, busy } if self.conns.contains_key(&conn) => {
                 Some(TransportEvent::Busy { conn, busy })
             }
-            Event::Closed { conn } if self.conns.remove(&conn).is_some() => {
-                Some(TransportEvent::Closed { conn })
+            Event::Closed { conn } => {
+                // The task has ended: nothing more is written, and what it did not write is freed.
+                let (shared, dying, open) = match self.conns.remove(&conn) {
+                    Some(handle) => (handle.shared, handle.dying, true),
+                    None => {
+                        let (shared, dying) = self.closing.remove(&conn)?;
+                        (shared, dying, false)
+                    }
+                };
+                self.dying = self.dying.saturating_sub(dying);
+                let left = shared.queued.swap(0, Ordering::AcqRel);
+                self.stats.0.queued.fetch_sub(left, Ordering::AcqRel);
+                open.then_some(TransportEvent::Closed { conn })
             }
-            Event::Frame { .. } | Event::Busy { .. } | Event::Closed { .. } => None,
+            Event::Frame { .. } | Event::Busy { .. } => None,
         }
     }
 
@@ -470,14 +600,17 @@ impl WsTransport {
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
         let stats = WsStatsHandle::default();
-        let backlog_bytes = config.send_backlog_bytes;
+        let (backlog_bytes, budget) = (config.send_backlog_bytes, config.send_budget_bytes);
         let meter = SendQueueMeter::new();
         let accept = tokio::spawn(accept_loop(listener, Arc::new(config), events_tx, stats.0.clone(), meter));
         Ok(Self {
             events,
             conns: ConnMap::default(),
+            closing: ConnMap::default(),
             local: VecDeque::new(),
             backlog_bytes,
+            budget,
+            dying: 0,
             local_addr,
             accept,
             stats,
@@ -507,11 +640,41 @@ impl WsTransport {
     fn kill(&mut self, conn: ConnId, slow: bool) {
         if let Some(handle) = self.conns.get_mut(&conn).filter(|handle| !handle.killed) {
             handle.killed = true;
+            handle.dying = handle.shared.queued.load(Ordering::Acquire);
+            self.dying = self.dying.saturating_add(handle.dying);
             handle.shared.kill.notify_one();
             if slow {
                 Counters::bump(&self.stats.0.slow_readers);
                 telemetry::ws::slow_reader(conn);
             }
+        }
+    }
+
+    /// All queues together hold `total` bytes, over [`WsConfig::send_budget_bytes`] even without
+    /// those of connections already killed: ends the connections that hold most until the rest
+    /// fits. A scan of every connection, but only when the budget is exceeded, and each scan
+    /// frees at least the excess.
+    fn shed(&mut self, total: usize) {
+        let mut excess = total.saturating_sub(self.dying).saturating_sub(self.budget);
+        if excess == 0 {
+            return;
+        }
+        let mut holders: Vec<(usize, ConnId)> = self
+            .conns
+            .iter()
+            .filter(|(_, handle)| !handle.killed)
+            .map(|(conn, handle)| (handle.shared.queued.load(Ordering::Acquire), *conn))
+            .filter(|&(held, _)| held > 0)
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (held, conn) in holders {
+            if excess == 0 {
+                break;
+            }
+            self.kill(conn, false);
+            Counters::bump(&self.stats.0.shed);
+            telemetry::ws::slow_reader(conn);
+            excess = excess.saturating_sub(held);
         }
     }
 }
@@ -562,7 +725,10 @@ impl Transport for WsTransport {
         let handle =
             self.conns.get_mut(&conn).filter(|handle| !handle.killed).ok_or(TransportError::Closed(conn))?;
         let len = frame.len();
+        let total = &self.stats.0.queued;
+        // Counted before the frame is in the queue, so the task never writes uncounted bytes.
         let queued = handle.shared.queued.fetch_add(len, Ordering::AcqRel).saturating_add(len);
+        let all = total.fetch_add(len, Ordering::AcqRel).saturating_add(len);
         // Over the byte bound, or a full queue: a slow reader. A closed queue: a task that just
         // ended, whose close is on its way.
         let refused = if queued > self.backlog_bytes {
@@ -571,11 +737,17 @@ impl Transport for WsTransport {
             handle.queue.try_send(Outbound::Frame(frame, Stamp::now())).err().map(|e| e.is_full())
         };
         if let Some(slow) = refused {
+            // Never queued: uncounted again.
+            handle.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            total.fetch_sub(len, Ordering::AcqRel);
             self.kill(conn, slow);
             return Err(TransportError::Closed(conn));
         }
         if queued > self.backlog_bytes / 2 && !handle.shared.busy.swap(true, Ordering::AcqRel) {
             self.local.push_back(TransportEvent::Busy { conn, busy: true });
+        }
+        if all > self.budget {
+            self.shed(all);
         }
         Ok(())
     }
@@ -585,6 +757,7 @@ impl Transport for WsTransport {
             if handle.queue.try_send(Outbound::Close(reason)).is_err() {
                 handle.shared.kill.notify_one();
             }
+            self.closing.insert(conn, (handle.shared, handle.dying));
         }
     }
 }
@@ -597,7 +770,12 @@ async fn accept_loop(
     send_queue: SendQueueMeter,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
-    let per_ip = config.max_connections_per_ip.map(|limit| Arc::new(PerIp::new(limit)));
+    let per_ip =
+        config.max_connections_per_ip.map(|limit| Arc::new(PerIp::new(limit, config.ipv6_source_prefix)));
+    let mut accept_rate = config.accept_rate_per_ip.map(|(per_sec, burst)| {
+        AcceptRate::new(per_sec, burst, config.ipv6_source_prefix, ACCEPT_RATE_SOURCES)
+    });
+    let upgrades = Arc::new(Upgrades::default());
     let mut next_id = 0u64;
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
@@ -615,13 +793,15 @@ async fn accept_loop(
             }
         };
         Counters::bump(&counters.accepted);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Counters::bump(&counters.refused);
-            telemetry::ws::refused(peer, peer.ip(), "max_connections");
-            continue; // Full: the stream is dropped, which closes it.
-        };
         // A connection from a trusted proxy is counted under its client, once the request names it.
         let proxied = is_trusted(&config, peer.ip());
+        if let Some(rate) = accept_rate.as_mut().filter(|_| !proxied) {
+            if !rate.allow(peer.ip(), tokio::time::Instant::now()) {
+                Counters::bump(&counters.refused_rate);
+                telemetry::ws::refused(peer, peer.ip(), "accept_rate_per_ip");
+                continue;
+            }
+        }
         let ip_slot = match &per_ip {
             Some(per_ip) if !proxied => match PerIp::acquire(per_ip, peer.ip()) {
                 Some(ip_slot) => Some(ip_slot),
@@ -633,21 +813,43 @@ async fn accept_loop(
             },
             _ => None,
         };
+        if upgrades.len() >= config.max_pending_upgrades && upgrades.evict_oldest().is_some() {
+            Counters::bump(&counters.evicted_handshakes);
+        }
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            // Full: the oldest connection still in its handshake gives its place up, or the
+            // newcomer is dropped, which closes it.
+            Err(_) => match upgrades.evict_oldest() {
+                Some(slot) => {
+                    Counters::bump(&counters.evicted_handshakes);
+                    slot
+                }
+                None => {
+                    Counters::bump(&counters.refused);
+                    telemetry::ws::refused(peer, peer.ip(), "max_connections");
+                    continue;
+                }
+            },
+        };
         next_id += 1;
         let conn = ConnId::new(next_id);
+        let ticket = Upgrades::register(&upgrades, next_id, slot);
         let (config, events, send_queue) = (config.clone(), events.clone(), send_queue.clone());
         let guard = TaskGuard::new(&counters);
-        let slots = Slots { _connection: slot, ip: ip_slot, per_ip: per_ip.clone().filter(|_| proxied) };
+        let slots = Slots { ip: ip_slot, per_ip: per_ip.clone().filter(|_| proxied) };
         let opened = Opened { stream, peer, conn, send_queue };
-        tokio::spawn(async move { serve_connection(opened, &config, events, guard, slots).await });
+        tokio::spawn(async move { serve_connection(opened, &config, events, guard, ticket, slots).await });
     }
 }
 
-/// What a connection holds while its task lives: its place under `max_connections`, and under
-/// `max_connections_per_ip`: taken at `accept`, or for a connection from a trusted proxy, once
-/// its request names the client (`per_ip` is then where to take it).
+/// Sources whose accept rate is tracked at once; see [`AcceptRate`].
+const ACCEPT_RATE_SOURCES: usize = 65_536;
+
+/// A connection's place under `max_connections_per_ip`: taken at `accept`, or for a connection
+/// from a trusted proxy, once its request names the client (`per_ip` is then where to take it).
+/// Its place under `max_connections` is its [`Ticket`]'s until the handshake is done.
 struct Slots {
-    _connection: OwnedSemaphorePermit,
     ip: Option<IpSlot>,
     per_ip: Option<Arc<PerIp>>,
 }
@@ -681,58 +883,6 @@ fn client_address(config: &WsConfig, peer: IpAddr, forwarded_for: Option<&str>) 
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Open connections per address. Locked once when a connection is accepted and once when its
-/// task ends, never on the frame path.
-struct PerIp {
-    limit: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerIp {
-    fn new(limit: usize) -> Self {
-        Self { limit, open: Mutex::new(HashMap::new()) }
-    }
-
-    /// The key an address is counted under: IPv4 addresses (also IPv4-mapped IPv6 ones) as they
-    /// are, IPv6 addresses by their /64, which one host usually owns whole.
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-            v4 => v4,
-        }
-    }
-
-    /// A slot for one more connection from `ip`, or `None` when it has `limit` open.
-    fn acquire(this: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let key = Self::key(ip);
-        let mut open = this.open.lock().unwrap_or_else(PoisonError::into_inner);
-        // Checked before inserting, so that a refused address leaves no entry behind.
-        if open.get(&key).is_some_and(|&count| count >= this.limit) || this.limit == 0 {
-            return None;
-        }
-        *open.entry(key).or_insert(0) += 1;
-        Some(IpSlot { per_ip: Arc::clone(this), key })
-    }
-}
-
-/// One connection's place in [`PerIp`], given back when the connection's task ends.
-struct IpSlot {
-    per_ip: Arc<PerIp>,
-    key: IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut open = self.per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// A TCP connection just accepted, and what its task needs to know about it.
 struct Opened {
     stream: TcpStream,
@@ -746,6 +896,7 @@ async fn serve_connection(
     config: &WsConfig,
     events: mpsc::Sender<Event>,
     guard: TaskGuard,
+    ticket: Ticket,
     mut slots: Slots,
 ) {
     let Opened { stream, peer, conn, send_queue } = opened;
@@ -780,22 +931,30 @@ async fn serve_connection(
         }
         Ok((link, handshake::accept(&upgrade), upgrade.codec, client))
     };
-    let (link, response, codec, client) =
-        match tokio::time::timeout(config.handshake_timeout, handshake).await {
-            Ok(Ok(opened)) => opened,
-            // Counted as they were refused.
-            Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
-            failed => {
-                Counters::bump(&counters.failed_handshakes);
-                telemetry::ws::handshake_failed(peer, failed.is_err());
-                return; // Never became a WebSocket: the core never hears of it.
-            }
-        };
+    let handshake = tokio::time::timeout(config.handshake_timeout, handshake);
+    let finished = tokio::select! {
+        biased;
+        // Counted by whoever ended it to make room.
+        () = ticket.evicted() => return,
+        finished = handshake => finished,
+    };
+    let (link, response, codec, client) = match finished {
+        Ok(Ok(opened)) => opened,
+        // Counted as they were refused.
+        Ok(Err(Refusal::Http("429 Too Many Requests") | Refusal::Admission)) => return,
+        failed => {
+            Counters::bump(&counters.failed_handshakes);
+            telemetry::ws::handshake_failed(peer, failed.is_err());
+            return; // Never became a WebSocket: the core never hears of it.
+        }
+    };
+    // Made room for a newer connection just as its own handshake finished.
+    let Some(place) = ticket.finish() else { return };
 
     // Capacity is `buffer` plus one per sender, and there is one sender.
     let (queue, outbound) = futures::channel::mpsc::channel(config.send_backlog.saturating_sub(1));
     let shared = Arc::new(Shared::default());
-    let handle = ConnHandle { queue, shared: Arc::clone(&shared), killed: false };
+    let handle = ConnHandle { queue, shared: Arc::clone(&shared), killed: false, dying: 0 };
     if events.send(Event::Opened { conn, codec, addr: client, handle }).await.is_err() {
         return;
     }
@@ -819,7 +978,7 @@ async fn serve_connection(
         Counters::bump(counter);
     }
     // Given back before the close is reported, so that whoever sees the close can reconnect.
-    drop(slots);
+    drop((slots, place));
     let _ = events.send(Event::Closed { conn }).await;
 }
 
@@ -1127,27 +1286,5 @@ mod tests {
         // From anyone else, or without the header, the peer.
         assert_eq!(client("192.0.2.9", Some("203.0.113.7")), ip("192.0.2.9"));
         assert_eq!(client("10.0.0.1", None), ip("10.0.0.1"));
-    }
-
-    #[test]
-    fn per_ip_slots_are_counted_per_address_and_per_ipv6_slash_64_and_given_back() {
-        let per_ip = Arc::new(PerIp::new(2));
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let a1 = PerIp::acquire(&per_ip, ip("10.0.0.1")).unwrap();
-        let _a2 = PerIp::acquire(&per_ip, ip("::ffff:10.0.0.1")).unwrap();
-        assert!(PerIp::acquire(&per_ip, ip("10.0.0.1")).is_none());
-        let _b = PerIp::acquire(&per_ip, ip("10.0.0.2")).unwrap();
-        let _v6 = PerIp::acquire(&per_ip, ip("2001:db8::1")).unwrap();
-        let _v6b = PerIp::acquire(&per_ip, ip("2001:db8::ffff:1")).unwrap();
-        assert!(PerIp::acquire(&per_ip, ip("2001:db8:0:0:1::9")).is_none(), "same /64");
-        assert!(PerIp::acquire(&per_ip, ip("2001:db8:0:1::1")).is_some(), "another /64");
-        drop(a1);
-        assert!(PerIp::acquire(&per_ip, ip("10.0.0.1")).is_some());
-        let open = per_ip.open.lock().unwrap().len();
-        assert_eq!(open, 3, "one entry per address with open connections");
-
-        let none = Arc::new(PerIp::new(0));
-        assert!(PerIp::acquire(&none, ip("10.0.0.1")).is_none());
-        assert!(none.open.lock().unwrap().is_empty(), "refusals leave no entry");
     }
 }
