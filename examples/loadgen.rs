@@ -142,6 +142,22 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         big_frame: usize,
     },
+    /// Rounds of an attack: nodes with a 4 KiB receive buffer join, ask for the list as fast
+    /// as they can without reading a byte, then all hang up; the server's resident memory is
+    /// read after each round, once it is quiet (peer-signal only; start the server with
+    /// `--unlimited-rates`, or the rate limits end the attack first).
+    SlowReaders {
+        #[arg(long, default_value_t = 200)]
+        conns: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// How long each round's nodes keep asking.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// How long to wait after each round before reading the server's memory.
+        #[arg(long, default_value_t = 3.0)]
+        idle_secs: f64,
+    },
     /// Connect, join, relay, disconnect, in loops.
     Churn {
         #[arg(long, default_value_t = 64)]
@@ -321,7 +337,15 @@ impl Node {
 
 /// Opens a WebSocket to `ws://<server>/<path>` from `source`.
 async fn connect(args: &Args, source: IpAddr, path: &str) -> Result<Ws, String> {
+    connect_with(args, source, path, None).await
+}
+
+/// As [`connect`], with the socket's receive buffer set to `recv_buffer` bytes.
+async fn connect_with(args: &Args, source: IpAddr, path: &str, recv_buffer: Option<u32>) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(|e| e.to_string())?;
+    }
     // Real clients close from many hosts; this one closes tens of thousands of sockets from a
     // few addresses, and their TIME_WAIT states would exhaust its ports and slow every later
     // connect (and the next run). A zero linger closes with a reset and leaves none; tokio
@@ -370,8 +394,13 @@ struct FlNode {
 impl FlNode {
     /// Connects from `source` and completes the handshake (challenge, announce, config, list).
     async fn join(args: &Args, source: IpAddr, index: u64) -> Result<Self, String> {
+        Self::join_with(args, source, index, None).await
+    }
+
+    /// As [`join`](Self::join), with a receive buffer of `recv_buffer` bytes.
+    async fn join_with(args: &Args, source: IpAddr, index: u64, recv_buffer: Option<u32>) -> Result<Self, String> {
         let codec = if args.bincode { Codec::Bincode } else { Codec::Json };
-        let ws = connect(args, source, "").await?;
+        let ws = connect_with(args, source, "", recv_buffer).await?;
         let key = key(index);
         let info = NodeInfo::new(format!("load-{index}"), "loadgen", key.verifying_key().to_bytes());
         let mut node = Self { ws, client: SignalClient::new(key, info, codec) };
@@ -472,6 +501,7 @@ fn preload_keys(args: &Args) {
     }
     let indices: Vec<u64> = match args.scenario {
         Scenario::Join { conns, .. } | Scenario::Idle { conns, .. } => (0..u64::from(conns)).collect(),
+        Scenario::SlowReaders { conns, rounds, .. } => (0..u64::from(conns) * u64::from(rounds)).collect(),
         Scenario::Relay { pairs, .. } => (0..2 * u64::from(pairs)).collect(),
         Scenario::Churn { workers, .. } => (0..workers)
             .flat_map(|worker| (0..CHURN_KEYS).map(move |i| churn_index(worker, i)))
@@ -887,6 +917,59 @@ async fn main() {
                 extra.insert("server_kernel_us_per_relay".into(), json!(per_relay(a.sys_s - b.sys_s)));
             }
             close_all(nodes).await;
+        }
+        Scenario::SlowReaders { conns, rounds, secs, idle_secs } => {
+            if args.protocol != Protocol::PeerSignal {
+                eprintln!("slow-readers: peer-signal only");
+                std::process::exit(2);
+            }
+            let mut memory = Vec::new();
+            for round in 0..rounds {
+                let peak = Arc::new(AtomicU64::new(0));
+                let watcher = {
+                    let (peak, pid) = (peak.clone(), args.server_pid);
+                    tokio::spawn(async move {
+                        loop {
+                            if let Some(now) = read_proc(pid) {
+                                peak.fetch_max(now.rss_kb, Ordering::Relaxed);
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    })
+                };
+                let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                let tasks: Vec<_> = (0..u64::from(conns))
+                    .map(|i| {
+                        let (args, stats) = (args.clone(), stats.clone());
+                        let index = u64::from(round) * u64::from(conns) + i;
+                        tokio::spawn(async move {
+                            let source = source(&args, index);
+                            let mut node = match FlNode::join_with(&args, source, index, Some(4096)).await {
+                                Ok(node) => node,
+                                Err(e) => return stats.error(&e),
+                            };
+                            let request = Message::Text("\"ListIDsRequest\"".into());
+                            // Until the deadline, or until the server stops taking requests.
+                            while let Ok(Ok(())) =
+                                tokio::time::timeout_at(deadline.into(), node.ws.send(request.clone())).await
+                            {
+                                stats.ops.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Hang up with a reset, without reading what the server queued.
+                            drop(node);
+                        })
+                    })
+                    .collect();
+                futures::future::join_all(tasks).await;
+                tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+                settle(args.server_pid).await;
+                watcher.abort();
+                let after = read_proc(args.server_pid).map(|p| p.rss_kb);
+                memory.push(json!({"round": round, "peak_rss_kb": peak.load(Ordering::Relaxed), "rss_after_kb": after}));
+                eprintln!("round {round}: peak {} kB, after {after:?} kB", peak.load(Ordering::Relaxed));
+            }
+            extra.insert("requests".into(), json!(stats.ops.load(Ordering::Relaxed)));
+            extra.insert("rounds".into(), json!(memory));
         }
         Scenario::Churn { workers, secs } => {
             // A permanent partner that every cycle relays to.
