@@ -389,7 +389,7 @@ fn sparse(count: u64) -> bool {
 /// match JOINS.admit("joined", Instant::now()) {
 ///     LogAdmit::Pass { suppressed: 0 } => { /* info!("node joined") */ }
 ///     LogAdmit::Pass { suppressed } => { /* info!(suppressed, "node joined") */ }
-///     LogAdmit::Hold => { /* debug!("node joined") */ }
+///     _ => { /* held back: debug!("node joined") */ }
 /// }
 /// ```
 #[cfg(feature = "tracing")]
