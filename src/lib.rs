@@ -446,7 +446,8 @@ mod client;
 mod driver;
 
 pub use client::{
-    AsyncClient, Backoff, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient, Timer,
+    AsyncClient, Backoff, ClientConfig, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient,
+    Timer,
 };
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};

@@ -108,6 +108,9 @@ fn requests_wait_for_the_system_config() {
     assert_eq!(client.send_init(U256([2; 32])), Err(ClientError::NotConnected));
     assert!(client.poll_transmit().is_none());
 
+    client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([9; 32])))).unwrap();
+    let _ = announce_sent(&mut client);
+    assert_eq!(client.request_list(), Err(ClientError::NotConnected), "announced is not connected");
     let config = FledgerConfig { system_realm: Some(U256([5; 32])) };
     client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(config.clone()))).unwrap();
     assert!(client.is_connected());
@@ -273,26 +276,30 @@ fn the_keepalive_asks_for_the_list_every_interval_once_connected() {
     let mut client = SignalClient::new(key.clone(), node_info(&key), Codec::Json);
     client.set_keepalive(Some(Duration::from_secs(60)));
     let start = Instant::now();
-    // Nothing is timed before the server accepts the node.
-    client.handle_timeout(start);
-    assert_eq!(client.poll_timeout(), None);
+    // Before the server accepts the node, only the sign-in is timed.
+    client.handle_timeout(start).unwrap();
+    assert_eq!(
+        client.poll_timeout(),
+        Some(start + SignalClient::new(key.clone(), node_info(&key), Codec::Json).config().sign_in_timeout)
+    );
     client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([5; 32])))).unwrap();
     let _ = announce_sent(&mut client);
     client
         .handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default())))
         .unwrap();
+    assert_eq!(client.poll_timeout(), None, "the sign-in deadline is gone, the keepalive not armed yet");
     // The first call arms it; each due time sends one request and arms the next.
-    client.handle_timeout(start);
+    client.handle_timeout(start).unwrap();
     assert_eq!(client.poll_timeout(), Some(start + Duration::from_secs(60)));
     assert!(transmitted(&mut client).is_empty());
-    client.handle_timeout(start + Duration::from_secs(59));
+    client.handle_timeout(start + Duration::from_secs(59)).unwrap();
     assert!(transmitted(&mut client).is_empty(), "not yet due");
-    client.handle_timeout(start + Duration::from_secs(61));
+    client.handle_timeout(start + Duration::from_secs(61)).unwrap();
     assert_eq!(transmitted(&mut client), vec![WSSignalMessageFromNode::ListIDsRequest]);
     assert_eq!(client.poll_timeout(), Some(start + Duration::from_secs(121)));
     // Off again: nothing is timed.
     client.set_keepalive(None);
-    client.handle_timeout(start + Duration::from_secs(500));
+    client.handle_timeout(start + Duration::from_secs(500)).unwrap();
     assert!(transmitted(&mut client).is_empty());
     assert_eq!(client.poll_timeout(), None);
 }

@@ -1,6 +1,7 @@
 //! The node's side of the WebSocket transport: [`WsClient`] over tokio-tungstenite, how it
 //! connects ([`WsClientBuilder`]), and tokio's clock for the client ([`TokioTimer`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::TlsRoots;
 use super::BINCODE_SUBPROTOCOL;
 use crate::client::ClientConnection;
-use crate::{Codec, TransportError};
+use crate::{Codec, SignalConfig, TransportError};
 
 /// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for
 /// [`AsyncClient`](crate::AsyncClient).
@@ -92,6 +93,7 @@ impl WsClient {
             #[cfg(feature = "tls")]
             roots: TlsRoots::WebPki,
             timeout: Duration::from_secs(10),
+            max_message_size: SignalConfig::default().max_frame_size,
         }
     }
 
@@ -130,6 +132,7 @@ pub struct WsClientBuilder {
     #[cfg(feature = "tls")]
     roots: TlsRoots,
     timeout: Duration,
+    max_message_size: usize,
 }
 
 impl WsClientBuilder {
@@ -159,6 +162,16 @@ impl WsClientBuilder {
         self
     }
 
+    /// The longest message (and frame) the client takes from the server, in bytes; a longer one
+    /// ends the connection before it is buffered whole. Unless set, the server's own limit on
+    /// frames, [`SignalConfig::max_frame_size`] (64 KiB), which holds a default list of 100 nodes
+    /// with the longest names and the longest set-up message; raise it for a server that sends
+    /// longer lists. At least 1 KiB (smaller values are raised to it).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1024);
+        self
+    }
+
     /// Connects.
     ///
     /// # Errors
@@ -185,10 +198,19 @@ impl WsClientBuilder {
         let connecting = {
             let config = self.roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
             let tls = tokio_tungstenite::Connector::Rustls(config);
-            tokio_tungstenite::connect_async_tls_with_config(request, Some(client_config()), true, Some(tls))
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(client_config(self.max_message_size)),
+                true,
+                Some(tls),
+            )
         };
         #[cfg(not(feature = "tls"))]
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(client_config()), true);
+        let connecting = tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(client_config(self.max_message_size)),
+            true,
+        );
         let connected = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| TransportError::Connect(format!("no answer within {:?}", self.timeout)))?;
@@ -209,9 +231,13 @@ impl WsClientBuilder {
 /// small frames; a frame larger than this is simply read in several steps.
 pub(crate) const CLIENT_READ_BUFFER: usize = 16 * 1024;
 
-/// The client's WebSocket settings: tungstenite's, with [`CLIENT_READ_BUFFER`].
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER)
+/// The client's WebSocket settings: tungstenite's, with [`CLIENT_READ_BUFFER`] and the largest
+/// message and frame the client takes (tungstenite's own are 64 MiB and 16 MiB).
+fn client_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(CLIENT_READ_BUFFER)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
 }
 
 /// A builder connects anew each time: what a client that reconnects needs
@@ -264,6 +290,10 @@ impl ClientConnection for WsClient {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(TransportError::Shutdown),
         }
+    }
+
+    fn timer(&self) -> Option<Arc<dyn crate::Timer>> {
+        Some(Arc::new(TokioTimer))
     }
 
     async fn recv(&mut self) -> Option<Bytes> {
