@@ -64,8 +64,8 @@ pub struct ClientConfig {
     /// check, and one that takes longer holds the node for nothing. At least 10 ms.
     pub sign_in_timeout: Duration,
     /// How often to ask for the list while connected (see [`SignalClient::set_keepalive`]), which
-    /// also checks that the server is alive: a connection on which nothing arrived for two whole
-    /// intervals is dead. Default `None`: nothing is sent unasked, and nothing is checked. Pick
+    /// also checks that the server is alive: a connection on which a request went unanswered for
+    /// two intervals is dead. Default `None`: nothing is sent unasked, and nothing is checked. Pick
     /// an interval well inside the server's TTL (this crate's is 120 s, fledger nodes send one
     /// every 60 s). Clamped to 1 s … 1 day.
     pub keepalive: Option<Duration>,
@@ -352,9 +352,10 @@ impl SignalClient {
     /// `ListIDsRequest` goes out every `interval`, as fledger nodes send one every minute. Pick an
     /// interval well inside the server's TTL; `None` (the default) sends nothing unasked.
     ///
-    /// It also checks the server: when nothing at all came from it for two whole intervals
-    /// (though every request asks for an answer), the connection is dead and
-    /// [`handle_timeout`](Self::handle_timeout) says so. An interval is clamped to 1 s … 1 day;
+    /// It also checks the server: when a request has gone unanswered for two intervals (nothing
+    /// at all came from the server since it went out), the connection is dead and
+    /// [`handle_timeout`](Self::handle_timeout) says so. A server that vanishes is thus noticed
+    /// two to three intervals after its last frame. An interval is clamped to 1 s … 1 day;
     /// zero is `None`.
     ///
     /// The client reads no clock: feed it the time with [`handle_timeout`](Self::handle_timeout)
@@ -479,7 +480,7 @@ impl SignalClient {
     }
 
     /// Messages from the server refused because they made no sense at that point of the
-    /// connection ([`ClientError::Unexpected`]).
+    /// connection ([`ClientError::Unexpected`], [`ClientError::UnexpectedChallenge`]).
     pub fn refused_messages(&self) -> u64 {
         self.refused_messages
     }
@@ -526,6 +527,7 @@ impl SignalClient {
         let event = match message {
             WSSignalMessageToNode::Challenge(version, challenge) => {
                 if self.state != State::AwaitingChallenge {
+                    self.refused_messages += 1;
                     return Err(ClientError::UnexpectedChallenge);
                 }
                 if version != SIGNAL_VERSION {
@@ -1346,6 +1348,37 @@ async fn within<F: Future>(timer: &Arc<dyn Timer>, limit: Duration, future: F) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_that_would_overflow_a_deadline_are_clamped_to_a_day() {
+        let day = Duration::from_secs(24 * 60 * 60);
+        let backoff = Backoff::new(Duration::MAX, Duration::MAX);
+        assert_eq!(backoff, Backoff::new(day, day));
+        for failures in [1, 2, 40, u32::MAX] {
+            assert!(backoff.delay(failures, u32::MAX) <= day.mul_f64(1.25));
+        }
+        assert_eq!(Backoff::new(Duration::ZERO, Duration::ZERO).delay(1, 0), Duration::from_micros(750));
+
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let info = NodeInfo::new("n", "test", key.verifying_key().to_bytes());
+        let config = ClientConfig::default()
+            .with_sign_in_timeout(Duration::MAX)
+            .with_keepalive(Duration::MAX)
+            .with_stable_session(Duration::MAX);
+        let mut client = SignalClient::with_config(key, info, Codec::Json, &config);
+        assert_eq!(client.config().sign_in_timeout, day);
+        assert_eq!(client.config().stable_session, day);
+        assert_eq!(client.keepalive(), Some(day));
+        let now = Instant::now();
+        client.handle_timeout(now).unwrap();
+        assert_eq!(client.poll_timeout(), Some(now + day));
+        client.set_keepalive(Some(Duration::MAX));
+        assert_eq!(client.keepalive(), Some(day));
+        client.set_keepalive(Some(Duration::from_nanos(1)));
+        assert_eq!(client.keepalive(), Some(SHORTEST_KEEPALIVE), "not a flood of requests");
+        client.set_keepalive(Some(Duration::ZERO));
+        assert_eq!(client.keepalive(), None);
+    }
 
     #[test]
     fn the_backoff_doubles_up_to_its_maximum_within_a_quarter_either_way() {
