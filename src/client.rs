@@ -1214,8 +1214,9 @@ impl<C: ClientConnection> AsyncClient<C> {
     /// # Errors
     ///
     /// [`ClientError::Closed`] once the connection is closed and every frame read;
-    /// [`ClientError::Unresponsive`] when the keepalive found the server silent (a client that
-    /// reconnects reports [`ClientEvent::Disconnected`] instead);
+    /// [`ClientError::Unresponsive`] when the keepalive found the server silent, from then on
+    /// (drop the client to close the connection; a client that reconnects reports
+    /// [`ClientEvent::Disconnected`] instead and comes back);
     /// [`ClientError::Malformed`] and [`ClientError::Unexpected`] for a frame that does not
     /// decode or makes no sense at this point, after which the client can go on.
     pub async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
@@ -1268,6 +1269,12 @@ impl<C: ClientConnection> AsyncClient<C> {
                     return Ok(event);
                 }
                 continue;
+            }
+            if let Some(dead) = &self.client.dead {
+                // A deadline passed: the connection must not be read again, or a silent server
+                // would hold this call for good.
+                let dead = dead.clone();
+                return self.lost(dead);
             }
             let due = self.timer.clone().zip(self.client.poll_timeout());
             let frame = match due {

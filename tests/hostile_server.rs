@@ -14,13 +14,14 @@ use futures::{SinkExt, StreamExt};
 use nodes::{key, within};
 use peer_signal::{
     AsyncClient, ClientConfig, ClientConnection, ClientError, ClientEvent, Codec, FledgerConfig, NodeInfo,
-    PeerInfo, PeerMessage, TokioTimer, TransportError, WSSignalMessageFromNode, WSSignalMessageToNode,
+    PeerInfo, PeerMessage, Timer, TokioTimer, TransportError, WSSignalMessageFromNode, WSSignalMessageToNode,
     WsClient, U256,
 };
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The node's end of a scripted connection: frames from the script, frames to it.
+/// The node's end of a scripted connection: frames from the script, frames to it, on tokio's
+/// clock.
 struct Scripted {
     from_server: mpsc::UnboundedReceiver<Bytes>,
     to_server: mpsc::UnboundedSender<Bytes>,
@@ -38,6 +39,10 @@ impl ClientConnection for Scripted {
 
     async fn recv(&mut self) -> Option<Bytes> {
         self.from_server.next().await
+    }
+
+    fn timer(&self) -> Option<Arc<dyn Timer>> {
+        Some(Arc::new(TokioTimer))
     }
 }
 
@@ -78,6 +83,14 @@ fn info() -> NodeInfo {
 
 #[tokio::test(start_paused = true)]
 async fn a_server_that_never_sends_its_challenge_does_not_hold_the_first_sign_in() {
+    // The plain `connect`, on the connection's own clock: the default deadline.
+    let (conn, _server) = scripted();
+    let start = tokio::time::Instant::now();
+    let result = within("sign-in", AsyncClient::connect(conn, key(1), info())).await;
+    assert_eq!(result.err(), Some(ClientError::SignInTimeout(Duration::from_secs(10))));
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+
+    // And one of the application's choosing.
     let (conn, _server) = scripted();
     let start = tokio::time::Instant::now();
     let config = ClientConfig::default().with_sign_in_timeout(Duration::from_secs(5));
@@ -133,8 +146,11 @@ async fn a_server_that_vanishes_without_a_close_is_noticed_within_two_keepalive_
     assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(_))), "the answer to the first");
     let result = tokio::time::timeout(Duration::from_secs(600), node.next_event()).await.expect("noticed");
     assert_eq!(result, Err(ClientError::Unresponsive(keepalive * 2)));
-    // The answer came at 15 s; nothing since then, for the two whole intervals after 15 s.
+    // The answer came at 15 s; the request at 30 s went unanswered for two intervals.
     assert_eq!(start.elapsed(), Duration::from_secs(60));
+    // And it stays given up: the next read does not wait on the silent server.
+    let again = tokio::time::timeout(Duration::from_secs(1), node.next_event()).await;
+    assert_eq!(again, Ok(Err(ClientError::Unresponsive(keepalive * 2))));
     drop(node);
     assert_eq!(script.await.unwrap(), 2, "a request per interval, none after the connection was given up");
 }
