@@ -138,7 +138,7 @@ fn clamp_keepalive(interval: Option<Duration>) -> Option<Duration> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientEvent {
-    /// The server accepted the announce and sent its `SystemConfig`.
+    /// The server accepted the announce and sent its `SystemConfig`; or, later, sent a new one.
     Connected(FledgerConfig),
     /// A `ListIDsReply`: the answer to a list request, or a push of nodes that joined.
     NodeList(Vec<NodeInfo>),
@@ -503,7 +503,7 @@ impl SignalClient {
     /// | message | accepted |
     /// |---|---|
     /// | `Challenge` | once, first (otherwise [`ClientError::UnexpectedChallenge`]) |
-    /// | `SystemConfig` | once, after the announce went out |
+    /// | `SystemConfig` | after the announce went out (the first is the acceptance; a later one, the system's configuration anew) |
     /// | `ListIDsReply` | once connected |
     /// | `PeerSetup` | once connected, and only for a pair this node is in |
     /// | `Error` | always |
@@ -544,12 +544,9 @@ impl SignalClient {
                 return Ok(());
             }
             WSSignalMessageToNode::SystemConfig(config) => {
-                match self.state {
-                    State::Announced => {}
-                    State::AwaitingChallenge => {
-                        return Err(self.refuse("a system config before the challenge"))
-                    }
-                    State::Connected => return Err(self.refuse("a second system config")),
+                // A later one is the server's new word on the system (`DriverHandle::send`).
+                if self.state == State::AwaitingChallenge {
+                    return Err(self.refuse("a system config before the announce"));
                 }
                 self.state = State::Connected;
                 self.sign_in_deadline = None;

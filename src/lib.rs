@@ -191,7 +191,7 @@
 //! The node's side trusts its server no more: what a server can make a node hold, and how long
 //! it can make it wait, is bounded by [`ClientConfig`] (and the `WsClient` builder). Messages
 //! that make no sense at that point (a list or a set-up message before the sign-in, a second
-//! challenge or acceptance, a set-up message for a pair without the node) are refused and counted
+//! challenge, a set-up message for a pair without the node) are refused and counted
 //! ([`SignalClient::handle_frame`] has the rules).
 //!
 //! | Limit | Default | Bounds |

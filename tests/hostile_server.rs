@@ -201,13 +201,13 @@ async fn messages_out_of_place_are_errors_the_node_can_read_past() {
     );
     let mut node = node.unwrap();
     assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(_))));
-    // A set-up message between two other nodes, and a second acceptance.
+    // A set-up message between two other nodes, and a second challenge.
     let stranger = PeerInfo { id_init: U256([2; 32]), id_follow: U256([3; 32]), message: PeerMessage::Init };
     server.send(&WSSignalMessageToNode::PeerSetup(stranger));
-    server.send(&WSSignalMessageToNode::SystemConfig(FledgerConfig::default()));
+    server.send(&WSSignalMessageToNode::Challenge(3, U256([4; 32])));
     server.send(&WSSignalMessageToNode::Error("fine".into()));
     assert!(matches!(node.next_event().await, Err(ClientError::Unexpected(_))));
-    assert!(matches!(node.next_event().await, Err(ClientError::Unexpected(_))));
+    assert_eq!(node.next_event().await, Err(ClientError::UnexpectedChallenge));
     assert_eq!(node.next_event().await, Ok(ClientEvent::Error("fine".into())));
     assert_eq!(node.client().refused_messages(), 2);
     assert!(node.client().is_connected());
