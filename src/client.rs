@@ -660,14 +660,9 @@ impl SignalClient {
     /// ones are dropped and counted in [`dropped_events`](Self::dropped_events).
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.poll_sized_event().map(|(event, _)| event)
-    }
-
-    /// The next event with what it was charged.
-    fn poll_sized_event(&mut self) -> Option<(ClientEvent, usize)> {
         let (event, charge) = self.events.pop_front()?;
         self.event_bytes -= charge;
-        Some((event, charge))
+        Some(event)
     }
 
     fn request(&mut self, message: &WSSignalMessageFromNode) -> Result<(), ClientError> {
