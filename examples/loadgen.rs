@@ -341,7 +341,12 @@ async fn connect(args: &Args, source: IpAddr, path: &str) -> Result<Ws, String> 
 }
 
 /// As [`connect`], with the socket's receive buffer set to `recv_buffer` bytes.
-async fn connect_with(args: &Args, source: IpAddr, path: &str, recv_buffer: Option<u32>) -> Result<Ws, String> {
+async fn connect_with(
+    args: &Args,
+    source: IpAddr,
+    path: &str,
+    recv_buffer: Option<u32>,
+) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if let Some(size) = recv_buffer {
         socket.set_recv_buffer_size(size).map_err(|e| e.to_string())?;
@@ -398,7 +403,12 @@ impl FlNode {
     }
 
     /// As [`join`](Self::join), with a receive buffer of `recv_buffer` bytes.
-    async fn join_with(args: &Args, source: IpAddr, index: u64, recv_buffer: Option<u32>) -> Result<Self, String> {
+    async fn join_with(
+        args: &Args,
+        source: IpAddr,
+        index: u64,
+        recv_buffer: Option<u32>,
+    ) -> Result<Self, String> {
         let codec = if args.bincode { Codec::Bincode } else { Codec::Json };
         let ws = connect_with(args, source, "", recv_buffer).await?;
         let key = key(index);

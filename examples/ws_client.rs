@@ -1,5 +1,7 @@
 //! A node on the command line: connects to a signalling server over WebSocket, authenticates,
-//! prints the node list, and plays through a (pretend) WebRTC set-up with another node.
+//! prints the node list, and plays through a (pretend) WebRTC set-up with another node. When the
+//! connection is lost (the server restarts, or closes the node for idleness) it reconnects by
+//! itself, with backoff.
 //!
 //! In two terminals, with the server running (`cargo run --release --example ws_server`):
 //!
@@ -15,7 +17,8 @@ use std::time::Duration;
 use clap::Parser;
 use peer_signal::ed25519_dalek::SigningKey;
 use peer_signal::{
-    AsyncClient, ClientEvent, Codec, NodeID, NodeInfo, PeerInfo, PeerMessage, TokioTimer, WsClient,
+    AsyncClient, ClientConfig, ClientError, ClientEvent, Codec, NodeID, NodeInfo, PeerInfo, PeerMessage,
+    TokioTimer, WsClient,
 };
 
 /// A node that talks to a signalling server.
@@ -42,7 +45,8 @@ struct Args {
     #[arg(long)]
     exit_after: Option<u64>,
     /// Seconds between the list requests that keep the node listed (well inside the server's
-    /// TTL, 120 s by default); 0 sends none.
+    /// TTL, 120 s by default) and show that the server is still there; 0 sends none. After the
+    /// server closes the node for idleness it comes back and keeps alive more often.
     #[arg(long, default_value_t = 60)]
     keepalive_secs: u64,
 }
@@ -54,13 +58,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let info = NodeInfo::new(&args.name, "peer-signal ws_client", key.verifying_key().to_bytes());
     let codec = if args.bincode { Codec::Bincode } else { Codec::Json };
 
-    let conn = WsClient::connect(&args.url, codec).await?;
-    let mut node = AsyncClient::connect(conn, key, info).await?;
-    println!("connected to {} as {} ({})", args.url, args.name, node.id());
-
+    let mut config = ClientConfig::default();
     if args.keepalive_secs > 0 {
-        node.keep_alive(Duration::from_secs(args.keepalive_secs), Arc::new(TokioTimer));
+        config = config.with_keepalive(Duration::from_secs(args.keepalive_secs));
     }
+    let server = WsClient::builder(&args.url).codec(codec);
+    let mut node =
+        AsyncClient::connect_reconnecting_with(server, key, info, config, Arc::new(TokioTimer)).await?;
+    println!("connected to {} as {} ({})", args.url, args.name, node.id());
 
     // The list the server sends after the announce; later ones are printed when they change.
     let mut listed = Vec::new();
@@ -75,7 +80,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let run = async {
         loop {
-            let event = node.next_event().await?;
+            let event = match node.next_event().await {
+                Ok(event) => event,
+                Err(ClientError::Closed) => return Err(ClientError::Closed),
+                // A frame the client refused; the connection goes on.
+                Err(e) => {
+                    println!("! {e}");
+                    continue;
+                }
+            };
             match event {
                 ClientEvent::NodeList(nodes) if ids(&nodes) != listed => {
                     print_list(&nodes, node.id());
@@ -87,10 +100,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("← {} from {from}", describe(&setup.message));
                     if let Some(reply) = next_step(&setup, node.id()) {
                         println!("→ {} to {from}", describe(&reply));
-                        node.send_reply(&setup, reply).await?;
+                        if let Err(e) = node.send_reply(&setup, reply).await {
+                            println!("! not sent: {e}");
+                        }
                     }
                 }
                 ClientEvent::Error(error) => println!("! server says: {error}"),
+                ClientEvent::Disconnected => println!("· disconnected; reconnecting"),
+                ClientEvent::Connected(_) => {
+                    let every = node.client().keepalive().map(|k| format!(", keepalive every {k:?}"));
+                    println!("· connected again{}", every.unwrap_or_default());
+                }
                 other => println!("· {other:?}"),
             }
         }

@@ -188,6 +188,22 @@
 //! | `WsConfig::listen_backlog` | 4096 | connections waiting for `accept` (capped by the kernel) |
 //! | `WsConfig::event_queue` | 4096 | transport events waiting for the driver (then connections stop reading) |
 //!
+//! The node's side trusts its server no more: what a server can make a node hold, and how long
+//! it can make it wait, is bounded by [`ClientConfig`] (and the `WsClient` builder). Messages
+//! that make no sense at that point (a list or a set-up message before the sign-in, a second
+//! challenge, a set-up message for a pair without the node) are refused and counted
+//! ([`SignalClient::handle_frame`] has the rules).
+//!
+//! | Limit | Default | Bounds |
+//! |---|---|---|
+//! | [`ClientConfig::sign_in_timeout`] | 10 s | connecting, the challenge and the acceptance, every sign-in including the first |
+//! | [`ClientConfig::keepalive`] | none | with one, a request unanswered for two intervals ends the connection |
+//! | [`ClientConfig::max_events`], [`max_event_bytes`](ClientConfig::max_event_bytes) | 1,024, 1 MiB | events held for the application (then dropped and counted) |
+//! | [`ClientConfig::backoff`] | 0.5 s doubling to 30 s, ±25% | wait before every reconnect, also after a session that ended |
+//! | [`ClientConfig::stable_session`] | 60 s | a shorter session counts as a failure, so the next wait grows |
+//! | `WsClientBuilder::max_message_size` | `max_frame_size` (64 KiB) | one WebSocket message or frame from the server (was tungstenite's 64 MiB) |
+//! | `WsClientBuilder::timeout` | 10 s | TCP, TLS and the upgrade |
+//!
 //! # The run loop
 //!
 //! A driver owns the server and a transport and repeats:
@@ -452,7 +468,8 @@ mod client;
 mod driver;
 
 pub use client::{
-    AsyncClient, Backoff, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient, Timer,
+    AsyncClient, Backoff, ClientConfig, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient,
+    Timer,
 };
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};

@@ -108,6 +108,9 @@ fn requests_wait_for_the_system_config() {
     assert_eq!(client.send_init(U256([2; 32])), Err(ClientError::NotConnected));
     assert!(client.poll_transmit().is_none());
 
+    client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([9; 32])))).unwrap();
+    let _ = announce_sent(&mut client);
+    assert_eq!(client.request_list(), Err(ClientError::NotConnected), "announced is not connected");
     let config = FledgerConfig { system_realm: Some(U256([5; 32])) };
     client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(config.clone()))).unwrap();
     assert!(client.is_connected());
@@ -273,26 +276,181 @@ fn the_keepalive_asks_for_the_list_every_interval_once_connected() {
     let mut client = SignalClient::new(key.clone(), node_info(&key), Codec::Json);
     client.set_keepalive(Some(Duration::from_secs(60)));
     let start = Instant::now();
-    // Nothing is timed before the server accepts the node.
-    client.handle_timeout(start);
-    assert_eq!(client.poll_timeout(), None);
+    // Before the server accepts the node, only the sign-in is timed.
+    client.handle_timeout(start).unwrap();
+    assert_eq!(
+        client.poll_timeout(),
+        Some(start + SignalClient::new(key.clone(), node_info(&key), Codec::Json).config().sign_in_timeout)
+    );
     client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([5; 32])))).unwrap();
     let _ = announce_sent(&mut client);
     client
         .handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default())))
         .unwrap();
+    assert_eq!(client.poll_timeout(), None, "the sign-in deadline is gone, the keepalive not armed yet");
     // The first call arms it; each due time sends one request and arms the next.
-    client.handle_timeout(start);
+    client.handle_timeout(start).unwrap();
     assert_eq!(client.poll_timeout(), Some(start + Duration::from_secs(60)));
     assert!(transmitted(&mut client).is_empty());
-    client.handle_timeout(start + Duration::from_secs(59));
+    client.handle_timeout(start + Duration::from_secs(59)).unwrap();
     assert!(transmitted(&mut client).is_empty(), "not yet due");
-    client.handle_timeout(start + Duration::from_secs(61));
+    client.handle_timeout(start + Duration::from_secs(61)).unwrap();
     assert_eq!(transmitted(&mut client), vec![WSSignalMessageFromNode::ListIDsRequest]);
     assert_eq!(client.poll_timeout(), Some(start + Duration::from_secs(121)));
     // Off again: nothing is timed.
     client.set_keepalive(None);
-    client.handle_timeout(start + Duration::from_secs(500));
+    client.handle_timeout(start + Duration::from_secs(500)).unwrap();
     assert!(transmitted(&mut client).is_empty());
     assert_eq!(client.poll_timeout(), None);
+}
+
+#[test]
+fn messages_that_make_no_sense_yet_or_any_more_are_refused_counted_and_change_nothing() {
+    use WSSignalMessageToNode as M;
+    let codec = Codec::Json;
+    let me = node_info(&key(1)).id();
+    let list = M::ListIDsReply(vec![node_info(&key(2))]);
+    let setup = M::PeerSetup(PeerInfo { id_init: U256([2; 32]), id_follow: me, message: PeerMessage::Init });
+    let config = M::SystemConfig(FledgerConfig::default());
+    let unexpected = |client: &mut SignalClient, message: &M| {
+        matches!(client.handle_frame(&to_node(codec, message)), Err(ClientError::Unexpected(_)))
+    };
+
+    // Before the challenge: no list, no set-up, no acceptance of an announce never sent.
+    let mut client = SignalClient::new(key(1), node_info(&key(1)), codec);
+    for message in [&list, &setup, &config] {
+        assert!(unexpected(&mut client, message), "{message:?}");
+    }
+    // After the announce, before the acceptance: no list, no set-up.
+    client.handle_frame(&to_node(codec, &M::Challenge(3, U256([9; 32])))).unwrap();
+    let _ = announce_sent(&mut client);
+    for message in [&list, &setup] {
+        assert!(unexpected(&mut client, message), "{message:?}");
+    }
+    assert!(events(&mut client).is_empty() && !client.is_connected());
+    client.handle_frame(&to_node(codec, &config)).unwrap();
+    // Connected: no challenge, no set-up for a pair without this node.
+    let stranger = PeerInfo { id_init: U256([2; 32]), id_follow: U256([3; 32]), message: PeerMessage::Init };
+    assert!(unexpected(&mut client, &M::PeerSetup(stranger)));
+    let challenge = to_node(codec, &M::Challenge(3, U256([8; 32])));
+    assert_eq!(client.handle_frame(&challenge), Err(ClientError::UnexpectedChallenge));
+    assert_eq!(client.refused_messages(), 7);
+    // An error is news in any state; what is in place is taken as before, and a new system
+    // config is the server's word on the system.
+    client.handle_frame(&to_node(codec, &M::Error("e".into()))).unwrap();
+    client.handle_frame(&to_node(codec, &list)).unwrap();
+    client.handle_frame(&to_node(codec, &setup)).unwrap();
+    client.handle_frame(&to_node(codec, &config)).unwrap();
+    assert_eq!(events(&mut client).len(), 5, "connected, error, list, set-up, connected");
+    assert!(client.is_connected() && client.poll_transmit().is_none());
+}
+
+#[test]
+fn events_are_bounded_in_bytes_as_well_as_in_number() {
+    use std::time::Duration;
+    let mut client = connected(Codec::Json);
+    let budget = client.config().max_event_bytes;
+    // 200 offers of 30 KiB, never drained: under a count of 1,024 alone, 6 MB held.
+    let me = client.id();
+    let offer = |i: u8| {
+        let message = PeerMessage::Offer(char::from(b'a' + i % 26).to_string().repeat(30 * 1024));
+        to_node(
+            Codec::Json,
+            &WSSignalMessageToNode::PeerSetup(PeerInfo { id_init: U256([2; 32]), id_follow: me, message }),
+        )
+    };
+    for i in 0..200u32 {
+        client.handle_frame(&offer(i as u8)).unwrap();
+    }
+    assert!(client.queued_event_bytes() <= budget, "{} bytes held", client.queued_event_bytes());
+    let held = events(&mut client);
+    let text: usize = held
+        .iter()
+        .map(|e| match e {
+            ClientEvent::PeerSetup(setup) => setup.message.text().map_or(0, str::len),
+            _ => 0,
+        })
+        .sum();
+    assert!(text <= budget && held.len() >= budget / (31 * 1024), "{} events, {text} bytes", held.len());
+    assert_eq!(client.dropped_events(), 200 - held.len() as u64);
+    assert_eq!(client.queued_event_bytes(), 0, "what is drained is given back");
+    // Room again once drained, in the order the server sent.
+    client.handle_frame(&offer(7)).unwrap();
+    assert!(
+        matches!(client.poll_event(), Some(ClientEvent::PeerSetup(s)) if s.message.text().unwrap().starts_with('h'))
+    );
+
+    // A smaller budget is the application's to set.
+    let config = peer_signal::ClientConfig::default()
+        .with_max_event_bytes(64 * 1024)
+        .with_keepalive(Duration::from_secs(5));
+    let mut small = SignalClient::with_config(key(1), node_info(&key(1)), Codec::Json, &config);
+    small.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([9; 32])))).unwrap();
+    small
+        .handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default())))
+        .unwrap();
+    for i in 0..10 {
+        small.handle_frame(&offer(i)).unwrap();
+    }
+    assert_eq!(events(&mut small).len(), 1 + 2, "the acceptance and two offers");
+    assert_eq!(small.dropped_events(), 8);
+}
+
+#[test]
+fn the_sign_in_has_a_deadline_from_the_first_timeout_that_a_silent_server_runs_into() {
+    use std::time::Duration;
+    let start = Instant::now();
+    let mut client = SignalClient::new(key(1), node_info(&key(1)), Codec::Json);
+    client.handle_timeout(start).unwrap();
+    let deadline = start + Duration::from_secs(10);
+    assert_eq!(client.poll_timeout(), Some(deadline));
+    // The challenge comes and is answered, but the acceptance does not.
+    client.handle_frame(&to_node(Codec::Json, &WSSignalMessageToNode::Challenge(3, U256([9; 32])))).unwrap();
+    let _ = announce_sent(&mut client);
+    client.handle_timeout(deadline - Duration::from_millis(1)).unwrap();
+    assert_eq!(client.handle_timeout(deadline), Err(ClientError::SignInTimeout(Duration::from_secs(10))));
+    // Dead: nothing more is timed, taken or sent.
+    assert_eq!(client.poll_timeout(), None);
+    let accept = to_node(Codec::Json, &WSSignalMessageToNode::SystemConfig(FledgerConfig::default()));
+    assert_eq!(client.handle_frame(&accept), Err(ClientError::Closed));
+    assert!(!client.is_connected());
+    assert_eq!(client.request_list(), Err(ClientError::Closed));
+    assert_eq!(
+        client.handle_timeout(deadline + Duration::from_secs(1)),
+        Err(ClientError::SignInTimeout(Duration::from_secs(10)))
+    );
+}
+
+#[test]
+fn with_a_keepalive_a_server_silent_for_two_intervals_is_taken_for_gone() {
+    use std::time::Duration;
+    let second = Duration::from_secs(1);
+    let mut client = connected(Codec::Json);
+    client.set_keepalive(Some(10 * second));
+    let t0 = Instant::now();
+    client.handle_timeout(t0).unwrap();
+    let reply = to_node(Codec::Json, &WSSignalMessageToNode::ListIDsReply(Vec::new()));
+    // Answered: alive as long as it answers.
+    for i in 1..=5 {
+        client.handle_timeout(t0 + i * 10 * second).unwrap();
+        assert_eq!(transmitted(&mut client), vec![WSSignalMessageFromNode::ListIDsRequest]);
+        client.handle_frame(&reply).unwrap();
+    }
+    // Then nothing: the request at 60 s has one interval, and another, to be answered.
+    for at in [60, 70] {
+        client.handle_timeout(t0 + at * second).unwrap();
+        assert_eq!(transmitted(&mut client).len(), 1);
+    }
+    assert_eq!(client.handle_timeout(t0 + 80 * second), Err(ClientError::Unresponsive(20 * second)));
+    assert!(transmitted(&mut client).is_empty() && client.poll_timeout().is_none() && !client.is_connected());
+
+    // Any frame is a sign of life, even one the client refuses.
+    let mut client = connected(Codec::Json);
+    client.set_keepalive(Some(10 * second));
+    client.handle_timeout(t0).unwrap();
+    for i in 1..=10 {
+        client.handle_timeout(t0 + i * 10 * second).unwrap();
+        let _ = client.handle_frame(b"not json");
+    }
+    assert!(client.is_connected());
 }

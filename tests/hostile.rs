@@ -41,7 +41,8 @@ async fn arena(config: SignalConfig, ws: WsConfig) -> Arena {
 
 async fn arena_default() -> Arena {
     let config = config();
-    let ws = WsConfig::for_server(&config);
+    // Attackers and good nodes all come from 127.0.0.1: one source.
+    let ws = WsConfig::for_server(&config).without_source_limits();
     arena(config, ws).await
 }
 
@@ -385,7 +386,8 @@ async fn a_reader_with_a_full_window_is_released_by_the_write_timeout() {
     let ws = WsConfig::for_server(&config)
         .with_max_connections(4)
         .with_write_timeout(Duration::from_millis(500))
-        .with_send_backlog_bytes(1 << 30);
+        .with_send_backlog_bytes(1 << 30)
+        .with_send_budget_bytes(1 << 30);
     let mut arena = arena(config, ws).await;
     // Joins, then never reads again, on a socket with a 4 KiB receive buffer.
     let mut victim = RawWs::connect_small(&arena.server.url).await;
@@ -468,7 +470,8 @@ async fn half_open_tcp_and_silent_connections_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_disconnect_storms_leak_nothing() {
     let config = config().with_max_connections(40).with_max_pending_handshakes(30);
-    let ws = WsConfig::for_server(&config);
+    // 150 connections from 127.0.0.1 in a second: more than one source may open.
+    let ws = WsConfig::for_server(&config).without_source_limits();
     let mut arena = arena(config, ws).await;
     let url = arena.server.url.clone();
     let addr = host(&url).to_string();

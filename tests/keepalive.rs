@@ -47,3 +47,75 @@ async fn a_node_kept_alive_outlives_the_ttl_and_one_that_is_not_does_not() {
     assert!(!alice_task.is_finished());
     alice_task.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_keepalive_goes_on_after_a_reconnection() {
+    use std::sync::Mutex;
+
+    use futures::{FutureExt, StreamExt};
+    use peer_signal::{AsyncClient, ClientConfig, ClientEvent, MemoryConnector, SignalEvent, TransportError};
+
+    // Whichever server is up; each on tokio's clock, ticked every second, with a TTL of 120 s.
+    let current: Arc<Mutex<Option<MemoryConnector>>> = Arc::default();
+    let start = |current: &Arc<Mutex<Option<MemoryConnector>>>| {
+        let config = config().with_ttl(Duration::from_secs(120));
+        let (transport, connector) = MemoryTransport::new(&config);
+        let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
+        let ticks =
+            Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
+                i.tick().await;
+                Some(((), i))
+            }));
+        let task = tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std()));
+        *current.lock().unwrap() = Some(connector);
+        (handle, events, task)
+    };
+    let reconnect = {
+        let current = Arc::clone(&current);
+        move || {
+            let connector = current.lock().unwrap().clone();
+            async move {
+                match connector {
+                    Some(connector) => connector.connect(Codec::Json).await,
+                    None => Err(TransportError::Shutdown),
+                }
+            }
+        }
+    };
+    let (first, _, first_task) = start(&current);
+    let key = nodes::key(1);
+    let info = NodeInfo::new("alice", "test", key.verifying_key().to_bytes());
+    let config = ClientConfig::default().with_keepalive(Duration::from_secs(60));
+    let mut alice =
+        AsyncClient::connect_reconnecting_with(reconnect, key, info, config, Arc::new(TokioTimer))
+            .await
+            .unwrap();
+    // The server restarts; Alice comes back to the new one.
+    first.stop();
+    within("stopped", first_task).await.unwrap();
+    let (_second, mut events, _task) = start(&current);
+    loop {
+        match within("back", alice.next_event()).await {
+            Ok(ClientEvent::Connected(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Five minutes on the new server, well past its TTL: still there, kept alive.
+    let alice_task = tokio::spawn(async move {
+        loop {
+            match alice.next_event().await {
+                Ok(ClientEvent::Disconnected) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(!alice_task.is_finished(), "alice lost her connection");
+    let mut left = false;
+    while let Some(Some(event)) = events.next().now_or_never() {
+        left |= matches!(event, SignalEvent::NodeLeft(node) if node == id(1));
+    }
+    assert!(!left, "the server closed alice");
+    alice_task.abort();
+}

@@ -117,3 +117,103 @@ async fn over_websocket_the_client_comes_back_when_the_server_restarts_on_its_po
         matches!(within("list", node.next_event()).await, Ok(ClientEvent::NodeList(nodes)) if nodes.len() == 1)
     );
 }
+
+/// A server on the in-memory transport, on tokio's (paused) clock, ticked every second.
+fn ticking(config: peer_signal::SignalConfig) -> (MemoryConnector, tokio::task::JoinHandle<SignalServer>) {
+    let (transport, connector) = MemoryTransport::new(&config);
+    let (driver, _handle, _events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
+    let ticks =
+        Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
+            i.tick().await;
+            Some(((), i))
+        }));
+    (connector, tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std())))
+}
+
+fn connecting(
+    connector: &MemoryConnector,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<peer_signal::MemoryClient, TransportError>>
+       + Send
+       + Sync
+       + 'static {
+    let connector = connector.clone();
+    move || {
+        let connector = connector.clone();
+        Box::pin(async move { connector.connect(Codec::Json).await })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_processes_with_one_key_take_the_node_from_each_other_at_a_bounded_rate() {
+    let (connector, _server) = ticking(config());
+    let window = Duration::from_secs(600);
+    let start = tokio::time::Instant::now();
+    // Each process counts the sessions it gets; a runaway loop stops at 1,000.
+    let run = |connector: &MemoryConnector| {
+        let reconnect = connecting(connector);
+        tokio::spawn(async move {
+            let mut node = AsyncClient::connect_reconnecting(
+                reconnect,
+                key(7),
+                info(7),
+                Backoff::default(),
+                Arc::new(TokioTimer),
+            )
+            .await
+            .unwrap();
+            let mut sessions = 1u32;
+            while start.elapsed() < window && sessions < 1000 {
+                match tokio::time::timeout_at(start + window, node.next_event()).await {
+                    Ok(Ok(ClientEvent::Connected(_))) => sessions += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            sessions
+        })
+    };
+    let (first, second) = (run(&connector), run(&connector));
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    // With no wait after an accepted session they would alternate at round-trip speed. Each
+    // now waits the backoff, which doubles after every short session up to 30 s (±25%): about
+    // ten sessions while it grows, then one per ~30 s, alternating, over ten minutes.
+    let sessions = first + second;
+    assert!(sessions <= 50, "{first} + {second} sessions in {window:?}");
+    assert!(first >= 2 && second >= 2, "both still get the node: {first} + {second}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_idle_eviction_the_node_comes_back_and_keeps_alive_often_enough() {
+    // A server that closes nodes silent for 4 s, and a node that keeps alive every 60 s.
+    let (connector, _server) = ticking(config().with_ttl(Duration::from_secs(4)));
+    let config = peer_signal::ClientConfig::default().with_keepalive(Duration::from_secs(60));
+    let mut node = AsyncClient::connect_reconnecting_with(
+        connecting(&connector),
+        key(8),
+        info(8),
+        config,
+        Arc::new(TokioTimer),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(_))));
+    let start = tokio::time::Instant::now();
+    assert_eq!(within("evicted", node.next_event()).await, Ok(ClientEvent::Error("idle timeout".into())));
+    assert_eq!(within("lost", node.next_event()).await, Ok(ClientEvent::Disconnected));
+    assert!(matches!(within("back", node.next_event()).await, Ok(ClientEvent::Connected(_))));
+    let back = start.elapsed();
+    assert!(back < Duration::from_secs(10), "back after {back:?}");
+    // Half the silence the server tolerated (4 to 5 s, as its ticks fall).
+    let interval = node.client().keepalive().unwrap();
+    assert!(interval >= Duration::from_secs(2) && interval <= Duration::from_millis(2500), "{interval:?}");
+    // Then it stays: ten minutes of lists that answer its keepalives, no eviction.
+    let until = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut lists = 0;
+    while let Ok(event) = tokio::time::timeout_at(until, node.next_event()).await {
+        match event {
+            Ok(ClientEvent::NodeList(_)) => lists += 1,
+            other => panic!("{other:?} after {:?}", start.elapsed()),
+        }
+    }
+    assert!(lists >= 240, "{lists} keepalives answered");
+}

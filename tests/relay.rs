@@ -153,9 +153,11 @@ fn a_busy_destination_gets_no_setup_and_its_senders_an_error_without_a_strike() 
     let stats = h.server.stats();
     assert_eq!(stats.errors.get("destination_busy"), Some(&15));
     assert_eq!((stats.relays, stats.nodes), (0, 4));
-    // The busy node still gets its own replies, and still reaches others.
+    // The busy node's list requests go unanswered (it does not read what it has), without a
+    // strike, and it still reaches others.
     let out = h.from(reader, &WSSignalMessageFromNode::ListIDsRequest);
-    assert_eq!(touched(&out), vec![reader.conn]);
+    assert!(touched(&out).is_empty());
+    assert_eq!(h.server.stats().unanswered_busy, 1);
     let out = h.from(reader, &setup(&reader, &senders[0], PeerMessage::Init));
     assert_eq!(touched(&out), vec![senders[0].conn]);
     // Drained: set-ups flow again.

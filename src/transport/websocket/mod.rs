@@ -11,6 +11,7 @@
 //! it, and bounds every write, ping and closing handshake by a deadline.
 
 mod admission;
+mod client;
 mod conn;
 mod frame;
 mod handshake;
@@ -20,6 +21,7 @@ mod shares;
 mod tls;
 
 pub use self::admission::{Admission, AdmissionHook, UpgradeRequest};
+pub use self::client::{TokioTimer, WsClient, WsClientBuilder};
 #[cfg(feature = "tls")]
 pub use self::tls::{ServerTls, TlsError, TlsRoots};
 
@@ -31,22 +33,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::conn::{Connection, End, Outbound, Shared};
 use self::handshake::Refusal;
 use self::link::Link;
 use self::shares::{AcceptRate, IpSlot, PerIp, Ticket, Upgrades};
 use super::{Transport, TransportEvent};
-use crate::client::ClientConnection;
 use crate::ids::ConnMap;
 use crate::server::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::telemetry::{self, SendQueueMeter, Stamp};
@@ -993,271 +988,6 @@ async fn open_link(stream: TcpStream, config: &WsConfig) -> Option<Link> {
     #[cfg(not(feature = "tls"))]
     let _ = config;
     Some(Link::Plain(stream))
-}
-
-/// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for
-/// [`AsyncClient`](crate::AsyncClient).
-///
-/// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use peer_signal::ed25519_dalek::SigningKey;
-/// use peer_signal::{AsyncClient, Codec, NodeInfo, WsClient};
-///
-/// let key = SigningKey::from_bytes(&[1; 32]);
-/// let info = NodeInfo::new("alice", "example", key.verifying_key().to_bytes());
-/// let conn = WsClient::connect("ws://127.0.0.1:8765", Codec::Json).await?;
-/// let mut node = AsyncClient::connect(conn, key, info).await?;
-/// println!("{} nodes connected", node.list().await?.len());
-/// # Ok(()) }
-/// ```
-pub struct WsClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    codec: Codec,
-}
-
-impl std::fmt::Debug for WsClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsClient").field("codec", &self.codec).finish_non_exhaustive()
-    }
-}
-
-impl WsClient {
-    /// Connects to `url` (`ws://host:port/any/path`, or with feature `tls` `wss://…`, trusting
-    /// the [webpki roots](TlsRoots::WebPki)). With [`Codec::Bincode`] it asks for
-    /// [`BINCODE_SUBPROTOCOL`] and fails if the server does not agree. For headers, other roots
-    /// or another timeout, see [`builder`](Self::builder).
-    ///
-    /// # Errors
-    ///
-    /// [`TransportError::Connect`] when the server cannot be reached within ten seconds, its
-    /// certificate is not trusted, or it refuses the upgrade.
-    pub async fn connect(url: &str, codec: Codec) -> Result<Self, TransportError> {
-        Self::builder(url).codec(codec).connect().await
-    }
-
-    /// Connects to `url` as [`connect`](Self::connect) does, trusting `roots` for wss://: a
-    /// private CA, or a self-signed certificate (feature `tls`).
-    ///
-    /// # Errors
-    ///
-    /// As [`connect`](Self::connect).
-    #[cfg(feature = "tls")]
-    pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, TransportError> {
-        Self::builder(url).codec(codec).trust(roots.clone()).connect().await
-    }
-
-    /// A connection to `url` to set up: its codec, extra headers (a token), the roots it trusts.
-    /// The builder can connect again and again, as a client that reconnects does.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), peer_signal::TransportError> {
-    /// use peer_signal::{Codec, WsClient};
-    ///
-    /// let conn = WsClient::builder("wss://signal.example.org/")
-    ///     .codec(Codec::Bincode)
-    ///     .header("Authorization", "Bearer s3cret")
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn builder(url: impl Into<String>) -> WsClientBuilder {
-        WsClientBuilder {
-            url: url.into(),
-            codec: Codec::Json,
-            headers: Vec::new(),
-            #[cfg(feature = "tls")]
-            roots: TlsRoots::WebPki,
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// Closes the connection with a normal close frame and waits, at most two seconds, for the
-    /// server's close frame and the end of the stream.
-    pub async fn close(mut self) {
-        let handshake = async {
-            if self.ws.close(None).await.is_ok() {
-                while let Some(Ok(_)) = self.ws.next().await {}
-            }
-        };
-        let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, handshake).await;
-    }
-}
-
-/// Why the server's certificate was refused, when that is why a connection failed.
-fn untrusted(error: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
-    #[cfg(feature = "tls")]
-    if let tokio_tungstenite::tungstenite::Error::Io(io) = error {
-        if let Some(rustls::Error::InvalidCertificate(why)) = io.get_ref().and_then(|e| e.downcast_ref()) {
-            return Some(format!("{why:?}"));
-        }
-    }
-    #[cfg(not(feature = "tls"))]
-    let _ = error;
-    None
-}
-
-/// How a [`WsClient`] connects; from [`WsClient::builder`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct WsClientBuilder {
-    url: String,
-    codec: Codec,
-    headers: Vec<(String, String)>,
-    #[cfg(feature = "tls")]
-    roots: TlsRoots,
-    timeout: Duration,
-}
-
-impl WsClientBuilder {
-    /// The codec to speak (JSON unless set).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
-
-    /// A header to send with the upgrade request, for example a token for the server's
-    /// [`AdmissionHook`].
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// The roots to trust for wss:// (the webpki roots unless set; feature `tls`).
-    #[cfg(feature = "tls")]
-    pub fn trust(mut self, roots: TlsRoots) -> Self {
-        self.roots = roots;
-        self
-    }
-
-    /// How long connecting may take, TCP, TLS and upgrade together (ten seconds unless set).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Connects.
-    ///
-    /// # Errors
-    ///
-    /// [`TransportError::Connect`] when a header is not valid HTTP, the server cannot be reached
-    /// within the timeout, its certificate is not trusted, it refuses the upgrade, or it does not
-    /// agree to bincode when asked.
-    pub async fn connect(&self) -> Result<WsClient, TransportError> {
-        let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
-        let mut request = self.url.as_str().into_client_request().map_err(|e| connect_error(&e))?;
-        for (name, value) in &self.headers {
-            let name = tokio_tungstenite::tungstenite::http::HeaderName::try_from(name.as_str())
-                .map_err(|_| TransportError::Connect(format!("invalid header name {name:?}")))?;
-            let value = HeaderValue::try_from(value.as_str())
-                .map_err(|_| TransportError::Connect(format!("invalid value for header {name}")))?;
-            request.headers_mut().append(name, value);
-        }
-        if self.codec.is_binary() {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", HeaderValue::from_static(BINCODE_SUBPROTOCOL));
-        }
-        #[cfg(feature = "tls")]
-        let connecting = {
-            let config = self.roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
-            let tls = tokio_tungstenite::Connector::Rustls(config);
-            tokio_tungstenite::connect_async_tls_with_config(request, Some(client_config()), true, Some(tls))
-        };
-        #[cfg(not(feature = "tls"))]
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(client_config()), true);
-        let connected = tokio::time::timeout(self.timeout, connecting)
-            .await
-            .map_err(|_| TransportError::Connect(format!("no answer within {:?}", self.timeout)))?;
-        let (ws, response) = connected.map_err(|e| match untrusted(&e) {
-            Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
-            None => connect_error(&e),
-        })?;
-        let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
-        if self.codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
-            return Err(TransportError::Connect("the server does not speak bincode".into()));
-        }
-        Ok(WsClient { ws, codec: self.codec })
-    }
-}
-
-/// How many bytes a client reads from its socket at a time. tungstenite zeroes this much before
-/// every read, and its default (128 KiB) made that memset the largest cost of a client taking
-/// small frames; a frame larger than this is simply read in several steps.
-pub(crate) const CLIENT_READ_BUFFER: usize = 16 * 1024;
-
-/// The client's WebSocket settings: tungstenite's, with [`CLIENT_READ_BUFFER`].
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER)
-}
-
-/// A builder connects anew each time: what a client that reconnects needs
-/// ([`AsyncClient::connect_reconnecting`](crate::AsyncClient::connect_reconnecting)).
-#[async_trait]
-impl crate::Reconnect<WsClient> for WsClientBuilder {
-    async fn connect(&self) -> Result<WsClient, TransportError> {
-        WsClientBuilder::connect(self).await
-    }
-}
-
-/// tokio's clock for [`AsyncClient::keep_alive`](crate::AsyncClient::keep_alive). It follows
-/// tokio's paused time in tests (`tokio::time::pause`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioTimer;
-
-impl crate::Timer for TokioTimer {
-    fn now(&self) -> std::time::Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(
-        &self,
-        deadline: std::time::Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)))
-    }
-}
-
-/// How long a [`WsClient`] write may wait for the server to take it.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long [`WsClient`] waits on the server to finish a closing handshake.
-const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);
-
-#[async_trait]
-impl ClientConnection for WsClient {
-    fn codec(&self) -> Codec {
-        self.codec
-    }
-
-    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        let message = if self.codec.is_binary() {
-            Message::Binary(frame)
-        } else {
-            Message::Text(Utf8Bytes::try_from(frame).map_err(|_| TransportError::Shutdown)?)
-        };
-        // A server that stops reading must not hold the node forever.
-        match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(TransportError::Shutdown),
-        }
-    }
-
-    async fn recv(&mut self) -> Option<Bytes> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(text)) => return Some(Bytes::from(text)),
-                Ok(Message::Binary(data)) => return Some(data),
-                Ok(Message::Close(_)) => {
-                    // tungstenite queued the reply to the server's close; send it, so that the
-                    // server sees a finished handshake.
-                    let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, self.ws.flush()).await;
-                    return None;
-                }
-                Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
 }
 
 #[cfg(test)]
