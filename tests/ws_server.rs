@@ -422,3 +422,24 @@ async fn json_logs_are_one_object_a_line_and_a_refusal_names_the_peer() {
     );
     assert!(json.get("timestamp").is_some(), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_cannot_forge_or_colour_a_log_line() {
+    use peer_signal::{AsyncClient, Codec, NodeInfo, WsClient};
+    let (_child, url, mut log) = spawn_server(&[]).await;
+    let key = nodes::key(1);
+    let name = "evil\n2026-01-01T00:00:00Z  INFO forged\u{1b}[31m\u{202e}";
+    let info = NodeInfo::new(name, "test", key.verifying_key().to_bytes());
+    let conn = within("connect", WsClient::connect(&url, Codec::Json)).await.expect("connect");
+    let _node = within("join", AsyncClient::connect(conn, key, info)).await.expect("join");
+    let joined = log_line(&mut log, "node joined").await;
+    assert!(
+        joined.contains(r#"name="evil\n2026-01-01T00:00:00Z  INFO forged\u{1b}[31m\u{202e}""#),
+        "{joined}"
+    );
+    assert!(!joined.contains('\u{1b}') && !joined.contains('\u{202e}'), "{joined}");
+    // Nothing the name held became a line of its own.
+    while let Ok(line) = log.try_recv() {
+        assert!(!line.contains("forged"), "{line}");
+    }
+}
