@@ -7,20 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodes::{config, id, join, within};
-use peer_signal::{ClientError, Codec, Driver, MemoryTransport, NodeInfo, SignalServer, TokioTimer};
+use peer_signal::{ClientError, Codec, NodeInfo, TokioTimer};
 
 #[tokio::test(start_paused = true)]
 async fn a_node_kept_alive_outlives_the_ttl_and_one_that_is_not_does_not() {
     let config = config().with_ttl(Duration::from_secs(120));
-    let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, _handle, _events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
     // The server's clock and ticks are tokio's, so the paused time drives them too.
-    let ticks =
-        Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
-            i.tick().await;
-            Some(((), i))
-        }));
-    tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std()));
+    let connector = nodes::start_ticking(config).connector;
 
     // Alice keeps herself alive every minute, as fledger nodes do; Carol does not. Both only
     // wait for events.
@@ -50,39 +43,18 @@ async fn a_node_kept_alive_outlives_the_ttl_and_one_that_is_not_does_not() {
 
 #[tokio::test(start_paused = true)]
 async fn the_keepalive_goes_on_after_a_reconnection() {
-    use std::sync::Mutex;
-
     use futures::{FutureExt, StreamExt};
-    use peer_signal::{AsyncClient, ClientConfig, ClientEvent, MemoryConnector, SignalEvent, TransportError};
+    use peer_signal::{AsyncClient, ClientConfig, ClientEvent, SignalEvent};
 
     // Whichever server is up; each on tokio's clock, ticked every second, with a TTL of 120 s.
-    let current: Arc<Mutex<Option<MemoryConnector>>> = Arc::default();
-    let start = |current: &Arc<Mutex<Option<MemoryConnector>>>| {
-        let config = config().with_ttl(Duration::from_secs(120));
-        let (transport, connector) = MemoryTransport::new(&config);
-        let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
-        let ticks =
-            Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
-                i.tick().await;
-                Some(((), i))
-            }));
-        let task = tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std()));
-        *current.lock().unwrap() = Some(connector);
-        (handle, events, task)
+    let slot = nodes::ServerSlot::default();
+    let start = |slot: &nodes::ServerSlot| {
+        let running = nodes::start_ticking(config().with_ttl(Duration::from_secs(120)));
+        slot.set(Some(running.connector));
+        (running.handle, running.events, running.server)
     };
-    let reconnect = {
-        let current = Arc::clone(&current);
-        move || {
-            let connector = current.lock().unwrap().clone();
-            async move {
-                match connector {
-                    Some(connector) => connector.connect(Codec::Json).await,
-                    None => Err(TransportError::Shutdown),
-                }
-            }
-        }
-    };
-    let (first, _, first_task) = start(&current);
+    let reconnect = slot.reconnect();
+    let (first, _, first_task) = start(&slot);
     let key = nodes::key(1);
     let info = NodeInfo::new("alice", "test", key.verifying_key().to_bytes());
     let config = ClientConfig::default().with_keepalive(Duration::from_secs(60));
@@ -93,7 +65,7 @@ async fn the_keepalive_goes_on_after_a_reconnection() {
     // The server restarts; Alice comes back to the new one.
     first.stop();
     within("stopped", first_task).await.unwrap();
-    let (_second, mut events, _task) = start(&current);
+    let (_second, mut events, _task) = start(&slot);
     loop {
         match within("back", alice.next_event()).await {
             Ok(ClientEvent::Connected(_)) => break,

@@ -5,41 +5,19 @@
 //!
 //! One test function, so that no other test allocates while it measures.
 
+mod counting;
 mod nodes;
 mod ws;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
+use counting::LIVE;
 use peer_signal::{Codec, PeerInfo, PeerMessage, RateLimit, WSSignalMessageFromNode, WsConfig};
 use tokio::io::AsyncWriteExt;
 use ws::*;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; the counter is only
-// bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::SeqCst);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 #[tokio::test(flavor = "current_thread")]
 async fn small_relayed_frames_do_not_pin_their_senders_read_buffers() {
@@ -48,7 +26,7 @@ async fn small_relayed_frames_do_not_pin_their_senders_read_buffers() {
     // The receiver stops reading at once, with a small receive buffer: what is relayed to it
     // stays queued in the server.
     let mut receiver = RawWs::connect_small(&server.url).await;
-    victim(&mut receiver, 5).await;
+    raw_announce(&mut receiver, 5).await;
     let mut sender = join(&server.url, 6, Codec::Json).await;
     let receiver_id = nodes::id(5);
 
@@ -73,7 +51,7 @@ async fn small_relayed_frames_do_not_pin_their_senders_read_buffers() {
     // with a relay of a hundred bytes, so that the relay is cut from a read buffer of more than
     // 60 KiB.
     let mut raw = RawWs::connect(&server.url, false).await;
-    victim(&mut raw, 7).await;
+    raw_announce(&mut raw, 7).await;
     let _list = raw.frame().await.expect("the list after the announce");
     let padded = format!("{:width$}\"ListIDsRequest\"", "", width = 60 * 1024);
     let rounds = 24;
@@ -109,24 +87,4 @@ async fn small_relayed_frames_do_not_pin_their_senders_read_buffers() {
         grown < 256 * 1024,
         "{grown} bytes still allocated after {rounds} relays of {relay_bytes} bytes in all"
     );
-}
-
-/// Announces `raw` with key `seed`, and reads the server's acceptance.
-async fn victim(raw: &mut RawWs, seed: u32) {
-    let (_, challenge) = raw.frame().await.expect("challenge");
-    let Ok(peer_signal::WSSignalMessageToNode::Challenge(3, challenge)) = Codec::Json.decode(&challenge)
-    else {
-        panic!("expected a challenge")
-    };
-    let key = nodes::key(seed);
-    let info = peer_signal::NodeInfo::new(format!("raw-{seed}"), "test", key.verifying_key().to_bytes());
-    let message = WSSignalMessageFromNode::Announce(peer_signal::MessageAnnounce {
-        version: peer_signal::SIGNAL_VERSION,
-        challenge,
-        node_info: info,
-        signature: peer_signal::sign_challenge(&key, &challenge),
-    });
-    raw.send(TEXT, &Codec::Json.encode(&message).unwrap()).await;
-    let (_, accepted) = raw.frame().await.expect("system config");
-    assert!(accepted.starts_with(b"{\"SystemConfig\""));
 }

@@ -5,7 +5,7 @@
 mod nodes;
 mod ws;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nodes::{config, id, key, wait_event, within};
@@ -21,28 +21,17 @@ fn info(i: u32) -> NodeInfo {
 #[tokio::test(start_paused = true)]
 async fn over_memory_the_client_comes_back_to_a_new_server_and_announces_again() {
     // Whichever server is up: the reconnecting client asks this slot each time.
-    let current: Arc<Mutex<Option<MemoryConnector>>> = Arc::default();
-    let start = |current: &Arc<Mutex<Option<MemoryConnector>>>| {
+    let slot = nodes::ServerSlot::default();
+    let start = |slot: &nodes::ServerSlot| {
         let config = config();
         let (transport, connector) = MemoryTransport::new(&config);
         let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 64);
         let task = tokio::spawn(driver.run(futures::stream::pending()));
-        *current.lock().unwrap() = Some(connector);
+        slot.set(Some(connector));
         (handle, events, task)
     };
-    let reconnect = {
-        let current = Arc::clone(&current);
-        move || {
-            let connector = current.lock().unwrap().clone();
-            async move {
-                match connector {
-                    Some(connector) => connector.connect(Codec::Json).await,
-                    None => Err(TransportError::Shutdown),
-                }
-            }
-        }
-    };
-    let (first, _, first_task) = start(&current);
+    let reconnect = slot.reconnect();
+    let (first, _, first_task) = start(&slot);
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
     let mut node =
         AsyncClient::connect_reconnecting(reconnect, key(1), info(1), backoff, Arc::new(TokioTimer))
@@ -51,16 +40,16 @@ async fn over_memory_the_client_comes_back_to_a_new_server_and_announces_again()
     assert!(matches!(node.next_event().await, Ok(ClientEvent::NodeList(_))));
 
     // The server goes away, and a new one comes only twenty (virtual) seconds later.
-    *current.lock().unwrap() = None;
+    slot.set(None);
     first.stop();
     within("stopped", first_task).await.unwrap();
     assert_eq!(within("lost", node.next_event()).await, Ok(ClientEvent::Disconnected));
     let lost_at = tokio::time::Instant::now();
     let restart = {
-        let current = Arc::clone(&current);
+        let slot = slot.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(20)).await;
-            start(&current)
+            start(&slot)
         })
     };
     let event = node.next_event().await;
@@ -120,14 +109,8 @@ async fn over_websocket_the_client_comes_back_when_the_server_restarts_on_its_po
 
 /// A server on the in-memory transport, on tokio's (paused) clock, ticked every second.
 fn ticking(config: peer_signal::SignalConfig) -> (MemoryConnector, tokio::task::JoinHandle<SignalServer>) {
-    let (transport, connector) = MemoryTransport::new(&config);
-    let (driver, _handle, _events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
-    let ticks =
-        Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
-            i.tick().await;
-            Some(((), i))
-        }));
-    (connector, tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std())))
+    let running = nodes::start_ticking(config);
+    (running.connector, running.server)
 }
 
 fn connecting(

@@ -9,10 +9,7 @@ mod ws;
 use std::time::Duration;
 
 use nodes::{config, wait_event, within};
-use peer_signal::{
-    sign_challenge, Codec, MessageAnnounce, NodeInfo, SignalEvent, WSSignalMessageFromNode,
-    WSSignalMessageToNode, WsConfig, SIGNAL_VERSION,
-};
+use peer_signal::{Codec, SignalEvent, WsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use ws::*;
@@ -21,26 +18,6 @@ use ws::*;
 async fn dropped(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 16];
     matches!(within("the server's answer", stream.read(&mut buf)).await, Ok(0) | Err(_))
-}
-
-/// An announce for `raw` with key `[seed; 32]`, after its challenge.
-async fn announce(raw: &mut RawWs, seed: u8) {
-    let (_, challenge) = raw.frame().await.expect("challenge");
-    let Ok(WSSignalMessageToNode::Challenge(3, challenge)) = Codec::Json.decode(&challenge) else {
-        panic!("expected a challenge")
-    };
-    let key = nodes::key(u32::from(seed));
-    let info = NodeInfo::new(format!("raw-{seed}"), "test", key.verifying_key().to_bytes());
-    let signature = sign_challenge(&key, &challenge);
-    let message = WSSignalMessageFromNode::Announce(MessageAnnounce {
-        version: SIGNAL_VERSION,
-        challenge,
-        node_info: info,
-        signature,
-    });
-    raw.send(TEXT, &Codec::Json.encode(&message).unwrap()).await;
-    let (_, accepted) = raw.frame().await.expect("system config");
-    assert!(accepted.starts_with(b"{\"SystemConfig\""), "{}", String::from_utf8_lossy(&accepted));
 }
 
 #[tokio::test]
@@ -90,7 +67,7 @@ async fn one_source_cannot_open_connections_faster_than_its_accept_rate() {
     assert_eq!(server.ws.get().refused_rate, 1);
     // Another address is another source, with a bucket of its own.
     let mut other = RawWs::try_connect_from(&server.url, "127.0.0.2", "").await.expect("another source");
-    announce(&mut other, 9).await;
+    raw_announce(&mut other, 9).await;
 }
 
 #[tokio::test]
@@ -108,7 +85,7 @@ async fn a_server_full_of_one_addresss_nodes_makes_room_for_a_node_from_another(
     assert_eq!(refusal, b"{\"Error\":\"server full\"}");
     // A node from another address gets in, and one of the first four leaves to make room.
     let mut newcomer = RawWs::try_connect_from(&server.url, "127.0.0.2", "").await.expect("upgrade");
-    announce(&mut newcomer, 20).await;
+    raw_announce(&mut newcomer, 20).await;
     let left = wait_event(&mut server.events, |e| matches!(e, SignalEvent::NodeLeft(_))).await;
     let Some(SignalEvent::NodeLeft(gone)) = left.last() else { panic!("{left:?}") };
     assert!(sybils.iter().any(|node| node.id() == *gone));
@@ -139,7 +116,7 @@ async fn slow_readers_together_cannot_hold_more_than_the_send_budget() {
     let mut readers = Vec::new();
     for seed in 30..34u8 {
         let mut raw = RawWs::connect_small(&server.url).await;
-        announce(&mut raw, seed).await;
+        raw_announce(&mut raw, u32::from(seed)).await;
         readers.push((raw, nodes::id(u32::from(seed))));
     }
     let mut sender = join(&server.url, 1, Codec::Json).await;
@@ -173,7 +150,7 @@ async fn a_reader_that_trickles_a_few_bytes_is_closed_as_a_slow_reader() {
         .with_drain_floor(16 * 1024);
     let server = start(config, ws).await;
     let mut raw = RawWs::connect_small(&server.url).await;
-    announce(&mut raw, 40).await;
+    raw_announce(&mut raw, 40).await;
     let reader = nodes::id(40);
     // It reads 1 KiB every 20 ms: progress at every write deadline, 50 KB/s in all, a quarter of
     // the drain rate asked for.

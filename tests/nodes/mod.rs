@@ -124,3 +124,48 @@ pub async fn next_error<C: ClientConnection>(node: &mut AsyncClient<C>) -> Strin
     })
     .await
 }
+
+/// A server on the in-memory transport, on tokio's clock and ticked every second, so that a
+/// paused (virtual) clock drives its TTLs and handshake timeouts.
+pub fn start_ticking(config: SignalConfig) -> Running {
+    let (transport, connector) = MemoryTransport::new(&config);
+    let (driver, handle, events) = Driver::new(SignalServer::new(config).unwrap(), transport, 1024);
+    let ticks =
+        Box::pin(futures::stream::unfold(tokio::time::interval(Duration::from_secs(1)), |mut i| async {
+            i.tick().await;
+            Some(((), i))
+        }));
+    let server = tokio::spawn(driver.run_with_clock(ticks, || tokio::time::Instant::now().into_std()));
+    Running { connector, handle, events, server }
+}
+
+/// Whichever in-memory server is up now, for a client that reconnects: it asks this slot each
+/// time, and gets `Shutdown` while it is empty.
+#[derive(Clone, Default)]
+pub struct ServerSlot(std::sync::Arc<std::sync::Mutex<Option<MemoryConnector>>>);
+
+impl ServerSlot {
+    pub fn set(&self, connector: Option<MemoryConnector>) {
+        *self.0.lock().unwrap() = connector;
+    }
+
+    /// What `AsyncClient::connect_reconnecting` takes: a JSON connection to the server in the slot.
+    pub fn reconnect(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<
+        Box<dyn Future<Output = Result<MemoryClient, peer_signal::TransportError>> + Send>,
+    > + Send
+           + Sync
+           + 'static {
+        let slot = self.clone();
+        move || {
+            let connector = slot.0.lock().unwrap().clone();
+            Box::pin(async move {
+                match connector {
+                    Some(connector) => connector.connect(Codec::Json).await,
+                    None => Err(peer_signal::TransportError::Shutdown),
+                }
+            })
+        }
+    }
+}

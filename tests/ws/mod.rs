@@ -502,3 +502,22 @@ pub fn ws_server_binary() -> std::path::PathBuf {
     assert!(binary.exists(), "{} is missing: build the examples (cargo test does)", binary.display());
     binary
 }
+
+/// Answers `raw`'s challenge with an announce as node `i` (`nodes::key(i)`), and reads the
+/// server's acceptance.
+pub async fn raw_announce(raw: &mut RawWs, i: u32) {
+    let (_, challenge) = raw.frame().await.expect("challenge");
+    let Ok(WSSignalMessageToNode::Challenge(3, challenge)) = Codec::Json.decode(&challenge) else {
+        panic!("expected a challenge")
+    };
+    let key = crate::nodes::key(i);
+    let message = peer_signal::WSSignalMessageFromNode::Announce(peer_signal::MessageAnnounce {
+        version: peer_signal::SIGNAL_VERSION,
+        challenge,
+        node_info: NodeInfo::new(format!("raw-{i}"), "test", key.verifying_key().to_bytes()),
+        signature: peer_signal::sign_challenge(&key, &challenge),
+    });
+    raw.send(TEXT, &Codec::Json.encode(&message).unwrap()).await;
+    let (_, accepted) = raw.frame().await.expect("system config");
+    assert!(accepted.starts_with(b"{\"SystemConfig\""), "{}", String::from_utf8_lossy(&accepted));
+}
