@@ -4,30 +4,14 @@
 //! One test in a process of its own, as in `logs.rs`: `tracing` caches per call site whether
 //! anyone listens.
 
+mod capture;
 mod nodes;
 mod ws;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use capture::Capture;
 use peer_signal::{WsConfig, WsTransport};
 use tokio::net::TcpStream;
 use ws::eventually;
-
-/// A `MakeWriter` that appends to a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn refused_connections_write_a_bounded_number_of_lines_at_info_and_count_every_one() {
@@ -57,7 +41,7 @@ async fn refused_connections_write_a_bounded_number_of_lines_at_info_and_count_e
         eventually("refused", || stats.get().refused == refused).await;
         drop(stream);
     }
-    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let text = capture.text();
     let lines = text.lines().filter(|line| line.contains("connection refused: max_connections")).count();
     // 20 a window of 10 s; a slow machine may take the test into a second window.
     assert!((20..=40).contains(&lines), "{lines} lines at info for 300 refusals:\n{text}");

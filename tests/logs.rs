@@ -4,37 +4,12 @@
 //! One test in a process of its own: `tracing` caches per call site whether anyone listens, and a
 //! test on another thread without a subscriber could settle that first.
 
+mod capture;
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use capture::Capture;
 use common::Harness;
 use peer_signal::{Codec, ConnId, SignalIn};
-
-/// A `MakeWriter` that appends to a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
-}
 
 #[test]
 fn joins_leaves_and_errors_are_tracing_events_naming_the_connection() {
