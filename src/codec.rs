@@ -86,21 +86,6 @@ fn describe_json(error: &serde_json::Error) -> String {
     }
 }
 
-/// The length of `text` in the longer of the two encodings, JSON: with serde_json's escapes (two
-/// bytes for `"`, `\` and the control characters with a short escape, six for the other control
-/// characters), where bincode writes the UTF-8 bytes as they are. Limits on strings are checked
-/// against this, so that a string within its limit is within it in every codec.
-pub(crate) fn encoded_len(text: &str) -> usize {
-    text.bytes().fold(0usize, |len, byte| {
-        let escaped = match byte {
-            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        };
-        len.saturating_add(escaped)
-    })
-}
-
 fn bincode_options(limit: u64) -> impl Options {
     bincode::DefaultOptions::new().with_limit(limit).reject_trailing_bytes()
 }
@@ -108,19 +93,6 @@ fn bincode_options(limit: u64) -> impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encoded_len_is_the_length_serde_json_writes() {
-        let mut texts: Vec<String> = (0..=0x7fu8).map(|b| char::from(b).to_string()).collect();
-        texts.extend(
-            ["", "plain", "é日本\u{1f600}", "\"\\\u{0}\u{1f}\u{7f}\n", "a\tb\rc\u{8}\u{c}"].map(String::from),
-        );
-        for text in texts {
-            let json = serde_json::to_string(&text).unwrap();
-            assert_eq!(encoded_len(&text), json.len() - 2, "{text:?} is {json}");
-            assert!(encoded_len(&text) >= text.len());
-        }
-    }
 
     #[test]
     fn a_decoder_message_quotes_at_most_128_bytes_and_keeps_its_position() {

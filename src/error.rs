@@ -1,5 +1,6 @@
-//! Errors, one enum per audience: the peer ([`ProtocolError`]), the codec ([`CodecError`]), the
-//! transports ([`TransportError`]) and the host's configuration ([`ConfigError`]).
+//! Errors, one enum per audience: the peer ([`ProtocolError`], and [`CloseReason`] for the
+//! transport that closes it), the codec ([`CodecError`]), the transports ([`TransportError`]) and
+//! the host's configuration ([`ConfigError`]).
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -152,6 +153,17 @@ impl ProtocolError {
             Self::Disconnected(_) => "disconnected",
         }
     }
+}
+
+/// Why the server closes a connection, in [`SignalOut::Close`](crate::SignalOut::Close): what a
+/// transport tells the peer as it closes (a normal stop is not an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The server is stopping.
+    Stopped,
+    /// The peer broke a rule or hit a limit; it was sent this error just before.
+    Error(ProtocolError),
 }
 
 /// A frame that does not decode, or a message that does not encode.

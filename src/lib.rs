@@ -434,6 +434,7 @@ mod codec;
 mod crypto;
 mod error;
 mod ids;
+mod limits;
 mod protocol;
 mod server;
 mod telemetry;

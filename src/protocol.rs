@@ -588,13 +588,41 @@ impl Visitor<'_> for TextLen {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<usize, E> {
-        Ok(crate::codec::encoded_len(text))
+        Ok(encoded_len(text))
     }
+}
+
+/// The length of `text` in the longer of the two encodings, JSON: with serde_json's escapes (two
+/// bytes for `"`, `\` and the control characters with a short escape, six for the other control
+/// characters), where bincode writes the UTF-8 bytes as they are. Limits on strings are checked
+/// against this, so that a string within its limit is within it in every codec.
+pub(crate) fn encoded_len(text: &str) -> usize {
+    text.bytes().fold(0usize, |len, byte| {
+        let escaped = match byte {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        };
+        len.saturating_add(escaped)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_len_is_the_length_serde_json_writes() {
+        let mut texts: Vec<String> = (0..=0x7fu8).map(|b| char::from(b).to_string()).collect();
+        texts.extend(
+            ["", "plain", "é日本\u{1f600}", "\"\\\u{0}\u{1f}\u{7f}\n", "a\tb\rc\u{8}\u{c}"].map(String::from),
+        );
+        for text in texts {
+            let json = serde_json::to_string(&text).unwrap();
+            assert_eq!(encoded_len(&text), json.len() - 2, "{text:?} is {json}");
+            assert!(encoded_len(&text) >= text.len());
+        }
+    }
 
     #[test]
     fn the_stable_modules_text_is_what_display_writes_and_parses_as_the_general_path_does() {

@@ -24,7 +24,7 @@ use crate::protocol::NodeID;
 
 // The names, one place for each. `_total` ends a counter, `_bytes` and `_seconds` give the unit.
 #[cfg(feature = "metrics")]
-mod names {
+pub(crate) mod names {
     pub(super) const CONNECTIONS: &str = "peer_signal_connections";
     pub(super) const NODES: &str = "peer_signal_nodes";
     pub(super) const PENDING: &str = "peer_signal_pending_handshakes";
@@ -43,7 +43,7 @@ mod names {
     pub(super) const CLUSTER_RELAYS_IN: &str = "peer_signal_cluster_relays_in_total";
     pub(super) const CLUSTER_UNDELIVERABLE: &str = "peer_signal_cluster_undeliverable_total";
     pub(super) const CLUSTER_BOUNCED: &str = "peer_signal_cluster_bounced_total";
-    pub(super) const CLUSTER_REJECTED: &str = "peer_signal_cluster_rejected_total";
+    pub(crate) const CLUSTER_REJECTED: &str = "peer_signal_cluster_rejected_total";
     pub(super) const CLUSTER_TAKEN_OVER: &str = "peer_signal_cluster_taken_over_total";
     pub(super) const CLUSTER_POOL: &str = "peer_signal_cluster_pool";
     pub(super) const CLUSTER_REMOTE_NODES: &str = "peer_signal_cluster_remote_nodes";
@@ -556,8 +556,8 @@ impl SendQueueMeter {
 pub(crate) mod ws {
     use std::net::{IpAddr, SocketAddr};
 
+    use crate::error::CloseReason;
     use crate::ids::ConnId;
-    use crate::server::CloseReason;
     use crate::Codec;
 
     /// Where the transport's events come from, for filters (`RUST_LOG=peer_signal::websocket=debug`).
@@ -713,40 +713,6 @@ pub(crate) fn publish_ws(ws: &crate::WsStats) {
     counter!("peer_signal_ws_protocol_violations_total").absolute(ws.protocol_violations);
     counter!("peer_signal_ws_ping_timeouts_total").absolute(ws.ping_timeouts);
     counter!("peer_signal_ws_clean_closes_total").absolute(ws.clean_closes);
-}
-
-/// Sets the Redis backplane's `peer_signal_cluster_*` metrics to a snapshot of its counters.
-#[cfg(all(feature = "metrics", feature = "redis"))]
-pub(crate) fn publish_redis(redis: &crate::RedisStats) {
-    use metrics::{counter, describe_counter, describe_gauge, gauge};
-    static DESCRIBED: std::sync::Once = std::sync::Once::new();
-    DESCRIBED.call_once(|| {
-        describe_gauge!(
-            "peer_signal_cluster_up",
-            "1 while Redis answers and every local node is registered."
-        );
-        describe_gauge!("peer_signal_cluster_presence", "Local nodes registered in Redis.");
-        describe_counter!("peer_signal_cluster_downs_total", "Times Redis became unreachable.");
-        describe_counter!("peer_signal_cluster_published_total", "Relays published to Redis.");
-        describe_counter!("peer_signal_cluster_received_total", "Messages from Redis for local nodes.");
-        describe_counter!(
-            "peer_signal_cluster_dropped_out_total",
-            "Messages dropped: the queue to Redis was full."
-        );
-        describe_counter!(
-            "peer_signal_cluster_dropped_in_total",
-            "Messages dropped: the queue to the server was full."
-        );
-        describe_counter!(CLUSTER_REJECTED, "Bus inputs refused by the checks, by where.");
-    });
-    gauge!("peer_signal_cluster_up").set(if redis.up { 1.0 } else { 0.0 });
-    gauge!("peer_signal_cluster_presence").set(redis.registered as f64);
-    counter!("peer_signal_cluster_downs_total").absolute(redis.downs);
-    counter!("peer_signal_cluster_published_total").absolute(redis.published);
-    counter!("peer_signal_cluster_received_total").absolute(redis.received);
-    counter!("peer_signal_cluster_dropped_out_total").absolute(redis.dropped_out);
-    counter!("peer_signal_cluster_dropped_in_total").absolute(redis.dropped_in);
-    counter!(CLUSTER_REJECTED, "stage" => "backplane").absolute(redis.rejected);
 }
 
 #[cfg(all(test, feature = "tracing"))]

@@ -56,7 +56,7 @@ impl ClusterConfig {
     ///
     /// The refused setting, as a [`ConfigError`] that names it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::server::nonzero("max_remote_pool", self.max_remote_pool)
+        crate::limits::nonzero("max_remote_pool", self.max_remote_pool)
     }
 }
 

@@ -166,7 +166,7 @@ impl RedisConfig {
     ///
     /// The first refused setting, as a [`ConfigError`] that names it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use crate::server::nonzero;
+        use crate::limits::nonzero;
         nonzero("presence_ttl", self.presence_ttl)?;
         nonzero("heartbeat", self.heartbeat)?;
         if self.heartbeat >= self.presence_ttl {
@@ -524,7 +524,7 @@ impl RedisHandle {
     /// a timer, for an exporter that pushes); the core emits its own metrics as they happen.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        crate::telemetry::publish_redis(&self.stats());
+        publish_redis(&self.stats());
     }
 
     /// The backplane's counters.
@@ -978,4 +978,40 @@ async fn presence_task(shared: Arc<Shared>, redis: ConnectionManager) {
         resample &= shared.up.load(Ordering::Acquire);
         let _ = presence.round(beat, resample).await;
     }
+}
+
+/// Sets the Redis backplane's `peer_signal_cluster_*` metrics to a snapshot of its counters.
+#[cfg(feature = "metrics")]
+fn publish_redis(redis: &RedisStats) {
+    use metrics::{counter, describe_counter, describe_gauge, gauge};
+
+    use crate::telemetry::names::CLUSTER_REJECTED;
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        describe_gauge!(
+            "peer_signal_cluster_up",
+            "1 while Redis answers and every local node is registered."
+        );
+        describe_gauge!("peer_signal_cluster_presence", "Local nodes registered in Redis.");
+        describe_counter!("peer_signal_cluster_downs_total", "Times Redis became unreachable.");
+        describe_counter!("peer_signal_cluster_published_total", "Relays published to Redis.");
+        describe_counter!("peer_signal_cluster_received_total", "Messages from Redis for local nodes.");
+        describe_counter!(
+            "peer_signal_cluster_dropped_out_total",
+            "Messages dropped: the queue to Redis was full."
+        );
+        describe_counter!(
+            "peer_signal_cluster_dropped_in_total",
+            "Messages dropped: the queue to the server was full."
+        );
+        describe_counter!(CLUSTER_REJECTED, "Bus inputs refused by the checks, by where.");
+    });
+    gauge!("peer_signal_cluster_up").set(if redis.up { 1.0 } else { 0.0 });
+    gauge!("peer_signal_cluster_presence").set(redis.registered as f64);
+    counter!("peer_signal_cluster_downs_total").absolute(redis.downs);
+    counter!("peer_signal_cluster_published_total").absolute(redis.published);
+    counter!("peer_signal_cluster_received_total").absolute(redis.received);
+    counter!("peer_signal_cluster_dropped_out_total").absolute(redis.dropped_out);
+    counter!("peer_signal_cluster_dropped_in_total").absolute(redis.dropped_in);
+    counter!(CLUSTER_REJECTED, "stage" => "backplane").absolute(redis.rejected);
 }

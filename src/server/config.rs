@@ -1,9 +1,10 @@
 //! [`SignalConfig`]: every setting and limit of the core, and how they are checked.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::protocol::RealmID;
 
 use super::policy::AnnouncePolicy;
@@ -199,9 +200,6 @@ setters! {
     }
 }
 
-/// The longest duration a deadline may be away: `Instant` plus a century fits on every platform.
-pub(crate) const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 impl SignalConfig {
     /// Checks that a server can work with these settings: every duration more than zero and at
     /// most a century, every size and count more than zero (except where a field says what zero
@@ -308,48 +306,6 @@ impl SignalConfig {
     }
 }
 
-/// The longest queue, in items, that a setting may ask for: 2^20. The channels that transports
-/// build from these settings panic at capacities near `usize::MAX`, and a queue this long is
-/// already far more than a bound (the defaults are 256 and 4,096).
-pub(crate) const MAX_QUEUE: usize = 1 << 20;
-
-/// Refuses `value` above `limit`.
-pub(crate) fn at_most(field: &'static str, value: usize, limit: usize) -> Result<(), ConfigError> {
-    if value > limit {
-        return Err(ConfigError::TooLarge {
-            field,
-            value: u64::try_from(value).unwrap_or(u64::MAX),
-            limit: u64::try_from(limit).unwrap_or(u64::MAX),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn nonzero<T: Default + PartialEq>(field: &'static str, value: T) -> Result<(), ConfigError> {
-    if value == T::default() {
-        return Err(ConfigError::Zero { field });
-    }
-    Ok(())
-}
-
-/// An IPv6 prefix length: at most 128 bits.
-pub(crate) fn source_prefix(field: &'static str, bits: u8) -> Result<(), ConfigError> {
-    if bits > 128 {
-        return Err(ConfigError::TooLarge { field, value: u64::from(bits), limit: 128 });
-    }
-    Ok(())
-}
-
-pub(crate) fn duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() {
-        return Err(ConfigError::Zero { field });
-    }
-    if value > CENTURY {
-        return Err(ConfigError::TooLong { field, value });
-    }
-    Ok(())
-}
-
 impl fmt::Debug for SignalConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignalConfig")
@@ -377,11 +333,4 @@ impl fmt::Debug for SignalConfig {
             // rng_seed: not printed, it would reveal every challenge.
             .finish_non_exhaustive()
     }
-}
-
-/// `now + wait`, where a wait too long for the clock means "not in this process's lifetime": a
-/// century. (No platform's `Instant` fails to add a century; if one did, the deadline would be
-/// `now`, and the connection would expire rather than the server panic.)
-pub(crate) fn later(now: Instant, wait: Duration) -> Instant {
-    now.checked_add(wait).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
 }

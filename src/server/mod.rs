@@ -24,21 +24,23 @@ use rand_core::SeedableRng;
 use serde::Serialize;
 
 use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, ClusterStats};
-use crate::codec::{encoded_len, Codec};
+use crate::codec::Codec;
 use crate::crypto;
+pub use crate::error::CloseReason;
 use crate::error::{ConfigError, ProtocolError};
 use crate::protocol::{
-    FledgerConfig, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat, WSSignalMessageToNode,
+    encoded_len, FledgerConfig, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat, WSSignalMessageToNode,
     SIGNAL_VERSION, U256,
 };
 use crate::telemetry::Meters;
 
 pub use crate::ids::ConnId;
 use crate::ids::ConnMap;
+use crate::limits::later;
 pub use config::SignalConfig;
+// The transports' settings share the core's checks.
 #[cfg(feature = "websocket")]
-pub(crate) use config::{at_most, duration, source_prefix};
-pub(crate) use config::{later, nonzero, MAX_QUEUE};
+pub(crate) use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 pub use control::{Command, CommandReply, ConnectedNode};
 use directory::{Listed, Node, PerCodec};
 pub use policy::{AnnouncePolicy, Verdict};
@@ -144,16 +146,6 @@ pub enum SignalOut {
         /// The answer. Boxed, as the command.
         reply: Box<CommandReply>,
     },
-}
-
-/// Why the server closes a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// The server is stopping.
-    Stopped,
-    /// The peer broke a rule or hit a limit; it was sent this error just before.
-    Error(ProtocolError),
 }
 
 /// What happened, for the application's logs, metrics and logic.
@@ -478,7 +470,7 @@ impl SignalServer {
                 armed: deadline,
                 errors: 0,
                 announce_failures: 0,
-                rate: Buckets::full(now, &self.config),
+                rate: Buckets::full(now, self.config.frame_rate, self.config.byte_rate),
                 busy: false,
                 addr,
             },
@@ -509,7 +501,7 @@ impl SignalServer {
             return;
         };
         let (codec, phase) = (c.codec, c.phase);
-        let within_rate = c.rate.take(now, frame.len(), &self.config);
+        let within_rate = c.rate.take(now, frame.len(), self.config.frame_rate, self.config.byte_rate);
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         self.meters.frame_in(frame.len());

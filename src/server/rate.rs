@@ -2,9 +2,8 @@
 
 use std::time::Instant;
 
-use super::config::SignalConfig;
 #[cfg(doc)]
-use super::SignalServer;
+use super::{SignalConfig, SignalServer};
 
 /// A token bucket: up to `burst` at once, refilled at `per_sec`, for [`SignalConfig::frame_rate`]
 /// and [`SignalConfig::byte_rate`].
@@ -71,13 +70,9 @@ pub(super) struct Buckets {
 }
 
 impl Buckets {
-    pub(super) fn full(now: Instant, config: &SignalConfig) -> Self {
-        Self {
-            refilled: now,
-            frames: config.frame_rate.capacity(),
-            bytes: config.byte_rate.capacity(),
-            debt: 0,
-        }
+    /// Buckets as full as `frame_rate` and `byte_rate` allow, as a new connection's are.
+    pub(super) fn full(now: Instant, frame_rate: RateLimit, byte_rate: RateLimit) -> Self {
+        Self { refilled: now, frames: frame_rate.capacity(), bytes: byte_rate.capacity(), debt: 0 }
     }
 
     /// Takes `len` bytes that the server sends out of the byte bucket; what the bucket does not
@@ -94,18 +89,25 @@ impl Buckets {
         }
     }
 
-    /// Takes one frame of `len` bytes out of the buckets; `false` when either is short.
-    pub(super) fn take(&mut self, now: Instant, len: usize, config: &SignalConfig) -> bool {
+    /// Takes one frame of `len` bytes out of the buckets, which refill at `frame_rate` and
+    /// `byte_rate`; `false` when either is short.
+    pub(super) fn take(
+        &mut self,
+        now: Instant,
+        len: usize,
+        frame_rate: RateLimit,
+        byte_rate: RateLimit,
+    ) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.refilled = now;
-        let frames = config.frame_rate.refill(self.frames, nanos);
+        let frames = frame_rate.refill(self.frames, nanos);
         // The refill pays the debt first; an unlimited rate forgives it at once.
-        let unlimited = config.byte_rate.per_sec == u64::MAX;
-        let added = nanos.saturating_mul(config.byte_rate.per_sec);
+        let unlimited = byte_rate.per_sec == u64::MAX;
+        let added = nanos.saturating_mul(byte_rate.per_sec);
         let paid = added.min(self.debt);
         self.debt = if unlimited { 0 } else { self.debt - paid };
-        let bytes = config.byte_rate.refill(self.bytes.saturating_add(added - paid), 0);
+        let bytes = byte_rate.refill(self.bytes.saturating_add(added - paid), 0);
         let cost = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS_PER_SEC);
         self.bytes = bytes;
         match (frames.checked_sub(NANOS_PER_SEC), bytes.checked_sub(cost)) {
@@ -124,37 +126,36 @@ mod tests {
 
     use super::*;
 
+    /// The default frame rate, which these tests do not exercise.
+    const FRAMES: RateLimit = RateLimit::new(50, 100);
+
     #[test]
     fn unlimited_rates_never_run_dry_even_without_time_passing() {
-        let config = SignalConfig {
-            frame_rate: RateLimit::UNLIMITED,
-            byte_rate: RateLimit::UNLIMITED,
-            ..SignalConfig::default()
-        };
+        let unlimited = RateLimit::UNLIMITED;
         let now = Instant::now();
-        let mut buckets = Buckets::full(now, &config);
+        let mut buckets = Buckets::full(now, unlimited, unlimited);
         // Each frame's cost saturates the byte bucket; at one instant, a finite bucket would
         // refuse the second.
-        assert!((0..1000).all(|_| buckets.take(now, usize::MAX / 2, &config)));
+        assert!((0..1000).all(|_| buckets.take(now, usize::MAX / 2, unlimited, unlimited)));
         // A limited bucket does run dry at one instant.
-        let limited = SignalConfig { frame_rate: RateLimit::new(10, 3), ..SignalConfig::default() };
-        let mut buckets = Buckets::full(now, &limited);
-        assert_eq!((0..5).filter(|_| buckets.take(now, 1, &limited)).count(), 3);
+        let (frames, bytes) = (RateLimit::new(10, 3), RateLimit::new(256 * 1024, 512 * 1024));
+        let mut buckets = Buckets::full(now, frames, bytes);
+        assert_eq!((0..5).filter(|_| buckets.take(now, 1, frames, bytes)).count(), 3);
     }
 
     #[test]
     fn replies_beyond_the_bucket_are_debt_that_the_refill_pays_first() {
-        let config = SignalConfig { byte_rate: RateLimit::new(1000, 1000), ..SignalConfig::default() };
+        let bytes = RateLimit::new(1000, 1000);
         let start = Instant::now();
-        let mut buckets = Buckets::full(start, &config);
-        assert!(buckets.take(start, 10, &config));
+        let mut buckets = Buckets::full(start, FRAMES, bytes);
+        assert!(buckets.take(start, 10, FRAMES, bytes));
         // A reply of 5,000 bytes: 990 from the bucket, 4,010 owed.
         buckets.charge(5_000);
         // 4 s refill 4,000 bytes: not yet paid, so even a 1-byte frame is refused.
-        assert!(!buckets.take(start + Duration::from_secs(4), 1, &config));
+        assert!(!buckets.take(start + Duration::from_secs(4), 1, FRAMES, bytes));
         // After 4.1 s in all the debt is paid and 90 bytes are back.
         let later = start + Duration::from_millis(4_100);
-        assert!(buckets.take(later, 80, &config));
-        assert!(!buckets.take(later, 20, &config));
+        assert!(buckets.take(later, 80, FRAMES, bytes));
+        assert!(!buckets.take(later, 20, FRAMES, bytes));
     }
 }

@@ -111,7 +111,7 @@ impl MemoryTransport {
     /// A transport whose queues hold `capacity` frames (at least 1, at most 2^20: the channels
     /// panic near `usize::MAX`), and its connector.
     pub fn with_capacity(capacity: usize) -> (Self, MemoryConnector) {
-        let capacity = capacity.clamp(1, crate::server::MAX_QUEUE);
+        let capacity = capacity.clamp(1, crate::limits::MAX_QUEUE);
         let (accept_tx, accept_rx) = flume::bounded(capacity);
         let transport = Self {
             accept: accept_rx.into_stream(),
