@@ -17,6 +17,7 @@ use crate::protocol::{NodeID, NodeInfo};
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod state;
 pub(crate) mod wire;
 
 /// The settings of a server that shares its network with other instances; pass it to

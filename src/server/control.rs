@@ -4,13 +4,11 @@
 use std::net::IpAddr;
 
 use crate::codec::Codec;
-use crate::error::ProtocolError;
 use crate::ids::ConnId;
 use crate::protocol::{NodeID, NodeInfo, WSSignalMessageToNode};
 
 #[cfg(doc)]
-use super::SignalIn;
-use super::{SignalOut, SignalServer};
+use super::{SignalIn, SignalOut, SignalServer};
 
 /// A node announced on this server, as the application sees it: in [`SignalEvent::NewNode`] and
 /// in [`CommandReply::Nodes`].
@@ -71,36 +69,4 @@ pub enum CommandReply {
     Done,
     /// No node with this id is announced on this server.
     UnknownNode(NodeID),
-}
-
-impl SignalServer {
-    /// The announced node `id` as the application sees it.
-    pub(super) fn connected_node(&self, id: &NodeID) -> Option<ConnectedNode> {
-        let node = self.nodes.get(id)?;
-        let addr = self.conns.get(&node.conn).and_then(|c| c.addr);
-        Some(ConnectedNode { id: *id, info: node.info.clone(), conn: node.conn, codec: node.codec, addr })
-    }
-
-    pub(super) fn handle_command(&mut self, token: u64, command: Command) {
-        let reply = match command {
-            Command::ListNodes => CommandReply::Nodes(
-                self.order.iter().filter_map(|listed| self.connected_node(&listed.id)).collect(),
-            ),
-            Command::Disconnect { node, reason } => match self.node_conn(&node) {
-                Some(conn) => {
-                    self.close(conn, ProtocolError::Disconnected(reason));
-                    CommandReply::Done
-                }
-                None => CommandReply::UnknownNode(node),
-            },
-            Command::Send { node, message } => match self.nodes.get(&node).map(|n| (n.conn, n.codec)) {
-                Some((conn, codec)) => {
-                    self.send(conn, codec, &message);
-                    CommandReply::Done
-                }
-                None => CommandReply::UnknownNode(node),
-            },
-        };
-        self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
-    }
 }

@@ -1,43 +1,59 @@
-//! The node directory: who is announced here, and the lists drawn from it.
+//! The directory of the nodes announced here: who they are, where a list samples them from, and
+//! the frames drawn from them (lists, the pushes of new joins, the `SystemConfig`), encoded once
+//! where they are the same for everybody.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use rand_core::RngCore;
 use serde_json::value::RawValue;
 
+use crate::cluster::state::Remote;
 use crate::codec::Codec;
 use crate::error::CodecError;
 use crate::ids::ConnId;
-use crate::protocol::{ListIDsReplyRef, NodeID, NodeInfo};
+use crate::protocol::{FledgerConfig, ListIDsReplyRef, NodeID, NodeInfo, RealmID, WSSignalMessageToNode};
 
-use super::SignalServer;
+/// The announced nodes, and what is drawn from them.
+#[derive(Default)]
+pub(super) struct Directory {
+    nodes: HashMap<NodeID, Node>,
+    /// Every announced node once, in no particular order: what list samples are drawn from.
+    order: Vec<Listed>,
+    /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
+    full_list: PerCodec,
+    /// The `SystemConfig` frame, the same for every node: encoded once per codec.
+    system_config: PerCodec,
+}
 
+/// An announced node.
 pub(super) struct Node {
     pub(super) conn: ConnId,
     /// The codec of `conn`, kept here so that a relay needs one lookup.
     pub(super) codec: Codec,
     pub(super) info: NodeInfo,
-    /// Index in `SignalServer::order`.
-    pub(super) slot: usize,
+    /// Index in `Directory::order`.
+    slot: usize,
 }
 
-/// An entry of `SignalServer::order`: what a JSON list needs of a node, where a sample finds it
+/// An entry of `Directory::order`: what a JSON list needs of a node, where a sample finds it
 /// without hashing the node's id, so that drawing a list is one pass over the sampled slots.
-pub(super) struct Listed {
-    pub(super) id: NodeID,
+struct Listed {
+    id: NodeID,
     /// The node's `NodeInfo` as JSON, encoded once at the join: lists splice it instead of
     /// encoding it again.
-    pub(super) json: Box<RawValue>,
+    json: Box<RawValue>,
 }
 
 /// One encoded frame per codec.
 #[derive(Default)]
-pub(super) struct PerCodec {
+struct PerCodec {
     json: Option<Bytes>,
     bincode: Option<Bytes>,
 }
 
 impl PerCodec {
-    pub(super) fn slot(&mut self, codec: Codec) -> &mut Option<Bytes> {
+    fn slot(&mut self, codec: Codec) -> &mut Option<Bytes> {
         if codec.is_binary() {
             &mut self.bincode
         } else {
@@ -46,9 +62,29 @@ impl PerCodec {
     }
 }
 
-impl SignalServer {
+impl Directory {
+    /// How many nodes are announced.
+    pub(super) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The node `id`, if it is announced here.
+    pub(super) fn get(&self, id: &NodeID) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// Whether `id` is announced here.
+    pub(super) fn contains(&self, id: &NodeID) -> bool {
+        self.nodes.contains_key(id)
+    }
+
+    /// Every announced node's id and node, in no particular order (the order lists sample).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeID, &Node)> + '_ {
+        self.order.iter().filter_map(|listed| self.nodes.get_key_value(&listed.id))
+    }
+
     /// Lists `id` as a node on `conn`.
-    pub(super) fn insert_node(&mut self, id: NodeID, conn: ConnId, codec: Codec, info: NodeInfo) {
+    pub(super) fn insert(&mut self, id: NodeID, conn: ConnId, codec: Codec, info: NodeInfo) {
         // Our own NodeInfo always encodes; the fallback keeps this free of panics regardless.
         let json = serde_json::value::to_raw_value(&info).unwrap_or_else(|_| RawValue::NULL.to_owned());
         self.nodes.insert(id, Node { conn, codec, info, slot: self.order.len() });
@@ -57,7 +93,7 @@ impl SignalServer {
     }
 
     /// Takes `id` off the lists, in O(1): the last node of `order` moves into its slot.
-    pub(super) fn remove_node(&mut self, id: &NodeID) {
+    pub(super) fn remove(&mut self, id: &NodeID) {
         self.full_list = PerCodec::default();
         if let Some(node) = self.nodes.remove(id).filter(|node| node.slot < self.order.len()) {
             self.order.swap_remove(node.slot);
@@ -67,38 +103,64 @@ impl SignalServer {
         }
     }
 
-    pub(super) fn send_list(&mut self, conn: ConnId, codec: Codec) {
-        if self.cluster.as_ref().is_some_and(|cluster| !cluster.pool.is_empty()) {
-            return self.send_mixed_list(conn, codec);
+    /// Forgets every node (the cached `SystemConfig` stays: it does not depend on them).
+    pub(super) fn clear(&mut self) {
+        self.nodes.clear();
+        self.order.clear();
+        self.full_list = PerCodec::default();
+    }
+
+    /// The `SystemConfig` frame for `realm` in `codec`, encoded at its first use.
+    pub(super) fn system_config(&mut self, codec: Codec, realm: Option<RealmID>) -> Option<Bytes> {
+        let slot = self.system_config.slot(codec);
+        if slot.is_none() {
+            let message = WSSignalMessageToNode::SystemConfig(FledgerConfig { system_realm: realm });
+            *slot = codec.encode(&message).ok();
         }
-        if self.config.max_list_len >= self.order.len() {
+        slot.clone()
+    }
+
+    /// A `ListIDsReply` for a node that speaks `codec`: at most `limit` nodes, sampled with `rng`
+    /// from the local ones and, in proportion, the `remote` ones of a cluster (see
+    /// [`mixed_list`](Self::mixed_list)). `None` only if the reply failed to encode, which
+    /// would be a bug in this crate, not the peer's.
+    pub(super) fn list(
+        &mut self,
+        rng: &mut impl RngCore,
+        codec: Codec,
+        limit: usize,
+        remote: Option<(&[Remote], u64)>,
+    ) -> Option<Bytes> {
+        if let Some((pool, total)) = remote.filter(|(pool, _)| !pool.is_empty()) {
+            return self.mixed_list(rng, codec, limit, pool, total);
+        }
+        if limit >= self.order.len() {
             // Everybody fits: the same reply for every request until a node joins or leaves.
             if self.full_list.slot(codec).is_none() {
                 let everyone: Vec<&Listed> = self.order.iter().collect();
                 let frame = self.encode_list(codec, &everyone).ok();
                 *self.full_list.slot(codec) = frame;
             }
-            if let Some(frame) = self.full_list.slot(codec).clone() {
-                self.reply(conn, frame);
-            }
-            return;
+            return self.full_list.slot(codec).clone();
         }
-        let slots = sample(&mut self.rng, self.order.len(), self.config.max_list_len);
+        let slots = sample(rng, self.order.len(), limit);
         let listed: Vec<&Listed> = slots.into_iter().filter_map(|slot| self.order.get(slot)).collect();
-        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
-        if let Ok(frame) = self.encode_list(codec, &listed) {
-            self.reply(conn, frame);
-        }
+        self.encode_list(codec, &listed).ok()
     }
 
-    /// A list of local and remote nodes, in proportion to their numbers: of `max_list_len`
-    /// places, remote nodes get their share of all nodes (as the last sample counted them), at
+    /// A list of local and remote nodes, in proportion to their numbers: of `limit` places,
+    /// remote nodes get their share of all nodes (as the last sample counted them, `total`), at
     /// most the pool; local nodes the rest; and either side fills what the other cannot.
-    fn send_mixed_list(&mut self, conn: ConnId, codec: Codec) {
-        let Some(cluster) = self.cluster.as_ref() else { return };
-        let limit = self.config.max_list_len;
-        let (local, pool) = (self.order.len(), cluster.pool.len());
-        let remote_total = usize::try_from(cluster.remote_total).unwrap_or(usize::MAX).max(pool);
+    fn mixed_list(
+        &self,
+        rng: &mut impl RngCore,
+        codec: Codec,
+        limit: usize,
+        pool: &[Remote],
+        total: u64,
+    ) -> Option<Bytes> {
+        let (local, pool_len) = (self.order.len(), pool.len());
+        let remote_total = usize::try_from(total).unwrap_or(usize::MAX).max(pool_len);
         let all = local.saturating_add(remote_total);
         let share = if all <= limit {
             remote_total
@@ -107,14 +169,13 @@ impl SignalServer {
             let scaled = (limit as u128 * remote_total as u128 + all as u128 / 2) / all.max(1) as u128;
             usize::try_from(scaled).unwrap_or(limit)
         };
-        let mut remote = share.min(pool);
+        let mut remote = share.min(pool_len);
         let local_places = local.min(limit.saturating_sub(remote));
-        remote = pool.min(limit.saturating_sub(local_places));
-        let slots = sample(&mut self.rng, local, local_places);
-        let remotes = sample(&mut self.rng, pool, remote);
-        let Some(cluster) = self.cluster.as_ref() else { return };
+        remote = pool_len.min(limit.saturating_sub(local_places));
+        let slots = sample(rng, local, local_places);
+        let remotes = sample(rng, pool_len, remote);
         let locals = slots.iter().filter_map(|&slot| self.order.get(slot));
-        let others = remotes.iter().filter_map(|&slot| cluster.pool.get(slot));
+        let others = remotes.iter().filter_map(|&slot| pool.get(slot));
         let frame = match codec {
             Codec::Json => {
                 let raw: Vec<&RawValue> =
@@ -130,10 +191,7 @@ impl SignalServer {
                 codec.encode(&ListIDsReplyRef(&infos))
             }
         };
-        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
-        if let Ok(frame) = frame {
-            self.reply(conn, frame);
-        }
+        frame.ok()
     }
 
     /// A `ListIDsReply` of the nodes `listed`. JSON splices each node's pre-encoded text.
@@ -151,43 +209,47 @@ impl SignalServer {
         }
     }
 
-    /// Tells up to `list_push_fanout` random nodes about the nodes that joined since the last
-    /// push: one `ListIDsReply` with the newcomers first, filled up with a random sample. It is
-    /// encoded once per codec and shared by every recipient, so a join costs at most
-    /// `list_push_fanout` frames, however many nodes are connected.
-    pub(super) fn push_joins(&mut self) {
-        let mut joined = std::mem::take(&mut self.push.joined);
-        self.push.due = None;
+    /// The push of the nodes that `joined` since the last one, for up to `fanout` random nodes
+    /// other than them that are not `busy`: one `ListIDsReply` with the newcomers first (those
+    /// still here), filled up to `limit` with a random sample. It is encoded once per codec and
+    /// shared by every recipient, so a join costs at most `fanout` frames, however many nodes are
+    /// connected. Empty when none of the newcomers is still here.
+    pub(super) fn push_joins(
+        &self,
+        rng: &mut impl RngCore,
+        mut joined: Vec<NodeID>,
+        limit: usize,
+        fanout: usize,
+        busy: impl Fn(ConnId) -> bool,
+    ) -> Vec<(ConnId, Bytes)> {
         joined.sort_unstable();
         joined.dedup();
         joined.retain(|id| self.nodes.contains_key(id));
         if joined.is_empty() {
-            return;
+            return Vec::new();
         }
-        let limit = self.config.max_list_len;
         let mut listed: Vec<&Listed> = joined
             .iter()
             .filter_map(|id| self.nodes.get(id))
             .filter_map(|node| self.order.get(node.slot))
             .take(limit)
             .collect();
-        let fill = sample(&mut self.rng, self.order.len(), limit);
+        let fill = sample(rng, self.order.len(), limit);
         listed.extend(
             fill.into_iter()
                 .filter_map(|slot| self.order.get(slot))
                 .filter(|listed| joined.binary_search(&listed.id).is_err())
                 .take(limit.saturating_sub(listed.len())),
         );
-        let recipients: Vec<(ConnId, Codec)> =
-            sample(&mut self.rng, self.order.len(), self.config.list_push_fanout)
-                .into_iter()
-                .filter_map(|slot| self.order.get(slot))
-                .map(|listed| &listed.id)
-                .filter(|id| joined.binary_search(id).is_err())
-                .filter_map(|id| self.nodes.get(id))
-                .filter(|node| !self.conns.get(&node.conn).is_some_and(|c| c.busy))
-                .map(|node| (node.conn, node.codec))
-                .collect();
+        let recipients: Vec<(ConnId, Codec)> = sample(rng, self.order.len(), fanout)
+            .into_iter()
+            .filter_map(|slot| self.order.get(slot))
+            .map(|listed| &listed.id)
+            .filter(|id| joined.binary_search(id).is_err())
+            .filter_map(|id| self.nodes.get(id))
+            .filter(|node| !busy(node.conn))
+            .map(|node| (node.conn, node.codec))
+            .collect();
         // One reply for all recipients, encoded at most once per codec.
         let mut encoded = PerCodec::default();
         for &(_, codec) in &recipients {
@@ -195,11 +257,10 @@ impl SignalServer {
                 *encoded.slot(codec) = self.encode_list(codec, &listed).ok();
             }
         }
-        for (conn, codec) in recipients {
-            if let Some(frame) = encoded.slot(codec).clone() {
-                self.push_frame(conn, frame);
-            }
-        }
+        recipients
+            .into_iter()
+            .filter_map(|(conn, codec)| Some((conn, encoded.slot(codec).clone()?)))
+            .collect()
     }
 }
 

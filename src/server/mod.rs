@@ -1,19 +1,23 @@
 //! The sans-IO signalling server: [`SignalServer`] consumes [`SignalIn`] and produces [`SignalOut`].
 //!
-//! This file is the protocol itself, the state machine; the rest of the folder holds what it
-//! uses: `config` (settings and their checks), `rate` (token buckets), `directory` (the nodes
-//! announced here and the lists drawn from them) and `routing` (where a `PeerSetup` goes).
+//! This file is the protocol itself, the state machine: what a frame means, who may announce,
+//! where a `PeerSetup` goes, what the application's commands do. The parts it composes own
+//! their data in their own files: `directory` (the nodes announced here and the lists drawn
+//! from them), `sources` (open connections by source address), `rate` (token buckets), and for a
+//! cluster [`ClusterState`](crate::cluster::state::ClusterState) beside the backplanes. `config`
+//! holds the settings, `io` the inputs, outputs and counters, `control` the application's
+//! commands, `policy` the application's say on announces.
 
 mod config;
 mod control;
 mod directory;
+mod io;
 mod policy;
 mod rate;
-mod routing;
 mod sources;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -23,219 +27,34 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::Serialize;
 
-use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, ClusterStats};
+use crate::cluster::state::ClusterState;
+use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, Undelivered};
 use crate::codec::Codec;
 use crate::crypto;
 pub use crate::error::CloseReason;
 use crate::error::{ConfigError, ProtocolError};
-use crate::protocol::{
-    encoded_len, FledgerConfig, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat, WSSignalMessageToNode,
-    SIGNAL_VERSION, U256,
-};
-use crate::telemetry::Meters;
-
 pub use crate::ids::ConnId;
 use crate::ids::ConnMap;
 use crate::limits::later;
-pub use config::SignalConfig;
 // The transports' settings share the core's checks.
 #[cfg(feature = "websocket")]
 pub(crate) use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
+use crate::protocol::{
+    encoded_len, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat, SetupRoute, WSSignalMessageFromNode,
+    WSSignalMessageToNode, SIGNAL_VERSION, U256,
+};
+use crate::telemetry::{ClusterCount, Meters};
+pub use config::SignalConfig;
 pub use control::{Command, CommandReply, ConnectedNode};
-use directory::{Listed, Node, PerCodec};
+use directory::Directory;
+pub use io::{ServerStats, SignalEvent, SignalIn, SignalOut};
 pub use policy::{AnnouncePolicy, Verdict};
 use rate::Buckets;
 pub use rate::RateLimit;
-use routing::Cluster;
 #[cfg(feature = "websocket")]
 pub(crate) use sources::source_of;
 use sources::Sources;
 pub use sources::WhenFull;
-
-/// Something the host observed, fed to [`SignalServer::handle`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum SignalIn {
-    /// The transport accepted a connection that speaks `codec`.
-    Opened {
-        /// The new connection.
-        conn: ConnId,
-        /// How its frames are encoded.
-        codec: Codec,
-        /// The peer's IP address, if the transport knows one. The server only reports it, in
-        /// [`SignalEvent::NewNode`] and in the [`ConnectedNode`]s it lists.
-        addr: Option<IpAddr>,
-    },
-    /// A frame arrived; the server decodes it with the connection's codec.
-    Frame {
-        /// Where it came from.
-        conn: ConnId,
-        /// The frame's payload.
-        frame: Bytes,
-    },
-    /// The connection went away (the peer closed it, or the transport did).
-    Closed {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// The transport's send queue for `conn` passed half of its capacity (`busy: true`), or
-    /// drained below it again (`busy: false`); see [`TransportEvent::Busy`](crate::TransportEvent::Busy).
-    ///
-    /// While a connection is busy, `PeerSetup` messages for its node are not forwarded: each
-    /// sender gets `destination busy` (no strike), so that several senders cannot get a node
-    /// that reads slower than they write closed as a slow reader. Pushes of joins skip it too,
-    /// and its own `ListIDsRequest`s go unanswered (counted in
-    /// [`ServerStats::unanswered_busy`]): a node that does not read its replies must not make
-    /// the server queue more of them. Error replies still go out, charged to it. Ignored for
-    /// unknown connections.
-    Busy {
-        /// The connection.
-        conn: ConnId,
-        /// Whether its send queue is over half full.
-        busy: bool,
-    },
-    /// A deadline from [`SignalServer::poll_timeout`] has passed.
-    Tick,
-    /// Close every connection and stop.
-    Stop,
-    /// What the other instances said, from a [`Backplane`](crate::Backplane). Ignored by a
-    /// server made without [`SignalServer::with_cluster`]. Boxed, so that the inputs of a server
-    /// without a cluster stay as small as they were.
-    Cluster(Box<ClusterIn>),
-    /// The application's request about its nodes. Answered by exactly one [`SignalOut::Reply`]
-    /// with the same `token` (the host's choice, only handed back), unless the server has
-    /// stopped: then it is ignored, as every input.
-    Command {
-        /// Handed back in the reply.
-        token: u64,
-        /// What to do. Boxed, so that the inputs on the relay path stay small.
-        command: Box<Command>,
-    },
-}
-
-/// Something the host must do or may want to know, drained from [`SignalServer::poll_output`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SignalOut {
-    /// Send `frame` on `conn`, as a text frame for [`Codec::Json`], binary for [`Codec::Bincode`].
-    Send {
-        /// The destination.
-        conn: ConnId,
-        /// The encoded message. Cloning it is cheap: broadcast frames share one buffer.
-        frame: Bytes,
-    },
-    /// Close `conn`, after sending the frames queued for it before this output. The server has
-    /// already forgotten it; a later [`SignalIn::Closed`] for it is ignored.
-    Close {
-        /// The connection.
-        conn: ConnId,
-        /// Why.
-        reason: CloseReason,
-    },
-    /// For the application.
-    Event(SignalEvent),
-    /// For the other instances, through a [`Backplane`](crate::Backplane). Only a server made
-    /// with [`SignalServer::with_cluster`] emits it. Boxed, so that the outputs of a server
-    /// without a cluster stay as small as they were.
-    Cluster(Box<ClusterOut>),
-    /// The answer to the [`SignalIn::Command`] with this `token`. It comes after the frames and
-    /// closes the command caused.
-    Reply {
-        /// The command's token.
-        token: u64,
-        /// The answer. Boxed, as the command.
-        reply: Box<CommandReply>,
-    },
-}
-
-/// What happened, for the application's logs, metrics and logic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SignalEvent {
-    /// A node announced successfully: who it is, its connection and, where the transport knows
-    /// it, its address. A node that takes over its id from an older connection produces
-    /// `NodeLeft` for the old connection first, then `NewNode`. Boxed, so that outputs stay
-    /// small.
-    NewNode(Box<ConnectedNode>),
-    /// An announced node disconnected, was evicted or was replaced.
-    NodeLeft(NodeID),
-    /// An announced node reported statistics about its peers.
-    NodeStats {
-        /// The reporting node.
-        from: NodeID,
-        /// Its report.
-        stats: Vec<NodeStat>,
-    },
-    /// The server has stopped: every connection was closed and every node is gone (no
-    /// `NodeLeft` is emitted for them). It ignores everything from now on.
-    Stopped,
-}
-
-/// Counters, for metrics. Get them from [`SignalServer::stats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerStats {
-    /// Open connections, announced or not.
-    pub connections: usize,
-    /// Announced nodes.
-    pub nodes: usize,
-    /// Connections that have not announced yet.
-    pub pending_handshakes: usize,
-    /// Frames received.
-    pub frames_in: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Frames sent.
-    pub frames_out: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// `PeerSetup` messages forwarded.
-    pub relays: u64,
-    /// Successful announces.
-    pub joins: u64,
-    /// `ListIDsRequest`s left unanswered because the requester's own send queue was busy (see
-    /// [`SignalIn::Busy`]): it has not read the replies it already has.
-    pub unanswered_busy: u64,
-    /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`; pending
-    /// connections closed to make room for newer ones are `handshake_timeout`.
-    pub errors: BTreeMap<&'static str, u64>,
-    /// The cluster's counters, for a server made with [`SignalServer::with_cluster`].
-    pub cluster: Option<ClusterStats>,
-}
-
-/// Where a connection is in the protocol.
-#[derive(Clone, Copy)]
-enum Phase {
-    /// Sent this challenge; waiting for the announce. `seq` is its key in
-    /// `SignalServer::pending`.
-    Challenged { challenge: U256, seq: u64 },
-    /// Announced as this node.
-    Node(NodeID),
-}
-
-struct Conn {
-    codec: Codec,
-    phase: Phase,
-    /// When the connection expires: the handshake deadline, then the TTL.
-    deadline: Instant,
-    /// The deadline of this connection's entry in the timer heap. The entry is re-armed lazily
-    /// when it fires early, so refreshing a TTL costs no heap operation.
-    armed: Instant,
-    errors: u32,
-    announce_failures: u32,
-    rate: Buckets,
-    /// The transport reported its send queue over half full.
-    busy: bool,
-    /// The peer's address, as the transport reported it.
-    addr: Option<IpAddr>,
-}
-
-/// Joins not yet pushed to other nodes.
-#[derive(Default)]
-struct PendingPush {
-    due: Option<Instant>,
-    joined: Vec<NodeID>,
-}
 
 /// The signalling server as a state machine: no sockets, no clock, no threads.
 ///
@@ -247,9 +66,8 @@ pub struct SignalServer {
     config: SignalConfig,
     rng: ChaCha20Rng,
     conns: ConnMap<Conn>,
-    nodes: HashMap<NodeID, Node>,
-    /// Every announced node once, in no particular order: what list samples are drawn from.
-    order: Vec<Listed>,
+    /// The announced nodes, and the lists drawn from them.
+    directory: Directory,
     /// One entry per connection at its `armed` deadline, plus stale entries of closed or re-armed
     /// connections, which `arm` sweeps out before they outnumber the live ones.
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -260,16 +78,12 @@ pub struct SignalServer {
     sources: Sources,
     next_seq: u64,
     push: PendingPush,
-    /// The reply that lists every node, while they all fit in one; cleared when one joins or leaves.
-    full_list: PerCodec,
-    /// The `SystemConfig` frame, the same for every node: encoded once per codec.
-    system_config: PerCodec,
     out: VecDeque<SignalOut>,
     last_now: Option<Instant>,
     stopped: bool,
     stats: ServerStats,
     /// What a server that shares its network with other instances adds; `None` costs nothing.
-    cluster: Option<Box<Cluster>>,
+    cluster: Option<Box<ClusterState>>,
     /// Metrics and trace events; nothing without the `metrics` and `tracing` features.
     meters: Meters,
 }
@@ -279,7 +93,7 @@ impl fmt::Debug for SignalServer {
         f.debug_struct("SignalServer")
             .field("config", &self.config)
             .field("connections", &self.conns.len())
-            .field("nodes", &self.nodes.len())
+            .field("nodes", &self.directory.len())
             .field("pending_handshakes", &self.pending.len())
             .field("queued_outputs", &self.out.len())
             .field("stopped", &self.stopped)
@@ -303,17 +117,14 @@ impl SignalServer {
         };
         Ok(Self {
             sources: Sources::new(config.ipv6_source_prefix),
-            system_config: PerCodec::default(),
             config,
             rng,
             conns: ConnMap::default(),
-            nodes: HashMap::new(),
-            order: Vec::new(),
+            directory: Directory::default(),
             timers: BinaryHeap::new(),
             pending: BTreeMap::new(),
             next_seq: 0,
             push: PendingPush::default(),
-            full_list: PerCodec::default(),
             out: VecDeque::new(),
             last_now: None,
             stopped: false,
@@ -335,7 +146,7 @@ impl SignalServer {
     pub fn with_cluster(config: SignalConfig, cluster: ClusterConfig) -> Result<Self, ConfigError> {
         cluster.validate()?;
         let mut server = Self::new(config)?;
-        server.cluster = Some(Box::new(Cluster::new(cluster)));
+        server.cluster = Some(Box::new(ClusterState::new(cluster)));
         server.meters.with_cluster();
         Ok(server)
     }
@@ -378,9 +189,9 @@ impl SignalServer {
             SignalIn::Cluster(input) => self.handle_cluster(now, *input),
             SignalIn::Command { token, command } => self.handle_command(token, *command),
         }
-        self.meters.sizes(self.conns.len(), self.nodes.len(), self.pending.len());
+        self.meters.sizes(self.conns.len(), self.directory.len(), self.pending.len());
         if let Some(cluster) = &self.cluster {
-            self.meters.cluster_sizes(cluster.pool.len(), cluster.remote_total);
+            self.meters.cluster_sizes(cluster.pool().len(), cluster.remote_total());
         }
     }
 
@@ -415,19 +226,19 @@ impl SignalServer {
     /// The announced nodes, in no particular order. [`Command::ListNodes`] answers the same with
     /// connections and addresses, through the driver.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> + '_ {
-        self.order.iter().filter_map(|listed| self.nodes.get(&listed.id)).map(|node| &node.info)
+        self.directory.iter().map(|(_, node)| &node.info)
     }
 
     /// The connection an announced node is on.
     pub fn node_conn(&self, id: &NodeID) -> Option<ConnId> {
-        self.nodes.get(id).map(|node| node.conn)
+        self.directory.get(id).map(|node| node.conn)
     }
 
     /// Counters, for metrics.
     pub fn stats(&self) -> ServerStats {
         ServerStats {
             connections: self.conns.len(),
-            nodes: self.nodes.len(),
+            nodes: self.directory.len(),
             pending_handshakes: self.pending.len(),
             cluster: self.cluster.as_ref().map(|cluster| cluster.stats()),
             ..self.stats.clone()
@@ -583,7 +394,7 @@ impl SignalServer {
 
     fn authenticate(&mut self, now: Instant, conn: ConnId, codec: Codec, info: NodeInfo) {
         let id = info.id();
-        if let Some(old) = self.nodes.get(&id).map(|node| node.conn) {
+        if let Some(old) = self.directory.get(&id).map(|node| node.conn) {
             self.close(old, ProtocolError::Replaced);
         }
         let (mut waited, mut addr) = (Duration::ZERO, None);
@@ -600,16 +411,11 @@ impl SignalServer {
         }
         self.refresh(conn, later(now, self.config.ttl));
         self.cluster_joined(id, conn, &info);
-        self.insert_node(id, conn, codec, info);
+        self.directory.insert(id, conn, codec, info);
         self.stats.joins += 1;
         self.meters.joined(conn, addr, &id, waited);
 
-        if self.system_config.slot(codec).is_none() {
-            let message =
-                WSSignalMessageToNode::SystemConfig(FledgerConfig { system_realm: self.config.system_realm });
-            *self.system_config.slot(codec) = codec.encode(&message).ok();
-        }
-        if let Some(frame) = self.system_config.slot(codec).clone() {
+        if let Some(frame) = self.directory.system_config(codec, self.config.system_realm) {
             self.reply(conn, frame);
         }
         self.send_list(conn, codec);
@@ -621,6 +427,255 @@ impl SignalServer {
             self.push.joined.push(id);
             self.push.due.get_or_insert(later(now, self.config.list_push_interval));
         }
+    }
+
+    /// Sends `conn` a list of nodes, local and, in a cluster, remote.
+    fn send_list(&mut self, conn: ConnId, codec: Codec) {
+        let remote = self.cluster.as_deref().map(|cluster| (cluster.pool(), cluster.remote_total()));
+        let frame = self.directory.list(&mut self.rng, codec, self.config.max_list_len, remote);
+        // Our own messages always encode; a failure would be a bug in this crate, not the peer's.
+        if let Some(frame) = frame {
+            self.reply(conn, frame);
+        }
+    }
+
+    /// Tells up to `list_push_fanout` random nodes about the nodes that joined since the last
+    /// push (see [`Directory::push_joins`]). Busy nodes are skipped: they have not read what
+    /// they have.
+    fn push_joins(&mut self) {
+        let joined = std::mem::take(&mut self.push.joined);
+        self.push.due = None;
+        let conns = &self.conns;
+        let pushes = self.directory.push_joins(
+            &mut self.rng,
+            joined,
+            self.config.max_list_len,
+            self.config.list_push_fanout,
+            |conn| conns.get(&conn).is_some_and(|c| c.busy),
+        );
+        for (conn, frame) in pushes {
+            self.push_frame(conn, frame);
+        }
+    }
+
+    /// Forwards a `PeerSetup` to the other node of its pair. The frame goes out as it came in
+    /// when both ends speak the same codec: `PeerSetup` encodes the same in both directions.
+    ///
+    /// Without a cluster, a set-up for a node that is not here is answered with `unknown
+    /// destination`. With one, it goes to the backplane, which either delivers it to the
+    /// instance that holds the node or answers [`ClusterIn::Undeliverable`].
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        codec: Codec,
+        sender: NodeID,
+        frame: Bytes,
+        route: SetupRoute,
+    ) -> Result<(), ProtocolError> {
+        let destination = if sender == route.id_init {
+            route.id_follow
+        } else if sender == route.id_follow {
+            route.id_init
+        } else {
+            return Err(ProtocolError::NotInPair);
+        };
+        let len = route.message.encoded_len();
+        if len > self.config.max_setup_len {
+            return Err(ProtocolError::TooLong {
+                field: "peer message",
+                len,
+                limit: self.config.max_setup_len,
+            });
+        }
+        let Some((to, to_codec)) = self.directory.get(&destination).map(|node| (node.conn, node.codec))
+        else {
+            if self.cluster.as_ref().is_some_and(|cluster| cluster.is_up()) {
+                self.count_cluster(ClusterCount::RelayOut, 1);
+                let relay = ClusterOut::Relay { from: sender, to: destination, codec, frame };
+                self.out.push_back(SignalOut::Cluster(Box::new(relay)));
+                return Ok(());
+            }
+            // Not the sender's fault: the other node may just have left. No strike.
+            self.send_error(conn, &ProtocolError::UnknownDestination(destination));
+            return Ok(());
+        };
+        if self.conns.get(&to).is_some_and(|c| c.busy) {
+            // Forwarding would fill a queue that the reader is not emptying fast enough, until its
+            // transport closes it as a slow reader: its peers could get it closed. Not the
+            // sender's fault either: no strike.
+            self.send_error(conn, &ProtocolError::DestinationBusy(destination));
+            return Ok(());
+        }
+        self.forward(to, to_codec, codec, frame);
+        Ok(())
+    }
+
+    /// Sends a `PeerSetup` frame encoded with `codec` to `to`, which speaks `to_codec`.
+    fn forward(&mut self, to: ConnId, to_codec: Codec, codec: Codec, frame: Bytes) {
+        if to_codec == codec {
+            self.push_frame(to, frame);
+        } else if let Ok(WSSignalMessageFromNode::PeerSetup(info)) = codec.decode(&frame) {
+            // Only a relay between codecs decodes the message in full, to re-encode it. `Inbound`
+            // accepted the frame, so this decode succeeds too.
+            self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
+        }
+        self.stats.relays += 1;
+        self.meters.relay();
+    }
+
+    /// A local node announced: claim it on the bus.
+    fn cluster_joined(&mut self, id: NodeID, conn: ConnId, info: &NodeInfo) {
+        let Some(cluster) = self.cluster.as_mut() else { return };
+        cluster.joined(id, conn);
+        self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Joined { id, conn, info: info.clone() })));
+    }
+
+    /// A local node left: withdraw its claim.
+    fn cluster_left(&mut self, id: NodeID, conn: ConnId) {
+        let Some(cluster) = self.cluster.as_mut() else { return };
+        cluster.left(id, conn);
+        self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Left { id, conn })));
+    }
+
+    /// The server stops: every local node leaves the bus.
+    fn cluster_stop(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else { return };
+        cluster.stop();
+        let mut left: Vec<(NodeID, ConnId)> =
+            self.directory.iter().map(|(id, node)| (*id, node.conn)).collect();
+        left.sort_unstable();
+        for (id, conn) in left {
+            self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Left { id, conn })));
+        }
+    }
+
+    fn handle_cluster(&mut self, _now: Instant, input: ClusterIn) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            debug_assert!(false, "a cluster input for a server without a cluster");
+            return;
+        };
+        match input {
+            ClusterIn::Claimed { id, conn, gen } => {
+                if cluster.claimed(id, conn, gen) {
+                    self.taken_over(id);
+                }
+            }
+            ClusterIn::TakenOver { id, gen } => {
+                if cluster.taken_over(id, gen) {
+                    self.taken_over(id);
+                }
+            }
+            ClusterIn::Frame { to, codec, frame } => self.deliver(to, codec, frame),
+            ClusterIn::Undeliverable { to, about, reason } => {
+                if reason == Undelivered::Unknown {
+                    cluster.forget_remote(about);
+                }
+                let Some(conn) = self.directory.get(&to).map(|node| node.conn) else { return };
+                self.count_cluster(ClusterCount::Undeliverable, 1);
+                self.send_error(conn, &reason.error(about));
+            }
+            ClusterIn::Sample { nodes, total } => {
+                let (max_name_len, max_client_len) = (self.config.max_name_len, self.config.max_client_len);
+                let within_limits = |info: &NodeInfo| {
+                    check_len("name", &info.name, max_name_len)
+                        .and_then(|()| check_len("client", &info.client, max_client_len))
+                        .is_ok()
+                };
+                let directory = &self.directory;
+                let rejected = cluster.take_sample(nodes, total, within_limits, |id| directory.contains(id));
+                self.count_cluster(ClusterCount::Rejected, rejected);
+            }
+            ClusterIn::Up => cluster.set_up(true),
+            ClusterIn::Down => cluster.set_up(false),
+        }
+    }
+
+    /// Closes the local node `id`: a newer connection with its id arrived elsewhere.
+    fn taken_over(&mut self, id: NodeID) {
+        let Some(conn) = self.directory.get(&id).map(|node| node.conn) else { return };
+        self.count_cluster(ClusterCount::TakenOver, 1);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.moved_away(id);
+        }
+        self.close(conn, ProtocolError::Replaced);
+    }
+
+    /// Delivers a frame from another instance to the local node `to`, after the checks a frame
+    /// from a node gets: size, codec, a `PeerSetup` whose pair holds `to`, the text's length.
+    fn deliver(&mut self, to: NodeID, codec: Codec, frame: Bytes) {
+        let Some(route) = self.check_remote_frame(to, codec, &frame) else {
+            return self.count_cluster(ClusterCount::Rejected, 1);
+        };
+        let from = if route.id_init == to { route.id_follow } else { route.id_init };
+        let local = self.directory.get(&to).map(|node| (node.conn, node.codec));
+        let moved = self.cluster.as_ref().is_some_and(|cluster| cluster.has_moved(&to));
+        let reason = match local {
+            // The node moved to a newer connection elsewhere, and that instance received this
+            // frame too: a bounce would call a reachable node unknown. Dropped and counted.
+            None if moved => None,
+            // It left (or is leaving) and its channel still reached this instance.
+            None => Some(Undelivered::Unknown),
+            Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => Some(Undelivered::Busy),
+            Some((conn, to_codec)) => {
+                self.count_cluster(ClusterCount::RelayIn, 1);
+                return self.forward(conn, to_codec, codec, frame);
+            }
+        };
+        self.count_cluster(ClusterCount::Bounced, 1);
+        if let Some(reason) = reason {
+            self.out.push_back(SignalOut::Cluster(Box::new(ClusterOut::Undeliverable {
+                to: from,
+                about: to,
+                reason,
+            })));
+        }
+    }
+
+    fn check_remote_frame(&self, to: NodeID, codec: Codec, frame: &[u8]) -> Option<SetupRoute> {
+        if frame.len() > self.config.max_frame_size {
+            return None;
+        }
+        let Ok(Inbound::PeerSetup(route)) = codec.decode::<Inbound>(frame) else { return None };
+        let in_pair = route.id_init == to || route.id_follow == to;
+        (in_pair && route.message.encoded_len() <= self.config.max_setup_len).then_some(route)
+    }
+
+    /// Adds `n` to a cluster counter, in the stats and the metrics.
+    fn count_cluster(&mut self, what: ClusterCount, n: u64) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.count(what, n);
+        }
+        self.meters.cluster(what, n);
+    }
+
+    /// The announced node `id` as the application sees it.
+    fn connected_node(&self, id: &NodeID) -> Option<ConnectedNode> {
+        let node = self.directory.get(id)?;
+        let addr = self.conns.get(&node.conn).and_then(|c| c.addr);
+        Some(ConnectedNode { id: *id, info: node.info.clone(), conn: node.conn, codec: node.codec, addr })
+    }
+
+    fn handle_command(&mut self, token: u64, command: Command) {
+        let reply = match command {
+            Command::ListNodes => CommandReply::Nodes(
+                self.directory.iter().filter_map(|(id, _)| self.connected_node(id)).collect(),
+            ),
+            Command::Disconnect { node, reason } => match self.node_conn(&node) {
+                Some(conn) => {
+                    self.close(conn, ProtocolError::Disconnected(reason));
+                    CommandReply::Done
+                }
+                None => CommandReply::UnknownNode(node),
+            },
+            Command::Send { node, message } => match self.directory.get(&node).map(|n| (n.conn, n.codec)) {
+                Some((conn, codec)) => {
+                    self.send(conn, codec, &message);
+                    CommandReply::Done
+                }
+                None => CommandReply::UnknownNode(node),
+            },
+        };
+        self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
     }
 
     fn handle_tick(&mut self, now: Instant) {
@@ -659,12 +714,10 @@ impl SignalServer {
         }
         self.conns.clear();
         self.sources.clear();
-        self.nodes.clear();
-        self.order.clear();
+        self.directory.clear();
         self.timers.clear();
         self.pending.clear();
         self.push = PendingPush::default();
-        self.full_list = PerCodec::default();
         self.stopped = true;
         self.out.push_back(SignalOut::Event(SignalEvent::Stopped));
     }
@@ -744,10 +797,10 @@ impl SignalServer {
                 return;
             }
         };
-        if self.nodes.get(&id).is_none_or(|node| node.conn != conn) {
+        if self.directory.get(&id).is_none_or(|node| node.conn != conn) {
             return;
         }
-        self.remove_node(&id);
+        self.directory.remove(&id);
         self.cluster_left(id, conn);
         self.meters.left(conn, c.addr, &id);
         self.out.push_back(SignalOut::Event(SignalEvent::NodeLeft(id)));
@@ -780,6 +833,40 @@ impl SignalServer {
         self.meters.frame_out(frame.len());
         self.out.push_back(SignalOut::Send { conn, frame });
     }
+}
+
+/// Where a connection is in the protocol.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Sent this challenge; waiting for the announce. `seq` is its key in
+    /// `SignalServer::pending`.
+    Challenged { challenge: U256, seq: u64 },
+    /// Announced as this node.
+    Node(NodeID),
+}
+
+struct Conn {
+    codec: Codec,
+    phase: Phase,
+    /// When the connection expires: the handshake deadline, then the TTL.
+    deadline: Instant,
+    /// The deadline of this connection's entry in the timer heap. The entry is re-armed lazily
+    /// when it fires early, so refreshing a TTL costs no heap operation.
+    armed: Instant,
+    errors: u32,
+    announce_failures: u32,
+    rate: Buckets,
+    /// The transport reported its send queue over half full.
+    busy: bool,
+    /// The peer's address, as the transport reported it.
+    addr: Option<IpAddr>,
+}
+
+/// Joins not yet pushed to other nodes.
+#[derive(Default)]
+struct PendingPush {
+    due: Option<Instant>,
+    joined: Vec<NodeID>,
 }
 
 /// Checks a string against its limit as encoded in JSON, the longer of the codecs' encodings.
