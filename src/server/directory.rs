@@ -352,6 +352,70 @@ mod tests {
         }
     }
 
+    fn info(n: u8) -> NodeInfo {
+        NodeInfo::new(format!("n{n}"), "c", [n; 32])
+    }
+
+    fn listed(frame: &Bytes) -> Vec<NodeID> {
+        match Codec::Json.decode::<crate::protocol::WSSignalMessageToNode>(frame).unwrap() {
+            crate::protocol::WSSignalMessageToNode::ListIDsReply(nodes) => {
+                nodes.iter().map(NodeInfo::id).collect()
+            }
+            other => panic!("not a list: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_removed_from_the_middle_leaves_every_other_one_listed_and_the_cached_list_follows() {
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let mut directory = Directory::default();
+        for n in 1..=4 {
+            directory.insert(info(n).id(), ConnId::new(n.into()), Codec::Json, info(n));
+        }
+        let before = directory.list(&mut rng, Codec::Json, 100, None).unwrap();
+        assert_eq!(listed(&before).len(), 4);
+        directory.remove(&info(2).id());
+        // The last node moved into the freed slot: every lookup still finds its own entry.
+        assert_eq!(directory.len(), 3);
+        assert!(!directory.contains(&info(2).id()));
+        for n in [1, 3, 4] {
+            assert_eq!(directory.get(&info(n).id()).map(|node| node.conn), Some(ConnId::new(n.into())));
+        }
+        let mut ids: Vec<NodeID> = directory.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![info(1).id(), info(3).id(), info(4).id()]);
+        // The cached full list was dropped with the node.
+        let after = directory.list(&mut rng, Codec::Json, 100, None).unwrap();
+        let mut after = listed(&after);
+        after.sort_unstable();
+        assert_eq!(after, ids);
+        // A sample when not everybody fits.
+        assert_eq!(listed(&directory.list(&mut rng, Codec::Json, 2, None).unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn a_push_lists_the_newcomer_first_and_skips_it_and_busy_nodes() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let mut directory = Directory::default();
+        for n in 1..=5 {
+            directory.insert(info(n).id(), ConnId::new(n.into()), Codec::Json, info(n));
+        }
+        let busy = ConnId::new(3);
+        let pushes =
+            directory.push_joins(&mut rng, vec![info(5).id(), info(5).id()], 100, 100, |conn| conn == busy);
+        let mut to: Vec<u64> = pushes.iter().map(|(conn, _)| conn.get()).collect();
+        to.sort_unstable();
+        assert_eq!(to, vec![1, 2, 4]);
+        for (_, frame) in &pushes {
+            let ids = listed(frame);
+            assert_eq!(ids.first(), Some(&info(5).id()));
+            assert_eq!(ids.len(), 5, "the newcomer once, then everybody else");
+        }
+        // A newcomer that left before the push: nothing to tell.
+        directory.remove(&info(5).id());
+        assert!(directory.push_joins(&mut rng, vec![info(5).id()], 100, 100, |_| false).is_empty());
+    }
+
     #[test]
     fn below_stays_below() {
         let mut rng = ChaCha20Rng::from_seed([2; 32]);
