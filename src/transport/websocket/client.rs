@@ -1,5 +1,5 @@
-//! The node's side of the WebSocket transport: [`WsClient`] over tokio-tungstenite, how it
-//! connects ([`WsClientBuilder`]), and tokio's clock for the client ([`TokioTimer`]).
+//! The node's side of the WebSocket transport: [`WsClient`] over tokio-tungstenite and how it
+//! connects ([`WsClientBuilder`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[cfg(feature = "tls")]
 use super::TlsRoots;
-use super::BINCODE_SUBPROTOCOL;
+use super::{TokioTimer, BINCODE_SUBPROTOCOL};
 use crate::client::ClientConnection;
 use crate::{Codec, SignalConfig, TransportError};
 
@@ -246,24 +246,6 @@ fn client_config(max_message_size: usize) -> WebSocketConfig {
 impl crate::Reconnect<WsClient> for WsClientBuilder {
     async fn connect(&self) -> Result<WsClient, TransportError> {
         WsClientBuilder::connect(self).await
-    }
-}
-
-/// tokio's clock for [`AsyncClient::keep_alive`](crate::AsyncClient::keep_alive). It follows
-/// tokio's paused time in tests (`tokio::time::pause`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioTimer;
-
-impl crate::Timer for TokioTimer {
-    fn now(&self) -> std::time::Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(
-        &self,
-        deadline: std::time::Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)))
     }
 }
 

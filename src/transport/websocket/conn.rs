@@ -19,7 +19,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::frame::{Incoming, Opcode, OutFrame, Reader, Violation};
 use super::link::Link;
-use super::{Counters, Event, WsConfig};
+use super::stats::Counters;
+use super::transport::Event;
+use super::WsConfig;
 use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::{CloseReason, Codec, ConnId, ProtocolError};
 

@@ -9,8 +9,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::link::Link;
-use super::BINCODE_SUBPROTOCOL;
 use crate::Codec;
+
+/// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
+/// connection speaks JSON in text frames, as fledger nodes do.
+pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
 
 /// Longest request head accepted, in bytes: far more than browsers and fledger nodes send.
 const MAX_HEAD: usize = 8 * 1024;
