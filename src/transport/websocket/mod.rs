@@ -21,6 +21,7 @@ mod frame;
 mod handshake;
 mod link;
 mod shares;
+mod state;
 mod stats;
 mod timer;
 mod transport;
