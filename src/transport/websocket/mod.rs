@@ -18,6 +18,8 @@ mod client;
 mod config;
 mod conn;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod link;
 mod shares;
