@@ -479,8 +479,8 @@ pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::ws_fuzzing;
 #[cfg(feature = "websocket")]
 pub use transport::{
-    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
-    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
+    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};

@@ -21,8 +21,8 @@ mod websocket;
 pub use websocket::fuzzing as ws_fuzzing;
 #[cfg(feature = "websocket")]
 pub use websocket::{
-    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
-    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
+    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use websocket::{ServerTls, TlsError, TlsRoots};

@@ -31,7 +31,7 @@ mod transport;
 pub use self::admission::{Admission, AdmissionHook, UpgradeRequest};
 #[cfg(feature = "tls")]
 pub use self::certs::{ServerTls, TlsError, TlsRoots};
-pub use self::client::{WsClient, WsClientBuilder};
+pub use self::client::{WsClient, WsClientBuilder, WsClientError};
 pub use self::config::WsConfig;
 pub use self::handshake::BINCODE_SUBPROTOCOL;
 pub use self::stats::{WsStats, WsStatsHandle};
