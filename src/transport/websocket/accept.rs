@@ -10,13 +10,13 @@ use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::conn::{Connection, Shared};
+use super::channel::{ConnHandle, Event, Shared};
+use super::conn::Connection;
 use super::handshake::{self, Refusal};
 use super::link::Link;
 use super::shares::{AcceptRate, IpSlot, PerIp, Ticket, Upgrades};
 use super::state::End;
 use super::stats::{Counters, TaskGuard};
-use super::transport::{ConnHandle, Event};
 use super::{admission, Admission, UpgradeRequest, WsConfig};
 use crate::telemetry::{self, SendQueueMeter};
 use crate::ConnId;

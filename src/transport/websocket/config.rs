@@ -7,11 +7,7 @@ use std::time::Duration;
 use super::AdmissionHook;
 #[cfg(feature = "tls")]
 use super::ServerTls;
-#[cfg(doc)]
-use super::{WsStats, WsTransport};
 use crate::server::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
-#[cfg(doc)]
-use crate::TransportEvent;
 use crate::{ConfigError, SignalConfig};
 
 /// Settings and limits of the WebSocket transport.
@@ -30,7 +26,7 @@ pub struct WsConfig {
     /// Open TCP connections from one source (an IPv4 address, or an IPv6 prefix of
     /// [`ipv6_source_prefix`](Self::ipv6_source_prefix) bits), counted from `accept` until the
     /// connection's task ends. Connections over it are dropped right after `accept` and counted
-    /// in [`WsStats::refused_per_ip`]. Default 256: without it, one host could take every slot
+    /// in [`WsStats::refused_per_ip`](super::WsStats::refused_per_ip). Default 256: without it, one host could take every slot
     /// with idle TCP connections and lock everybody else out; 256 leaves room for a NAT or a
     /// carrier-grade NAT that hides many honest nodes behind one address, while one host holds at
     /// most 0.26% of the default 100,000 slots (nginx's `limit_conn` has no default and leaves the
@@ -47,14 +43,14 @@ pub struct WsConfig {
     pub ipv6_source_prefix: u8,
     /// New connections accepted per second from one source, and at once after a quiet spell
     /// (`(per_sec, burst)`); connections over it are dropped right after `accept` and counted in
-    /// [`WsStats::refused_rate`]. `None` accepts any rate. Default 32 per second, bursts of 128: a
+    /// [`WsStats::refused_rate`](super::WsStats::refused_rate). `None` accepts any rate. Default 32 per second, bursts of 128: a
     /// NAT full of nodes that reconnect after a restart (with the client's backoff) passes within
     /// seconds, while one source cannot churn handshakes fast enough to push everybody else's out
     /// of [`max_pending_upgrades`](Self::max_pending_upgrades). Connections from trusted proxies
     /// are not limited here.
     pub accept_rate_per_ip: Option<(u32, u32)>,
     /// Connections in their TLS or WebSocket handshake at once. A new connection beyond it ends
-    /// the oldest one still in its handshake ([`WsStats::evicted_handshakes`]), so a slowloris
+    /// the oldest one still in its handshake ([`WsStats::evicted_handshakes`](super::WsStats::evicted_handshakes)), so a slowloris
     /// that opens connections and sends nothing cannot lock newcomers out: it only shortens every
     /// handshake to the time the flood takes to open this many. Default 4,096: an honest
     /// handshake takes a few round trips, so even a flood of 40,000 connections a second leaves
@@ -69,7 +65,7 @@ pub struct WsConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// Decides, for each upgrade request, whether it may become a connection: see
     /// [`AdmissionHook`]. Called after the per-IP limit; a refused request gets the hook's HTTP
-    /// status and is counted in [`WsStats::refused_admission`]. Default: everybody is let in.
+    /// status and is counted in [`WsStats::refused_admission`](super::WsStats::refused_admission). Default: everybody is let in.
     pub admission: Option<AdmissionHook>,
     /// Time a client has to complete the WebSocket handshake. Default 10 s.
     pub handshake_timeout: Duration,
@@ -82,18 +78,18 @@ pub struct WsConfig {
     pub send_backlog: usize,
     /// Bytes queued for one connection, counted by payload until written. A frame that would
     /// take the queue over it closes the connection as a slow reader; past half of it the
-    /// connection is reported busy (see [`TransportEvent::Busy`]), and the core refuses relays to
+    /// connection is reported busy (see [`TransportEvent::Busy`](crate::TransportEvent::Busy)), and the core refuses relays to
     /// it and leaves its list requests unanswered. Default 256 KiB: four frames of the largest
     /// size, or ten lists of 100 nodes; an honest node reads what it asked for long before.
     pub send_backlog_bytes: usize,
     /// Bytes queued for sending across all connections together. A frame that takes the total
     /// over it ends the connections that hold most (as slow readers, counted in
-    /// [`WsStats::shed`]) until the rest fits, so that many slow readers together cannot make
+    /// [`WsStats::shed`](super::WsStats::shed)) until the rest fits, so that many slow readers together cannot make
     /// the process run out of memory and take every node down with it. Default 512 MiB: 2,048
     /// connections with full queues, far more than honest nodes hold at once.
     pub send_budget_bytes: usize,
     /// Longest a write may make no progress: a connection whose peer does not take its bytes for
-    /// this long is closed as a slow reader ([`WsStats::slow_readers`]), and its task, socket and
+    /// this long is closed as a slow reader ([`WsStats::slow_readers`](super::WsStats::slow_readers)), and its task, socket and
     /// slots are released. Default 10 s.
     pub write_timeout: Duration,
     /// Bytes per second a connection must drain while more than
@@ -197,7 +193,7 @@ impl WsConfig {
     /// over a century, a byte backlog too small for one message of the largest size, queues of
     /// more than 2^20 items (`send_backlog`, `event_queue`: the channels under them panic near
     /// `usize::MAX`) and a read buffer over 16 MiB.
-    /// [`WsTransport::bind`] and [`WsTransport::from_listener`] run it.
+    /// [`WsTransport::bind`](super::WsTransport::bind) and [`WsTransport::from_listener`](super::WsTransport::from_listener) run it.
     ///
     /// # Errors
     ///

@@ -1,52 +1,32 @@
-//! One WebSocket connection after its handshake, in one task: reads messages and hands them to the
-//! transport, writes what the transport queued, answers pings and closes, and ends within bounded
-//! time whatever the peer does.
+//! One WebSocket connection's task after its handshake: moves bytes between the socket and the
+//! transport's queues, and sleeps until the next deadline of its [`ConnState`].
 //!
-//! Every wait on the peer has a deadline: a write that makes no progress for
-//! [`WsConfig::write_timeout`], a closing handshake the peer does not finish within
-//! [`WsConfig::close_linger`], silence past two ping intervals. The kill notification beats all of
-//! them.
+//! What to write, when to give up on the peer and how the connection ends are the state's to
+//! say (see `state.rs`); this task owns the socket, the read buffer and the queues. The kill
+//! notification beats every wait.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::channel::{Event, Outbound, Shared};
 use super::frame::{OutFrame, Reader};
 use super::link::Link;
 use super::state::{ConnState, Done, End, MAX_WRITE_QUEUE};
 use super::stats::Counters;
-use super::transport::Event;
 use super::WsConfig;
 use crate::telemetry::{self, SendQueueMeter, Stamp};
-use crate::{CloseReason, Codec, ConnId};
+use crate::{Codec, ConnId};
 
 /// Bytes read in one turn at most before the messages in them are handled.
 const READ_BATCH: usize = 64 * 1024;
 
-/// What the transport and a connection's task share.
-#[derive(Debug, Default)]
-pub(super) struct Shared {
-    /// Ends the task at once, without a closing handshake.
-    pub(super) kill: Notify,
-    /// Payload bytes queued for the connection and not written yet.
-    pub(super) queued: AtomicUsize,
-    /// Whether the transport reported the connection busy (`queued` over half the backlog) and
-    /// has not heard it drained since.
-    pub(super) busy: AtomicBool,
-}
-
-/// What the transport tells a connection task.
-#[derive(Debug)]
-pub(super) enum Outbound {
-    /// A frame, and when the transport queued it.
-    Frame(Bytes, Stamp),
-    Close(CloseReason),
-}
-
+/// What a connection's task works with: its identity, its settings and what it shares with the
+/// transport.
 pub(super) struct Connection<'a> {
     pub(super) conn: ConnId,
     /// The socket's peer, for the logs.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::conn::Outbound;
+use super::channel::Outbound;
 use super::frame::{Incoming, Opcode, OutFrame, Violation};
 use super::WsConfig;
 use crate::{CloseReason, Codec, ProtocolError};

@@ -6,11 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-#[cfg(doc)]
-use super::{WsConfig, WsTransport};
-
 /// Counters of what the WebSocket layer did on its own, for metrics. Get them from
-/// [`WsTransport::stats_handle`]; read them with [`WsStatsHandle::get`].
+/// [`WsTransport::stats_handle`](super::WsTransport::stats_handle); read them with [`WsStatsHandle::get`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WsStats {
@@ -19,9 +16,9 @@ pub struct WsStats {
     pub connection_tasks: u64,
     /// TCP connections accepted.
     pub accepted: u64,
-    /// TCP connections dropped at once because [`WsConfig::max_connections`] were open.
+    /// TCP connections dropped at once because [`WsConfig::max_connections`](super::WsConfig::max_connections) were open.
     pub refused: u64,
-    /// TCP connections dropped at once because [`WsConfig::max_connections_per_ip`] were open
+    /// TCP connections dropped at once because [`WsConfig::max_connections_per_ip`](super::WsConfig::max_connections_per_ip) were open
     /// from the same address.
     pub refused_per_ip: u64,
     /// Connections that failed or timed out before the server accepted their WebSocket upgrade:
@@ -29,25 +26,25 @@ pub struct WsStats {
     /// connection's first frames, so a failure to write it ends the connection like any later
     /// write failure.
     pub failed_handshakes: u64,
-    /// Upgrade requests that [`WsConfig::admission`] refused.
+    /// Upgrade requests that [`WsConfig::admission`](super::WsConfig::admission) refused.
     pub refused_admission: u64,
     /// TCP connections dropped at once because their source opened more than
-    /// [`WsConfig::accept_rate_per_ip`] allows.
+    /// [`WsConfig::accept_rate_per_ip`](super::WsConfig::accept_rate_per_ip) allows.
     pub refused_rate: u64,
     /// Connections ended in their TLS or WebSocket handshake to make room for newer ones (see
-    /// [`WsConfig::max_pending_upgrades`]).
+    /// [`WsConfig::max_pending_upgrades`](super::WsConfig::max_pending_upgrades)).
     pub evicted_handshakes: u64,
     /// Connections closed as slow readers: their send queue was full, a write made no progress
-    /// for [`WsConfig::write_timeout`], or a queue above [`WsConfig::drain_floor`] drained slower
-    /// than [`WsConfig::min_drain_rate`].
+    /// for [`WsConfig::write_timeout`](super::WsConfig::write_timeout), or a queue above [`WsConfig::drain_floor`](super::WsConfig::drain_floor) drained slower
+    /// than [`WsConfig::min_drain_rate`](super::WsConfig::min_drain_rate).
     pub slow_readers: u64,
-    /// Connections ended because together they held more than [`WsConfig::send_budget_bytes`]
+    /// Connections ended because together they held more than [`WsConfig::send_budget_bytes`](super::WsConfig::send_budget_bytes)
     /// queued, the ones holding most first.
     pub shed: u64,
     /// Bytes queued for sending now, by every connection together. A gauge, bounded by
-    /// [`WsConfig::send_budget_bytes`].
+    /// [`WsConfig::send_budget_bytes`](super::WsConfig::send_budget_bytes).
     pub queued_bytes: u64,
-    /// Connections closed for a message over [`WsConfig::max_message_size`].
+    /// Connections closed for a message over [`WsConfig::max_message_size`](super::WsConfig::max_message_size).
     pub oversize: u64,
     /// Connections closed for breaking the WebSocket protocol (unmasked or malformed frames, text
     /// that is not UTF-8, and the like).
@@ -62,7 +59,7 @@ pub struct WsStats {
     pub read_buffer_bytes: u64,
 }
 
-/// A shared view of a [`WsTransport`]'s [`WsStats`], usable after the transport moved into a driver.
+/// A shared view of a [`WsTransport`](super::WsTransport)'s [`WsStats`], usable after the transport moved into a driver.
 #[derive(Debug, Clone, Default)]
 pub struct WsStatsHandle(pub(super) Arc<Counters>);
 
@@ -135,7 +132,7 @@ impl WsStatsHandle {
 
     /// Waits until no connection task is alive: every connection has finished its closing
     /// handshake, or given up on it. Each closing connection ends within
-    /// [`WsConfig::write_timeout`] plus [`WsConfig::close_linger`], so after a
+    /// [`WsConfig::write_timeout`](super::WsConfig::write_timeout) plus [`WsConfig::close_linger`](super::WsConfig::close_linger), so after a
     /// [`DriverHandle::stop`](crate::DriverHandle::stop) this is how a server drains before its
     /// process exits; bound it with your own timeout all the same.
     pub async fn all_ended(&self) {

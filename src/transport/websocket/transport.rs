@@ -2,7 +2,7 @@
 //! send queues and the global send budget; and what the connection tasks report to it.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::accept::accept_loop;
-use super::conn::{Outbound, Shared};
+use super::channel::{ConnHandle, Event, Outbound, Shared};
 use super::stats::Counters;
 use super::{WsConfig, WsStatsHandle};
 use crate::ids::ConnMap;
 use crate::telemetry::{self, SendQueueMeter, Stamp};
 use crate::transport::{Transport, TransportEvent};
-use crate::{CloseReason, Codec, ConfigError, ConnId, TransportError};
+use crate::{CloseReason, ConfigError, ConnId, TransportError};
 
 /// A [`Transport`] that accepts WebSocket connections on a TCP listener.
 ///
@@ -289,27 +289,4 @@ impl Transport for WsTransport {
             self.closing.insert(conn, (handle.shared, handle.dying));
         }
     }
-}
-
-/// What a connection task tells the transport.
-#[derive(Debug)]
-pub(super) enum Event {
-    Opened { conn: ConnId, codec: Codec, addr: IpAddr, handle: ConnHandle },
-    Frame { conn: ConnId, frame: Bytes },
-    Busy { conn: ConnId, busy: bool },
-    Closed { conn: ConnId },
-}
-
-/// The transport's side of one connection.
-#[derive(Debug)]
-pub(super) struct ConnHandle {
-    /// `futures`' channel rather than tokio's: it allocates nothing up front, where tokio's
-    /// preallocates a block of 32 slots, a fair share of an idle connection's memory.
-    pub(super) queue: futures::channel::mpsc::Sender<Outbound>,
-    pub(super) shared: Arc<Shared>,
-    /// The transport gave up on it; its task is ending and will report the close.
-    pub(super) killed: bool,
-    /// What it had queued when it was killed: counted in [`Counters::queued`] until its task
-    /// ends, but already on its way out, so not shed twice.
-    pub(super) dying: usize,
 }
