@@ -1,6 +1,6 @@
 //! Memory the core holds per connection, counted by a global allocator: per connection that
 //! has not announced yet, and per announced node. No I/O; the transport's share is measured by
-//! `examples/loadgen.rs idle` against a running server.
+//! `tools/src/bin/loadgen.rs idle` against a running server.
 //!
 //! `cargo bench --bench memory` prints the figures; `cargo test --benches` runs it small.
 

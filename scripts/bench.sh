@@ -3,12 +3,13 @@
 # processes on loopback and, side by side with the same load, against fresh matchbox_server 0.15
 # processes; appends their JSON summaries to bench-results/ws.jsonl, plots them, and prints the
 # comparison table (scripts/compare.py). Takes about three minutes once built; the first time also
-# builds the examples and installs matchbox_server into bench-tools/ (git-ignored). Needs python3
+# builds the server and the tools and installs matchbox_server into bench-tools/ (git-ignored). Needs python3
 # with matplotlib for the plot (`pip install matplotlib`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --examples
-bin=${CARGO_TARGET_DIR:-target}/release/examples
+cargo build --release --example ws_server -p peer-signal -p peer-signal-tools
+bin=${CARGO_TARGET_DIR:-target}/release
+server=$bin/examples/ws_server
 mbx=bench-tools/bin/matchbox_server
 if [ ! -x "$mbx" ]; then
     # In a temporary target folder of its own: only the binary stays.
@@ -51,7 +52,7 @@ run() {
         # Every load generator connection comes from one of a few loopback addresses: no limits
         # per source.
         # shellcheck disable=SC2086
-        RUST_LOG=off "$bin/ws_server" --listen "$addr" --metrics off \
+        RUST_LOG=off "$server" --listen "$addr" --metrics off \
             --max-connections-per-ip 0 --accepts-per-sec-per-ip 0 $flags > /dev/null 2>&1 &
     fi
     local pid=$!

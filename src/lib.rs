@@ -474,10 +474,14 @@ pub use client::{
 };
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
+/// The WebSocket transport's parsers, for the fuzz targets `frame` and `upgrade`; not part of the API.
+#[cfg(feature = "websocket")]
+#[doc(hidden)]
+pub use transport::ws_fuzzing;
 #[cfg(feature = "websocket")]
 pub use transport::{
-    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
-    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
+    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};

@@ -74,11 +74,11 @@ async fn the_hook_sees_the_path_the_headers_and_the_address_and_picks_the_status
 
 #[tokio::test]
 async fn a_client_of_this_crate_sends_its_token_as_a_header() {
-    use peer_signal::{AsyncClient, NodeInfo, TransportError, WsClient};
+    use peer_signal::{AsyncClient, NodeInfo, WsClient, WsClientError};
     let server = server_with(AdmissionHook::bearer_token("s3cret")).await;
     let url = format!("{}/", base(&server));
     let refused = WsClient::builder(&url).connect().await.err();
-    assert!(matches!(&refused, Some(TransportError::Connect(text)) if text.contains("401")), "{refused:?}");
+    assert!(matches!(&refused, Some(WsClientError::Connect(text)) if text.contains("401")), "{refused:?}");
     let builder = WsClient::builder(&url).codec(Codec::Bincode).header("Authorization", "Bearer s3cret");
     let conn = nodes::within("connect", builder.connect()).await.expect("let in");
     let key = nodes::key(7);
@@ -87,6 +87,6 @@ async fn a_client_of_this_crate_sends_its_token_as_a_header() {
     assert_eq!(node.id(), nodes::id(7));
     let invalid = WsClient::builder(&url).header("Bad Name", "x").connect().await.err();
     assert!(
-        matches!(&invalid, Some(TransportError::Connect(text)) if text.starts_with("invalid header name"))
+        matches!(&invalid, Some(WsClientError::Connect(text)) if text.starts_with("invalid header name"))
     );
 }

@@ -11,7 +11,7 @@ use nodes::{config, key, within};
 use peer_signal::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use peer_signal::{
     AsyncClient, ClientEvent, Codec, Driver, NodeInfo, ServerTls, SignalConfig, SignalServer, TlsRoots,
-    TransportError, WsClient, WsConfig, WsStatsHandle, WsTransport,
+    WsClient, WsClientError, WsConfig, WsStatsHandle, WsTransport,
 };
 use tokio::io::AsyncReadExt;
 use ws::{eventually, exchange, TempFile, WsNode};
@@ -90,7 +90,7 @@ async fn a_client_that_does_not_trust_the_certificate_gets_a_clear_error() {
         let error = within("refusal", WsClient::connect_trusting(&server.url, Codec::Json, &roots))
             .await
             .unwrap_err();
-        let TransportError::Connect(text) = &error else { panic!("{error:?}") };
+        let WsClientError::Connect(text) = &error else { panic!("{error:?}") };
         assert!(text.starts_with("the server's certificate is not trusted: "), "{text}");
     }
     eventually("counted as failed handshakes", || server.stats.get().failed_handshakes == 2).await;

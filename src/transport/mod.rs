@@ -17,9 +17,12 @@ pub(crate) mod memory;
 #[cfg(feature = "websocket")]
 mod websocket;
 #[cfg(feature = "websocket")]
+#[doc(hidden)]
+pub use websocket::fuzzing as ws_fuzzing;
+#[cfg(feature = "websocket")]
 pub use websocket::{
-    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsConfig, WsStats,
-    WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
+    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
 };
 #[cfg(feature = "tls")]
 pub use websocket::{ServerTls, TlsError, TlsRoots};

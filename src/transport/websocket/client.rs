@@ -1,5 +1,5 @@
 //! The node's side of the WebSocket transport: [`WsClient`] over tokio-tungstenite, how it
-//! connects ([`WsClientBuilder`]), and tokio's clock for the client ([`TokioTimer`]).
+//! connects ([`WsClientBuilder`]), and what goes wrong with it ([`WsClientError`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[cfg(feature = "tls")]
 use super::TlsRoots;
-use super::BINCODE_SUBPROTOCOL;
+use super::{TokioTimer, BINCODE_SUBPROTOCOL};
 use crate::client::ClientConnection;
 use crate::{Codec, SignalConfig, TransportError};
 
@@ -54,9 +54,9 @@ impl WsClient {
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] when the server cannot be reached within ten seconds, its
+    /// [`WsClientError::Connect`] when the server cannot be reached within ten seconds, its
     /// certificate is not trusted, or it refuses the upgrade.
-    pub async fn connect(url: &str, codec: Codec) -> Result<Self, TransportError> {
+    pub async fn connect(url: &str, codec: Codec) -> Result<Self, WsClientError> {
         Self::builder(url).codec(codec).connect().await
     }
 
@@ -67,7 +67,7 @@ impl WsClient {
     ///
     /// As [`connect`](Self::connect).
     #[cfg(feature = "tls")]
-    pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, TransportError> {
+    pub async fn connect_trusting(url: &str, codec: Codec, roots: &TlsRoots) -> Result<Self, WsClientError> {
         Self::builder(url).codec(codec).trust(roots.clone()).connect().await
     }
 
@@ -75,7 +75,7 @@ impl WsClient {
     /// The builder can connect again and again, as a client that reconnects does.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), peer_signal::TransportError> {
+    /// # async fn run() -> Result<(), peer_signal::WsClientError> {
     /// use peer_signal::{Codec, WsClient};
     ///
     /// let conn = WsClient::builder("wss://signal.example.org/")
@@ -97,6 +97,29 @@ impl WsClient {
         }
     }
 
+    /// Sends one frame: a text message with [`Codec::Json`], a binary one with
+    /// [`Codec::Bincode`]. [`ClientConnection::send`] is this, with the error as a
+    /// [`TransportError`].
+    ///
+    /// # Errors
+    ///
+    /// [`WsClientError::NotUtf8`] for a JSON frame that is not UTF-8 (nothing is sent),
+    /// [`WsClientError::WriteTimeout`] when the server does not take the frame within ten
+    /// seconds, [`WsClientError::Closed`] once the connection is closed or failed.
+    pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), WsClientError> {
+        let message = if self.codec.is_binary() {
+            Message::Binary(frame)
+        } else {
+            Message::Text(Utf8Bytes::try_from(frame).map_err(|_| WsClientError::NotUtf8)?)
+        };
+        // A server that stops reading must not hold the node forever.
+        match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WsClientError::Closed),
+            Err(_) => Err(WsClientError::WriteTimeout(CLIENT_WRITE_TIMEOUT)),
+        }
+    }
+
     /// Closes the connection with a normal close frame and waits, at most two seconds, for the
     /// server's close frame and the end of the stream.
     pub async fn close(mut self) {
@@ -106,6 +129,39 @@ impl WsClient {
             }
         };
         let _ = tokio::time::timeout(CLIENT_CLOSE_WAIT, handshake).await;
+    }
+}
+
+/// What went wrong with a [`WsClient`].
+///
+/// [`ClientConnection`] and [`Reconnect`](crate::Reconnect) speak [`TransportError`], which
+/// [`AsyncClient`](crate::AsyncClient) sees: a [`Connect`](Self::Connect) stays a
+/// [`TransportError::Connect`] with the same text, and every error of a connection that was open
+/// becomes [`TransportError::Shutdown`], as the end of the connection it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WsClientError {
+    /// The server could not be reached within the timeout, its certificate is not trusted, it
+    /// refused the upgrade or bincode, or a header to send is not valid HTTP.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// A frame to send as text ([`Codec::Json`]) is not UTF-8; nothing was sent.
+    #[error("a text frame is not UTF-8")]
+    NotUtf8,
+    /// The server did not take a frame within this long: it stopped reading.
+    #[error("the server took no frame within {0:?}")]
+    WriteTimeout(Duration),
+    /// The connection is closed, by either side, or failed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+impl From<WsClientError> for TransportError {
+    fn from(error: WsClientError) -> Self {
+        match error {
+            WsClientError::Connect(why) => Self::Connect(why),
+            WsClientError::NotUtf8 | WsClientError::WriteTimeout(_) | WsClientError::Closed => Self::Shutdown,
+        }
     }
 }
 
@@ -176,17 +232,17 @@ impl WsClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] when a header is not valid HTTP, the server cannot be reached
+    /// [`WsClientError::Connect`] when a header is not valid HTTP, the server cannot be reached
     /// within the timeout, its certificate is not trusted, it refuses the upgrade, or it does not
     /// agree to bincode when asked.
-    pub async fn connect(&self) -> Result<WsClient, TransportError> {
-        let connect_error = |e: &dyn std::fmt::Display| TransportError::Connect(e.to_string());
+    pub async fn connect(&self) -> Result<WsClient, WsClientError> {
+        let connect_error = |e: &dyn std::fmt::Display| WsClientError::Connect(e.to_string());
         let mut request = self.url.as_str().into_client_request().map_err(|e| connect_error(&e))?;
         for (name, value) in &self.headers {
             let name = tokio_tungstenite::tungstenite::http::HeaderName::try_from(name.as_str())
-                .map_err(|_| TransportError::Connect(format!("invalid header name {name:?}")))?;
+                .map_err(|_| WsClientError::Connect(format!("invalid header name {name:?}")))?;
             let value = HeaderValue::try_from(value.as_str())
-                .map_err(|_| TransportError::Connect(format!("invalid value for header {name}")))?;
+                .map_err(|_| WsClientError::Connect(format!("invalid value for header {name}")))?;
             request.headers_mut().append(name, value);
         }
         if self.codec.is_binary() {
@@ -196,7 +252,7 @@ impl WsClientBuilder {
         }
         #[cfg(feature = "tls")]
         let connecting = {
-            let config = self.roots.client_config().map_err(|e| TransportError::Connect(e.to_string()))?;
+            let config = self.roots.client_config().map_err(|e| WsClientError::Connect(e.to_string()))?;
             let tls = tokio_tungstenite::Connector::Rustls(config);
             tokio_tungstenite::connect_async_tls_with_config(
                 request,
@@ -213,14 +269,14 @@ impl WsClientBuilder {
         );
         let connected = tokio::time::timeout(self.timeout, connecting)
             .await
-            .map_err(|_| TransportError::Connect(format!("no answer within {:?}", self.timeout)))?;
+            .map_err(|_| WsClientError::Connect(format!("no answer within {:?}", self.timeout)))?;
         let (ws, response) = connected.map_err(|e| match untrusted(&e) {
-            Some(why) => TransportError::Connect(format!("the server's certificate is not trusted: {why}")),
+            Some(why) => WsClientError::Connect(format!("the server's certificate is not trusted: {why}")),
             None => connect_error(&e),
         })?;
         let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         if self.codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
-            return Err(TransportError::Connect("the server does not speak bincode".into()));
+            return Err(WsClientError::Connect("the server does not speak bincode".into()));
         }
         Ok(WsClient { ws, codec: self.codec })
     }
@@ -245,25 +301,7 @@ fn client_config(max_message_size: usize) -> WebSocketConfig {
 #[async_trait]
 impl crate::Reconnect<WsClient> for WsClientBuilder {
     async fn connect(&self) -> Result<WsClient, TransportError> {
-        WsClientBuilder::connect(self).await
-    }
-}
-
-/// tokio's clock for [`AsyncClient::keep_alive`](crate::AsyncClient::keep_alive). It follows
-/// tokio's paused time in tests (`tokio::time::pause`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioTimer;
-
-impl crate::Timer for TokioTimer {
-    fn now(&self) -> std::time::Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(
-        &self,
-        deadline: std::time::Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)))
+        Ok(WsClientBuilder::connect(self).await?)
     }
 }
 
@@ -279,17 +317,9 @@ impl ClientConnection for WsClient {
         self.codec
     }
 
+    /// See [`WsClient::send_frame`]; its errors become [`TransportError::Shutdown`].
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        let message = if self.codec.is_binary() {
-            Message::Binary(frame)
-        } else {
-            Message::Text(Utf8Bytes::try_from(frame).map_err(|_| TransportError::Shutdown)?)
-        };
-        // A server that stops reading must not hold the node forever.
-        match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(TransportError::Shutdown),
-        }
+        Ok(self.send_frame(frame).await?)
     }
 
     fn timer(&self) -> Option<Arc<dyn crate::Timer>> {
@@ -311,5 +341,26 @@ impl ClientConnection for WsClient {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_of_an_open_connection_end_it_for_the_client_and_connect_errors_keep_their_text() {
+        let connect = WsClientError::Connect("no answer within 10s".into());
+        assert_eq!(connect.to_string(), "cannot connect: no answer within 10s");
+        assert_eq!(TransportError::from(connect), TransportError::Connect("no answer within 10s".into()));
+        for error in
+            [WsClientError::NotUtf8, WsClientError::WriteTimeout(CLIENT_WRITE_TIMEOUT), WsClientError::Closed]
+        {
+            assert_eq!(TransportError::from(error), TransportError::Shutdown);
+        }
+        assert_eq!(
+            WsClientError::WriteTimeout(CLIENT_WRITE_TIMEOUT).to_string(),
+            "the server took no frame within 10s"
+        );
     }
 }

@@ -273,6 +273,7 @@ pub(super) enum Opcode {
 
 /// One frame to write: its header inline, its payload shared with whoever else holds it (a
 /// relayed frame is the very buffer the sender's frame arrived in).
+#[derive(Debug)]
 pub(super) struct OutFrame {
     head: [u8; 10],
     head_len: u8,

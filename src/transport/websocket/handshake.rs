@@ -9,8 +9,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::link::Link;
-use super::BINCODE_SUBPROTOCOL;
 use crate::Codec;
+
+/// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
+/// connection speaks JSON in text frames, as fledger nodes do.
+pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
 
 /// Longest request head accepted, in bytes: far more than browsers and fledger nodes send.
 const MAX_HEAD: usize = 8 * 1024;
@@ -50,8 +53,9 @@ pub(super) struct Upgrade {
 ///
 /// Has no deadline of its own: the caller bounds it with the handshake timeout.
 pub(super) async fn read_request(link: &mut Link, buf: &mut BytesMut) -> Result<Upgrade, Refusal> {
+    let mut scan = HeadScan::default();
     let head_len = loop {
-        if let Some(end) = find_head_end(buf) {
+        if let Some(end) = scan.find(buf) {
             break end;
         }
         if buf.len() >= MAX_HEAD {
@@ -88,12 +92,35 @@ pub(super) fn accept(upgrade: &Upgrade) -> Bytes {
     Bytes::from(response)
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+/// The search for the blank line that ends a request head, resumed where the last read left it:
+/// a head that arrives a byte at a time is scanned once, not once per read.
+#[derive(Debug, Default)]
+pub(super) struct HeadScan {
+    /// Bytes of the buffer already searched.
+    scanned: usize,
+    /// Bytes looked at, over every call.
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl HeadScan {
+    /// The length of the head at the start of `buf`, through its blank line, once it is all
+    /// there. `buf` must be the buffer of the previous calls, grown at its end.
+    pub(super) fn find(&mut self, buf: &[u8]) -> Option<usize> {
+        // The blank line may straddle the previous end: look again at its last three bytes.
+        let from = self.scanned.saturating_sub(3).min(buf.len());
+        let rest = buf.get(from..).unwrap_or_default();
+        #[cfg(test)]
+        {
+            self.examined += rest.len();
+        }
+        self.scanned = buf.len();
+        rest.windows(4).position(|w| w == b"\r\n\r\n").map(|at| from + at + 4)
+    }
 }
 
 /// Checks the request head as §4.2.1 requires; the error is the HTTP status to answer with.
-fn parse(head: &[u8]) -> Result<Upgrade, &'static str> {
+pub(super) fn parse(head: &[u8]) -> Result<Upgrade, &'static str> {
     const BAD: &str = "400 Bad Request";
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -198,6 +225,36 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (client, Link::Plain(server))
+    }
+
+    #[test]
+    fn the_head_scan_resumes_where_it_stopped() {
+        let request = format!("{GOOD}X-Padding: {}\r\n\r\nEXTRA", "p".repeat(4000));
+        let head_len = request.len() - "EXTRA".len();
+        // A byte at a time, as a slow client sends it.
+        let mut scan = HeadScan::default();
+        let mut buf = Vec::new();
+        let mut found = None;
+        for byte in request.bytes() {
+            buf.push(byte);
+            found = scan.find(&buf);
+            if found.is_some() {
+                break;
+            }
+        }
+        assert_eq!(found, Some(head_len));
+        // Each byte is looked at once, and the three before each new one again: linear, where a
+        // scan from the start on every read looks at head_len² / 2 bytes (8 million here).
+        assert!(scan.examined <= 4 * head_len, "{} bytes examined for a head of {head_len}", scan.examined);
+        // In one read, and with the blank line split across reads at every point.
+        assert_eq!(HeadScan::default().find(request.as_bytes()), Some(head_len));
+        for split in 0..request.len() {
+            let mut scan = HeadScan::default();
+            let first = scan.find(&request.as_bytes()[..split]);
+            let found = first.or_else(|| scan.find(request.as_bytes()));
+            assert_eq!(found, Some(head_len), "split at {split}");
+        }
+        assert_eq!(HeadScan::default().find(b"GET / HTTP/1.1\r\n\r"), None);
     }
 
     #[tokio::test]

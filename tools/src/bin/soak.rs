@@ -3,13 +3,14 @@
 //! process's resident memory printed at the start, every `--report-secs` and at the end.
 //!
 //! ```sh
-//! cargo run --release --example soak                 # 10 s
-//! cargo run --release --example soak -- --secs 600   # what the README reports
+//! cargo run --release -p peer-signal-tools --bin soak  # 10 s
+//! cargo run --release -p peer-signal-tools --bin soak -- --secs 600   # what the README reports
 //! ```
 //!
 //! Memory that keeps growing while the number of connections stays level would be a leak. The
 //! process exits with an error if any cycle failed or the server still holds connections at the end.
 
+#[path = "../../../examples/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,13 +4,13 @@
 //! ```sh
 //! cargo run --release --example ws_server -- --metrics off --unlimited-rates \
 //!     --max-connections-per-ip 0 --accepts-per-sec-per-ip 0 &
-//! cargo run --release --example loadgen -- relay --pairs 50 --window 8 --secs 10 --server-pid $!
-//! cargo run --release --example loadgen -- join --conns 10000 --server-pid $!
-//! cargo run --release --example loadgen -- idle --conns 10000 --secs 5 --server-pid $!
-//! cargo run --release --example loadgen -- churn --workers 64 --secs 10 --server-pid $!
+//! cargo run --release -p peer-signal-tools --bin loadgen -- relay --pairs 50 --window 8 --secs 10 --server-pid $!
+//! cargo run --release -p peer-signal-tools --bin loadgen -- join --conns 10000 --server-pid $!
+//! cargo run --release -p peer-signal-tools --bin loadgen -- idle --conns 10000 --secs 5 --server-pid $!
+//! cargo run --release -p peer-signal-tools --bin loadgen -- churn --workers 64 --secs 10 --server-pid $!
 //!
 //! matchbox_server 127.0.0.1:3536 &
-//! cargo run --release --example loadgen -- --protocol matchbox --server 127.0.0.1:3536 \
+//! cargo run --release -p peer-signal-tools --bin loadgen -- --protocol matchbox --server 127.0.0.1:3536 \
 //!     relay --pairs 50 --window 8 --secs 10 --server-pid $!
 //! ```
 //!

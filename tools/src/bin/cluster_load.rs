@@ -3,9 +3,9 @@
 //!
 //! ```sh
 //! # Redis and two instances, then:
-//! cargo run --release --example cluster_load -- relay --url ws://127.0.0.1:8765 --url ws://127.0.0.1:8766 --pid <a>,<b>,<redis>
-//! cargo run --release --example cluster_load -- join  --url ws://127.0.0.1:8765 --pid <a>,<redis>
-//! cargo run --release --example cluster_load -- idle  --url ws://127.0.0.1:8765 --count 20000 --pid <a>
+//! cargo run --release -p peer-signal-tools --bin cluster_load -- relay --url ws://127.0.0.1:8765 --url ws://127.0.0.1:8766 --pid <a>,<b>,<redis>
+//! cargo run --release -p peer-signal-tools --bin cluster_load -- join  --url ws://127.0.0.1:8765 --pid <a>,<redis>
+//! cargo run --release -p peer-signal-tools --bin cluster_load -- idle  --url ws://127.0.0.1:8765 --count 20000 --pid <a>
 //! ```
 //!
 //! Only loopback addresses are meant: every loop is bounded by `--secs` or `--count`.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use ed25519_dalek::SigningKey;
+use peer_signal::ed25519_dalek::SigningKey;
 use peer_signal::{AsyncClient, ClientEvent, Codec, NodeInfo, PeerInfo, PeerMessage, WsClient};
 
 #[derive(Parser, Debug)]
