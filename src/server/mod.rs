@@ -15,9 +15,9 @@ mod io;
 mod policy;
 mod rate;
 mod sources;
+mod timers;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -55,6 +55,7 @@ pub use rate::RateLimit;
 pub(crate) use sources::source_of;
 use sources::Sources;
 pub use sources::WhenFull;
+use timers::Timers;
 
 /// The signalling server as a state machine: no sockets, no clock, no threads.
 ///
@@ -68,9 +69,8 @@ pub struct SignalServer {
     conns: ConnMap<Conn>,
     /// The announced nodes, and the lists drawn from them.
     directory: Directory,
-    /// One entry per connection at its `armed` deadline, plus stale entries of closed or re-armed
-    /// connections, which `arm` sweeps out before they outnumber the live ones.
-    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// The connections' deadlines: an entry per connection at its `armed` deadline, and stale ones.
+    timers: Timers,
     /// Connections that have not announced, oldest first: the first makes room when the table is
     /// full.
     pending: BTreeMap<u64, ConnId>,
@@ -121,7 +121,7 @@ impl SignalServer {
             rng,
             conns: ConnMap::default(),
             directory: Directory::default(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             pending: BTreeMap::new(),
             next_seq: 0,
             push: PendingPush::default(),
@@ -211,7 +211,7 @@ impl SignalServer {
         if self.stopped {
             return None;
         }
-        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let timer = self.timers.next();
         match (timer, self.push.due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -679,11 +679,7 @@ impl SignalServer {
     }
 
     fn handle_tick(&mut self, now: Instant) {
-        while let Some(&Reverse((at, conn))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, conn)) = self.timers.pop_due(now) {
             let Some(c) = self.conns.get_mut(&conn) else { continue };
             if c.armed != at {
                 continue; // A stale entry: the connection was re-armed, or the id reused.
@@ -731,15 +727,10 @@ impl SignalServer {
         }
     }
 
-    /// Adds `conn`'s timer entry at `at`, which must be its new `armed`. Closed and re-armed
-    /// connections leave stale entries behind, and a host may feed many inputs between ticks (or
-    /// none at all): once stale entries outnumber live ones, the heap is rebuilt from the live
-    /// ones. The rebuild costs O(live + stale), paid for by the stale entries' own pushes.
+    /// Adds `conn`'s timer entry at `at`, which must be its new `armed`.
     fn arm(&mut self, at: Instant, conn: ConnId) {
-        self.timers.push(Reverse((at, conn)));
-        if self.timers.len() > self.conns.len().saturating_mul(2).saturating_add(1024) {
-            self.timers = self.conns.iter().map(|(&conn, c)| Reverse((c.armed, conn))).collect();
-        }
+        let conns = &self.conns;
+        self.timers.arm(at, conn, conns.len(), || conns.iter().map(|(&conn, c)| (c.armed, conn)));
     }
 
     /// Answers a peer's mistake with an `Error`, and closes the connection at `max_errors`.
