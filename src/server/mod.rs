@@ -3,8 +3,9 @@
 //! This file is the protocol itself, the state machine: what a frame means, who may announce,
 //! where a `PeerSetup` goes, what the application's commands do. The parts it composes own
 //! their data in their own files: `directory` (the nodes announced here and the lists drawn
-//! from them), `sources` (open connections by source address), `rate` (token buckets), and for a
-//! cluster [`ClusterState`](crate::cluster::state::ClusterState) beside the backplanes. `config`
+//! from them), `sources` (open connections by source address), `rate` (token buckets), `timers`
+//! (the connections' deadlines), and for a cluster
+//! [`ClusterState`](crate::cluster::state::ClusterState) beside the backplanes. `config`
 //! holds the settings, `io` the inputs, outputs and counters, `control` the application's
 //! commands, `policy` the application's say on announces.
 
