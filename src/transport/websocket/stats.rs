@@ -122,12 +122,12 @@ impl WsStatsHandle {
     /// Sets the transport's metrics (feature `metrics`) to its counters now: the gauges
     /// `peer_signal_ws_connection_tasks` and `peer_signal_ws_read_buffer_bytes`, and the
     /// `peer_signal_ws_*_total` counters, one for each counter of [`WsStats`] (refusals as
-    /// `peer_signal_ws_refused_total{reason="max_connections"|"max_connections_per_ip"|"admission"}`).
+    /// `peer_signal_ws_refused_total{reason="max_connections"|"max_connections_per_ip"|"admission"|"accept_rate_per_ip"}`).
     /// Call it before each scrape (or on a timer, for an exporter that pushes). The histogram
     /// `peer_signal_ws_send_queue_seconds` needs no call: connections record it as they write.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        crate::telemetry::publish_ws(&self.get());
+        publish(&self.get());
     }
 
     /// Waits until no connection task is alive: every connection has finished its closing
@@ -162,4 +162,78 @@ impl Drop for TaskGuard {
             self.0.all_ended.notify_waiters();
         }
     }
+}
+
+/// Sets the `peer_signal_ws_*` metrics to a snapshot of the WebSocket transport's counters.
+#[cfg(feature = "metrics")]
+fn publish(ws: &WsStats) {
+    use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        describe_gauge!(
+            "peer_signal_ws_connection_tasks",
+            "WebSocket connection tasks alive: in the handshake, open or closing."
+        );
+        describe_gauge!(
+            "peer_signal_ws_read_buffer_bytes",
+            Unit::Bytes,
+            "Bytes held in read buffers by every connection together."
+        );
+        describe_counter!("peer_signal_ws_accepted_total", "TCP connections accepted.");
+        describe_counter!(
+            "peer_signal_ws_refused_total",
+            "Connections refused before the WebSocket handshake finished, by the limit that refused them."
+        );
+        describe_counter!(
+            "peer_signal_ws_failed_handshakes_total",
+            "TLS or WebSocket handshakes that failed or timed out."
+        );
+        describe_counter!(
+            "peer_signal_ws_slow_readers_total",
+            "Connections closed for reading too slowly (full queue or write timeout)."
+        );
+        describe_gauge!(
+            "peer_signal_ws_queued_bytes",
+            Unit::Bytes,
+            "Bytes queued for sending by every connection together."
+        );
+        describe_counter!(
+            "peer_signal_ws_shed_total",
+            "Connections ended because all queues together exceeded the send budget."
+        );
+        describe_counter!(
+            "peer_signal_ws_evicted_handshakes_total",
+            "Connections ended in their handshake to make room for newer ones."
+        );
+        describe_counter!("peer_signal_ws_oversize_total", "Connections closed for an oversize message.");
+        describe_counter!(
+            "peer_signal_ws_protocol_violations_total",
+            "Connections closed for breaking the WebSocket protocol."
+        );
+        describe_counter!(
+            "peer_signal_ws_ping_timeouts_total",
+            "Connections closed for silence past two pings."
+        );
+        describe_counter!(
+            "peer_signal_ws_clean_closes_total",
+            "Connections whose closing handshake completed."
+        );
+    });
+    gauge!("peer_signal_ws_connection_tasks").set(ws.connection_tasks as f64);
+    gauge!("peer_signal_ws_read_buffer_bytes").set(ws.read_buffer_bytes as f64);
+    counter!("peer_signal_ws_accepted_total").absolute(ws.accepted);
+    counter!("peer_signal_ws_refused_total", "reason" => "max_connections").absolute(ws.refused);
+    counter!("peer_signal_ws_refused_total", "reason" => "max_connections_per_ip")
+        .absolute(ws.refused_per_ip);
+    counter!("peer_signal_ws_refused_total", "reason" => "admission").absolute(ws.refused_admission);
+    counter!("peer_signal_ws_refused_total", "reason" => "accept_rate_per_ip").absolute(ws.refused_rate);
+    gauge!("peer_signal_ws_queued_bytes").set(ws.queued_bytes as f64);
+    counter!("peer_signal_ws_shed_total").absolute(ws.shed);
+    counter!("peer_signal_ws_evicted_handshakes_total").absolute(ws.evicted_handshakes);
+    counter!("peer_signal_ws_failed_handshakes_total").absolute(ws.failed_handshakes);
+    counter!("peer_signal_ws_slow_readers_total").absolute(ws.slow_readers);
+    counter!("peer_signal_ws_oversize_total").absolute(ws.oversize);
+    counter!("peer_signal_ws_protocol_violations_total").absolute(ws.protocol_violations);
+    counter!("peer_signal_ws_ping_timeouts_total").absolute(ws.ping_timeouts);
+    counter!("peer_signal_ws_clean_closes_total").absolute(ws.clean_closes);
 }
