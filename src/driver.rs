@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use web_time::Instant;
 
 use futures::channel::{mpsc, oneshot};
 use futures::stream::{FusedStream, Stream, StreamExt};

@@ -2,7 +2,9 @@
 //! and the deadline arithmetic they make safe: used by the core's, the cluster's and the
 //! transports' settings alike, so that none of them depends on another's module.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::error::ConfigError;
 

@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 #[cfg(all(feature = "metrics", feature = "websocket"))]
-use std::time::Instant;
+use web_time::Instant;
 
 use crate::error::ProtocolError;
 use crate::ids::ConnId;
@@ -403,7 +403,7 @@ pub struct LogThrottle {
 #[cfg(feature = "tracing")]
 #[derive(Debug)]
 struct Window {
-    start: std::time::Instant,
+    start: web_time::Instant,
     passed: u32,
     suppressed: u64,
 }
@@ -440,7 +440,7 @@ impl LogThrottle {
     /// Whether a line of `kind` may go out at `now`. Kinds are meant to be a few names fixed in
     /// the code (a reason, an event), not text from peers: each has its own budget, kept for
     /// the throttle's life.
-    pub fn admit(&self, kind: &'static str, now: std::time::Instant) -> LogAdmit {
+    pub fn admit(&self, kind: &'static str, now: web_time::Instant) -> LogAdmit {
         let mut kinds = self.kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let index = match kinds.iter().position(|(k, _)| *k == kind) {
             Some(index) => index,
@@ -576,7 +576,7 @@ pub(crate) mod ws {
     /// to `debug`, and the next line at `info` carries their count as `suppressed`.
     pub(crate) fn refused(peer: SocketAddr, client: IpAddr, why: &'static str) {
         #[cfg(feature = "tracing")]
-        match REFUSALS.admit(why, std::time::Instant::now()) {
+        match REFUSALS.admit(why, web_time::Instant::now()) {
             super::LogAdmit::Pass { suppressed: 0 } => {
                 tracing::info!(target: WS, peer = %peer, client = %client, reason = why, "connection refused: {why}")
             }

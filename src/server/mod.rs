@@ -21,7 +21,9 @@ mod timers;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use bytes::Bytes;
 use rand_chacha::ChaCha20Rng;

@@ -1,6 +1,6 @@
 //! Token buckets for [`SignalConfig::frame_rate`] and [`SignalConfig::byte_rate`].
 
-use std::time::Instant;
+use web_time::Instant;
 
 #[cfg(doc)]
 use super::{SignalConfig, SignalServer};

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use web_time::Instant;
 
 use crate::ids::ConnId;
 
