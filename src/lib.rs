@@ -161,7 +161,7 @@
 //!
 //! | Limit | Default | Bounds |
 //! |---|---|---|
-//! | [`SignalConfig::max_connections`] | 100,000 | open connections |
+//! | [`SignalConfig::max_connections`] | 100,000 | open connections; when all are announced nodes, [`SignalConfig::when_full`] makes room by closing the idlest node of the source (IPv4 address, IPv6 /56) that holds most |
 //! | [`SignalConfig::max_pending_handshakes`] | 16,384 | connections that have not announced (the oldest makes room for a newcomer) |
 //! | [`SignalConfig::handshake_timeout`] | 10 s | time to announce |
 //! | [`SignalConfig::ttl`] | 120 s | silence of an announced node |
@@ -176,12 +176,16 @@
 //! | [`SignalConfig::max_list_len`] | 100 | nodes in one `ListIDsReply` |
 //! | [`SignalConfig::max_send_backlog`] | 256 frames | a connection's send queue in a transport (relays to it pause at half, see [`SignalIn::Busy`]) |
 //! | [`SignalConfig::list_push_fanout`] | 16 | frames one push of joins costs |
-//! | `WsConfig::max_connections` | as `max_connections` | TCP connections, in the WebSocket handshake or not |
-//! | `WsConfig::max_connections_per_ip` | none | TCP connections from one IPv4 address or IPv6 /64 |
+//! | `WsConfig::max_connections` | `max_connections` + `max_pending_upgrades` | TCP connections, in the WebSocket handshake or not |
+//! | `WsConfig::max_connections_per_ip` | 256 | TCP connections from one source: an IPv4 address or an IPv6 /56 (`ipv6_source_prefix`) |
+//! | `WsConfig::accept_rate_per_ip` | 32/s, bursts of 128 | new connections from one source |
+//! | `WsConfig::max_pending_upgrades` | 4,096 | connections in their TLS or WebSocket handshake (the oldest makes room) |
 //! | `WsConfig::handshake_timeout` | 10 s | time to complete the WebSocket handshake |
 //! | `WsConfig::max_message_size` | `max_frame_size` | one WebSocket message, however fragmented (close 1009 above it) |
-//! | `WsConfig::send_backlog_bytes` | 1 MiB | bytes queued for one connection (busy past half, closed above) |
+//! | `WsConfig::send_backlog_bytes` | 256 KiB | bytes queued for one connection (busy past half: no relays to it, no list replies to it; closed above) |
+//! | `WsConfig::send_budget_bytes` | 512 MiB | bytes queued for all connections together (the largest holders are shed) |
 //! | `WsConfig::write_timeout` | 10 s | a write that makes no progress (then closed as a slow reader) |
+//! | `WsConfig::min_drain_rate`, `drain_floor` | 4 KiB/s above 16 KiB | a queue that drains too slowly over a write timeout |
 //! | `WsConfig::close_linger` | 1 s | wait for the peer's close frame after the server's |
 //! | `WsConfig::ping_interval` | 30 s | silence, even of a pong, lasting two intervals |
 //! | `WsConfig::read_buffer_size` | 4 KiB | bytes read at a time; an idle connection holds no read buffer |
