@@ -226,3 +226,34 @@ async fn websocket_queues_and_buffers_that_would_panic_are_refused_naming_the_fi
         assert_eq!(error.to_string(), text);
     }
 }
+
+#[test]
+fn redis_settings_that_would_panic_are_refused_naming_the_field() {
+    use peer_signal::RedisConfig;
+    let checks: [(RedisConfig, &str); 5] = [
+        (
+            RedisConfig::default().with_presence_ttl(Duration::MAX),
+            "presence_ttl (18446744073709551615.999999999s) must be at most a century",
+        ),
+        (
+            RedisConfig::default().with_heartbeat(CENTURY + Duration::from_secs(1)),
+            "heartbeat (3153600001s) must be at most a century",
+        ),
+        (
+            RedisConfig::default().with_sample_interval(Duration::MAX),
+            "sample_interval (18446744073709551615.999999999s) must be at most a century",
+        ),
+        (
+            RedisConfig::default().with_command_timeout(Duration::MAX),
+            "command_timeout (18446744073709551615.999999999s) must be at most a century",
+        ),
+        (
+            RedisConfig::default().with_max_events(usize::MAX),
+            "max_events (18446744073709551615) must be at most 1048576",
+        ),
+    ];
+    for (config, text) in checks {
+        assert_eq!(config.validate().unwrap_err().to_string(), text);
+    }
+    assert!(RedisConfig::default().validate().is_ok());
+}

@@ -166,9 +166,9 @@ impl RedisConfig {
     ///
     /// The first refused setting, as a [`ConfigError`] that names it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use crate::limits::nonzero;
-        nonzero("presence_ttl", self.presence_ttl)?;
-        nonzero("heartbeat", self.heartbeat)?;
+        use crate::limits::{at_most, duration, nonzero, MAX_QUEUE};
+        duration("presence_ttl", self.presence_ttl)?;
+        duration("heartbeat", self.heartbeat)?;
         if self.heartbeat >= self.presence_ttl {
             return Err(ConfigError::Below {
                 field: "presence_ttl",
@@ -177,12 +177,14 @@ impl RedisConfig {
                 other_value: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
             });
         }
-        nonzero("sample_interval", self.sample_interval)?;
+        duration("sample_interval", self.sample_interval)?;
         nonzero("max_sample", self.max_sample)?;
-        nonzero("command_timeout", self.command_timeout)?;
+        duration("command_timeout", self.command_timeout)?;
         nonzero("max_queue", self.max_queue)?;
         nonzero("max_queue_bytes", self.max_queue_bytes)?;
         nonzero("max_events", self.max_events)?;
+        // The events' channel allocates its slots' index up front and panics far below usize::MAX.
+        at_most("max_events", self.max_events, MAX_QUEUE)?;
         nonzero("max_event_bytes", self.max_event_bytes)?;
         nonzero("max_message_size", self.max_message_size)?;
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
