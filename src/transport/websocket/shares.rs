@@ -72,11 +72,20 @@ pub(super) struct AcceptRate {
     /// not know are let through uncounted (`max_connections` still holds them).
     buckets: HashMap<IpAddr, (f64, Instant)>,
     max_sources: usize,
+    /// When the full table was last swept. A sweep visits every entry, so it runs at most once
+    /// per [`SWEEP_EVERY`]: otherwise every connection from a new source would cost a scan of
+    /// the whole table while it is full.
+    swept: Option<Instant>,
+    /// Sweeps so far, for the tests.
+    sweeps: u64,
 }
+
+/// How often a full table of accept rates may be swept, at most.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AcceptRate {
     pub(super) fn new(per_sec: u32, burst: u32, v6_prefix: u8, max_sources: usize) -> Self {
-        Self { per_sec, burst, v6_prefix, buckets: HashMap::new(), max_sources }
+        Self { per_sec, burst, v6_prefix, buckets: HashMap::new(), max_sources, swept: None, sweeps: 0 }
     }
 
     fn level(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
@@ -88,11 +97,14 @@ impl AcceptRate {
     pub(super) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let key = source_of(ip, self.v6_prefix);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_sources {
-            let burst = f64::from(self.burst);
-            let (per_sec, max) = (f64::from(self.per_sec), burst);
-            self.buckets.retain(|_, (tokens, since)| {
-                *tokens + now.saturating_duration_since(*since).as_secs_f64() * per_sec < max
-            });
+            if self.swept.is_none_or(|swept| now.saturating_duration_since(swept) >= SWEEP_EVERY) {
+                let (per_sec, max) = (f64::from(self.per_sec), f64::from(self.burst));
+                self.buckets.retain(|_, (tokens, since)| {
+                    *tokens + now.saturating_duration_since(*since).as_secs_f64() * per_sec < max
+                });
+                self.swept = Some(now);
+                self.sweeps += 1;
+            }
             if self.buckets.len() >= self.max_sources {
                 return true;
             }
@@ -233,6 +245,26 @@ mod tests {
         assert_eq!(rate.buckets.len(), 4);
         // A second later they have refilled and are forgotten, making room.
         assert!(rate.allow(IpAddr::from([198, 51, 100, 1]), t0 + Duration::from_secs(2)));
+        assert_eq!(rate.buckets.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second_however_many_new_sources_come() {
+        let mut rate = AcceptRate::new(1, 1, 56, 4);
+        let t0 = Instant::now();
+        for i in 0..4u8 {
+            assert!(rate.allow(IpAddr::from([192, 0, 2, i]), t0));
+        }
+        // A thousand new sources within the second: one sweep, each let through uncounted.
+        for i in 0..1000u16 {
+            let [a, b] = i.to_be_bytes();
+            assert!(rate.allow(IpAddr::from([198, 51, a, b]), t0 + Duration::from_millis(u64::from(i % 900))));
+        }
+        assert_eq!(rate.sweeps, 1);
+        assert_eq!(rate.buckets.len(), 4);
+        // A second later the next sweep forgets the refilled buckets.
+        assert!(rate.allow(IpAddr::from([203, 0, 113, 1]), t0 + Duration::from_secs(2)));
+        assert_eq!(rate.sweeps, 2);
         assert_eq!(rate.buckets.len(), 1);
     }
 
