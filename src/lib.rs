@@ -478,6 +478,10 @@ pub use client::{
 };
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
+pub use transport::peer_link::{
+    link_codec, link_protocol, LinkClient, LinkConfig, LinkError, LinkHost, LinkInbound, LinkOutbound,
+    LinkTransport, LINK_BINCODE, LINK_LABEL,
+};
 /// The WebSocket transport's parsers, for the fuzz targets `frame` and `upgrade`; not part of the API.
 #[cfg(feature = "websocket")]
 #[doc(hidden)]

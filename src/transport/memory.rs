@@ -6,32 +6,17 @@ use std::fmt;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{self, AbortHandle, BoxStream, SelectAll, StreamExt};
+use futures::StreamExt;
 
 use crate::client::ClientConnection;
 use crate::codec::Codec;
 use crate::error::TransportError;
-use crate::ids::ConnMap;
 use crate::server::{CloseReason, ConnId, SignalConfig};
+use crate::transport::hub::{Arrival, Hub};
 use crate::transport::{Transport, TransportEvent};
-
-/// A connection on its way from [`MemoryConnector::connect`] to the transport.
-struct Accepted {
-    conn: ConnId,
-    codec: Codec,
-    from_client: flume::Receiver<Bytes>,
-    to_client: flume::Sender<Bytes>,
-}
-
-/// The transport's end of an open connection. Its inbound half lives in `MemoryTransport::inbound`.
-struct Link {
-    to_client: flume::Sender<Bytes>,
-    inbound: AbortHandle,
-}
 
 /// The server side of the in-memory adapter: a [`Transport`] whose peers are [`MemoryClient`]s
 /// in the same process.
@@ -77,22 +62,12 @@ struct Link {
 /// # }).unwrap();
 /// ```
 pub struct MemoryTransport {
-    accept: flume::r#async::RecvStream<'static, Accepted>,
-    accepting: bool,
-    /// Each connection's frames, then one `None` when its stream ends.
-    inbound: SelectAll<BoxStream<'static, (ConnId, Option<Bytes>)>>,
-    links: ConnMap<Link>,
-    /// Alternates which source is polled first, so neither a connect storm nor a frame storm
-    /// starves the other.
-    accept_first: bool,
+    hub: Hub<flume::Sender<Bytes>>,
 }
 
 impl fmt::Debug for MemoryTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryTransport")
-            .field("connections", &self.links.len())
-            .field("accepting", &self.accepting)
-            .finish_non_exhaustive()
+        f.debug_struct("MemoryTransport").field("connections", &self.hub.len()).finish_non_exhaustive()
     }
 }
 
@@ -113,78 +88,14 @@ impl MemoryTransport {
     pub fn with_capacity(capacity: usize) -> (Self, MemoryConnector) {
         let capacity = capacity.clamp(1, crate::limits::MAX_QUEUE);
         let (accept_tx, accept_rx) = flume::bounded(capacity);
-        let transport = Self {
-            accept: accept_rx.into_stream(),
-            accepting: true,
-            inbound: SelectAll::new(),
-            links: ConnMap::default(),
-            accept_first: false,
-        };
+        let transport = Self { hub: Hub::new(accept_rx.into_stream().boxed()) };
         let connector = MemoryConnector { accept: accept_tx, next_id: Arc::new(AtomicU64::new(1)), capacity };
         (transport, connector)
     }
 
     /// Connections accepted and not closed yet.
     pub fn connections(&self) -> usize {
-        self.links.len()
-    }
-
-    fn disconnect(&mut self, conn: ConnId) {
-        // Dropping the sender lets the client read what is queued, then see the end. Aborting the
-        // inbound stream drops its receiver, so the client's sends fail, and yields the one
-        // `Closed` for this connection.
-        if let Some(link) = self.links.remove(&conn) {
-            link.inbound.abort();
-        }
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
-        self.accept_first = !self.accept_first;
-        if self.accept_first {
-            if let Poll::Ready(event) = self.poll_accept(cx) {
-                return Poll::Ready(Some(event));
-            }
-        }
-        match self.inbound.poll_next_unpin(cx) {
-            Poll::Ready(Some((conn, Some(frame)))) => {
-                return Poll::Ready(Some(TransportEvent::Frame { conn, frame }))
-            }
-            Poll::Ready(Some((conn, None))) => {
-                self.links.remove(&conn);
-                return Poll::Ready(Some(TransportEvent::Closed { conn }));
-            }
-            // No connection at all; SelectAll registered no waker, but the accept queue did.
-            Poll::Ready(None) | Poll::Pending => {}
-        }
-        if !self.accept_first {
-            if let Poll::Ready(event) = self.poll_accept(cx) {
-                return Poll::Ready(Some(event));
-            }
-        }
-        if !self.accepting && self.inbound.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    }
-
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<TransportEvent> {
-        if !self.accepting {
-            return Poll::Pending;
-        }
-        match self.accept.poll_next_unpin(cx) {
-            Poll::Ready(Some(Accepted { conn, codec, from_client, to_client })) => {
-                let (frames, inbound) = stream::abortable(from_client.into_stream());
-                let frames = frames.map(move |frame| (conn, Some(frame))).chain(stream::iter([(conn, None)]));
-                self.inbound.push(frames.boxed());
-                self.links.insert(conn, Link { to_client, inbound });
-                Poll::Ready(TransportEvent::Opened { conn, codec, addr: None })
-            }
-            Poll::Ready(None) => {
-                self.accepting = false;
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.hub.len()
     }
 }
 
@@ -192,25 +103,20 @@ impl MemoryTransport {
 impl Transport for MemoryTransport {
     async fn next_event(&mut self) -> Option<TransportEvent> {
         // Cancel-safe: state changes only in the poll that returns the event.
-        poll_fn(|cx| self.poll_event(cx)).await
+        poll_fn(|cx| self.hub.poll_event(cx)).await
     }
 
     fn try_next_event(&mut self) -> Option<TransportEvent> {
-        // A pending poll leaves nothing behind: the driver polls again, with its own waker,
-        // before it waits.
-        match self.poll_event(&mut Context::from_waker(futures::task::noop_waker_ref())) {
-            Poll::Ready(event) => event,
-            Poll::Pending => None,
-        }
+        self.hub.try_event()
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
-        let Some(link) = self.links.get(&conn) else { return Err(TransportError::Closed(conn)) };
-        match link.to_client.try_send(frame) {
+        let Some(to_client) = self.hub.link(conn) else { return Err(TransportError::Closed(conn)) };
+        match to_client.try_send(frame) {
             Ok(()) => Ok(()),
             // Full: a slow reader, closed rather than buffered.
             Err(flume::TrySendError::Full(_)) => {
-                self.disconnect(conn);
+                self.hub.disconnect(conn);
                 Err(TransportError::Closed(conn))
             }
             // Disconnected: the client is gone. Its inbound stream still yields the frames it sent
@@ -221,7 +127,9 @@ impl Transport for MemoryTransport {
 
     fn close(&mut self, conn: ConnId, _reason: CloseReason) {
         // A channel has no close code; the core sent the reason as an `Error` frame already.
-        self.disconnect(conn);
+        // Dropping the sender lets the client read what is queued, then see the end; no longer
+        // reading the client makes its sends fail.
+        self.hub.disconnect(conn);
     }
 }
 
@@ -229,7 +137,7 @@ impl Transport for MemoryTransport {
 /// every connector is dropped and every connection closed.
 #[derive(Clone)]
 pub struct MemoryConnector {
-    accept: flume::Sender<Accepted>,
+    accept: flume::Sender<Arrival<flume::Sender<Bytes>>>,
     next_id: Arc<AtomicU64>,
     capacity: usize,
 }
@@ -252,7 +160,7 @@ impl MemoryConnector {
         let (to_server, from_client) = flume::bounded(self.capacity);
         let (to_client, from_server) = flume::bounded(self.capacity);
         self.accept
-            .send_async(Accepted { conn, codec, from_client, to_client })
+            .send_async(Arrival { conn, codec, frames: from_client.into_stream().boxed(), link: to_client })
             .await
             .map_err(|_| TransportError::Shutdown)?;
         Ok(MemoryClient { conn, codec, to_server, from_server })

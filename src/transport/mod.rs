@@ -13,7 +13,9 @@ use crate::codec::Codec;
 use crate::error::TransportError;
 use crate::server::{CloseReason, ConnId, SignalIn};
 
+mod hub;
 pub(crate) mod memory;
+pub(crate) mod peer_link;
 #[cfg(feature = "websocket")]
 mod websocket;
 #[cfg(feature = "websocket")]

@@ -1,0 +1,298 @@
+//! Hosted signalling: the same server over peer links.
+//!
+//! A node that has links to neighbours (WebRTC data channels, QUIC streams, test channels) can
+//! host signalling for them: [`LinkTransport`] is a [`Transport`](crate::Transport) whose
+//! connections are those links, driven with an unchanged [`SignalServer`](crate::SignalServer).
+//! A neighbour signs in over its link with a [`LinkClient`], exactly as at a WebSocket server.
+//! If A and B are linked, and B and C, then A and C set up a connection of their own through B,
+//! with no server left.
+//!
+//! ```text
+//!   node A                          node B (hosts)                      node C
+//!   AsyncClient ─data channel─► LinkTransport + SignalServer ◄─data channel─ AsyncClient
+//!   (LinkClient)  "signal"                                      "signal"   (LinkClient)
+//! ```
+//!
+//! # The framing on a link
+//!
+//! Written down so that another implementation can speak it:
+//!
+//! - **The channel.** A WebRTC data channel labelled [`LINK_LABEL`] (`"signal"`), ordered and
+//!   reliable (the defaults: no `maxRetransmits`, no `maxPacketLifeTime`), negotiated in band
+//!   (not `negotiated: true`). Any other ordered, reliable message channel works the same way.
+//! - **Who opens it.** The node that wants to use a neighbour's signalling opens the channel; the
+//!   neighbour that receives it hosts, and attaches it to its server. Two neighbours that each
+//!   use the other's signalling open one channel each: the two never mix.
+//! - **The codec.** The channel's `protocol` names it: empty for JSON, [`LINK_BINCODE`]
+//!   (`"peer-signal-bincode"`) for bincode ([`link_codec`] reads it).
+//! - **Messages.** One protocol v3 message per channel message, exactly the frames of a WebSocket
+//!   connection: JSON as text messages, bincode as binary messages. A receiver takes JSON in a
+//!   binary message too. The host speaks first (`Challenge`), as a WebSocket server does.
+//! - **Closing.** Either side closes the channel. A closed channel is a close like any other:
+//!   the host forgets the node, the node's client reports the connection closed.
+//!
+//! # Bounds and deadlines
+//!
+//! [`LinkConfig`] bounds the links a host attaches, and each link's queues both ways in frames
+//! and bytes, and all links' bytes together. A neighbour that floods its link, or sends a frame
+//! over [`LinkConfig::max_frame_size`], has the link ended by [`LinkInbound::deliver`]; an adapter
+//! that does not take the server's frames has its link closed as a slow reader. The server's
+//! deadlines (sign-in, idle TTL) apply to links as to sockets; an adapter bounds its own channel's
+//! send buffer (a data channel's `bufferedAmount`) and closes the channel when it stays full.
+//!
+//! # What a relaying neighbour can do
+//!
+//! A hosting node reads and could change every set-up message it relays, exactly as a signalling
+//! server can, including the DTLS fingerprints in the SDP. Relay only through neighbours you
+//! would trust as your signalling server.
+//!
+//! # Writing an adapter
+//!
+//! One link is two ends, from [`LinkHost::attach`] on the hosting side or [`LinkClient::new`] on
+//! the using side, and the adapter joins them to its channel:
+//!
+//! - every message the channel receives goes to [`LinkInbound::deliver`], which never waits; an
+//!   error ends the link (close the channel);
+//! - a task sends what [`LinkOutbound::recv`] returns on the channel, as text for JSON and binary
+//!   for bincode; `None` means the link is over: close the channel;
+//! - when the channel closes, drop both ends.
+
+mod client;
+mod host;
+mod pipe;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use client::LinkClient;
+use host::Slot;
+pub use host::{LinkHost, LinkTransport};
+use pipe::{PipeRx, PipeTx, Refused};
+
+use crate::codec::Codec;
+use crate::error::ConfigError;
+use crate::limits::{at_most, nonzero, MAX_QUEUE};
+use crate::server::SignalConfig;
+
+/// The label of the data channel that carries signalling between neighbours.
+pub const LINK_LABEL: &str = "signal";
+
+/// The data channel `protocol` of a link whose frames are bincode; an empty protocol is JSON.
+pub const LINK_BINCODE: &str = "peer-signal-bincode";
+
+/// The codec a data channel's `protocol` names: JSON for `""`, bincode for [`LINK_BINCODE`],
+/// `None` for anything else (refuse the channel).
+pub fn link_codec(protocol: &str) -> Option<Codec> {
+    match protocol {
+        "" => Some(Codec::Json),
+        LINK_BINCODE => Some(Codec::Bincode),
+        _ => None,
+    }
+}
+
+/// The data channel `protocol` for `codec`: the inverse of [`link_codec`].
+pub fn link_protocol(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Json => "",
+        Codec::Bincode => LINK_BINCODE,
+    }
+}
+
+/// Limits of peer links, on the hosting side ([`LinkTransport`]) and the using side
+/// ([`LinkClient`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkConfig {
+    /// Links a host has attached at once; [`LinkHost::attach`] refuses more. Default 1,024: a node
+    /// rarely has that many neighbours.
+    pub max_links: usize,
+    /// The largest message a link carries; a larger one from the neighbour ends the link. Default
+    /// 64 KiB, the core's [`SignalConfig::max_frame_size`] (which [`for_server`](Self::for_server)
+    /// copies).
+    pub max_frame_size: usize,
+    /// Messages queued on one link, each way. Default 256, the core's
+    /// [`SignalConfig::max_send_backlog`].
+    pub max_queued_frames: usize,
+    /// Bytes queued on one link, each way; at least `max_frame_size`. Default 128 KiB: room for
+    /// the longest list reply and some set-up messages.
+    pub max_queued_bytes: usize,
+    /// Bytes queued on all of a host's links together. Default 32 MiB. Past it, a neighbour's
+    /// message ends its link and a frame for a neighbour closes that one, as when its own queue
+    /// is full.
+    pub max_queued_bytes_total: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            max_links: 1024,
+            max_frame_size: 64 * 1024,
+            max_queued_frames: 256,
+            max_queued_bytes: 128 * 1024,
+            max_queued_bytes_total: 32 * 1024 * 1024,
+        }
+    }
+}
+
+setters! {
+    LinkConfig {
+        with_max_links => max_links: usize,
+        with_max_frame_size => max_frame_size: usize,
+        with_max_queued_frames => max_queued_frames: usize,
+        with_max_queued_bytes => max_queued_bytes: usize,
+        with_max_queued_bytes_total => max_queued_bytes_total: usize,
+    }
+}
+
+impl LinkConfig {
+    /// The defaults, with the frame size and the queue length of the server's `config`.
+    pub fn for_server(config: &SignalConfig) -> Self {
+        let defaults = Self::default();
+        Self {
+            max_frame_size: config.max_frame_size,
+            max_queued_frames: config.max_send_backlog,
+            max_queued_bytes: defaults.max_queued_bytes.max(config.max_frame_size),
+            max_queued_bytes_total: defaults.max_queued_bytes_total.max(config.max_frame_size),
+            ..defaults
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that is zero, a queue over 2^20 messages, or
+    /// a byte bound smaller than the largest message.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        nonzero("max_links", self.max_links)?;
+        nonzero("max_frame_size", self.max_frame_size)?;
+        nonzero("max_queued_frames", self.max_queued_frames)?;
+        at_most("max_queued_frames", self.max_queued_frames, MAX_QUEUE)?;
+        at_least("max_queued_bytes", self.max_queued_bytes, "max_frame_size", self.max_frame_size)?;
+        at_least(
+            "max_queued_bytes_total",
+            self.max_queued_bytes_total,
+            "max_queued_bytes",
+            self.max_queued_bytes,
+        )
+    }
+}
+
+fn at_least(
+    field: &'static str,
+    value: usize,
+    other: &'static str,
+    other_value: usize,
+) -> Result<(), ConfigError> {
+    if value < other_value {
+        return Err(ConfigError::Below {
+            field,
+            value: u64::try_from(value).unwrap_or(u64::MAX),
+            other,
+            other_value: u64::try_from(other_value).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// Why a link refused a message, or a host a link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The other end of the link is gone: the server closed the link, or the client was dropped.
+    #[error("the link is closed")]
+    Closed,
+    /// The neighbour sent faster than the link is read: its queue was full. The link is ended.
+    #[error("the neighbour sent more than the link holds")]
+    Flooded,
+    /// The neighbour sent a message larger than [`LinkConfig::max_frame_size`]. The link is ended.
+    #[error("a message of {0} bytes, over the link's largest")]
+    TooLarge(usize),
+    /// The host has [`LinkConfig::max_links`] links attached already.
+    #[error("{0} links are attached already")]
+    TooManyLinks(usize),
+}
+
+/// The end of a link that takes what arrives on its channel. Dropping it ends the link.
+pub struct LinkInbound {
+    to: Option<PipeTx>,
+    max_frame_size: usize,
+}
+
+impl fmt::Debug for LinkInbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkInbound").field("open", &self.to.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl LinkInbound {
+    fn new(to: PipeTx, max_frame_size: usize) -> Self {
+        Self { to: Some(to), max_frame_size }
+    }
+
+    /// Passes on one message from the channel, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Flooded`] or [`LinkError::TooLarge`]: the link is ended now (the messages
+    /// before this one are still read), and the adapter closes the channel.
+    /// [`LinkError::Closed`] once the link is over.
+    pub fn deliver(&mut self, frame: Bytes) -> Result<(), LinkError> {
+        let Some(to) = &self.to else { return Err(LinkError::Closed) };
+        let refused = if frame.len() > self.max_frame_size {
+            LinkError::TooLarge(frame.len())
+        } else {
+            match to.try_send(frame) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Full) => LinkError::Flooded,
+                Err(Refused::Closed) => LinkError::Closed,
+            }
+        };
+        self.to = None;
+        Err(refused)
+    }
+
+    /// Whether the link is over: ended here, or its other end gone.
+    pub fn is_closed(&self) -> bool {
+        self.to.as_ref().is_none_or(PipeTx::is_closed)
+    }
+}
+
+/// The end of a link that gives what to send on its channel.
+pub struct LinkOutbound {
+    from: PipeRx,
+    /// The host's place for the link, held until the adapter lets go.
+    _slot: Option<Arc<Slot>>,
+}
+
+impl fmt::Debug for LinkOutbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkOutbound")
+            .field("queued_bytes", &self.from.queued_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkOutbound {
+    fn new(from: PipeRx, slot: Option<Arc<Slot>>) -> Self {
+        Self { from, _slot: slot }
+    }
+
+    /// The next message to send on the channel; `None` once the link is over and everything
+    /// before was taken: then close the channel. Dropping the future loses nothing.
+    pub async fn recv(&self) -> Option<Bytes> {
+        self.from.recv().await
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&self) -> Option<Bytes> {
+        self.from.try_recv()
+    }
+
+    /// Bytes queued for the channel.
+    pub fn queued_bytes(&self) -> usize {
+        self.from.queued_bytes()
+    }
+}
