@@ -473,8 +473,8 @@ mod client;
 mod driver;
 
 pub use client::{
-    AsyncClient, Backoff, ClientConfig, ClientConnection, ClientError, ClientEvent, Reconnect, SignalClient,
-    Timer,
+    AsyncClient, Backoff, ClientConfig, ClientConnection, ClientError, ClientEvent, PathClient, PathEvent,
+    Reconnect, SignalClient, SignalPaths, Timer,
 };
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};

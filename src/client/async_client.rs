@@ -31,6 +31,25 @@ pub trait ClientConnection: Send {
     }
 }
 
+#[async_trait]
+impl<C: ClientConnection + ?Sized> ClientConnection for Box<C> {
+    fn codec(&self) -> Codec {
+        (**self).codec()
+    }
+
+    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
+        (**self).send(frame).await
+    }
+
+    async fn recv(&mut self) -> Option<Bytes> {
+        (**self).recv().await
+    }
+
+    fn timer(&self) -> Option<Arc<dyn Timer>> {
+        (**self).timer()
+    }
+}
+
 /// A [`SignalClient`] driven over a [`ClientConnection`]: `connect`, then `list`, send set-up
 /// messages and wait for events. Runtime-agnostic.
 ///
@@ -369,6 +388,12 @@ impl<C: ClientConnection> AsyncClient<C> {
     /// The node's id.
     pub fn id(&self) -> NodeID {
         self.client.id()
+    }
+
+    /// Whether the client reconnects by itself when its connection is lost (see
+    /// [`connect_reconnecting`](Self::connect_reconnecting)).
+    pub fn reconnects(&self) -> bool {
+        self.reconnecting.is_some()
     }
 
     /// The state machine underneath, for its getters.

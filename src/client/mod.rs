@@ -3,6 +3,7 @@
 
 mod async_client;
 mod config;
+mod paths;
 mod signal;
 
 use std::collections::VecDeque;
@@ -31,6 +32,7 @@ use crate::protocol::{
 pub use async_client::{AsyncClient, ClientConnection, Reconnect, Timer};
 use config::*;
 pub use config::{Backoff, ClientConfig};
+pub use paths::{PathClient, PathEvent, SignalPaths};
 pub use signal::SignalClient;
 use signal::*;
 
@@ -91,6 +93,9 @@ pub enum ClientError {
     /// The connection is closed.
     #[error("connection closed")]
     Closed,
+    /// None of the node's signalling paths lists the node (see [`SignalPaths`]).
+    #[error("no signalling path lists node {0}")]
+    NoPath(NodeID),
 }
 
 #[cfg(test)]
