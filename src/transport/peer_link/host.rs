@@ -221,6 +221,11 @@ impl LinkHost {
         self.attached.load(Ordering::Acquire)
     }
 
+    /// Bytes queued in all links, both ways: at most [`LinkConfig::max_queued_bytes_total`].
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.used()
+    }
+
     /// The limits the links get.
     pub fn config(&self) -> &LinkConfig {
         &self.config
