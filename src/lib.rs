@@ -26,7 +26,7 @@
 //!
 //! | Cargo feature | What it adds |
 //! |---|---|
-//! | (none) | the sans-IO [`SignalServer`], [`SignalClient`], the [`Driver`] and the in-process [`MemoryTransport`]: no tokio, no sockets |
+//! | (none) | the sans-IO [`SignalServer`], [`SignalClient`], the [`Driver`], the in-process [`MemoryTransport`], and hosted signalling over peer links ([`LinkTransport`], [`LinkClient`], [`SignalPaths`]): no tokio, no sockets |
 //! | `websocket` | `WsTransport` and `WsClient` (tokio, our framing on tungstenite's headers), admission hooks, `TokioTimer` |
 //! | `tls` | wss:// on both sides: `ServerTls`, `TlsRoots` (rustls with ring; no OpenSSL) |
 //! | `redis` | `RedisBackplane`: several instances form one network through Redis (needs Rust 1.88) |
@@ -233,6 +233,71 @@
 //! (list the nodes, disconnect one with a reason, send one a message) and gets one
 //! [`SignalOut::Reply`] back. [`DriverHandle`] wraps that in `nodes()`, `disconnect()` and
 //! `send()`.
+//!
+//! # Hosted signalling: the same server over peer links
+//!
+//! A node that has links to neighbours (WebRTC data channels, QUIC streams, test channels) can
+//! host signalling for them: [`LinkTransport`] is a [`Transport`] whose
+//! connections are those links, driven with an unchanged [`SignalServer`].
+//! A neighbour signs in over its link with a [`LinkClient`], exactly as at a WebSocket server.
+//! If A and B are linked, and B and C, then A and C set up a connection of their own through B,
+//! with no server left.
+//!
+//! ```text
+//!   node A                          node B (hosts)                      node C
+//!   AsyncClient ─data channel─► LinkTransport + SignalServer ◄─data channel─ AsyncClient
+//!   (LinkClient)  "signal"                                      "signal"   (LinkClient)
+//! ```
+//!
+//! A node uses its WebSocket server and each neighbour that hosts at once with [`SignalPaths`]:
+//! lists say which path knows which node, a connection goes through a path that lists the node,
+//! events name their path, and losing one path (the server, a neighbour) leaves the others
+//! working. `examples/hosted.rs` shows a node hosting for two neighbours; the interop crate runs
+//! it over real WebRTC data channels with the WebSocket server gone.
+//!
+//! ## The framing on a link
+//!
+//! Written down so that another implementation can speak it:
+//!
+//! - **The channel.** A WebRTC data channel labelled [`LINK_LABEL`] (`"signal"`), ordered and
+//!   reliable (the defaults: no `maxRetransmits`, no `maxPacketLifeTime`), negotiated in band
+//!   (not `negotiated: true`). Any other ordered, reliable message channel works the same way.
+//! - **Who opens it.** The node that wants to use a neighbour's signalling opens the channel; the
+//!   neighbour that receives it hosts, and attaches it to its server. Two neighbours that each
+//!   use the other's signalling open one channel each: the two never mix.
+//! - **The codec.** The channel's `protocol` names it: empty for JSON, [`LINK_BINCODE`]
+//!   (`"peer-signal-bincode"`) for bincode ([`link_codec`] reads it).
+//! - **Messages.** One protocol v3 message per channel message, exactly the frames of a WebSocket
+//!   connection: JSON as text messages, bincode as binary messages. A receiver takes JSON in a
+//!   binary message too. The host speaks first (`Challenge`), as a WebSocket server does.
+//! - **Closing.** Either side closes the channel. A closed channel is a close like any other:
+//!   the host forgets the node, the node's client reports the connection closed.
+//!
+//! ## Bounds and deadlines
+//!
+//! [`LinkConfig`] bounds the links a host attaches, and each link's queues both ways in frames
+//! and bytes, and all links' bytes together. A neighbour that floods its link, or sends a frame
+//! over [`LinkConfig::max_frame_size`], has the link ended by [`LinkInbound::deliver`]; an adapter
+//! that does not take the server's frames has its link closed as a slow reader. The server's
+//! deadlines (sign-in, idle TTL) apply to links as to sockets; an adapter bounds its own channel's
+//! send buffer (a data channel's `bufferedAmount`) and closes the channel when it stays full.
+//!
+//! ## What a relaying neighbour can do
+//!
+//! A hosting node reads and could change every set-up message it relays, exactly as a signalling
+//! server can, including the DTLS fingerprints in the SDP. Relay only through neighbours you
+//! would trust as your signalling server.
+//!
+//! ## Writing an adapter
+//!
+//! One link is two ends, from [`LinkHost::attach`] on the hosting side or [`LinkClient::new`] on
+//! the using side, and the adapter joins them to its channel:
+//!
+//! - every message the channel receives goes to [`LinkInbound::deliver`], which never waits; an
+//!   error ends the link (close the channel);
+//! - a task sends what [`LinkOutbound::recv`] returns on the channel, as text for JSON and binary
+//!   for bincode; `None` means the link is over: close the channel;
+//! - when the channel closes, drop both ends.
 //!
 //! # Several instances, one network
 //!
