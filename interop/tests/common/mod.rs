@@ -1,8 +1,10 @@
-//! Shared by the interop tests: the server process, fledger nodes, and the runtimes they run on.
+//! Shared by the interop tests: the server process, fledger nodes, real WebRTC peers, and the
+//! runtimes they run on.
 
 #![allow(dead_code)]
 
 pub mod node;
+pub mod rtc;
 pub mod server;
 
 use std::future::Future;
