@@ -251,6 +251,11 @@ impl Peer {
         settings.set_include_loopback_candidate(true);
         settings.set_network_types(vec![NetworkType::Udp4]);
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // The answerer's first check can reach the offerer before the offerer has taken the
+        // answer's candidates: it then learns the same 127.0.0.1 address as peer-reflexive, and
+        // webrtc-ice waits 1 s by default before it nominates such a pair. On loopback it is the
+        // host candidate seen early.
+        settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         let api = APIBuilder::new().with_setting_engine(settings).build();
         let pc = api.new_peer_connection(RTCConfiguration::default()).await.expect("new peer connection");
         let pc = Arc::new(pc);
