@@ -263,6 +263,16 @@ pub enum ConfigError {
         /// The field.
         field: &'static str,
     },
+    /// A URL of the wrong kind, e.g. an `http:` URL among the TURN servers.
+    #[error("{field}: {url:?} is not a {expected} URL")]
+    Url {
+        /// The field.
+        field: &'static str,
+        /// The URL, as given.
+        url: String,
+        /// The schemes it may have.
+        expected: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -274,7 +284,8 @@ impl ConfigError {
             | Self::TooLong { field, .. }
             | Self::Below { field, .. }
             | Self::TooLarge { field, .. }
-            | Self::Invalid { field } => field,
+            | Self::Invalid { field }
+            | Self::Url { field, .. } => field,
         }
     }
 }

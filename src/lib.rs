@@ -508,6 +508,7 @@ mod protocol;
 mod server;
 mod telemetry;
 mod transport;
+mod turn;
 
 /// The ed25519 crate whose keys this crate's API takes.
 pub use ed25519_dalek;
@@ -522,6 +523,7 @@ pub use cluster::{
 pub use cluster::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
+pub use turn::{IceServer, IceServers, TurnConfig, TurnSecret};
 pub use error::{CodecError, ConfigError, ControlError, ProtocolError, TransportError};
 pub use protocol::{
     FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,

@@ -10,12 +10,13 @@ use std::time::Duration;
 use peer_signal::{
     link_codec, link_protocol, Codec, LinkClient, LinkConfig, LinkHost, LinkInbound, LinkOutbound, LINK_LABEL,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{timeout, timeout_at, Instant};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
+use webrtc::data::data_channel::DataChannel;
 use webrtc::data_channel::data_channel_init::RTCDataChannelInit;
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
@@ -39,6 +40,31 @@ const LINK_STALL: Duration = Duration::from_secs(5);
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// Messages of an application channel not read yet; more are dropped (the tests send one).
 const APP_QUEUE: usize = 64;
+/// The largest message read from a channel; a larger one fails the read and ends the channel.
+/// One more than the largest frame a link takes, so that [`LinkInbound::deliver`] is the one to
+/// refuse it.
+const READ_BUFFER: usize = 64 * 1024 + 1;
+
+/// The raw channel under `channel`, once it is open.
+///
+/// Data channels are detached ([`SettingEngine::detach_data_channels`]) and read by our own
+/// task: webrtc-rs 0.12 starts reading a channel as it opens and drops what arrives before
+/// `on_message` is set, and a channel created on a connection that is up is open before
+/// `create_data_channel` returns. A detached channel keeps what arrives until it is read.
+fn detached(channel: &Arc<RTCDataChannel>) -> oneshot::Receiver<Arc<DataChannel>> {
+    let (detached_tx, detached) = oneshot::channel();
+    let weak = Arc::downgrade(channel);
+    channel.on_open(Box::new(move || {
+        Box::pin(async move {
+            if let Some(channel) = weak.upgrade() {
+                if let Ok(raw) = channel.detach().await {
+                    let _ = detached_tx.send(raw);
+                }
+            }
+        })
+    }));
+    detached
+}
 
 /// A data channel joined to a peer link by [`join_link`]: the handle to end the link and to see
 /// it end.
@@ -58,6 +84,12 @@ impl LinkShared {
         let inbound = self.inbound.lock().expect("link lock").take();
         drop(inbound);
         self.ended.send_replace(true);
+    }
+
+    /// Passes one message to the link; whether the link took it.
+    fn deliver(&self, frame: Bytes) -> bool {
+        let mut inbound = self.inbound.lock().expect("link lock");
+        inbound.as_mut().is_some_and(|link| link.deliver(frame).is_ok())
     }
 }
 
@@ -86,39 +118,33 @@ impl LinkChannel {
 /// - a task sends what [`LinkOutbound::recv`] gives, text for JSON and binary for bincode, once
 ///   the channel is open; `None` ends the link; so does a send buffer that stays over
 ///   [`LINK_BUFFERED_HIGH`] for [`LINK_STALL`];
-/// - when the link ends, for whichever reason (the channel closed, [`LinkChannel::close`]), the
-///   task closes the channel and both ends are dropped.
+/// - when the link ends, for whichever reason (the channel closed or failed, the link refused a
+///   message, [`LinkChannel::close`]), the task closes the channel and both ends are dropped.
+///
+/// Call it before the channel opens, or on an open channel; the peer connection must detach its
+/// channels (see [`Peer`]).
 pub fn join_link(
     channel: Arc<RTCDataChannel>,
     codec: Codec,
     inbound: LinkInbound,
     outbound: LinkOutbound,
 ) -> LinkChannel {
-    let shared = Arc::new(LinkShared { inbound: Mutex::new(Some(inbound)), ended: watch::channel(false).0 });
-    let (opened_tx, opened) = watch::channel(false);
-    channel.on_open(Box::new(move || {
-        opened_tx.send_replace(true);
-        Box::pin(async {})
-    }));
-    let on_message = Arc::clone(&shared);
-    channel.on_message(Box::new(move |message: DataChannelMessage| {
-        let refused = {
-            let mut inbound = on_message.inbound.lock().expect("link lock");
-            inbound.as_mut().is_some_and(|link| link.deliver(message.data).is_err())
-        };
-        if refused {
-            on_message.end();
-        }
-        Box::pin(async {})
-    }));
-    let on_close = Arc::clone(&shared);
-    channel.on_close(Box::new(move || {
-        on_close.end();
-        Box::pin(async {})
-    }));
+    let shared =
+        Arc::new(LinkShared { inbound: Mutex::new(Some(inbound)), ended: watch::channel(false).0 });
+    let opened = detached(&channel);
     let task = Arc::clone(&shared);
     tokio::spawn(async move {
-        pump(&channel, codec, &outbound, opened, task.ended.subscribe()).await;
+        let mut ended = task.ended.subscribe();
+        let open = async {
+            tokio::select! {
+                raw = opened => raw.ok(),
+                _ = ended.wait_for(|ended| *ended) => None,
+            }
+        };
+        if let Ok(Some(raw)) = timeout(LINK_OPEN_WITHIN, open).await {
+            tokio::spawn(read_link(Arc::clone(&raw), Arc::clone(&task)));
+            pump(&raw, codec, &outbound, task.ended.subscribe()).await;
+        }
         task.end();
         drop(outbound);
         let _ = timeout(CLOSE_WITHIN, channel.close()).await;
@@ -126,53 +152,51 @@ pub fn join_link(
     LinkChannel { shared }
 }
 
-/// Sends the link's frames on the channel until the link ends.
-async fn pump(
-    channel: &RTCDataChannel,
-    codec: Codec,
-    outbound: &LinkOutbound,
-    mut opened: watch::Receiver<bool>,
-    mut ended: watch::Receiver<bool>,
-) {
-    let open = async {
-        tokio::select! {
-            open = opened.wait_for(|open| *open) => open.is_ok(),
-            _ = ended.wait_for(|ended| *ended) => false,
+/// Reads the channel into the link until either ends.
+async fn read_link(raw: Arc<DataChannel>, shared: Arc<LinkShared>) {
+    let mut ended = shared.ended.subscribe();
+    let mut buffer = vec![0; READ_BUFFER];
+    loop {
+        let read = tokio::select! {
+            read = raw.read_data_channel(&mut buffer) => read,
+            _ = ended.wait_for(|ended| *ended) => return,
+        };
+        match read {
+            // Zero bytes: the stream was reset (the neighbour closed the channel). The protocol
+            // has no empty messages.
+            Ok((0, _)) | Err(_) => break,
+            Ok((n, _)) => {
+                if !shared.deliver(Bytes::copy_from_slice(&buffer[..n])) {
+                    break;
+                }
+            }
         }
-    };
-    if !matches!(timeout(LINK_OPEN_WITHIN, open).await, Ok(true)) {
-        return;
     }
+    shared.end();
+}
+
+/// Sends the link's frames on the channel until the link ends.
+async fn pump(raw: &DataChannel, codec: Codec, outbound: &LinkOutbound, mut ended: watch::Receiver<bool>) {
     let drained = Arc::new(Notify::new());
-    channel.set_buffered_amount_low_threshold(LINK_BUFFERED_HIGH / 2).await;
+    raw.set_buffered_amount_low_threshold(LINK_BUFFERED_HIGH / 2);
     let on_low = Arc::clone(&drained);
-    channel
-        .on_buffered_amount_low(Box::new(move || {
-            on_low.notify_one();
-            Box::pin(async {})
-        }))
-        .await;
+    raw.on_buffered_amount_low(Box::new(move || {
+        on_low.notify_one();
+        Box::pin(async {})
+    }));
     loop {
         let frame = tokio::select! {
             frame = outbound.recv() => frame,
             _ = ended.wait_for(|ended| *ended) => return,
         };
         let Some(frame) = frame else { return };
-        let sent = if codec.is_binary() {
-            timeout(LINK_SEND_WITHIN, channel.send(&frame)).await
-        } else {
-            match String::from_utf8(frame.to_vec()) {
-                Ok(text) => timeout(LINK_SEND_WITHIN, channel.send_text(text)).await,
-                // A receiver takes JSON in a binary message too.
-                Err(_) => timeout(LINK_SEND_WITHIN, channel.send(&frame)).await,
-            }
-        };
+        let sent = timeout(LINK_SEND_WITHIN, raw.write_data_channel(&frame, !codec.is_binary())).await;
         if !matches!(sent, Ok(Ok(_))) {
             return;
         }
-        if channel.buffered_amount().await > LINK_BUFFERED_HIGH {
+        if raw.buffered_amount() > LINK_BUFFERED_HIGH {
             let stalled = Instant::now() + LINK_STALL;
-            while channel.buffered_amount().await > LINK_BUFFERED_HIGH / 2 {
+            while raw.buffered_amount() > LINK_BUFFERED_HIGH / 2 {
                 if timeout_at(stalled, drained.notified()).await.is_err() {
                     return;
                 }
@@ -189,18 +213,22 @@ pub struct AppChannel {
 }
 
 impl AppChannel {
-    /// Takes the channel's events; before it opens, so that no message is missed.
+    /// Reads the channel once it opens, into a queue for [`recv`](Self::recv).
     fn wrap(channel: Arc<RTCDataChannel>) -> Self {
+        let raw = detached(&channel);
         let (opened_tx, opened) = watch::channel(false);
-        channel.on_open(Box::new(move || {
-            opened_tx.send_replace(true);
-            Box::pin(async {})
-        }));
         let (to_app, messages) = mpsc::channel(APP_QUEUE);
-        channel.on_message(Box::new(move |message: DataChannelMessage| {
-            let _ = to_app.try_send(String::from_utf8_lossy(&message.data).into_owned());
-            Box::pin(async {})
-        }));
+        tokio::spawn(async move {
+            let Ok(raw) = raw.await else { return };
+            opened_tx.send_replace(true);
+            let mut buffer = vec![0; READ_BUFFER];
+            while let Ok((n, _)) = raw.read_data_channel(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+                let _ = to_app.try_send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            }
+        });
         Self { channel, opened, messages }
     }
 
@@ -251,6 +279,7 @@ impl Peer {
         settings.set_include_loopback_candidate(true);
         settings.set_network_types(vec![NetworkType::Udp4]);
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        settings.detach_data_channels();
         // The answerer's first check can reach the offerer before the offerer has taken the
         // answer's candidates: it then learns the same 127.0.0.1 address as peer-reflexive, and
         // webrtc-ice waits 1 s by default before it nominates such a pair. On loopback it is the
@@ -280,8 +309,7 @@ impl Peer {
         let (to_app, channels) = mpsc::unbounded_channel();
         let on_channel = Arc::clone(&links);
         pc.on_data_channel(Box::new(move |channel: Arc<RTCDataChannel>| {
-            // Runs before webrtc-rs reads the channel: its handlers are in place for the first
-            // message.
+            // Runs before the channel opens.
             if channel.label() != LINK_LABEL {
                 let _ = to_app.send(AppChannel::wrap(channel));
                 return Box::pin(async {});
