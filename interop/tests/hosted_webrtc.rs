@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::rtc::{AppChannel, Peer};
+use common::rtc::{AppChannel, LinkChannel, Peer};
 use common::run;
 use common::server::WsServer;
 use peer_signal::ed25519_dalek::SigningKey;
@@ -47,7 +47,7 @@ fn a_and_c_connect_through_b_once_the_server_is_gone() {
 
         let deadline = Instant::now() + STEP;
         // B's hosted server lists the nodes signed in there: A itself and C.
-        let listed = a.paths.list().await;
+        let listed = within(deadline, "list", a.paths.list()).await;
         let routes: Vec<_> = listed.iter().map(|(info, via)| (info.name.as_str(), via.clone())).collect();
         assert_eq!(routes, [("A", vec![VIA_B]), ("C", vec![VIA_B])], "A lists C via B only");
         assert_eq!(a.paths.names().copied().collect::<Vec<_>>(), [VIA_B], "A's ws path is gone");
@@ -71,12 +71,12 @@ fn a_hears_that_b_left_in_the_middle_of_a_set_up() {
         let [mut a, mut b, mut c] = three_linked_nodes(server, Codec::Bincode, &mut steps).await;
 
         let deadline = Instant::now() + STEP;
-        a.paths.list().await;
+        within(deadline, "list", a.paths.list()).await;
         assert_eq!(a.paths.routes(&c.id()), [VIA_B]);
-        assert_eq!(a.init(c.id()).await, VIA_B);
+        assert_eq!(a.init(c.id(), deadline).await, VIA_B);
         let (path, init) = c.next_setup(deadline).await;
         assert_eq!((path, &init.message), (VIA_B, &PeerMessage::Init));
-        c.handle_setup(path, init).await;
+        c.handle_setup(path, init, deadline).await;
         steps.done("A sent Init and Offer to C through B; C has the Init");
 
         b.leave().await;
@@ -86,14 +86,21 @@ fn a_hears_that_b_left_in_the_middle_of_a_set_up() {
         steps.done(&format!("A: path B lost ({error})"));
         let error = c.wait_lost(VIA_B, Instant::now() + LOST_WITHIN).await;
         steps.done(&format!("C: path B lost ({error})"));
+        // The adapters let go of both ends of the links on A's and C's side.
+        for (node, name) in [(&a, "A"), (&c, "C")] {
+            let links = node.peers[&b.id()].links();
+            assert!(!links.is_empty() && links.iter().all(LinkChannel::is_ended), "{name}'s link to B ended");
+        }
 
         // C's answer has no way to go: the set-up fails loudly rather than hanging.
         let answer =
             PeerInfo { id_init: a.id(), id_follow: c.id(), message: PeerMessage::Answer("v=0".into()) };
-        assert!(matches!(c.paths.send_via(&VIA_B, answer).await, Err(ClientError::NoPath(_))));
+        let sent = within(deadline, "send", c.paths.send_via(&VIA_B, answer)).await;
+        assert!(matches!(sent, Err(ClientError::NoPath(_))), "C's answer: {sent:?}");
         let offer =
             PeerInfo { id_init: a.id(), id_follow: c.id(), message: PeerMessage::Offer("v=0".into()) };
-        assert!(matches!(a.paths.send_via(&VIA_B, offer).await, Err(ClientError::NoPath(_))));
+        let sent = within(deadline, "send", a.paths.send_via(&VIA_B, offer)).await;
+        assert!(matches!(sent, Err(ClientError::NoPath(_))), "A's offer: {sent:?}");
         steps.total();
     });
 }
@@ -106,8 +113,9 @@ async fn three_linked_nodes(server: WsServer, codec: Codec, steps: &mut Steps) -
     let mut a = Node::connect(&url, "A", 1, codec, false).await;
     let mut b = Node::connect(&url, "B", 2, codec, true).await;
     let mut c = Node::connect(&url, "C", 3, codec, false).await;
+    let deadline = Instant::now() + STEP;
     for node in [&mut a, &mut b, &mut c] {
-        let listed = node.paths.list().await;
+        let listed = within(deadline, "list", node.paths.list()).await;
         assert_eq!(listed.len(), 3, "{} lists A, B and C", node.name);
     }
     steps.done(&format!("A, B, C signed in at ws_server ({codec:?})"));
@@ -200,13 +208,13 @@ impl Node {
 
     /// Starts a connection to `to`: `Init` through the first path that lists it, then the offer
     /// on the same path, with an application channel in it. Returns the path.
-    async fn init(&mut self, to: NodeID) -> &'static str {
-        let path = self.paths.send_init(to).await.expect("send Init");
+    async fn init(&mut self, to: NodeID, deadline: Instant) -> &'static str {
+        let path = within(deadline, "send Init", self.paths.send_init(to)).await.expect("send Init");
         let peer = Peer::new(self.host()).await;
         let app = peer.open_channel(&format!("app {}", self.name)).await;
-        let offer =
-            PeerInfo { id_init: self.id(), id_follow: to, message: PeerMessage::Offer(peer.offer().await) };
-        self.paths.send_via(&path, offer).await.expect("send Offer");
+        let offer = within(deadline, "offer", peer.offer()).await;
+        let offer = PeerInfo { id_init: self.id(), id_follow: to, message: PeerMessage::Offer(offer) };
+        within(deadline, "send Offer", self.paths.send_via(&path, offer)).await.expect("send Offer");
         self.peers.insert(to, peer);
         self.apps.insert(to, app);
         path
@@ -228,7 +236,7 @@ impl Node {
     }
 
     /// Acts on one set-up message that came on `path`.
-    async fn handle_setup(&mut self, path: &'static str, setup: PeerInfo) {
+    async fn handle_setup(&mut self, path: &'static str, setup: PeerInfo, deadline: Instant) {
         let remote = if setup.id_init == self.id() { setup.id_follow } else { setup.id_init };
         if !self.peers.contains_key(&remote) {
             let peer = Peer::new(self.host()).await;
@@ -238,11 +246,14 @@ impl Node {
         match &setup.message {
             PeerMessage::Init => {}
             PeerMessage::Offer(sdp) => {
-                let answer = PeerMessage::Answer(peer.answer(sdp).await);
-                self.paths.send_reply(&path, &setup, answer).await.expect("send Answer");
+                let answer = PeerMessage::Answer(within(deadline, "answer", peer.answer(sdp)).await);
+                let sent = within(deadline, "send Answer", self.paths.send_reply(&path, &setup, answer));
+                sent.await.expect("send Answer");
             }
-            PeerMessage::Answer(sdp) => peer.accept_answer(sdp).await,
-            PeerMessage::IceCandidate(candidate) => peer.add_candidate(candidate).await,
+            PeerMessage::Answer(sdp) => within(deadline, "accept the answer", peer.accept_answer(sdp)).await,
+            PeerMessage::IceCandidate(candidate) => {
+                within(deadline, "add a candidate", peer.add_candidate(candidate)).await;
+            }
         }
     }
 
@@ -251,7 +262,7 @@ impl Node {
         loop {
             let (path, setup) = self.next_setup(deadline).await;
             let done = last(&setup.message);
-            self.handle_setup(path, setup).await;
+            self.handle_setup(path, setup, deadline).await;
             if done {
                 return path;
             }
@@ -272,7 +283,7 @@ impl Node {
     /// connection with it, and adds that as the path `name`.
     async fn use_hosted(&mut self, host: NodeID, name: &'static str, codec: Codec, deadline: Instant) {
         let peer = self.peers.get(&host).expect("a connection to the host");
-        let (client, _link) = peer.open_link(codec).await;
+        let (client, _link) = within(deadline, "open a link channel", peer.open_link(codec)).await;
         let conn: Box<dyn ClientConnection> = Box::new(client.with_timer(Arc::new(TokioTimer)));
         let signed_in = timeout_at(deadline, AsyncClient::connect(conn, self.key.clone(), self.info.clone()));
         let client = signed_in.await.expect("sign-in at the host in time").expect("sign in at the host");
@@ -320,7 +331,7 @@ fn summary(event: &PathEvent) -> String {
 /// `init` connects to `follow` over WebRTC through `init`'s first path that lists it: Init and
 /// Offer one way, Answer back, then both wait for the connection. Returns the path.
 async fn connect_pair(init: &mut Node, follow: &mut Node, deadline: Instant) -> &'static str {
-    let path = init.init(follow.id()).await;
+    let path = init.init(follow.id(), deadline).await;
     let answered = follow.setup_until(deadline, |message| matches!(message, PeerMessage::Offer(_))).await;
     assert_eq!(answered, path, "{} answers on the path the offer came", follow.name);
     init.setup_until(deadline, |message| matches!(message, PeerMessage::Answer(_))).await;
@@ -339,6 +350,14 @@ async fn exchange(x: &mut Node, y: &mut Node, deadline: Instant) {
     assert_eq!(y.app(x_id, deadline).await.recv(deadline).await, there);
     y.app(x_id, deadline).await.send(&back, deadline).await;
     assert_eq!(x.app(y_id, deadline).await.recv(deadline).await, back);
+}
+
+/// `future`, or a panic naming `what` once `deadline` has passed.
+async fn within<F: std::future::Future>(deadline: Instant, what: &str, future: F) -> F::Output {
+    match timeout_at(deadline, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: not done in time"),
+    }
 }
 
 /// The time each step took, printed as it ends.

@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use peer_signal::{
     link_codec, link_protocol, Codec, LinkClient, LinkConfig, LinkHost, LinkInbound, LinkOutbound, LINK_LABEL,
 };
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{timeout, timeout_at, Instant};
 use webrtc::api::setting_engine::SettingEngine;
@@ -81,9 +81,11 @@ struct LinkShared {
 
 impl LinkShared {
     fn end(&self) {
+        // Flagged first: whoever sees the link closed (its client, through the inbound end) sees
+        // it ended too.
+        self.ended.send_replace(true);
         let inbound = self.inbound.lock().expect("link lock").take();
         drop(inbound);
-        self.ended.send_replace(true);
     }
 
     /// Passes one message to the link; whether the link took it.
@@ -129,8 +131,7 @@ pub fn join_link(
     inbound: LinkInbound,
     outbound: LinkOutbound,
 ) -> LinkChannel {
-    let shared =
-        Arc::new(LinkShared { inbound: Mutex::new(Some(inbound)), ended: watch::channel(false).0 });
+    let shared = Arc::new(LinkShared { inbound: Mutex::new(Some(inbound)), ended: watch::channel(false).0 });
     let opened = detached(&channel);
     let task = Arc::clone(&shared);
     tokio::spawn(async move {
@@ -263,7 +264,8 @@ impl AppChannel {
 ///
 /// With a [`LinkHost`], the node hosts signalling: every channel the neighbour opens labelled
 /// [`LINK_LABEL`] is attached to the host. Other channels the remote opens are application
-/// channels ([`accept_channel`](Self::accept_channel)).
+/// channels ([`accept_channel`](Self::accept_channel)). Its channels are detached and read by
+/// tasks of ours (see [`detached`]).
 pub struct Peer {
     pc: Arc<RTCPeerConnection>,
     state: watch::Receiver<RTCPeerConnectionState>,
