@@ -22,6 +22,7 @@ use crate::server::{
     Command, CommandReply, ConnectedNode, ServerStats, SignalEvent, SignalIn, SignalOut, SignalServer,
 };
 use crate::transport::{Transport, TransportEvent};
+use crate::turn::TurnConfig;
 
 /// Inputs handled in a row before the driver yields to the executor, so that a transport that is
 /// always ready cannot monopolise a thread.
@@ -485,11 +486,23 @@ impl DriverHandle {
     pub async fn send(&self, node: NodeID, message: WSSignalMessageToNode) -> Result<(), ControlError> {
         done(self.command(Command::Send { node, message }).await?)
     }
+
+    /// Replaces the server's TURN settings ([`Command::SetTurn`]), for example to rotate the
+    /// secret; `None` stops issuing credentials.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::Config`] for a setting the server refuses (it keeps the old one),
+    /// [`ControlError::Stopped`] when the driver has returned.
+    pub async fn set_turn(&self, turn: Option<TurnConfig>) -> Result<(), ControlError> {
+        done(self.command(Command::SetTurn(turn.map(Box::new))).await?)
+    }
 }
 
 fn done(reply: CommandReply) -> Result<(), ControlError> {
     match reply {
         CommandReply::UnknownNode(node) => Err(ControlError::UnknownNode(node)),
+        CommandReply::Refused(error) => Err(ControlError::Config(error)),
         _ => Ok(()),
     }
 }

@@ -123,6 +123,9 @@ pub enum ProtocolError {
     /// for this reason (cut to 128 bytes); it is closed.
     #[error("{}", cut(.0))]
     Disconnected(String),
+    /// `IceServersRequest` to a server without [`SignalConfig::turn`](crate::SignalConfig::turn).
+    #[error("no TURN servers here")]
+    NoTurn,
 }
 
 impl ProtocolError {
@@ -151,6 +154,7 @@ impl ProtocolError {
             Self::TooManyAnnounceFailures => "too_many_announce_failures",
             Self::Denied(_) => "denied",
             Self::Disconnected(_) => "disconnected",
+            Self::NoTurn => "no_turn",
         }
     }
 }
@@ -207,6 +211,9 @@ pub enum ControlError {
     /// The driver has returned: the server is stopped.
     #[error("the server has stopped")]
     Stopped,
+    /// The server refused a new setting; it keeps the old one.
+    #[error("refused setting: {0}")]
+    Config(ConfigError),
 }
 
 /// A [`SignalConfig`](crate::SignalConfig) setting that the server cannot work with, from
@@ -321,6 +328,7 @@ mod tests {
             RateLimited,
             TooManyAnnounceFailures,
             Denied("node not allowed".into()),
+            NoTurn,
             Disconnected("x".repeat(200)),
         ];
         for error in &all {
@@ -330,7 +338,7 @@ mod tests {
                 TooLong { .. } | TooManyStats { .. } | NotInPair | UnknownDestination(_) => {}
                 DestinationBusy(_) | Replaced | ServerFull | HandshakeTimeout | IdleTimeout => {}
                 TooManyErrors | RateLimited | TooManyAnnounceFailures | Denied(_) => {}
-                Disconnected(_) => {}
+                Disconnected(_) | NoTurn => {}
             }
         }
         all
@@ -368,6 +376,7 @@ mod tests {
             ("rate limit exceeded", "rate_limited"),
             ("too many failed announces", "too_many_announce_failures"),
             ("node not allowed", "denied"),
+            ("no TURN servers here", "no_turn"),
         ];
         let mut expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
         expected.push((format!("{}…", "x".repeat(128)), "disconnected"));

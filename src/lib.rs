@@ -396,6 +396,7 @@
 //! | `peer_signal_relays_total` | counter | `PeerSetup` messages forwarded to a local node |
 //! | `peer_signal_errors_total{reason}` | counter | `Error` replies, by [`ProtocolError::kind`] |
 //! | `peer_signal_evictions_total` | counter | nodes closed for silence past the TTL |
+//! | `peer_signal_turn_credentials_total` | counter | TURN credentials issued (with [`SignalConfig::turn`]) |
 //! | `peer_signal_dropped_events_total` | counter | events [`DriverEvents`] had no room for |
 //! | `peer_signal_announce_duration_seconds` | histogram | from a connection's challenge to its accepted announce |
 //! | `peer_signal_cluster_{relays_out,relays_in,undeliverable,bounced,taken_over}_total`, `peer_signal_cluster_rejected_total{stage="server"}` | counter | a clustered server's traffic with the other instances ([`ClusterStats`]) |
@@ -523,7 +524,6 @@ pub use cluster::{
 pub use cluster::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
-pub use turn::{IceServer, IceServers, TurnConfig, TurnSecret};
 pub use error::{CodecError, ConfigError, ControlError, ProtocolError, TransportError};
 pub use protocol::{
     FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,
@@ -535,6 +535,7 @@ pub use server::{
 };
 #[cfg(feature = "tracing")]
 pub use telemetry::{LogAdmit, LogThrottle};
+pub use turn::{IceServer, IceServers, TurnConfig, TurnSecret};
 
 mod client;
 mod driver;

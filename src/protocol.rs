@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::turn::IceServers;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -488,6 +489,11 @@ pub enum WSSignalMessageToNode {
     SystemConfig(FledgerConfig),
     /// What went wrong with the node's last message.
     Error(String),
+    /// ICE servers with TURN credentials for this node (not in fledger's protocol: fledger 0.10
+    /// nodes drop it as a message they cannot parse). Sent when the server has
+    /// [`SignalConfig::turn`](crate::SignalConfig::turn): after the `ListIDsReply` that follows
+    /// the sign-in, again before the credentials expire, and on `IceServersRequest`.
+    IceServers(IceServers),
 }
 
 /// A message from a node to the server.
@@ -501,6 +507,9 @@ pub enum WSSignalMessageFromNode {
     PeerSetup(PeerInfo),
     /// Statistics about the node's peers.
     NodeStats(#[serde(deserialize_with = "bounded_seq::deserialize")] Vec<NodeStat>),
+    /// Asks for fresh [`WSSignalMessageToNode::IceServers`] (not in fledger's protocol; a server
+    /// without TURN answers with an `Error`).
+    IceServersRequest,
 }
 
 /// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.
@@ -524,6 +533,7 @@ pub(crate) enum Inbound {
     ListIDsRequest,
     PeerSetup(SetupRoute),
     NodeStats(#[serde(deserialize_with = "bounded_seq::deserialize")] Vec<NodeStat>),
+    IceServersRequest,
 }
 
 /// A `PeerInfo` as far as routing needs it: the pair, and the encoded length of the message text.

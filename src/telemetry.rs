@@ -36,6 +36,7 @@ pub(crate) mod names {
     pub(super) const JOINS: &str = "peer_signal_joins_total";
     pub(super) const LEAVES: &str = "peer_signal_leaves_total";
     pub(super) const EVICTIONS: &str = "peer_signal_evictions_total";
+    pub(super) const TURN_CREDENTIALS: &str = "peer_signal_turn_credentials_total";
     pub(super) const ERRORS: &str = "peer_signal_errors_total";
     pub(super) const ANNOUNCE: &str = "peer_signal_announce_duration_seconds";
     pub(super) const DROPPED_EVENTS: &str = "peer_signal_dropped_events_total";
@@ -77,6 +78,7 @@ struct Handles {
     joins: metrics::Counter,
     leaves: metrics::Counter,
     evictions: metrics::Counter,
+    turn_credentials: metrics::Counter,
     /// By [`ProtocolError::kind`], registered at the first error of each kind.
     errors: Vec<(&'static str, metrics::Counter)>,
     announce: metrics::Histogram,
@@ -115,6 +117,7 @@ impl Meters {
             describe_counter!(JOINS, "Successful announces.");
             describe_counter!(LEAVES, "Announced nodes that disconnected, were closed or were replaced.");
             describe_counter!(EVICTIONS, "Nodes closed for being idle longer than the TTL.");
+            describe_counter!(TURN_CREDENTIALS, "TURN credentials issued to signed-in nodes.");
             describe_counter!(ERRORS, "Error replies, by reason.");
             describe_counter!(DROPPED_EVENTS, "Application events dropped because nobody read them.");
             // Registered now, so that it is exported as zero until the first drop.
@@ -134,6 +137,7 @@ impl Meters {
                     joins: counter!(JOINS),
                     leaves: counter!(LEAVES),
                     evictions: counter!(EVICTIONS),
+                    turn_credentials: counter!(TURN_CREDENTIALS),
                     errors: Vec::new(),
                     announce: histogram!(ANNOUNCE),
                     sizes: [(gauge!(CONNECTIONS), 0), (gauge!(NODES), 0), (gauge!(PENDING), 0)],
@@ -200,6 +204,14 @@ impl Meters {
         #[cfg(feature = "metrics")]
         if let Some(on) = &self.on {
             on.relays.increment(1);
+        }
+    }
+
+    /// A node got TURN credentials.
+    pub(crate) fn turn_issued(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(on) = &self.on {
+            on.turn_credentials.increment(1);
         }
     }
 

@@ -166,10 +166,18 @@ impl TurnConfig {
         }
         let bad = |uri: &String, schemes: &[&str]| !schemes.iter().any(|scheme| uri.starts_with(scheme));
         if let Some(uri) = self.uris.iter().find(|uri| bad(uri, &["turn:", "turns:"])) {
-            return Err(ConfigError::Url { field: "turn.uris", url: uri.clone(), expected: "turn: or turns:" });
+            return Err(ConfigError::Url {
+                field: "turn.uris",
+                url: uri.clone(),
+                expected: "turn: or turns:",
+            });
         }
         if let Some(uri) = self.stun.iter().find(|uri| bad(uri, &["stun:", "stuns:"])) {
-            return Err(ConfigError::Url { field: "turn.stun", url: uri.clone(), expected: "stun: or stuns:" });
+            return Err(ConfigError::Url {
+                field: "turn.stun",
+                url: uri.clone(),
+                expected: "stun: or stuns:",
+            });
         }
         Ok(())
     }
@@ -184,7 +192,11 @@ impl TurnConfig {
         let credential = self.secret.password(&username);
         let mut servers = vec![IceServer { urls: self.uris.clone(), username, credential }];
         if !self.stun.is_empty() {
-            servers.push(IceServer { urls: self.stun.clone(), username: String::new(), credential: String::new() });
+            servers.push(IceServer {
+                urls: self.stun.clone(),
+                username: String::new(),
+                credential: String::new(),
+            });
         }
         IceServers { expires, servers }
     }

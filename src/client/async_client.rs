@@ -481,6 +481,22 @@ impl<C: ClientConnection> AsyncClient<C> {
         self.flush().await
     }
 
+    /// Asks for fresh ICE servers without waiting for them; they come as
+    /// [`ClientEvent::IceServers`]. See [`SignalClient::request_ice_servers`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SignalClient::request_ice_servers`], and [`ClientError::Closed`].
+    pub async fn request_ice_servers(&mut self) -> Result<(), ClientError> {
+        self.client.request_ice_servers()?;
+        self.flush().await
+    }
+
+    /// The ICE servers the server sent last; see [`SignalClient::ice_servers`].
+    pub fn ice_servers(&self) -> Option<&IceServers> {
+        self.client.ice_servers()
+    }
+
     /// Reports statistics; see [`SignalClient::send_stats`].
     ///
     /// # Errors

@@ -28,6 +28,7 @@ use crate::protocol::{
     FledgerConfig, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage,
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION,
 };
+use crate::turn::{IceServer, IceServers};
 
 pub use async_client::{AsyncClient, ClientConnection, Reconnect, Timer};
 use config::*;
@@ -48,6 +49,11 @@ pub enum ClientEvent {
     PeerSetup(PeerInfo),
     /// The server refused something the node sent; the text is the server's.
     Error(String),
+    /// ICE servers with TURN credentials for this node, ready for an `RTCPeerConnection`'s
+    /// configuration: sent by a server with [`SignalConfig::turn`](crate::SignalConfig::turn)
+    /// after the sign-in, before the last ones expire, and on request. The latest are also in
+    /// [`SignalClient::ice_servers`].
+    IceServers(IceServers),
     /// The connection was lost. A client that reconnects (see
     /// [`AsyncClient::connect_reconnecting`]) is now trying again; it reports
     /// [`Connected`](Self::Connected) once the server has accepted its announce anew.

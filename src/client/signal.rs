@@ -100,6 +100,8 @@ pub struct SignalClient {
     pub(super) dead: Option<ClientError>,
     /// What the server said about the end of the connection.
     pub(super) ending: Option<Ending>,
+    /// The last ICE servers the server sent.
+    pub(super) ice_servers: Option<IceServers>,
 }
 
 impl fmt::Debug for SignalClient {
@@ -150,6 +152,7 @@ impl SignalClient {
             silent_intervals: 0,
             dead: None,
             ending: None,
+            ice_servers: None,
         }
     }
 
@@ -290,6 +293,13 @@ impl SignalClient {
         self.config.as_ref()
     }
 
+    /// The ICE servers, with TURN credentials for this node, that the server sent last (see
+    /// [`ClientEvent::IceServers`]); `None` from a server without TURN. Check
+    /// [`IceServers::expires`] before use: a client that was offline may hold old ones.
+    pub fn ice_servers(&self) -> Option<&IceServers> {
+        self.ice_servers.as_ref()
+    }
+
     /// Events dropped because [`poll_event`](Self::poll_event) was not drained.
     pub fn dropped_events(&self) -> u64 {
         self.dropped_events
@@ -385,6 +395,13 @@ impl SignalClient {
                 }
                 ClientEvent::PeerSetup(setup)
             }
+            WSSignalMessageToNode::IceServers(servers) => {
+                if self.state != State::Connected {
+                    return Err(self.refuse("ICE servers before the sign-in"));
+                }
+                self.ice_servers = Some(servers.clone());
+                ClientEvent::IceServers(servers)
+            }
             WSSignalMessageToNode::Error(text) => {
                 if self.state == State::Connected {
                     if text == ProtocolError::IdleTimeout.to_string() {
@@ -421,6 +438,16 @@ impl SignalClient {
     /// [`ClientError::Backlog`] when [`poll_transmit`](Self::poll_transmit) is not drained.
     pub fn request_list(&mut self) -> Result<(), ClientError> {
         self.request(&WSSignalMessageFromNode::ListIDsRequest)
+    }
+
+    /// Asks the server for fresh ICE servers; they come as [`ClientEvent::IceServers`] (a server
+    /// without TURN answers with an error, fledger's with `malformed message`).
+    ///
+    /// # Errors
+    ///
+    /// As [`request_list`](Self::request_list).
+    pub fn request_ice_servers(&mut self) -> Result<(), ClientError> {
+        self.request(&WSSignalMessageFromNode::IceServersRequest)
     }
 
     /// Sends a set-up message to the other node of `setup`'s pair. This node must be one of
@@ -515,5 +542,14 @@ pub(super) fn event_size(event: &ClientEvent) -> usize {
                 .sum(),
             ClientEvent::PeerSetup(setup) => setup.message.text().map_or(0, str::len),
             ClientEvent::Error(text) => text.len(),
+            ClientEvent::IceServers(ice) => ice
+                .servers
+                .iter()
+                .map(|server| {
+                    let urls: usize =
+                        server.urls.iter().map(|url| std::mem::size_of::<String>() + url.len()).sum();
+                    std::mem::size_of::<IceServer>() + urls + server.username.len() + server.credential.len()
+                })
+                .sum(),
         }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::protocol::RealmID;
+use crate::turn::TurnConfig;
 
 use super::policy::AnnouncePolicy;
 use super::rate::RateLimit;
@@ -140,6 +141,11 @@ pub struct SignalConfig {
     /// [`AnnouncePolicy`]. A denied node gets the policy's reason as an `Error` and is closed.
     /// Default `None`: every node that proves its key joins.
     pub announce_policy: Option<AnnouncePolicy>,
+    /// TURN and STUN servers for the nodes ([`TurnConfig`]): each node gets its own credentials
+    /// in an `IceServers` message right after its signature is verified, again with the first
+    /// frame it sends after half their lifetime, and on `IceServersRequest`. fledger 0.10 nodes
+    /// drop the message unread. Default `None`: no such message.
+    pub turn: Option<TurnConfig>,
 }
 
 impl Default for SignalConfig {
@@ -167,6 +173,7 @@ impl Default for SignalConfig {
             list_push_fanout: 16,
             rng_seed: None,
             announce_policy: None,
+            turn: None,
         }
     }
 }
@@ -197,6 +204,7 @@ setters! {
         with_system_realm => system_realm: RealmID,
         with_rng_seed => rng_seed: [u8; 32],
         with_announce_policy => announce_policy: AnnouncePolicy,
+        with_turn => turn: TurnConfig,
     }
 }
 
@@ -239,6 +247,20 @@ impl SignalConfig {
         at_most("max_send_backlog", self.max_send_backlog, MAX_QUEUE)?;
         if self.list_push_fanout > 0 {
             duration("list_push_interval", self.list_push_interval)?;
+        }
+        if let Some(turn) = &self.turn {
+            turn.validate()?;
+            // Renewed with the first frame after half the lifetime, and a node sends one per TTL:
+            // a quarter of the lifetime is left at least.
+            let ttls = self.ttl.saturating_mul(4);
+            if turn.lifetime < ttls {
+                return Err(ConfigError::Below {
+                    field: "turn.lifetime",
+                    value: turn.lifetime.as_secs(),
+                    other: "4 × ttl",
+                    other_value: ttls.as_secs(),
+                });
+            }
         }
         Ok(())
     }
@@ -330,6 +352,7 @@ impl fmt::Debug for SignalConfig {
             .field("list_push_interval", &self.list_push_interval)
             .field("list_push_fanout", &self.list_push_fanout)
             .field("announce_policy", &self.announce_policy)
+            .field("turn", &self.turn)
             // rng_seed: not printed, it would reveal every challenge.
             .finish_non_exhaustive()
     }

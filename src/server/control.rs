@@ -4,8 +4,10 @@
 use std::net::IpAddr;
 
 use crate::codec::Codec;
+use crate::error::ConfigError;
 use crate::ids::ConnId;
 use crate::protocol::{NodeID, NodeInfo, WSSignalMessageToNode};
+use crate::turn::TurnConfig;
 
 #[cfg(doc)]
 use super::{SignalIn, SignalOut, SignalServer};
@@ -57,6 +59,12 @@ pub enum Command {
         /// The message.
         message: WSSignalMessageToNode,
     },
+    /// Replace [`SignalConfig::turn`](super::SignalConfig::turn), for example to rotate the
+    /// secret: nodes get credentials from the new one from now on (those they hold stay valid
+    /// where the TURN server still accepts the old secret). `None` stops issuing them.
+    /// [`CommandReply::Done`], or [`CommandReply::Refused`] for a setting
+    /// [`SignalConfig::validate`](super::SignalConfig::validate) refuses.
+    SetTurn(Option<Box<TurnConfig>>),
 }
 
 /// The server's answer to a [`Command`], in [`SignalOut::Reply`].
@@ -69,4 +77,6 @@ pub enum CommandReply {
     Done,
     /// No node with this id is announced on this server.
     UnknownNode(NodeID),
+    /// The new setting is refused, for this reason; the server keeps the old one.
+    Refused(ConfigError),
 }

@@ -162,6 +162,8 @@ pub struct ServerStats {
     /// `ListIDsRequest`s left unanswered because the requester's own send queue was busy (see
     /// [`SignalIn::Busy`]): it has not read the replies it already has.
     pub unanswered_busy: u64,
+    /// TURN credentials issued (see [`SignalConfig::turn`](crate::SignalConfig::turn)).
+    pub turn_credentials: u64,
     /// Error replies, by [`ProtocolError::kind`]. Evictions are `idle_timeout`; pending
     /// connections closed to make room for newer ones are `handshake_timeout`.
     pub errors: BTreeMap<&'static str, u64>,

@@ -287,6 +287,7 @@ impl SignalServer {
                 rate: Buckets::full(now, self.config.frame_rate, self.config.byte_rate),
                 busy: false,
                 addr,
+                ice_issued: None,
             },
         );
         self.arm(deadline, conn);
@@ -366,9 +367,17 @@ impl SignalServer {
             Inbound::NodeStats(stats) => self.check_stats(&stats).map(|()| {
                 self.out.push_back(SignalOut::Event(SignalEvent::NodeStats { from: id, stats }));
             }),
+            Inbound::IceServersRequest if self.config.turn.is_some() => {
+                self.send_ice_servers(now, conn, codec, id);
+                Ok(())
+            }
+            Inbound::IceServersRequest => Err(ProtocolError::NoTurn),
         };
         match handled {
-            Ok(()) => self.refresh(conn, later(now, self.config.ttl)),
+            Ok(()) => {
+                self.refresh(conn, later(now, self.config.ttl));
+                self.renew_ice_servers(now, conn, codec, id);
+            }
             Err(error) => self.refuse(conn, error),
         }
     }
@@ -422,6 +431,9 @@ impl SignalServer {
             self.reply(conn, frame);
         }
         self.send_list(conn, codec);
+        if self.config.turn.is_some() {
+            self.send_ice_servers(now, conn, codec, id);
+        }
         if let Some(node) = self.connected_node(&id) {
             self.out.push_back(SignalOut::Event(SignalEvent::NewNode(Box::new(node))));
         }
@@ -429,6 +441,33 @@ impl SignalServer {
         if self.config.list_push_fanout > 0 && self.push.joined.len() < self.config.max_list_len {
             self.push.joined.push(id);
             self.push.due.get_or_insert(later(now, self.config.list_push_interval));
+        }
+    }
+
+    /// Sends `conn` fresh TURN credentials, if the server has TURN servers.
+    fn send_ice_servers(&mut self, now: Instant, conn: ConnId, codec: Codec, id: NodeID) {
+        let Some(turn) = &self.config.turn else { return };
+        let message = WSSignalMessageToNode::IceServers(turn.issue(&id, now));
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ice_issued = Some(now);
+        }
+        self.stats.turn_credentials += 1;
+        self.meters.turn_issued();
+        self.send(conn, codec, &message);
+    }
+
+    /// Sends new credentials with the first frame a node sends after half their lifetime: a node
+    /// sends at least one frame per TTL, which is far shorter, so it never holds expired ones.
+    fn renew_ice_servers(&mut self, now: Instant, conn: ConnId, codec: Codec, id: NodeID) {
+        let Some(turn) = &self.config.turn else { return };
+        let half = turn.lifetime / 2;
+        let due = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.ice_issued)
+            .is_none_or(|at| now.saturating_duration_since(at) >= half);
+        if due {
+            self.send_ice_servers(now, conn, codec, id);
         }
     }
 
@@ -677,6 +716,16 @@ impl SignalServer {
                 }
                 None => CommandReply::UnknownNode(node),
             },
+            Command::SetTurn(turn) => {
+                let config = SignalConfig { turn: turn.map(|turn| *turn), ..self.config.clone() };
+                match config.validate() {
+                    Ok(()) => {
+                        self.config.turn = config.turn;
+                        CommandReply::Done
+                    }
+                    Err(error) => CommandReply::Refused(error),
+                }
+            }
         };
         self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
     }
@@ -854,6 +903,8 @@ struct Conn {
     busy: bool,
     /// The peer's address, as the transport reported it.
     addr: Option<IpAddr>,
+    /// When the node last got TURN credentials.
+    ice_issued: Option<Instant>,
 }
 
 /// Joins not yet pushed to other nodes.
