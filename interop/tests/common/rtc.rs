@@ -1,7 +1,7 @@
 //! Real WebRTC on loopback, for the hosted-signalling test: [`Peer`] (a webrtc-rs peer connection
 //! that only ever uses 127.0.0.1, set up with `PeerMessage` strings), [`AppChannel`] (a data
 //! channel of the application), and [`join_link`], the adapter between a data channel and the two
-//! ends of a peer link, as `src/transport/peer_link/mod.rs` ("Writing an adapter") describes it.
+//! ends of a peer link, as the crate docs ("Writing an adapter", `src/lib.rs`) describe it.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
