@@ -34,6 +34,7 @@
 //! | `peer_signal_relays_total` | counter | set-ups forwarded to a local node |
 //! | `peer_signal_errors_total{reason}` | counter | error replies, by `ProtocolError::kind` |
 //! | `peer_signal_evictions_total` | counter | nodes closed for silence past the TTL |
+//! | `peer_signal_turn_credentials_total` | counter | TURN credentials issued (with `--turn-uri`) |
 //! | `peer_signal_dropped_events_total` | counter | application events nobody read in time |
 //! | `peer_signal_announce_duration_seconds` | histogram | from the challenge to the accepted announce |
 //! | `peer_signal_ws_send_queue_seconds` | histogram | a frame's wait in its connection's send queue, until the socket took it |
@@ -50,6 +51,13 @@
 //! ```sh
 //! cargo run --release --example ws_server -- --listen 0.0.0.0:8765 --metrics 127.0.0.1:9765 --redis redis://127.0.0.1:6379
 //! cargo run --release --example ws_server -- --listen 0.0.0.0:8766 --metrics 127.0.0.1:9766 --redis redis://127.0.0.1:6379
+//! ```
+//!
+//! TURN credentials for the nodes (coturn's `use-auth-secret`; the secret in a file, read again
+//! on SIGHUP):
+//!
+//! ```sh
+//! cargo run --release --example ws_server -- --turn-uri turn:turn.example.org:3478 --turn-secret-file /etc/peer-signal/turn-secret
 //! ```
 //!
 //! `/ready` answers 503 while such an instance cannot reach Redis (it keeps serving its own
@@ -69,13 +77,13 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use peer_signal::{
     ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, LogAdmit, LogThrottle, RateLimit,
     RealmID, RedisBackplane, RedisConfig, RedisHandle, ServerTls, SignalConfig, SignalEvent, SignalServer,
-    WhenFull, WsConfig, WsStatsHandle, WsTransport,
+    TurnConfig, TurnSecret, WhenFull, WsConfig, WsStatsHandle, WsTransport,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 /// A fledger-compatible signalling server over WebSocket.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 struct Args {
     /// Where nodes connect (plain ws://, any path).
@@ -246,6 +254,27 @@ struct Args {
     /// Milliseconds every Redis command may take before the instance counts Redis as down.
     #[arg(long, env = "PEER_SIGNAL_REDIS_TIMEOUT_MS", default_value_t = RedisConfig::default().command_timeout.as_millis() as u64)]
     redis_timeout_ms: u64,
+    /// A TURN server for the nodes (`turn:host:port`, `turns:host:port`), repeatable or
+    /// comma-separated: each signed-in node gets its own credentials for them (coturn's
+    /// `use-auth-secret`). Needs --turn-secret-file.
+    #[arg(
+        long = "turn-uri",
+        env = "PEER_SIGNAL_TURN_URI",
+        value_delimiter = ',',
+        requires = "turn_secret_file"
+    )]
+    turn_uris: Vec<String>,
+    /// A STUN server handed out with the TURN servers, repeatable or comma-separated.
+    #[arg(long = "turn-stun-uri", env = "PEER_SIGNAL_TURN_STUN_URI", value_delimiter = ',')]
+    turn_stun_uris: Vec<String>,
+    /// The file that holds the secret shared with the TURN server (coturn's
+    /// `static-auth-secret`), on its first line; never on the command line. Read again on SIGHUP,
+    /// to rotate it.
+    #[arg(long, env = "PEER_SIGNAL_TURN_SECRET_FILE", requires = "turn_uris")]
+    turn_secret_file: Option<PathBuf>,
+    /// How long TURN credentials last, in seconds; at least 4 × --ttl-secs.
+    #[arg(long, env = "PEER_SIGNAL_TURN_TTL_SECS", default_value_t = 4 * 3600)]
+    turn_ttl_secs: u64,
 }
 
 impl Args {
@@ -275,6 +304,17 @@ impl Args {
             .with_list_push_fanout(self.list_push_fanout);
         config.system_realm = self.system_realm;
         config
+    }
+
+    /// The TURN settings, with the secret read from its file.
+    fn turn_config(&self) -> Result<Option<TurnConfig>, Failure> {
+        let Some(file) = &self.turn_secret_file else { return Ok(None) };
+        let secret = read_turn_secret(file)?;
+        Ok(Some(
+            TurnConfig::new(self.turn_uris.clone(), secret)
+                .with_stun(self.turn_stun_uris.clone())
+                .with_lifetime(Duration::from_secs(self.turn_ttl_secs)),
+        ))
     }
 
     fn cluster_config(&self) -> ClusterConfig {
@@ -441,6 +481,11 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
         "sample_interval" => "--sample-interval-ms",
         "command_timeout" => "--redis-timeout-ms",
         "instance" => "--instance-id",
+        "turn.uris" => "--turn-uri",
+        "turn.stun" => "--turn-stun-uri",
+        "turn.secret" => "--turn-secret-file",
+        "turn.lifetime" => "--turn-ttl-secs",
+        "4 × ttl" => "4 × --ttl-secs",
         _ => return None,
     })
 }
@@ -448,7 +493,8 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
 async fn serve(args: Args) -> Result<(), Failure> {
     // Before the server and the transport exist: they register their metrics when made.
     let prometheus = if args.metrics == "off" { None } else { Some(install_metrics()?) };
-    let config = args.signal_config();
+    let mut config = args.signal_config();
+    config.turn = args.turn_config()?;
     let mut ws_config = args.ws_config(&config);
     // Checked before anything starts, so that a bad flag is one line and status 2.
     config.validate().map_err(|e| Failure::config(e, false))?;
@@ -521,6 +567,9 @@ async fn serve(args: Args) -> Result<(), Failure> {
         }
     }
     tokio::spawn(stop_on_signal(handle.clone()));
+    if let Some(file) = args.turn_secret_file.clone() {
+        tokio::spawn(reload_turn_on_hangup(handle.clone(), args.clone(), file));
+    }
     tokio::spawn(async move {
         // Nodes that come and go as fast as they can sign cannot flood the log: at most 20 joins
         // and 20 leaves per 10 s at info, the rest at debug, counted in the next info line.
@@ -614,6 +663,48 @@ async fn reload_on_hangup(tls: ServerTls, cert: PathBuf, key: PathBuf) {
     }
     #[cfg(not(unix))]
     let _ = (tls, cert, key);
+}
+
+/// Reads the TURN secret from the first line of `file`.
+fn read_turn_secret(file: &std::path::Path) -> Result<TurnSecret, Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Failure::Runtime(format!(
+            "cannot read the TURN secret from {}: {}; check --turn-secret-file",
+            file.display(),
+            e
+        ))
+    })?;
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.is_empty() {
+        return Err(Failure::Config(format!(
+            "invalid configuration: the TURN secret file {} is empty; put the secret on its first line",
+            file.display()
+        )));
+    }
+    Ok(TurnSecret::new(secret))
+}
+
+/// Reads the TURN secret again on each SIGHUP and hands the server the new setting: nodes get
+/// credentials from the new secret from then on. A file that does not read keeps the old one.
+async fn reload_turn_on_hangup(handle: DriverHandle, args: Args, file: PathBuf) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(e) => return warn!("cannot listen for SIGHUP, the TURN secret will not be reloaded: {e}"),
+        };
+        while hangups.recv().await.is_some() {
+            match args.turn_config() {
+                Ok(turn) => match handle.set_turn(turn).await {
+                    Ok(()) => info!(file = %file.display(), "SIGHUP: TURN secret reloaded"),
+                    Err(e) => warn!("SIGHUP: keeping the TURN secret in use: {e}"),
+                },
+                Err(e) => warn!("SIGHUP: keeping the TURN secret in use: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (handle, args, file);
 }
 
 async fn stop_on_signal(handle: DriverHandle) {

@@ -293,11 +293,18 @@
 //! One link is two ends, from [`LinkHost::attach`] on the hosting side or [`LinkClient::new`] on
 //! the using side, and the adapter joins them to its channel:
 //!
+//! - read the channel from the moment it opens: the host speaks first, and its `Challenge` may
+//!   arrive before the opener's code runs again (webrtc-rs 0.12 drops messages that arrive before
+//!   `on_message` is set: set it before the channel opens, or detach the channel and read it);
 //! - every message the channel receives goes to [`LinkInbound::deliver`], which never waits; an
 //!   error ends the link (close the channel);
 //! - a task sends what [`LinkOutbound::recv`] returns on the channel, as text for JSON and binary
 //!   for bincode; `None` means the link is over: close the channel;
-//! - when the channel closes, drop both ends.
+//! - when the channel closes, drop both ends;
+//! - on the using side, give the [`LinkClient`] the runtime's clock
+//!   ([`LinkClient::with_timer`]) and keep the client alive ([`AsyncClient::keep_alive`]): the
+//!   sign-in then has its deadline, and a neighbour that stops answering with the channel still
+//!   open is noticed.
 //!
 //! # Several instances, one network
 //!

@@ -87,6 +87,11 @@ async fn a_bad_flag_is_one_sentence_naming_it_and_exit_status_2() {
             "ws_server: invalid configuration: --write-timeout-secs must be more than zero",
         ),
         (
+            &["--turn-uri", "turn:127.0.0.1:3478", "--turn-secret-file", "/nonexistent/turn-secret"][..],
+            "ws_server: cannot read the TURN secret from /nonexistent/turn-secret: No such file or directory \
+             (os error 2); check --turn-secret-file",
+        ),
+        (
             // 100,000 nodes of at most 546 bytes in one list: every node that asks would be
             // closed as a slow reader.
             &["--max-list-len", "100000", "--send-backlog-bytes", "1048576"][..],
@@ -104,10 +109,121 @@ async fn a_bad_flag_is_one_sentence_naming_it_and_exit_status_2() {
         )
         .await
         .expect("run ws_server");
-        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let status = if expected.contains("cannot read") { 1 } else { 2 };
+        assert_eq!(output.status.code(), Some(status), "{flags:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(stderr.trim_end(), expected, "{flags:?}");
     }
+}
+
+#[tokio::test]
+async fn turn_settings_the_server_cannot_use_are_one_sentence_naming_the_flag() {
+    let secret = TempFile::new("turn-secret-flags", "north-sea\n");
+    let empty = TempFile::new("turn-secret-empty", "\n");
+    let file = secret.0.display().to_string();
+    let empty_file = empty.0.display().to_string();
+    for (flags, expected) in [
+        (
+            vec!["--turn-uri", "turn:127.0.0.1:3478", "--turn-secret-file", &file, "--turn-ttl-secs", "60"],
+            "ws_server: invalid configuration: --turn-ttl-secs (60) must be at least 4 × --ttl-secs (480)".to_string(),
+        ),
+        (
+            vec!["--turn-uri", "https://example.org", "--turn-secret-file", &file],
+            "ws_server: invalid configuration: --turn-uri: \"https://example.org\" is not a turn: or turns: URL"
+                .to_string(),
+        ),
+        (
+            vec!["--turn-uri", "turn:127.0.0.1:3478", "--turn-secret-file", &empty_file],
+            format!(
+                "ws_server: invalid configuration: the TURN secret file {empty_file} is empty; put the secret on its \
+                 first line"
+            ),
+        ),
+    ] {
+        let output = within(
+            "ws_server refuses",
+            Command::new(ws_server_binary())
+                .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+                .args(&flags)
+                .env("NO_COLOR", "1")
+                .output(),
+        )
+        .await
+        .expect("run ws_server");
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end(), expected, "{flags:?}");
+        assert!(!stderr.contains("north-sea"), "the secret is never printed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gets_turn_credentials_from_the_secret_file_and_new_ones_after_sighup() {
+    use peer_signal::{AsyncClient, ClientEvent, Codec, NodeInfo, TurnSecret, WsClient};
+
+    let secret = TempFile::new("turn-secret", "north-sea\n");
+    let file = secret.0.display().to_string();
+    let (child, url, mut log) = spawn_server(&[
+        "--turn-uri",
+        "turn:127.0.0.1:3478",
+        "--turn-stun-uri",
+        "stun:127.0.0.1:3478",
+        "--turn-secret-file",
+        &file,
+    ])
+    .await;
+    let sign_in = |seed: u8| {
+        let url = url.clone();
+        async move {
+            let key = peer_signal::ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            let info = NodeInfo::new("turn-node", "test", key.verifying_key().to_bytes());
+            let conn = WsClient::connect(&url, Codec::Json).await.expect("connect");
+            let mut node = within("sign-in", AsyncClient::connect(conn, key, info)).await.expect("sign-in");
+            within("credentials", async {
+                while node.ice_servers().is_none() {
+                    node.next_event().await.expect("open");
+                }
+            })
+            .await;
+            node
+        }
+    };
+    let node = sign_in(1).await;
+    let issued = node.ice_servers().unwrap().clone();
+    let turn = &issued.servers[0];
+    assert_eq!(turn.urls, ["turn:127.0.0.1:3478"]);
+    assert_eq!(turn.username, format!("{}:{}", issued.expires, node.id()));
+    assert_eq!(turn.credential, TurnSecret::new("north-sea").password(&turn.username));
+    assert_eq!(issued.servers[1].urls, ["stun:127.0.0.1:3478"]);
+
+    std::fs::write(&secret.0, "baltic\n").unwrap();
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
+    let mut lines = Vec::new();
+    within("the reload", async {
+        while let Some(line) = log.recv().await {
+            let done = line.contains("TURN secret reloaded");
+            lines.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("ws_server exited");
+    })
+    .await;
+    let mut node = node;
+    node.request_ice_servers().await.unwrap();
+    let renewed = within("new credentials", async {
+        loop {
+            if let ClientEvent::IceServers(servers) = node.next_event().await.expect("open") {
+                return servers;
+            }
+        }
+    })
+    .await;
+    let turn = &renewed.servers[0];
+    assert_eq!(turn.credential, TurnSecret::new("baltic").password(&turn.username));
+    assert!(lines.iter().all(|line| !line.contains("north-sea") && !line.contains("baltic")), "{lines:?}");
 }
 
 #[tokio::test]

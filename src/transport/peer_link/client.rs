@@ -52,6 +52,8 @@ impl LinkClient {
 
     /// The clock of the runtime the adapter runs on: with it, [`AsyncClient::connect`](crate::AsyncClient::connect)
     /// bounds the sign-in by [`ClientConfig::sign_in_timeout`](crate::ClientConfig::sign_in_timeout).
+    /// Without it (and without [`AsyncClient::connect_with`](crate::AsyncClient::connect_with)),
+    /// a neighbour that never sends its challenge holds the sign-in for good.
     #[must_use]
     pub fn with_timer(mut self, timer: Arc<dyn Timer>) -> Self {
         self.timer = Some(timer);
