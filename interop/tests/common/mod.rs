@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod coturn;
 pub mod node;
 pub mod rtc;
 pub mod server;

@@ -22,10 +22,16 @@ pub struct WsServer {
 impl WsServer {
     /// Starts the server on a free port of 127.0.0.1 and returns once it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with more flags.
+    pub fn start_with(extra: &[&str]) -> Self {
         let addr = free_loopback_addr();
         let mut command = Command::new(ws_server_binary());
         command
             .args(["--listen", &addr.to_string(), "--metrics", "off", "--system-realm", SYSTEM_REALM])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if std::env::var_os("RUST_LOG").is_none() {
