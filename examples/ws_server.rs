@@ -75,9 +75,10 @@ use common::ticks;
 use futures::StreamExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use peer_signal::{
-    ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle, LogAdmit, LogThrottle, RateLimit,
-    RealmID, RedisBackplane, RedisConfig, RedisHandle, ServerTls, SignalConfig, SignalEvent, SignalServer,
-    TurnConfig, TurnSecret, WhenFull, WsConfig, WsStatsHandle, WsTransport,
+    server_id_of_url, Binding, BindingMode, ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle,
+    LogAdmit, LogThrottle, RateLimit, RealmID, RedisBackplane, RedisConfig, RedisHandle, ServerTls,
+    SignalConfig, SignalEvent, SignalServer, TurnConfig, TurnSecret, WhenFull, WsConfig, WsStatsHandle,
+    WsTransport,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -272,6 +273,17 @@ struct Args {
     /// to rotate it.
     #[arg(long, env = "PEER_SIGNAL_TURN_SECRET_FILE", requires = "turn_uris")]
     turn_secret_file: Option<PathBuf>,
+    /// Bound sign-ins: `off` (protocol v3 only), `accept` (bound announces beside v3 ones; fledger
+    /// nodes sign in unchanged) or `require` (bound only: no sign-in with a v3 signature relayed
+    /// from another server). Set-up messages signed by their senders are relayed as such.
+    #[arg(long, env = "PEER_SIGNAL_BINDING", value_enum, default_value_t = BindingArg::Off)]
+    binding: BindingArg,
+    /// A name nodes dial this server by, for bound sign-ins (`wss://signal.example.org`,
+    /// `ws://127.0.0.1:8765`), repeatable or comma-separated; canonical, as
+    /// `peer_signal::server_id_of_url` makes it. Default: the --listen address, when it is not a
+    /// wildcard.
+    #[arg(long = "server-name", env = "PEER_SIGNAL_SERVER_NAME", value_delimiter = ',')]
+    server_names: Vec<String>,
     /// How long TURN credentials last, in seconds; at least 4 × --ttl-secs.
     #[arg(long, env = "PEER_SIGNAL_TURN_TTL_SECS", default_value_t = 4 * 3600)]
     turn_ttl_secs: u64,
@@ -304,6 +316,30 @@ impl Args {
             .with_list_push_fanout(self.list_push_fanout);
         config.system_realm = self.system_realm;
         config
+    }
+
+    /// The bound sign-in, with the server's names.
+    fn binding(&self, tls: bool) -> Result<Binding, Failure> {
+        let mode = match self.binding {
+            BindingArg::Off => return Ok(Binding::default()),
+            BindingArg::Accept => BindingMode::Accept,
+            BindingArg::Require => BindingMode::Require,
+        };
+        let mut names = self.server_names.clone();
+        if names.is_empty() {
+            if self.listen.ip().is_unspecified() {
+                return Err(Failure::Config(format!(
+                    "invalid configuration: --binding {} needs the name nodes dial this server by; pass --server-name \
+                     wss://HOST",
+                    if mode == BindingMode::Require { "require" } else { "accept" }
+                )));
+            }
+            let scheme = if tls { "wss" } else { "ws" };
+            names.extend(server_id_of_url(&format!("{scheme}://{}", self.listen)));
+        }
+        let mut binding = Binding::accept(names);
+        binding.mode = mode;
+        Ok(binding)
     }
 
     /// The TURN settings, with the secret read from its file.
@@ -360,6 +396,17 @@ impl Args {
             .then_some((self.accepts_per_sec_per_ip, self.accept_burst_per_ip));
         ws
     }
+}
+
+/// `--binding`: [`BindingMode`] as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BindingArg {
+    /// Protocol v3 only.
+    Off,
+    /// Bound sign-ins beside v3 ones.
+    Accept,
+    /// Bound sign-ins only.
+    Require,
 }
 
 /// `--when-full`: [`WhenFull`] as a flag.
@@ -486,6 +533,7 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
         "turn.secret" => "--turn-secret-file",
         "turn.lifetime" => "--turn-ttl-secs",
         "4 × ttl" => "4 × --ttl-secs",
+        "binding.server_ids" => "--server-name",
         _ => return None,
     })
 }
@@ -495,6 +543,7 @@ async fn serve(args: Args) -> Result<(), Failure> {
     let prometheus = if args.metrics == "off" { None } else { Some(install_metrics()?) };
     let mut config = args.signal_config();
     config.turn = args.turn_config()?;
+    config.binding = args.binding(args.tls_cert.is_some())?;
     let mut ws_config = args.ws_config(&config);
     // Checked before anything starts, so that a bad flag is one line and status 2.
     config.validate().map_err(|e| Failure::config(e, false))?;

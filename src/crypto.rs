@@ -30,9 +30,14 @@ pub fn verify_challenge(
     challenge: &U256,
     signature: &[u8; 64],
 ) -> Result<(), ProtocolError> {
+    verify(pubkey, challenge.as_bytes(), signature)
+}
+
+/// Checks `signature` over `bytes` as [`verify_challenge`] does.
+pub(crate) fn verify(pubkey: &[u8; 32], bytes: &[u8], signature: &[u8; 64]) -> Result<(), ProtocolError> {
     let key = VerifyingKey::from_bytes(pubkey).map_err(|_| ProtocolError::InvalidPublicKey)?;
     // `verify_strict` refuses weak keys itself; telling them apart only costs on failure.
-    key.verify_strict(challenge.as_bytes(), &Signature::from_bytes(signature)).map_err(|_| {
+    key.verify_strict(bytes, &Signature::from_bytes(signature)).map_err(|_| {
         if key.is_weak() {
             ProtocolError::InvalidPublicKey
         } else {

@@ -126,6 +126,19 @@ pub enum ProtocolError {
     /// `IceServersRequest` to a server without [`SignalConfig::turn`](crate::SignalConfig::turn).
     #[error("no TURN servers here")]
     NoTurn,
+    /// A plain v3 `Announce` to a server whose [`BindingMode`](crate::BindingMode) is
+    /// `Require`.
+    #[error("bound announce required")]
+    BindingRequired,
+    /// A `BoundAnnounce` to a server with binding off.
+    #[error("bound announce not enabled here")]
+    BindingOff,
+    /// A `BoundAnnounce` of another version than 1.
+    #[error("unsupported bound announce version {0}, expected 1")]
+    UnsupportedBinding(u64),
+    /// A `BoundAnnounce` signed for another server: relayed from somewhere else, or mistaken.
+    #[error("signed for another server")]
+    WrongServer,
 }
 
 impl ProtocolError {
@@ -155,6 +168,10 @@ impl ProtocolError {
             Self::Denied(_) => "denied",
             Self::Disconnected(_) => "disconnected",
             Self::NoTurn => "no_turn",
+            Self::BindingRequired => "binding_required",
+            Self::BindingOff => "binding_off",
+            Self::UnsupportedBinding(_) => "unsupported_binding",
+            Self::WrongServer => "wrong_server",
         }
     }
 }
@@ -329,6 +346,10 @@ mod tests {
             TooManyAnnounceFailures,
             Denied("node not allowed".into()),
             NoTurn,
+            BindingRequired,
+            BindingOff,
+            UnsupportedBinding(2),
+            WrongServer,
             Disconnected("x".repeat(200)),
         ];
         for error in &all {
@@ -338,7 +359,8 @@ mod tests {
                 TooLong { .. } | TooManyStats { .. } | NotInPair | UnknownDestination(_) => {}
                 DestinationBusy(_) | Replaced | ServerFull | HandshakeTimeout | IdleTimeout => {}
                 TooManyErrors | RateLimited | TooManyAnnounceFailures | Denied(_) => {}
-                Disconnected(_) | NoTurn => {}
+                Disconnected(_) | NoTurn | BindingRequired | BindingOff | UnsupportedBinding(_) => {}
+                WrongServer => {}
             }
         }
         all
@@ -377,6 +399,10 @@ mod tests {
             ("too many failed announces", "too_many_announce_failures"),
             ("node not allowed", "denied"),
             ("no TURN servers here", "no_turn"),
+            ("bound announce required", "binding_required"),
+            ("bound announce not enabled here", "binding_off"),
+            ("unsupported bound announce version 2, expected 1", "unsupported_binding"),
+            ("signed for another server", "wrong_server"),
         ];
         let mut expected: Vec<(String, &str)> = expected.iter().map(|(t, k)| (t.to_string(), *k)).collect();
         expected.push((format!("{}…", "x".repeat(128)), "disconnected"));

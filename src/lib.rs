@@ -506,6 +506,7 @@
 #[macro_use]
 mod setters;
 
+mod binding;
 mod cluster;
 mod codec;
 mod crypto;
@@ -524,6 +525,11 @@ pub use ed25519_dalek;
 #[cfg(feature = "tls")]
 pub use rustls;
 
+pub use binding::{
+    bound_announce_bytes, is_server_id, server_id_of_node, server_id_of_url, setup_bytes, Binding,
+    BindingMode, BOUND_ANNOUNCE_DOMAIN, BOUND_ANNOUNCE_VERSION, FLAG_SIGNED_SETUPS, MAX_SERVER_ID_LEN,
+    SIGNED_SETUP_DOMAIN,
+};
 pub use cluster::{
     Backplane, ClusterConfig, ClusterIn, ClusterOut, ClusterStats, MemoryBackplane, MemoryBus, Undelivered,
 };
@@ -533,8 +539,9 @@ pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
 pub use error::{CodecError, ConfigError, ControlError, ProtocolError, TransportError};
 pub use protocol::{
-    FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID,
-    WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
+    BoundAnnounce, Capabilities, FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat,
+    PeerInfo, PeerMessage, RealmID, SignedSetup, WSSignalMessageFromNode, WSSignalMessageToNode,
+    SIGNAL_VERSION, U256,
 };
 pub use server::{
     AnnouncePolicy, CloseReason, Command, CommandReply, ConnId, ConnectedNode, RateLimit, ServerStats,
@@ -548,8 +555,8 @@ mod client;
 mod driver;
 
 pub use client::{
-    AsyncClient, Backoff, ClientConfig, ClientConnection, ClientError, ClientEvent, PathClient, PathEvent,
-    Reconnect, SignalClient, SignalPaths, Timer,
+    AsyncClient, Backoff, ClientBinding, ClientConfig, ClientConnection, ClientError, ClientEvent,
+    PathClient, PathEvent, Reconnect, SetupRejection, SignalClient, SignalPaths, Timer,
 };
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};

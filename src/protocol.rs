@@ -456,6 +456,52 @@ pub struct PeerInfo {
     pub message: PeerMessage,
 }
 
+/// What a server offers beyond protocol v3, in [`WSSignalMessageToNode::Capabilities`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The version of [`BoundAnnounce`] the server takes (1), or 0 for none.
+    pub bound_announce: u64,
+    /// Whether the server relays [`SignedSetup`]s to the nodes that ask for them.
+    pub signed_setups: bool,
+}
+
+/// The answer to the challenge, bound to the server the node dialled: the signature covers the
+/// server id, the challenge, the node's key and the node info exactly as sent (see
+/// [`bound_announce_bytes`](crate::bound_announce_bytes) for the layout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundAnnounce {
+    /// The bound announce's version: 1.
+    pub version: u64,
+    /// The challenge the server sent on this connection.
+    pub challenge: U256,
+    /// The server the node dialled, canonical ([`server_id_of_url`](crate::server_id_of_url),
+    /// [`server_id_of_node`](crate::server_id_of_node)).
+    pub server_id: String,
+    /// The node's [`NodeInfo`] as JSON text; its bytes are hashed as they are, so nobody has to
+    /// re-encode them the same way.
+    pub node_info: String,
+    /// Bit 0 ([`FLAG_SIGNED_SETUPS`](crate::FLAG_SIGNED_SETUPS)): the node signs its set-up
+    /// messages and wants the ones it gets signed.
+    pub flags: u8,
+    /// The ed25519 signature over the bound-announce bytes.
+    #[serde(with = "fixed_bytes::signature")]
+    pub signature: [u8; 64],
+}
+
+/// A set-up message signed by its sender over both ids, a sequence number and the message (see
+/// [`setup_bytes`](crate::setup_bytes)). The receiving node checks it against the sender's id,
+/// which is its key, and refuses a sequence number it has seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSetup {
+    /// The set-up message.
+    pub setup: PeerInfo,
+    /// The sender's counter: strictly increasing over everything it signs.
+    pub seq: u64,
+    /// The sender's ed25519 signature.
+    #[serde(with = "fixed_bytes::signature")]
+    pub signature: [u8; 64],
+}
+
 /// A node's report about one of its peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStat {
@@ -494,6 +540,12 @@ pub enum WSSignalMessageToNode {
     /// [`SignalConfig::turn`](crate::SignalConfig::turn): after the `ListIDsReply` that follows
     /// the sign-in, again before the credentials expire, and on `IceServersRequest`.
     IceServers(IceServers),
+    /// A set-up message signed by its sender (not in fledger's protocol): relayed to nodes that
+    /// asked for signed set-ups in their [`BoundAnnounce`]; others get it as a plain `PeerSetup`.
+    SignedPeerSetup(SignedSetup),
+    /// What the server offers beyond v3 (not in fledger's protocol: fledger 0.10 nodes drop it).
+    /// Sent before the `Challenge` by a server with binding enabled.
+    Capabilities(Capabilities),
 }
 
 /// A message from a node to the server.
@@ -510,6 +562,11 @@ pub enum WSSignalMessageFromNode {
     /// Asks for fresh [`WSSignalMessageToNode::IceServers`] (not in fledger's protocol; a server
     /// without TURN answers with an `Error`).
     IceServersRequest,
+    /// The answer to the challenge bound to the server (not in fledger's protocol): see
+    /// [`BoundAnnounce`].
+    BoundAnnounce(BoundAnnounce),
+    /// A set-up message signed by its sender (not in fledger's protocol): see [`SignedSetup`].
+    SignedPeerSetup(SignedSetup),
 }
 
 /// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.
@@ -534,6 +591,20 @@ pub(crate) enum Inbound {
     PeerSetup(SetupRoute),
     NodeStats(#[serde(deserialize_with = "bounded_seq::deserialize")] Vec<NodeStat>),
     IceServersRequest,
+    BoundAnnounce(BoundAnnounce),
+    SignedPeerSetup(SignedRoute),
+}
+
+/// A `SignedSetup` as far as routing needs it; the receiving node checks the signature.
+#[derive(Deserialize)]
+#[serde(rename = "SignedSetup")]
+pub(crate) struct SignedRoute {
+    pub(crate) setup: SetupRoute,
+    #[allow(dead_code)]
+    pub(crate) seq: u64,
+    #[allow(dead_code)]
+    #[serde(with = "fixed_bytes::signature")]
+    pub(crate) signature: [u8; 64],
 }
 
 /// A `PeerInfo` as far as routing needs it: the pair, and the encoded length of the message text.

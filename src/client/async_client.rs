@@ -29,6 +29,13 @@ pub trait ClientConnection: Send {
     fn timer(&self) -> Option<Arc<dyn Timer>> {
         None
     }
+
+    /// The canonical id of the server at the other end, if the connection knows it (`WsClient`
+    /// knows its URL; a `LinkClient` the hosting node given with `with_host`), for a bound
+    /// sign-in: see [`ClientConfig::binding`]. The default is none.
+    fn server_id(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]
@@ -47,6 +54,10 @@ impl<C: ClientConnection + ?Sized> ClientConnection for Box<C> {
 
     fn timer(&self) -> Option<Arc<dyn Timer>> {
         (**self).timer()
+    }
+
+    fn server_id(&self) -> Option<String> {
+        (**self).server_id()
     }
 }
 
@@ -207,9 +218,10 @@ impl<C: ClientConnection> AsyncClient<C> {
 
     async fn start(
         conn: C,
-        client: SignalClient,
+        mut client: SignalClient,
         timer: Option<Arc<dyn Timer>>,
     ) -> Result<Self, ClientError> {
+        client.use_server_id(conn.server_id());
         let mut this = Self {
             conn,
             client,
@@ -321,6 +333,7 @@ impl<C: ClientConnection> AsyncClient<C> {
             if let Some(Ok(conn)) = within(&timer, limit, reconnecting.reconnect.connect()).await {
                 self.conn = conn;
                 self.client = self.client.renewed();
+                self.client.use_server_id(self.conn.server_id());
                 self.idle_after = None;
                 self.arm();
                 if self.handshake(true).await.is_ok() {

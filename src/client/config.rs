@@ -60,6 +60,42 @@ pub struct ClientConfig {
     /// so that two processes with the same key, which take the node from each other, settle
     /// at one reconnect per longest wait each instead of one per round trip.
     pub stable_session: Duration,
+    /// Whether the node binds its sign-in to the server it dialled ([`ClientBinding`]). Default
+    /// [`ClientBinding::Prefer`]: bound where the server offers it and the client knows the
+    /// server's id, plain v3 elsewhere.
+    pub binding: ClientBinding,
+    /// The id of the server this client signs in at, canonical
+    /// ([`server_id_of_url`](crate::server_id_of_url), [`server_id_of_node`](crate::server_id_of_node)).
+    /// Default `None`: the connection's ([`ClientConnection::server_id`]; `WsClient` knows its URL).
+    pub server_id: Option<String>,
+    /// Whether the node signs its set-up messages, and asks for signed ones, where the sign-in is
+    /// bound and the server relays them. Default true.
+    pub sign_setups: bool,
+    /// Whether set-up messages that come unsigned are refused
+    /// ([`ClientEvent::RejectedSetup`]) rather than passed on. Default false: fledger nodes and
+    /// nodes on v3 servers send them plain.
+    pub require_signed_setups: bool,
+    /// The first sequence number the node signs a set-up message with. Default `None`: the
+    /// microseconds since the Unix epoch when the client is made, so that a restarted node
+    /// starts above what it sent before and its peers do not take its messages for replays.
+    pub setup_seq_start: Option<u64>,
+}
+
+/// Whether a client binds its sign-in to the server: [`ClientConfig::binding`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientBinding {
+    /// Plain v3 announces only.
+    Off,
+    /// A bound announce where the server offers it (`Capabilities`) and the server's id is
+    /// known; plain v3 otherwise.
+    #[default]
+    Prefer,
+    /// Bound announces only: where the server does not offer it (or whoever stands in for the
+    /// server stripped the offer), the client does not sign at all
+    /// ([`ClientError::BindingUnavailable`]). A relayed challenge can then never produce a
+    /// signature usable elsewhere.
+    Require,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +107,11 @@ impl Default for ClientConfig {
             max_event_bytes: 1024 * 1024,
             backoff: Backoff::default(),
             stable_session: Duration::from_secs(60),
+            binding: ClientBinding::Prefer,
+            server_id: None,
+            sign_setups: true,
+            require_signed_setups: false,
+            setup_seq_start: None,
         }
     }
 }
@@ -82,9 +123,14 @@ setters! {
         with_max_event_bytes => max_event_bytes: usize,
         with_backoff => backoff: Backoff,
         with_stable_session => stable_session: Duration,
+        with_binding => binding: ClientBinding,
+        with_sign_setups => sign_setups: bool,
+        with_require_signed_setups => require_signed_setups: bool,
     }
     optional {
         with_keepalive => keepalive: Duration,
+        with_server_id => server_id: String,
+        with_setup_seq_start => setup_seq_start: u64,
     }
 }
 

@@ -21,18 +21,21 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 
+use crate::binding::{bound_announce_bytes, setup_bytes, BOUND_ANNOUNCE_VERSION, FLAG_SIGNED_SETUPS};
 use crate::codec::Codec;
 use crate::crypto::sign_challenge;
 use crate::error::{CodecError, ProtocolError, TransportError};
+use crate::protocol::{BoundAnnounce, Capabilities, SignedSetup, U256};
 use crate::protocol::{
     FledgerConfig, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage,
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION,
 };
 use crate::turn::{IceServer, IceServers};
+use std::collections::HashMap;
 
 pub use async_client::{AsyncClient, ClientConnection, Reconnect, Timer};
 use config::*;
-pub use config::{Backoff, ClientConfig};
+pub use config::{Backoff, ClientBinding, ClientConfig};
 pub use paths::{PathClient, PathEvent, SignalPaths};
 pub use signal::SignalClient;
 use signal::*;
@@ -49,6 +52,16 @@ pub enum ClientEvent {
     PeerSetup(PeerInfo),
     /// The server refused something the node sent; the text is the server's.
     Error(String),
+    /// A set-up message that failed its check and was not passed on: its signature does not
+    /// verify (a server or a relaying neighbour changed it, or it is forged), it replays one seen
+    /// before, or it came unsigned to a client that requires signatures. The set-up is as it
+    /// arrived.
+    RejectedSetup {
+        /// The message as it arrived.
+        setup: PeerInfo,
+        /// Why it was refused.
+        reason: SetupRejection,
+    },
     /// ICE servers with TURN credentials for this node, ready for an `RTCPeerConnection`'s
     /// configuration: sent by a server with [`SignalConfig::turn`](crate::SignalConfig::turn)
     /// after the sign-in, before the last ones expire, and on request. The latest are also in
@@ -58,6 +71,19 @@ pub enum ClientEvent {
     /// [`AsyncClient::connect_reconnecting`]) is now trying again; it reports
     /// [`Connected`](Self::Connected) once the server has accepted its announce anew.
     Disconnected,
+}
+
+/// Why a set-up message was refused: [`ClientEvent::RejectedSetup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SetupRejection {
+    /// The signature does not verify under the sender's id: the message was changed on the way,
+    /// or forged.
+    BadSignature,
+    /// Its sequence number is not above the last one seen from that sender: a replay.
+    Replayed,
+    /// It came unsigned, and [`ClientConfig::require_signed_setups`] is on.
+    Unsigned,
 }
 
 /// What went wrong on the node's side.
@@ -99,6 +125,11 @@ pub enum ClientError {
     /// The connection is closed.
     #[error("connection closed")]
     Closed,
+    /// The client requires a bound sign-in ([`ClientBinding::Require`]) and the server did not
+    /// offer it, or the client does not know the server's id; it did not sign the challenge, and
+    /// the connection is dead.
+    #[error("no bound sign-in possible here: {0}")]
+    BindingUnavailable(&'static str),
     /// None of the node's signalling paths lists the node (see [`SignalPaths`]).
     #[error("no signalling path lists node {0}")]
     NoPath(NodeID),

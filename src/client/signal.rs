@@ -102,7 +102,21 @@ pub struct SignalClient {
     pub(super) ending: Option<Ending>,
     /// The last ICE servers the server sent.
     pub(super) ice_servers: Option<IceServers>,
+    /// What the server offered before its challenge.
+    pub(super) capabilities: Option<Capabilities>,
+    /// The id of the server, for a bound sign-in: the config's, else the connection's.
+    pub(super) server_id: Option<String>,
+    /// The node signs its set-up messages on this connection.
+    pub(super) signing: bool,
+    /// The next sequence number to sign a set-up message with.
+    pub(super) next_seq: u64,
+    /// The last sequence number seen from each peer, for replays.
+    pub(super) seen_seq: HashMap<NodeID, u64>,
 }
+
+/// Peers whose last sequence number a client remembers; past it, the oldest entry goes (and
+/// replays of that peer's old messages would pass until it sends again).
+const MAX_SEEN_PEERS: usize = 4096;
 
 impl fmt::Debug for SignalClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,6 +147,8 @@ impl SignalClient {
     pub fn with_config(key: SigningKey, mut info: NodeInfo, codec: Codec, config: &ClientConfig) -> Self {
         info.pubkey = key.verifying_key().to_bytes();
         let limits = config.clamped();
+        let server_id = limits.server_id.clone();
+        let next_seq = limits.setup_seq_start.unwrap_or_else(unix_micros);
         Self {
             key,
             info,
@@ -153,7 +169,24 @@ impl SignalClient {
             dead: None,
             ending: None,
             ice_servers: None,
+            capabilities: None,
+            server_id,
+            signing: false,
+            next_seq,
+            seen_seq: HashMap::new(),
         }
+    }
+
+    /// Uses `server_id` for a bound sign-in unless [`ClientConfig::server_id`] names one.
+    pub fn use_server_id(&mut self, server_id: Option<String>) {
+        if self.limits.server_id.is_none() {
+            self.server_id = server_id;
+        }
+    }
+
+    /// Whether the sign-in was bound and set-up messages are signed on this connection.
+    pub fn signs_setups(&self) -> bool {
+        self.signing
     }
 
     /// The same node on a new connection: the state of the old one forgotten, the settings and
@@ -163,6 +196,9 @@ impl SignalClient {
         client.keepalive = self.keepalive;
         client.dropped_events = self.dropped_events;
         client.refused_messages = self.refused_messages;
+        client.server_id = self.server_id.clone();
+        client.next_seq = self.next_seq;
+        client.seen_seq = self.seen_seq.clone();
         client
     }
 
@@ -351,6 +387,13 @@ impl SignalClient {
         self.heard = true;
         let message = self.codec.decode(frame).map_err(ClientError::Malformed)?;
         let event = match message {
+            WSSignalMessageToNode::Capabilities(capabilities) => {
+                if self.state != State::AwaitingChallenge {
+                    return Err(self.refuse("capabilities after the challenge"));
+                }
+                self.capabilities = Some(capabilities);
+                return Ok(());
+            }
             WSSignalMessageToNode::Challenge(version, challenge) => {
                 if self.state != State::AwaitingChallenge {
                     self.refused_messages += 1;
@@ -359,15 +402,20 @@ impl SignalClient {
                 if version != SIGNAL_VERSION {
                     return Err(ClientError::UnsupportedVersion(version));
                 }
-                let announce = MessageAnnounce {
-                    version: SIGNAL_VERSION,
-                    challenge,
-                    node_info: self.info.clone(),
-                    signature: sign_challenge(&self.key, &challenge),
-                };
-                self.queue(&WSSignalMessageFromNode::Announce(announce))?;
+                let message = self.answer(challenge)?;
+                self.queue(&message)?;
                 self.state = State::Announced;
                 return Ok(());
+            }
+            WSSignalMessageToNode::SignedPeerSetup(signed) => {
+                if self.state != State::Connected {
+                    return Err(self.refuse("a set-up message before the sign-in"));
+                }
+                let me = self.id();
+                if signed.setup.id_init != me && signed.setup.id_follow != me {
+                    return Err(self.refuse("a set-up message for a pair without this node"));
+                }
+                self.check_signed(signed)
             }
             WSSignalMessageToNode::SystemConfig(config) => {
                 // A later one is the server's new word on the system (`DriverHandle::send`).
@@ -393,7 +441,11 @@ impl SignalClient {
                 if setup.id_init != me && setup.id_follow != me {
                     return Err(self.refuse("a set-up message for a pair without this node"));
                 }
-                ClientEvent::PeerSetup(setup)
+                if self.limits.require_signed_setups {
+                    ClientEvent::RejectedSetup { setup, reason: SetupRejection::Unsigned }
+                } else {
+                    ClientEvent::PeerSetup(setup)
+                }
             }
             WSSignalMessageToNode::IceServers(servers) => {
                 if self.state != State::Connected {
@@ -423,6 +475,70 @@ impl SignalClient {
             self.dropped_events += 1;
         }
         Ok(())
+    }
+
+    /// The answer to `challenge`: bound where the binding setting and the server allow, plain v3
+    /// otherwise.
+    fn answer(&mut self, challenge: U256) -> Result<WSSignalMessageFromNode, ClientError> {
+        let offered = self.capabilities.as_ref().filter(|caps| caps.bound_announce == BOUND_ANNOUNCE_VERSION);
+        let bound = match (self.limits.binding, offered, &self.server_id) {
+            (ClientBinding::Off, _, _) => None,
+            (_, Some(caps), Some(server_id)) => Some((caps.signed_setups, server_id.clone())),
+            (ClientBinding::Require, None, _) => {
+                return Err(self.die(ClientError::BindingUnavailable("the server offered no bound sign-in")))
+            }
+            (ClientBinding::Require, _, None) => {
+                return Err(self.die(ClientError::BindingUnavailable("the server's id is unknown")))
+            }
+            _ => None,
+        };
+        let Some((signed_setups, server_id)) = bound else {
+            return Ok(WSSignalMessageFromNode::Announce(MessageAnnounce {
+                version: SIGNAL_VERSION,
+                challenge,
+                node_info: self.info.clone(),
+                signature: sign_challenge(&self.key, &challenge),
+            }));
+        };
+        let flags = if signed_setups && self.limits.sign_setups { FLAG_SIGNED_SETUPS } else { 0 };
+        // Our own NodeInfo always encodes.
+        let node_info = serde_json::to_string(&self.info).unwrap_or_default();
+        let Some(bytes) = bound_announce_bytes(&server_id, &challenge, &self.info.pubkey, &node_info, flags)
+        else {
+            return Err(self.die(ClientError::BindingUnavailable("the server's id is longer than 255 bytes")));
+        };
+        self.signing = flags != 0;
+        Ok(WSSignalMessageFromNode::BoundAnnounce(BoundAnnounce {
+            version: BOUND_ANNOUNCE_VERSION,
+            challenge,
+            server_id,
+            node_info,
+            flags,
+            signature: crate::binding::sign(&self.key, &bytes),
+        }))
+    }
+
+    /// A signed set-up message, checked: its signature under the sender's id, and its sequence
+    /// number above the last one seen from the sender.
+    fn check_signed(&mut self, signed: SignedSetup) -> ClientEvent {
+        let me = self.id();
+        let from_init = signed.setup.id_follow == me && signed.setup.id_init != me;
+        let sender = if from_init { signed.setup.id_init } else { signed.setup.id_follow };
+        let bytes = setup_bytes(&signed.setup, from_init, signed.seq);
+        if !crate::binding::verifies(sender.as_bytes(), &bytes, &signed.signature) {
+            return ClientEvent::RejectedSetup { setup: signed.setup, reason: SetupRejection::BadSignature };
+        }
+        if self.seen_seq.get(&sender).is_some_and(|&last| signed.seq <= last) {
+            return ClientEvent::RejectedSetup { setup: signed.setup, reason: SetupRejection::Replayed };
+        }
+        if self.seen_seq.len() >= MAX_SEEN_PEERS && !self.seen_seq.contains_key(&sender) {
+            let oldest = self.seen_seq.iter().min_by_key(|(_, &seq)| seq).map(|(&id, _)| id);
+            if let Some(oldest) = oldest {
+                self.seen_seq.remove(&oldest);
+            }
+        }
+        self.seen_seq.insert(sender, signed.seq);
+        ClientEvent::PeerSetup(signed.setup)
     }
 
     fn refuse(&mut self, what: &'static str) -> ClientError {
@@ -457,7 +573,15 @@ impl SignalClient {
     ///
     /// As [`request_list`](Self::request_list).
     pub fn send_setup(&mut self, setup: PeerInfo) -> Result<(), ClientError> {
-        self.request(&WSSignalMessageFromNode::PeerSetup(setup))
+        if !self.signing {
+            return self.request(&WSSignalMessageFromNode::PeerSetup(setup));
+        }
+        let from_init = setup.id_init == self.id();
+        let seq = self.next_seq;
+        let signature = crate::binding::sign(&self.key, &setup_bytes(&setup, from_init, seq));
+        self.request(&WSSignalMessageFromNode::SignedPeerSetup(SignedSetup { setup, seq, signature }))?;
+        self.next_seq = seq.saturating_add(1);
+        Ok(())
     }
 
     /// Starts a connection set-up with `to`: sends `Init`, with this node as `id_init`.
@@ -540,7 +664,9 @@ pub(super) fn event_size(event: &ClientEvent) -> usize {
                 .iter()
                 .map(|node| std::mem::size_of::<NodeInfo>() + node.name.len() + node.client.len())
                 .sum(),
-            ClientEvent::PeerSetup(setup) => setup.message.text().map_or(0, str::len),
+            ClientEvent::PeerSetup(setup) | ClientEvent::RejectedSetup { setup, .. } => {
+                setup.message.text().map_or(0, str::len)
+            }
             ClientEvent::Error(text) => text.len(),
             ClientEvent::IceServers(ice) => ice
                 .servers
@@ -552,4 +678,12 @@ pub(super) fn event_size(event: &ClientEvent) -> usize {
                 })
                 .sum(),
         }
+}
+
+/// Microseconds since the Unix epoch, from the system clock: where a node's set-up sequence
+/// numbers start, unless its config says.
+fn unix_micros() -> u64 {
+    web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::binding::Binding;
 use crate::error::ConfigError;
 use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::protocol::RealmID;
@@ -146,6 +147,10 @@ pub struct SignalConfig {
     /// frame it sends after half their lifetime, and on `IceServersRequest`. fledger 0.10 nodes
     /// drop the message unread. Default `None`: no such message.
     pub turn: Option<TurnConfig>,
+    /// Bound sign-ins and signed set-up messages ([`Binding`]): off (the default, v3 only),
+    /// accept, or require. With binding on, every connection gets a `Capabilities` message
+    /// before its `Challenge`, which fledger 0.10 nodes drop unread.
+    pub binding: Binding,
 }
 
 impl Default for SignalConfig {
@@ -174,6 +179,7 @@ impl Default for SignalConfig {
             rng_seed: None,
             announce_policy: None,
             turn: None,
+            binding: Binding::default(),
         }
     }
 }
@@ -199,6 +205,7 @@ setters! {
         with_max_send_backlog => max_send_backlog: usize,
         with_list_push_interval => list_push_interval: Duration,
         with_list_push_fanout => list_push_fanout: usize,
+        with_binding => binding: Binding,
     }
     optional {
         with_system_realm => system_realm: RealmID,
@@ -248,6 +255,7 @@ impl SignalConfig {
         if self.list_push_fanout > 0 {
             duration("list_push_interval", self.list_push_interval)?;
         }
+        self.binding.validate()?;
         if let Some(turn) = &self.turn {
             turn.validate()?;
             // Renewed with the first frame after half the lifetime, and a node sends one per TTL:
@@ -353,6 +361,7 @@ impl fmt::Debug for SignalConfig {
             .field("list_push_fanout", &self.list_push_fanout)
             .field("announce_policy", &self.announce_policy)
             .field("turn", &self.turn)
+            .field("binding", &self.binding)
             // rng_seed: not printed, it would reveal every challenge.
             .finish_non_exhaustive()
     }

@@ -30,6 +30,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::Serialize;
 
+use crate::binding::{bound_announce_bytes, BindingMode, BOUND_ANNOUNCE_VERSION, FLAG_SIGNED_SETUPS};
 use crate::cluster::state::ClusterState;
 use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, Undelivered};
 use crate::codec::Codec;
@@ -43,8 +44,8 @@ use crate::limits::later;
 #[cfg(feature = "websocket")]
 pub(crate) use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::protocol::{
-    encoded_len, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat, SetupRoute, WSSignalMessageFromNode,
-    WSSignalMessageToNode, SIGNAL_VERSION, U256,
+    encoded_len, BoundAnnounce, Capabilities, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat,
+    SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 use crate::telemetry::{ClusterCount, Meters};
 pub use config::SignalConfig;
@@ -288,9 +289,18 @@ impl SignalServer {
                 busy: false,
                 addr,
                 ice_issued: None,
+                signed: false,
             },
         );
         self.arm(deadline, conn);
+        if self.config.binding.mode != BindingMode::Off {
+            // Before the challenge, so that a capable client knows how to answer it.
+            let capabilities = Capabilities {
+                bound_announce: BOUND_ANNOUNCE_VERSION,
+                signed_setups: self.config.binding.signed_setups,
+            };
+            self.send(conn, codec, &WSSignalMessageToNode::Capabilities(capabilities));
+        }
         self.send(conn, codec, &WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge));
     }
 
@@ -335,16 +345,19 @@ impl SignalServer {
             Phase::Node(id) => id,
             Phase::Challenged { challenge, .. } => {
                 return match message {
+                    Inbound::Announce(_) if self.config.binding.mode == BindingMode::Require => {
+                        self.refuse_announce(conn, ProtocolError::BindingRequired)
+                    }
                     Inbound::Announce(announce) => match self.check_announce(&challenge, &announce) {
-                        Ok(()) => match self
-                            .config
-                            .announce_policy
-                            .as_ref()
-                            .map(|p| p.decide(&announce.node_info, conn))
-                        {
-                            Some(Verdict::Deny(reason)) => self.close(conn, ProtocolError::Denied(reason)),
-                            _ => self.authenticate(now, conn, codec, announce.node_info),
-                        },
+                        Ok(()) => self.admit(now, conn, codec, announce.node_info, false),
+                        Err(error) => self.refuse_announce(conn, error),
+                    },
+                    Inbound::BoundAnnounce(bound) => match self.check_bound(&challenge, &bound) {
+                        Ok(info) => {
+                            let signed =
+                                self.config.binding.signed_setups && bound.flags & FLAG_SIGNED_SETUPS != 0;
+                            self.admit(now, conn, codec, info, signed)
+                        }
                         Err(error) => self.refuse_announce(conn, error),
                     },
                     _ => self.refuse(conn, ProtocolError::NotAuthenticated),
@@ -352,7 +365,7 @@ impl SignalServer {
             }
         };
         let handled = match message {
-            Inbound::Announce(_) => Err(ProtocolError::AlreadyAuthenticated),
+            Inbound::Announce(_) | Inbound::BoundAnnounce(_) => Err(ProtocolError::AlreadyAuthenticated),
             Inbound::ListIDsRequest => {
                 // A requester that does not read its replies gets no more of them: a list is
                 // ~25 KB, and queueing it behind a full queue only holds memory for a slow reader.
@@ -363,7 +376,8 @@ impl SignalServer {
                 }
                 Ok(())
             }
-            Inbound::PeerSetup(route) => self.relay(conn, codec, id, frame, route),
+            Inbound::PeerSetup(route) => self.relay(conn, codec, id, frame, route, false),
+            Inbound::SignedPeerSetup(signed) => self.relay(conn, codec, id, frame, signed.setup, true),
             Inbound::NodeStats(stats) => self.check_stats(&stats).map(|()| {
                 self.out.push_back(SignalOut::Event(SignalEvent::NodeStats { from: id, stats }));
             }),
@@ -395,6 +409,45 @@ impl SignalServer {
         check_len("name", &info.name, self.config.max_name_len)?;
         check_len("client", &info.client, self.config.max_client_len)?;
         crypto::verify_challenge(&info.pubkey, challenge, &announce.signature)
+    }
+
+    /// A bound announce, checked as an announce and against the server's names; the node info it
+    /// carries as text, once its signature verifies.
+    fn check_bound(&self, challenge: &U256, bound: &BoundAnnounce) -> Result<NodeInfo, ProtocolError> {
+        if self.config.binding.mode == BindingMode::Off {
+            return Err(ProtocolError::BindingOff);
+        }
+        if bound.version != BOUND_ANNOUNCE_VERSION {
+            return Err(ProtocolError::UnsupportedBinding(bound.version));
+        }
+        if bound.challenge != *challenge {
+            return Err(ProtocolError::UnknownChallenge);
+        }
+        if !self.config.binding.server_ids.iter().any(|id| *id == bound.server_id) {
+            return Err(ProtocolError::WrongServer);
+        }
+        let info: NodeInfo =
+            Codec::Json.decode(bound.node_info.as_bytes()).map_err(ProtocolError::Malformed)?;
+        check_len("name", &info.name, self.config.max_name_len)?;
+        check_len("client", &info.client, self.config.max_client_len)?;
+        // The server's names are at most 255 bytes (validated), so the bytes always exist.
+        let bytes =
+            bound_announce_bytes(&bound.server_id, challenge, &info.pubkey, &bound.node_info, bound.flags)
+                .ok_or(ProtocolError::WrongServer)?;
+        crypto::verify(&info.pubkey, &bytes, &bound.signature)?;
+        Ok(info)
+    }
+
+    /// A node whose announce verified: the application's policy decides, then it joins.
+    fn admit(&mut self, now: Instant, conn: ConnId, codec: Codec, info: NodeInfo, signed: bool) {
+        let verdict = self.config.announce_policy.as_ref().map(|policy| policy.decide(&info, conn));
+        if let Some(Verdict::Deny(reason)) = verdict {
+            return self.close(conn, ProtocolError::Denied(reason));
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.signed = signed;
+        }
+        self.authenticate(now, conn, codec, info);
     }
 
     fn check_stats(&self, stats: &[NodeStat]) -> Result<(), ProtocolError> {
@@ -513,6 +566,7 @@ impl SignalServer {
         sender: NodeID,
         frame: Bytes,
         route: SetupRoute,
+        signed: bool,
     ) -> Result<(), ProtocolError> {
         let destination = if sender == route.id_init {
             route.id_follow
@@ -548,18 +602,33 @@ impl SignalServer {
             self.send_error(conn, &ProtocolError::DestinationBusy(destination));
             return Ok(());
         }
-        self.forward(to, to_codec, codec, frame);
+        self.forward(to, to_codec, codec, frame, signed);
         Ok(())
     }
 
-    /// Sends a `PeerSetup` frame encoded with `codec` to `to`, which speaks `to_codec`.
-    fn forward(&mut self, to: ConnId, to_codec: Codec, codec: Codec, frame: Bytes) {
-        if to_codec == codec {
+    /// Sends a `PeerSetup` or `SignedPeerSetup` frame encoded with `codec` to `to`, which speaks
+    /// `to_codec`. A node that did not ask for signed set-ups gets a signed one plain.
+    fn forward(&mut self, to: ConnId, to_codec: Codec, codec: Codec, frame: Bytes, signed: bool) {
+        let plain_only = signed && !self.conns.get(&to).is_some_and(|c| c.signed);
+        if to_codec == codec && !plain_only {
+            // The variants have the same name and index in both directions: the very same frame.
             self.push_frame(to, frame);
-        } else if let Ok(WSSignalMessageFromNode::PeerSetup(info)) = codec.decode(&frame) {
-            // Only a relay between codecs decodes the message in full, to re-encode it. `Inbound`
-            // accepted the frame, so this decode succeeds too.
-            self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
+        } else {
+            // Only a relay between codecs, or to a node that takes plain set-ups only, decodes the
+            // message in full to re-encode it. `Inbound` accepted the frame, so this decode
+            // succeeds too.
+            match codec.decode(&frame) {
+                Ok(WSSignalMessageFromNode::PeerSetup(info)) => {
+                    self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(info));
+                }
+                Ok(WSSignalMessageFromNode::SignedPeerSetup(signed)) if plain_only => {
+                    self.send(to, to_codec, &WSSignalMessageToNode::PeerSetup(signed.setup));
+                }
+                Ok(WSSignalMessageFromNode::SignedPeerSetup(signed)) => {
+                    self.send(to, to_codec, &WSSignalMessageToNode::SignedPeerSetup(signed));
+                }
+                _ => {}
+            }
         }
         self.stats.relays += 1;
         self.meters.relay();
@@ -645,7 +714,7 @@ impl SignalServer {
     /// Delivers a frame from another instance to the local node `to`, after the checks a frame
     /// from a node gets: size, codec, a `PeerSetup` whose pair holds `to`, the text's length.
     fn deliver(&mut self, to: NodeID, codec: Codec, frame: Bytes) {
-        let Some(route) = self.check_remote_frame(to, codec, &frame) else {
+        let Some((route, signed)) = self.check_remote_frame(to, codec, &frame) else {
             return self.count_cluster(ClusterCount::Rejected, 1);
         };
         let from = if route.id_init == to { route.id_follow } else { route.id_init };
@@ -660,7 +729,7 @@ impl SignalServer {
             Some((conn, _)) if self.conns.get(&conn).is_some_and(|c| c.busy) => Some(Undelivered::Busy),
             Some((conn, to_codec)) => {
                 self.count_cluster(ClusterCount::RelayIn, 1);
-                return self.forward(conn, to_codec, codec, frame);
+                return self.forward(conn, to_codec, codec, frame, signed);
             }
         };
         self.count_cluster(ClusterCount::Bounced, 1);
@@ -673,13 +742,17 @@ impl SignalServer {
         }
     }
 
-    fn check_remote_frame(&self, to: NodeID, codec: Codec, frame: &[u8]) -> Option<SetupRoute> {
+    fn check_remote_frame(&self, to: NodeID, codec: Codec, frame: &[u8]) -> Option<(SetupRoute, bool)> {
         if frame.len() > self.config.max_frame_size {
             return None;
         }
-        let Ok(Inbound::PeerSetup(route)) = codec.decode::<Inbound>(frame) else { return None };
+        let (route, signed) = match codec.decode::<Inbound>(frame) {
+            Ok(Inbound::PeerSetup(route)) => (route, false),
+            Ok(Inbound::SignedPeerSetup(signed)) => (signed.setup, true),
+            _ => return None,
+        };
         let in_pair = route.id_init == to || route.id_follow == to;
-        (in_pair && route.message.encoded_len() <= self.config.max_setup_len).then_some(route)
+        (in_pair && route.message.encoded_len() <= self.config.max_setup_len).then_some((route, signed))
     }
 
     /// Adds `n` to a cluster counter, in the stats and the metrics.
@@ -905,6 +978,8 @@ struct Conn {
     addr: Option<IpAddr>,
     /// When the node last got TURN credentials.
     ice_issued: Option<Instant>,
+    /// The node asked for signed set-up messages in its bound announce.
+    signed: bool,
 }
 
 /// Joins not yet pushed to other nodes.

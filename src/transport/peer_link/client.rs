@@ -27,6 +27,7 @@ pub struct LinkClient {
     to_link: PipeTx,
     from_link: PipeRx,
     timer: Option<Arc<dyn Timer>>,
+    server_id: Option<String>,
 }
 
 impl fmt::Debug for LinkClient {
@@ -46,7 +47,7 @@ impl LinkClient {
         let bytes = config.max_queued_bytes.max(config.max_frame_size);
         let (in_tx, in_rx) = pipe(frames, bytes, None);
         let (out_tx, out_rx) = pipe(frames, bytes, None);
-        let client = Self { codec, to_link: out_tx, from_link: in_rx, timer: None };
+        let client = Self { codec, to_link: out_tx, from_link: in_rx, timer: None, server_id: None };
         (client, LinkInbound::new(in_tx, config.max_frame_size), LinkOutbound::new(out_rx, None))
     }
 
@@ -57,6 +58,15 @@ impl LinkClient {
     #[must_use]
     pub fn with_timer(mut self, timer: Arc<dyn Timer>) -> Self {
         self.timer = Some(timer);
+        self
+    }
+
+    /// The hosting neighbour, for a sign-in bound to it: its server id is
+    /// [`server_id_of_node`](crate::server_id_of_node) of its node id, which the node knows from
+    /// the connection it has to the neighbour.
+    #[must_use]
+    pub fn with_host(mut self, host: &crate::NodeID) -> Self {
+        self.server_id = Some(crate::server_id_of_node(host));
         self
     }
 }
@@ -79,5 +89,9 @@ impl ClientConnection for LinkClient {
 
     fn timer(&self) -> Option<Arc<dyn Timer>> {
         self.timer.clone()
+    }
+
+    fn server_id(&self) -> Option<String> {
+        self.server_id.clone()
     }
 }

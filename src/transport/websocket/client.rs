@@ -38,6 +38,8 @@ use crate::{Codec, SignalConfig, TransportError};
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     codec: Codec,
+    /// The canonical id of the URL it dialled, for a bound sign-in.
+    server_id: Option<String>,
 }
 
 impl std::fmt::Debug for WsClient {
@@ -278,7 +280,7 @@ impl WsClientBuilder {
         if self.codec.is_binary() && agreed != Some(BINCODE_SUBPROTOCOL) {
             return Err(WsClientError::Connect("the server does not speak bincode".into()));
         }
-        Ok(WsClient { ws, codec: self.codec })
+        Ok(WsClient { ws, codec: self.codec, server_id: crate::server_id_of_url(&self.url) })
     }
 }
 
@@ -324,6 +326,10 @@ impl ClientConnection for WsClient {
 
     fn timer(&self) -> Option<Arc<dyn crate::Timer>> {
         Some(Arc::new(TokioTimer))
+    }
+
+    fn server_id(&self) -> Option<String> {
+        self.server_id.clone()
     }
 
     async fn recv(&mut self) -> Option<Bytes> {
