@@ -187,6 +187,92 @@ fn announce(c: &mut Criterion) {
     group.finish();
 }
 
+/// What binding costs: a bound sign-in beside a v3 one through the server, and signing and
+/// checking a set-up message beside a bare signature check (`announce/verify_strict_from_bytes`).
+fn binding(c: &mut Criterion) {
+    use ed25519_dalek::Signer;
+    use peer_signal::{bound_announce_bytes, setup_bytes, Binding, BoundAnnounce};
+
+    let mut group = c.benchmark_group("binding");
+    group.throughput(Throughput::Elements(1));
+    let signer = key(1);
+    let server_id = "wss://signal.example.org";
+    let config = SignalConfig::default().with_binding(Binding::accept([server_id]));
+    let mut bench = Bench::new(config, 0, Codec::Json);
+    let mut next = 0u64;
+    // The server's side of a whole bound connection: open (Capabilities, challenge), the bound
+    // announce (decode, parse the node info, hash, verify, SystemConfig, list, NewNode), close.
+    group.bench_function("server_open_bound_announce_close", |b| {
+        b.iter_custom(|iters| {
+            let mut server_time = Duration::ZERO;
+            for _ in 0..iters {
+                next += 1;
+                let conn = ConnId::new(next);
+                let start = Instant::now();
+                bench.server.handle(bench.now, SignalIn::Opened { conn, codec: Codec::Json, addr: None });
+                let challenge = std::iter::from_fn(|| bench.server.poll_output())
+                    .find_map(|out| match out {
+                        SignalOut::Send { frame, .. } => match Codec::Json.decode(&frame) {
+                            Ok(WSSignalMessageToNode::Challenge(_, challenge)) => Some(challenge),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .expect("a challenge");
+                server_time += start.elapsed();
+                let node_info = serde_json::to_string(&NodeInfo::new(
+                    "bench",
+                    "bench",
+                    signer.verifying_key().to_bytes(),
+                ))
+                .unwrap();
+                let bytes = bound_announce_bytes(
+                    server_id,
+                    &challenge,
+                    &signer.verifying_key().to_bytes(),
+                    &node_info,
+                    1,
+                )
+                .unwrap();
+                let bound = WSSignalMessageFromNode::BoundAnnounce(BoundAnnounce {
+                    version: 1,
+                    challenge,
+                    server_id: server_id.into(),
+                    node_info,
+                    flags: 1,
+                    signature: signer.sign(&bytes).to_bytes(),
+                });
+                let frame = Codec::Json.encode(&bound).unwrap();
+                let start = Instant::now();
+                bench.server.handle(bench.now, SignalIn::Frame { conn, frame });
+                bench.drain();
+                bench.server.handle(bench.now, SignalIn::Closed { conn });
+                bench.drain();
+                server_time += start.elapsed();
+            }
+            server_time
+        })
+    });
+    // A set-up message with a 430-byte offer: the sender's signing, the receiver's check.
+    let setup = PeerInfo {
+        id_init: U256(signer.verifying_key().to_bytes()),
+        id_follow: U256([9; 32]),
+        message: PeerMessage::Offer("v=0\r\n".repeat(86)),
+    };
+    group.bench_function("sign_setup", |b| {
+        b.iter(|| signer.sign(&setup_bytes(black_box(&setup), true, black_box(7))).to_bytes())
+    });
+    let signature = Signature::from_bytes(&signer.sign(&setup_bytes(&setup, true, 7)).to_bytes());
+    let key_bytes = signer.verifying_key().to_bytes();
+    group.bench_function("verify_setup", |b| {
+        b.iter(|| {
+            let key = VerifyingKey::from_bytes(black_box(&key_bytes)).unwrap();
+            key.verify_strict(&setup_bytes(black_box(&setup), true, 7), black_box(&signature)).unwrap()
+        })
+    });
+    group.finish();
+}
+
 fn list(c: &mut Criterion) {
     let mut group = c.benchmark_group("list");
     for nodes in [10, 100, 1000] {
@@ -254,5 +340,5 @@ fn join(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, relay, announce, list, join);
+criterion_group!(benches, relay, announce, binding, list, join);
 criterion_main!(benches);
