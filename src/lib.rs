@@ -306,6 +306,38 @@
 //!   sign-in then has its deadline, and a neighbour that stops answering with the channel still
 //!   open is noticed.
 //!
+//! # Beyond v3: bound sign-ins, signed set-up messages, TURN credentials
+//!
+//! Opt-in messages that fledger 0.10 nodes drop unread (they skip what they cannot parse), so a
+//! server can offer them while fledger nodes sign in unchanged. In JSON, as every message, an
+//! object with the variant's name; in bincode, the variant's index after v3's.
+//!
+//! | Message | Direction | When |
+//! |---|---|---|
+//! | `{"Capabilities":{"bound_announce":1,"signed_setups":true}}` | server → node | before the `Challenge`, with [`SignalConfig::binding`] not off |
+//! | `{"BoundAnnounce":{"version":1,"challenge":"<hex>","server_id":"wss://…","node_info":"<NodeInfo as JSON text>","flags":1,"signature":"<hex>"}}` | node → server | instead of `Announce`, where the server offered it |
+//! | `{"SignedPeerSetup":{"setup":<PeerInfo>,"seq":17,"signature":"<hex>"}}` | both | a set-up message signed by its sender, where both ends asked for it (flag bit 0); others get it as `PeerSetup` |
+//! | `{"IceServers":{"expires":<unix secs>,"servers":[{"urls":["turn:…"],"username":"<expiry>:<id>","credential":"…"}]}}` | server → node | with [`SignalConfig::turn`]: after the sign-in, before expiry, on request |
+//! | `"IceServersRequest"` | node → server | asks for fresh [`IceServers`] |
+//!
+//! **A bound announce** signs, instead of the 32 challenge bytes alone, a fixed layout
+//! ([`bound_announce_bytes`]): a domain string, the id of the server the node dialled
+//! ([`server_id_of_url`]: `wss://host[:port]`; [`server_id_of_node`]: `node:<id>` for hosted
+//! signalling), the challenge, the node's key, the SHA-256 of the node info as sent (a JSON text
+//! inside the message, hashed as it is: no canonical JSON needed) and the flags. A server takes
+//! it only for one of its own names ([`Binding::server_ids`]): a signature that another server
+//! relayed is refused (`signed for another server`), and the node info cannot be changed in
+//! transit. Servers run off, accept (bound beside v3) or require (bound only); clients off,
+//! prefer (bound where offered) or require (never a v3 signature: [`ClientBinding`]).
+//!
+//! **A signed set-up message** ([`setup_bytes`]) covers both ids, the direction, the sender's
+//! sequence number and the message. The receiving client checks it against the sender's id (its
+//! key) and the last sequence number seen from it; a change of one byte on the way, a forgery or
+//! a replay becomes [`ClientEvent::RejectedSetup`], never a silently broken connection. The
+//! server does not check it: it only relays. `tests/data/binding_vectors.json` holds vectors
+//! computed outside the crate (`scripts/binding-vectors.py`) for other implementations.
+//! SECURITY.md says what each mode protects against.
+//!
 //! # Several instances, one network
 //!
 //! One process holds tens of thousands of connections. Past that, and so that one process is not
