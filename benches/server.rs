@@ -234,14 +234,14 @@ fn binding(c: &mut Criterion) {
                     1,
                 )
                 .unwrap();
-                let bound = WSSignalMessageFromNode::BoundAnnounce(BoundAnnounce {
+                let bound = WSSignalMessageFromNode::BoundAnnounce(Box::new(BoundAnnounce {
                     version: 1,
                     challenge,
                     server_id: server_id.into(),
                     node_info,
                     flags: 1,
                     signature: signer.sign(&bytes).to_bytes(),
-                });
+                }));
                 let frame = Codec::Json.encode(&bound).unwrap();
                 let start = Instant::now();
                 bench.server.handle(bench.now, SignalIn::Frame { conn, frame });

@@ -542,7 +542,7 @@ pub enum WSSignalMessageToNode {
     IceServers(IceServers),
     /// A set-up message signed by its sender (not in fledger's protocol): relayed to nodes that
     /// asked for signed set-ups in their [`BoundAnnounce`]; others get it as a plain `PeerSetup`.
-    SignedPeerSetup(SignedSetup),
+    SignedPeerSetup(Box<SignedSetup>),
     /// What the server offers beyond v3 (not in fledger's protocol: fledger 0.10 nodes drop it).
     /// Sent before the `Challenge` by a server with binding enabled.
     Capabilities(Capabilities),
@@ -564,9 +564,9 @@ pub enum WSSignalMessageFromNode {
     IceServersRequest,
     /// The answer to the challenge bound to the server (not in fledger's protocol): see
     /// [`BoundAnnounce`].
-    BoundAnnounce(BoundAnnounce),
+    BoundAnnounce(Box<BoundAnnounce>),
     /// A set-up message signed by its sender (not in fledger's protocol): see [`SignedSetup`].
-    SignedPeerSetup(SignedSetup),
+    SignedPeerSetup(Box<SignedSetup>),
 }
 
 /// A `ListIDsReply` that borrows its nodes, so that a reply is encoded without cloning them.

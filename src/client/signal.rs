@@ -415,7 +415,7 @@ impl SignalClient {
                 if signed.setup.id_init != me && signed.setup.id_follow != me {
                     return Err(self.refuse("a set-up message for a pair without this node"));
                 }
-                self.check_signed(signed)
+                self.check_signed(*signed)
             }
             WSSignalMessageToNode::SystemConfig(config) => {
                 // A later one is the server's new word on the system (`DriverHandle::send`).
@@ -508,14 +508,14 @@ impl SignalClient {
             return Err(self.die(ClientError::BindingUnavailable("the server's id is longer than 255 bytes")));
         };
         self.signing = flags != 0;
-        Ok(WSSignalMessageFromNode::BoundAnnounce(BoundAnnounce {
+        Ok(WSSignalMessageFromNode::BoundAnnounce(Box::new(BoundAnnounce {
             version: BOUND_ANNOUNCE_VERSION,
             challenge,
             server_id,
             node_info,
             flags,
             signature: crate::binding::sign(&self.key, &bytes),
-        }))
+        })))
     }
 
     /// A signed set-up message, checked: its signature under the sender's id, and its sequence
@@ -579,7 +579,11 @@ impl SignalClient {
         let from_init = setup.id_init == self.id();
         let seq = self.next_seq;
         let signature = crate::binding::sign(&self.key, &setup_bytes(&setup, from_init, seq));
-        self.request(&WSSignalMessageFromNode::SignedPeerSetup(SignedSetup { setup, seq, signature }))?;
+        self.request(&WSSignalMessageFromNode::SignedPeerSetup(Box::new(SignedSetup {
+            setup,
+            seq,
+            signature,
+        })))?;
         self.next_seq = seq.saturating_add(1);
         Ok(())
     }

@@ -423,7 +423,7 @@ impl SignalServer {
         if bound.challenge != *challenge {
             return Err(ProtocolError::UnknownChallenge);
         }
-        if !self.config.binding.server_ids.iter().any(|id| *id == bound.server_id) {
+        if !self.config.binding.server_ids.contains(&bound.server_id) {
             return Err(ProtocolError::WrongServer);
         }
         let info: NodeInfo =
