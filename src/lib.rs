@@ -571,9 +571,9 @@ pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
 pub use error::{CodecError, ConfigError, ControlError, ProtocolError, TransportError};
 pub use protocol::{
-    BoundAnnounce, Capabilities, FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat,
-    PeerInfo, PeerMessage, RealmID, SignedSetup, WSSignalMessageFromNode, WSSignalMessageToNode,
-    SIGNAL_VERSION, U256,
+    BoundAnnounce, Capabilities, FledgerConfig, IceServer, IceServers, MessageAnnounce, Modules, NodeID,
+    NodeInfo, NodeStat, PeerInfo, PeerMessage, RealmID, SignedSetup, WSSignalMessageFromNode,
+    WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 pub use server::{
     AnnouncePolicy, CloseReason, Command, CommandReply, ConnId, ConnectedNode, RateLimit, ServerStats,
@@ -581,7 +581,7 @@ pub use server::{
 };
 #[cfg(feature = "tracing")]
 pub use telemetry::{LogAdmit, LogThrottle};
-pub use turn::{IceServer, IceServers, TurnConfig, TurnSecret};
+pub use turn::{TurnConfig, TurnSecret};
 
 mod client;
 mod driver;

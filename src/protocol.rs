@@ -9,7 +9,6 @@
 
 use std::fmt;
 
-use crate::turn::IceServers;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -454,6 +453,39 @@ pub struct PeerInfo {
     pub id_follow: NodeID,
     /// The set-up step.
     pub message: PeerMessage,
+}
+
+/// ICE servers for one node, ready for an `RTCPeerConnection`'s configuration: what a signed-in
+/// node receives in [`WSSignalMessageToNode::IceServers`](crate::WSSignalMessageToNode::IceServers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServers {
+    /// When the credentials expire, in seconds since the Unix epoch. The server sends new ones
+    /// before that, while the node is connected.
+    pub expires: u64,
+    /// The servers, as `RTCIceServer`s.
+    pub servers: Vec<IceServer>,
+}
+
+/// One `RTCIceServer`: its URLs, and for TURN the credentials. Empty strings for STUN.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `turn:`, `turns:` or `stun:` URLs.
+    pub urls: Vec<String>,
+    /// `<expiry>:<node id>` for TURN; empty for STUN.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))` for TURN; empty for STUN.
+    pub credential: String,
+}
+
+impl fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A credential is a password: logs get its length only.
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &format_args!("<{} bytes>", self.credential.len()))
+            .finish()
+    }
 }
 
 /// What a server offers beyond protocol v3, in [`WSSignalMessageToNode::Capabilities`].

@@ -8,46 +8,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::ConfigError;
 use crate::limits::{at_most, duration, nonzero};
-use crate::protocol::NodeID;
-
-/// ICE servers for one node, ready for an `RTCPeerConnection`'s configuration: what a signed-in
-/// node receives in [`WSSignalMessageToNode::IceServers`](crate::WSSignalMessageToNode::IceServers).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServers {
-    /// When the credentials expire, in seconds since the Unix epoch. The server sends new ones
-    /// before that, while the node is connected.
-    pub expires: u64,
-    /// The servers, as `RTCIceServer`s.
-    pub servers: Vec<IceServer>,
-}
-
-/// One `RTCIceServer`: its URLs, and for TURN the credentials. Empty strings for STUN.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServer {
-    /// `turn:`, `turns:` or `stun:` URLs.
-    pub urls: Vec<String>,
-    /// `<expiry>:<node id>` for TURN; empty for STUN.
-    pub username: String,
-    /// `base64(HMAC-SHA1(secret, username))` for TURN; empty for STUN.
-    pub credential: String,
-}
-
-impl fmt::Debug for IceServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A credential is a password: logs get its length only.
-        f.debug_struct("IceServer")
-            .field("urls", &self.urls)
-            .field("username", &self.username)
-            .field("credential", &format_args!("<{} bytes>", self.credential.len()))
-            .finish()
-    }
-}
+use crate::protocol::{IceServer, IceServers, NodeID};
 
 /// The secret shared with the TURN server (coturn's `static-auth-secret`). Its `Debug` does not
 /// show it.

@@ -25,12 +25,12 @@ use crate::binding::{bound_announce_bytes, setup_bytes, BOUND_ANNOUNCE_VERSION, 
 use crate::codec::Codec;
 use crate::crypto::sign_challenge;
 use crate::error::{CodecError, ProtocolError, TransportError};
-use crate::protocol::{BoundAnnounce, Capabilities, SignedSetup, U256};
+use crate::protocol::{BoundAnnounce, Capabilities, IceServer, IceServers, SignedSetup, U256};
 use crate::protocol::{
     FledgerConfig, MessageAnnounce, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage,
     WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION,
 };
-use crate::turn::{IceServer, IceServers};
+
 use std::collections::HashMap;
 
 pub use async_client::{AsyncClient, ClientConnection, Reconnect, Timer};
