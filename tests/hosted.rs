@@ -404,3 +404,29 @@ async fn the_driver_sees_links_open_and_close_like_connections() {
     wait_event(&mut b.events, |event| matches!(event, SignalEvent::NodeLeft(node) if *node == id(5))).await;
     drop(node);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_neighbour_binds_its_sign_in_to_the_node_that_hosts_and_a_relayed_one_is_refused() {
+    use peer_signal::{server_id_of_node, Binding, ClientBinding};
+
+    let b = host(config().with_binding(Binding::require([server_id_of_node(&id(2))])), LinkConfig::default());
+    let bound = ClientConfig::default().with_binding(ClientBinding::Require);
+    let connect = |host_id: NodeID| {
+        let (at_host, (client, at_client_in, at_client_out)) =
+            (b.links.attach(Codec::Json).unwrap(), LinkClient::new(Codec::Json, &LinkConfig::default()));
+        let cable = Cable::new(at_host, (at_client_in, at_client_out));
+        let conn: Box<dyn peer_signal::ClientConnection> = Box::new(client.with_host(&host_id));
+        let config = bound.clone();
+        (cable, async move {
+            AsyncClient::connect_with(conn, key(1), info(1), config, std::sync::Arc::new(TokioTimer)).await
+        })
+    };
+    let (_cable, signing_in) = connect(id(2));
+    let node = within("a bound sign-in over a link", signing_in).await.expect("bound to B");
+    assert!(node.client().signs_setups());
+    // A node that believes it talks to another host (its sign-in relayed by a neighbour in
+    // between, say) signs for that one, and B refuses it.
+    let (_cable, signing_in) = connect(id(9));
+    let refused = within("a refused sign-in", signing_in).await.unwrap_err();
+    assert_eq!(refused, ClientError::Refused("signed for another server".into()));
+}
