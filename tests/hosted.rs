@@ -217,31 +217,53 @@ async fn a_link_lost_mid_setup_is_a_close_on_both_sides_and_a_clear_error_for_th
     }
 }
 
+/// A link that carries everything until told to fall silent, then holds everything and closes
+/// nothing: a neighbour that hangs with its channel open.
+struct Silenceable {
+    silence: tokio::sync::watch::Sender<bool>,
+    forward: JoinHandle<()>,
+}
+
+impl Silenceable {
+    fn new(host: &LinkHost) -> (Self, LinkClient) {
+        let (mut at_host_in, at_host_out) = host.attach(Codec::Json).unwrap();
+        let (client, mut at_client_in, at_client_out) = LinkClient::new(Codec::Json, &LinkConfig::default());
+        let (silence, mut silent) = tokio::sync::watch::channel(false);
+        let forward = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    frame = at_client_out.recv() => {
+                        let Some(frame) = frame else { break };
+                        if !*silent.borrow() { let _ = at_host_in.deliver(frame); }
+                    }
+                    frame = at_host_out.recv() => {
+                        let Some(frame) = frame else { break };
+                        if !*silent.borrow() { let _ = at_client_in.deliver(frame); }
+                    }
+                    _ = silent.changed() => {}
+                }
+            }
+            // Held until the test ends: the link never closes.
+            std::future::pending::<()>().await;
+        });
+        (Self { silence, forward }, client)
+    }
+
+    fn fall_silent(&self) {
+        self.silence.send_replace(true);
+    }
+}
+
+impl Drop for Silenceable {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_neighbour_is_lost_after_two_keepalive_intervals() {
     let b = host(config(), LinkConfig::default());
-    let (at_host_in, at_host_out) = b.links.attach(Codec::Json).unwrap();
-    let (client, mut at_client_in, at_client_out) = LinkClient::new(Codec::Json, &LinkConfig::default());
-    // A hand-driven channel: forwards until `silent`, then holds everything, closing nothing.
-    let (silence, mut silent) = tokio::sync::watch::channel(false);
-    let forward = tokio::spawn(async move {
-        let mut at_host_in = at_host_in;
-        loop {
-            tokio::select! {
-                frame = at_client_out.recv() => {
-                    let Some(frame) = frame else { break };
-                    if !*silent.borrow() { let _ = at_host_in.deliver(frame); }
-                }
-                frame = at_host_out.recv() => {
-                    let Some(frame) = frame else { break };
-                    if !*silent.borrow() { let _ = at_client_in.deliver(frame); }
-                }
-                _ = silent.changed() => {}
-            }
-        }
-        // Held until the test ends: the link never closes.
-        std::future::pending::<()>().await;
-    });
+    let (link, client) = Silenceable::new(&b.links);
     let conn: Box<dyn peer_signal::ClientConnection> = Box::new(client);
     let keepalive = ClientConfig::default().with_keepalive(Duration::from_secs(10));
     let node = AsyncClient::connect_with(conn, key(1), info(1), keepalive, std::sync::Arc::new(TokioTimer))
@@ -249,14 +271,49 @@ async fn a_silent_neighbour_is_lost_after_two_keepalive_intervals() {
         .unwrap();
     let mut a = paths("B", node);
     a.list().await;
-    silence.send(true).unwrap();
+    link.fall_silent();
     let started = tokio::time::Instant::now();
     let (path, lost) = next_of(&mut a).await;
     assert_eq!((path, lost), ("B", PathEvent::Lost(ClientError::Unresponsive(Duration::from_secs(20)))));
     let waited = started.elapsed();
     // Two whole intervals without a word; the one in which the silence began does not count.
     assert!(waited >= Duration::from_secs(20) && waited <= Duration::from_secs(30), "{waited:?}");
-    forward.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_path_does_not_hold_the_lists_of_the_others() {
+    let (b, d) = (host(config(), LinkConfig::default()), host(config(), LinkConfig::default()));
+    let (on_b, _cable) = sign_in(&b.links, 1, Codec::Json).await;
+    let (link, client) = Silenceable::new(&d.links);
+    let conn: Box<dyn peer_signal::ClientConnection> = Box::new(client);
+    let on_d = AsyncClient::connect_with(
+        conn,
+        key(1),
+        info(1),
+        ClientConfig::default(),
+        std::sync::Arc::new(TokioTimer),
+    )
+    .await
+    .unwrap();
+    let mut a = paths("B", on_b);
+    a.add("D", on_d);
+    link.fall_silent();
+    let started = tokio::time::Instant::now();
+    let listed = within("lists", a.list()).await;
+    assert_eq!(
+        listed.iter().map(|(node, via)| (node.id(), via.clone())).collect::<Vec<_>>(),
+        [(id(1), vec!["B"])]
+    );
+    assert_eq!(
+        started.elapsed(),
+        ClientConfig::default().sign_in_timeout,
+        "D had its sign-in timeout, no more"
+    );
+    assert_eq!(
+        next_of(&mut a).await,
+        ("D", PathEvent::Lost(ClientError::Unresponsive(Duration::from_secs(10))))
+    );
+    assert_eq!(a.names().copied().collect::<Vec<_>>(), ["B"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -409,6 +409,11 @@ impl<C: ClientConnection> AsyncClient<C> {
         self.reconnecting.is_some()
     }
 
+    /// The clock the client runs on, if it has one.
+    pub(super) fn clock(&self) -> Option<Arc<dyn Timer>> {
+        self.timer.clone()
+    }
+
     /// The state machine underneath, for its getters.
     pub fn client(&self) -> &SignalClient {
         &self.client
@@ -656,7 +661,11 @@ impl<C: ClientConnection> AsyncClient<C> {
 }
 
 /// `future`, or `None` once `limit` has passed on `timer`.
-async fn within<F: Future>(timer: &Arc<dyn Timer>, limit: Duration, future: F) -> Option<F::Output> {
+pub(super) async fn within<F: Future>(
+    timer: &Arc<dyn Timer>,
+    limit: Duration,
+    future: F,
+) -> Option<F::Output> {
     futures::pin_mut!(future);
     match futures::future::select(future, timer.sleep_until(timer.now() + limit)).await {
         futures::future::Either::Left((output, _)) => Some(output),

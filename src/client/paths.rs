@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use super::async_client::within;
 use super::*;
 
 /// An [`AsyncClient`] over any connection: what [`SignalPaths`] holds for each path.
@@ -139,10 +140,22 @@ impl<P: Clone + PartialEq> SignalPaths<P> {
 
     /// Asks every path for its list, at once, and returns each node with the paths that list
     /// it, in the order of the paths. A path's answer replaces what it listed before. Paths that
-    /// fail are removed, and reported as [`PathEvent::Lost`] by the next
-    /// [`next_event`](Self::next_event).
+    /// fail, or (for a client with a clock) do not answer within their
+    /// [`ClientConfig::sign_in_timeout`], are removed, and reported as [`PathEvent::Lost`] by the
+    /// next [`next_event`](Self::next_event).
     pub async fn list(&mut self) -> Vec<(NodeInfo, Vec<P>)> {
-        let answers = futures::future::join_all(self.paths.iter_mut().map(|path| path.client.list())).await;
+        let answers = futures::future::join_all(self.paths.iter_mut().map(|path| async {
+            // A path that does not answer within its sign-in timeout is taken for gone, so that
+            // one silent neighbour cannot hold the others' lists.
+            let limit = path.client.client().config().sign_in_timeout;
+            match path.client.clock() {
+                Some(timer) => within(&timer, limit, path.client.list())
+                    .await
+                    .unwrap_or(Err(ClientError::Unresponsive(limit))),
+                None => path.client.list().await,
+            }
+        }))
+        .await;
         let mut nodes: Vec<(NodeInfo, Vec<P>)> = Vec::new();
         let mut failed = Vec::new();
         for (path, answer) in self.paths.iter_mut().zip(answers) {
