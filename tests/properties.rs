@@ -7,13 +7,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::script_config::script_config;
+use common::script_config::{script_config, SCRIPT_SERVER};
 use common::Harness;
 use ed25519_dalek::SigningKey;
 use peer_signal::{
-    sign_challenge, Codec, ConnId, FledgerConfig, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat,
-    PeerInfo, PeerMessage, SignalIn, SignalOut, WSSignalMessageFromNode, WSSignalMessageToNode,
-    SIGNAL_VERSION, U256,
+    bound_announce_bytes, sign_challenge, BoundAnnounce, Capabilities, Codec, ConnId, FledgerConfig,
+    IceServer, IceServers, MessageAnnounce, Modules, NodeID, NodeInfo, NodeStat, PeerInfo, PeerMessage,
+    SignalIn, SignalOut, SignedSetup, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,
 };
 use proptest::prelude::*;
 
@@ -84,7 +84,36 @@ fn from_node() -> impl Strategy<Value = WSSignalMessageFromNode> {
         Just(WSSignalMessageFromNode::ListIDsRequest),
         peer_info().prop_map(WSSignalMessageFromNode::PeerSetup),
         proptest::collection::vec(node_stat(), 0..4).prop_map(WSSignalMessageFromNode::NodeStats),
+        Just(WSSignalMessageFromNode::IceServersRequest),
+        (any::<u64>(), u256(), text(40), text(80), any::<u8>(), signature()).prop_map(
+            |(version, challenge, server_id, node_info, flags, signature)| {
+                WSSignalMessageFromNode::BoundAnnounce(Box::new(BoundAnnounce {
+                    version,
+                    challenge,
+                    server_id,
+                    node_info,
+                    flags,
+                    signature,
+                }))
+            }
+        ),
+        signed_setup().prop_map(|signed| WSSignalMessageFromNode::SignedPeerSetup(Box::new(signed))),
     ]
+}
+
+fn signed_setup() -> impl Strategy<Value = SignedSetup> {
+    (peer_info(), any::<u64>(), signature()).prop_map(|(setup, seq, signature)| SignedSetup {
+        setup,
+        seq,
+        signature,
+    })
+}
+
+fn ice_servers() -> impl Strategy<Value = IceServers> {
+    let server = (proptest::collection::vec(text(30), 0..3), text(20), text(20))
+        .prop_map(|(urls, username, credential)| IceServer { urls, username, credential });
+    (any::<u64>(), proptest::collection::vec(server, 0..3))
+        .prop_map(|(expires, servers)| IceServers { expires, servers })
 }
 
 fn to_node() -> impl Strategy<Value = WSSignalMessageToNode> {
@@ -95,6 +124,11 @@ fn to_node() -> impl Strategy<Value = WSSignalMessageToNode> {
         proptest::option::of(u256())
             .prop_map(|system_realm| WSSignalMessageToNode::SystemConfig(FledgerConfig { system_realm })),
         text(40).prop_map(WSSignalMessageToNode::Error),
+        ice_servers().prop_map(WSSignalMessageToNode::IceServers),
+        signed_setup().prop_map(|signed| WSSignalMessageToNode::SignedPeerSetup(Box::new(signed))),
+        (any::<u64>(), any::<bool>()).prop_map(|(bound_announce, signed_setups)| {
+            WSSignalMessageToNode::Capabilities(Capabilities { bound_announce, signed_setups })
+        }),
     ]
 }
 
@@ -131,6 +165,16 @@ proptest! {
             prop_assert_eq!(&relayed, &WSSignalMessageToNode::PeerSetup(info.clone()));
         }
     }
+
+    /// So does a `SignedPeerSetup`, to a node that asked for signed set-ups.
+    #[test]
+    fn a_signed_peer_setup_frame_means_the_same_in_both_directions(signed in signed_setup()) {
+        for codec in CODECS {
+            let frame = codec.encode(&WSSignalMessageFromNode::SignedPeerSetup(Box::new(signed.clone()))).unwrap();
+            let relayed: WSSignalMessageToNode = codec.decode(&frame).unwrap();
+            prop_assert_eq!(&relayed, &WSSignalMessageToNode::SignedPeerSetup(Box::new(signed.clone())));
+        }
+    }
 }
 
 // ---- The state machine under random scripts. ----
@@ -149,6 +193,8 @@ enum Flaw {
     BadSignature,
     WrongVersion,
     LongName,
+    /// For a bound announce: signed for another server.
+    WrongServer,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +212,18 @@ enum Msg {
         message: PeerMessage,
     },
     Stats(usize),
+    /// A bound announce; `signed` asks for signed set-ups.
+    BoundAnnounce {
+        key: usize,
+        flaw: Flaw,
+        signed: bool,
+    },
+    /// A signed set-up, as `Setup`; the signature is garbage (the server does not check it).
+    SignedSetup {
+        other: usize,
+        mine: bool,
+        message: PeerMessage,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +284,7 @@ fn flaw() -> impl Strategy<Value = Flaw> {
         1 => Just(Flaw::BadSignature),
         1 => Just(Flaw::WrongVersion),
         1 => Just(Flaw::LongName),
+        1 => Just(Flaw::WrongServer),
     ]
 }
 
@@ -236,6 +295,9 @@ fn msg() -> impl Strategy<Value = Msg> {
         4 => (0..KEYS, proptest::bool::weighted(0.8), any::<bool>(), peer_message())
             .prop_map(|(other, mine, follow, message)| Msg::Setup { other, mine, follow, message }),
         1 => (0..4usize).prop_map(Msg::Stats),
+        3 => (0..KEYS, flaw(), any::<bool>()).prop_map(|(key, flaw, signed)| Msg::BoundAnnounce { key, flaw, signed }),
+        3 => (0..KEYS, proptest::bool::weighted(0.8), peer_message())
+            .prop_map(|(other, mine, message)| Msg::SignedSetup { other, mine, message }),
     ]
 }
 
@@ -325,7 +387,7 @@ impl Script {
                     signature: sign_challenge(signing, &challenge),
                 };
                 match flaw {
-                    Flaw::None => {}
+                    Flaw::None | Flaw::WrongServer => {}
                     Flaw::WrongChallenge => announce.challenge = U256([0xee; 32]),
                     Flaw::BadSignature => announce.signature[0] ^= 1,
                     Flaw::WrongVersion => announce.version = 2,
@@ -345,6 +407,47 @@ impl Script {
                 let first = if *mine { me } else { U256([0x55; 32]) };
                 let (id_init, id_follow) = if *follow { (other, first) } else { (first, other) };
                 WSSignalMessageFromNode::PeerSetup(PeerInfo { id_init, id_follow, message: message.clone() })
+            }
+            Msg::BoundAnnounce { key, flaw, signed } => {
+                let signing = &self.keys[*key];
+                let name = if matches!(flaw, Flaw::LongName) { "n".repeat(17) } else { "script".into() };
+                let info = NodeInfo::new(name, "test", signing.verifying_key().to_bytes());
+                let node_info = serde_json::to_string(&info).unwrap();
+                let server_id =
+                    if matches!(flaw, Flaw::WrongServer) { "wss://m.example" } else { SCRIPT_SERVER };
+                let flags = u8::from(*signed);
+                let mut challenge_signed =
+                    if matches!(flaw, Flaw::WrongChallenge) { U256([0xee; 32]) } else { challenge };
+                let bytes =
+                    bound_announce_bytes(server_id, &challenge_signed, &info.pubkey, &node_info, flags)
+                        .unwrap();
+                let mut signature = ed25519_dalek::Signer::sign(signing, &bytes).to_bytes();
+                if matches!(flaw, Flaw::BadSignature) {
+                    signature[0] ^= 1;
+                }
+                let version = if matches!(flaw, Flaw::WrongVersion) { 2 } else { 1 };
+                if let Some(k) = self.open.get_mut(&conn) {
+                    k.announced_key = Some(*key);
+                }
+                let bound = BoundAnnounce {
+                    version,
+                    challenge: challenge_signed,
+                    server_id: server_id.into(),
+                    node_info,
+                    flags,
+                    signature,
+                };
+                WSSignalMessageFromNode::BoundAnnounce(Box::new(bound))
+            }
+            Msg::SignedSetup { other, mine, message } => {
+                let other = self.ids[*other];
+                let first = if *mine { me } else { U256([0x55; 32]) };
+                let setup = PeerInfo { id_init: first, id_follow: other, message: message.clone() };
+                WSSignalMessageFromNode::SignedPeerSetup(Box::new(SignedSetup {
+                    setup,
+                    seq: 1,
+                    signature: [7; 64],
+                }))
             }
             Msg::Stats(n) => WSSignalMessageFromNode::NodeStats(vec![
                 NodeStat {
@@ -449,6 +552,9 @@ impl Script {
                         WSSignalMessageToNode::Challenge(SIGNAL_VERSION, challenge) => {
                             prop_assert!(known.challenge.is_none(), "a second challenge");
                             known.challenge = Some(challenge);
+                        }
+                        WSSignalMessageToNode::Capabilities(_) => {
+                            prop_assert!(known.challenge.is_none(), "capabilities after the challenge");
                         }
                         WSSignalMessageToNode::Error(_) => {}
                         WSSignalMessageToNode::SystemConfig(_) => {

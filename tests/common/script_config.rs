@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use peer_signal::{RateLimit, SignalConfig};
+use peer_signal::{Binding, RateLimit, SignalConfig};
+
+/// The name the scripts' server answers bound announces for.
+pub const SCRIPT_SERVER: &str = "wss://h.example";
 
 pub fn script_config() -> SignalConfig {
     SignalConfig::default()
@@ -23,4 +26,5 @@ pub fn script_config() -> SignalConfig {
         .with_max_list_len(3)
         .with_list_push_fanout(2)
         .with_list_push_interval(Duration::from_millis(500))
+        .with_binding(Binding::accept([SCRIPT_SERVER]))
 }
