@@ -416,7 +416,7 @@ impl Script {
                 let server_id =
                     if matches!(flaw, Flaw::WrongServer) { "wss://m.example" } else { SCRIPT_SERVER };
                 let flags = u8::from(*signed);
-                let mut challenge_signed =
+                let challenge_signed =
                     if matches!(flaw, Flaw::WrongChallenge) { U256([0xee; 32]) } else { challenge };
                 let bytes =
                     bound_announce_bytes(server_id, &challenge_signed, &info.pubkey, &node_info, flags)
