@@ -142,7 +142,7 @@ pub fn run(ops: &[Op]) {
                     match message {
                         WSSignalMessageToNode::Challenge(_, challenge) => known.challenge = challenge,
                         WSSignalMessageToNode::SystemConfig(_) => known.node = Some(NodeID::default()),
-                        WSSignalMessageToNode::Error(_) => {}
+                        WSSignalMessageToNode::Error(_) | WSSignalMessageToNode::Capabilities(_) => {}
                         _ => assert!(known.node.is_some(), "a frame for an unauthenticated connection"),
                     }
                 }
