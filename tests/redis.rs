@@ -180,6 +180,33 @@ async fn a_newer_connection_on_another_instance_closes_the_older_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn ranks_do_not_go_backwards_when_redis_comes_back_empty() {
+    let mut redis = RedisServer::start();
+    let a_side = start(&redis.url(), "a").await;
+    let b_side = start(&redis.url(), "b").await;
+    // Several claims before the restart: with a plain counter, the id that moves later would
+    // hold rank 4 here and get rank 1 on the fresh Redis.
+    let mut others = Vec::new();
+    for i in [10, 11, 12] {
+        others.push(join(&a_side.connector, i, Codec::Json).await);
+    }
+    let mut old = join(&a_side.connector, 5, Codec::Json).await;
+    until_registered(&a_side, 4).await;
+
+    let _ = redis.restart();
+    within("a is back", a_side.redis.wait_up(true)).await;
+    within("b is back", b_side.redis.wait_up(true)).await;
+    // a registers what it holds again, keeping its ranks; then the id moves to b.
+    until_registered(&a_side, 4).await;
+    let _newer = join(&b_side.connector, 5, Codec::Json).await;
+    let events = drain_until_closed(&mut old).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("New Connection with same ID".into())), "{events:?}");
+    a_side.stop().await;
+    b_side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
 async fn without_redis_local_service_goes_on_and_relays_resume_after_it_returns() {
     let mut redis = RedisServer::start();
     let a_side = start(&redis.url(), "a").await;

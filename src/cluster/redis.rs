@@ -6,7 +6,8 @@
 //!   expires after [`RedisConfig::presence_ttl`] unless the instance's heartbeat renews it, so
 //!   an instance that dies takes its nodes off every list with it.
 //! - `<prefix>:instances`, a sorted set of instances by their last heartbeat (Redis's clock).
-//! - `<prefix>:gen`, the counter that ranks claims.
+//! - `<prefix>:gen`, the counter that ranks claims; never below Redis's clock in microseconds,
+//!   so that ranks do not go backwards when Redis restarts empty.
 //! - `<prefix>:n:<node id>`, a channel per node, which the instance that holds the node
 //!   subscribes to. A relay is one `PUBLISH`; Redis answers how many instances received it, so
 //!   a relay to a node that nobody holds (or whose instance lost its connection, which drops
@@ -686,11 +687,22 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 return redis.call('PEXPIRE', KEYS[2], ARGV[2])
 ";
 
+/// A claim's rank: the counter, but never below Redis's clock in microseconds, so that ranks
+/// do not go backwards when Redis comes back empty (it needs no persistence) and a node that
+/// moves to another instance afterwards still outranks its older connection. Formatted with
+/// `%d`: Lua prints numbers this large in exponent form otherwise.
 const CLAIM: &str = r"
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local g = redis.call('INCR', KEYS[1])
+if g < floor then
+  g = floor
+  redis.call('SET', KEYS[1], string.format('%d', g))
+end
+local rank = string.format('%d', g)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[6] .. g .. ' ' .. ARGV[5])
+redis.call('PUBLISH', ARGV[4], ARGV[6] .. rank .. ' ' .. ARGV[5])
 return g
 ";
 
