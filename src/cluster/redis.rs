@@ -71,8 +71,10 @@ pub struct RedisConfig {
     pub max_queue: usize,
     /// Bytes waiting to be published, as for `max_queue`. Default 16 MiB.
     pub max_queue_bytes: usize,
-    /// Inputs waiting for the server. When full, what arrives is dropped and counted.
-    /// Default 65,536.
+    /// Frames and bounces from other instances waiting for the server. When full, what arrives
+    /// is dropped and counted (`dropped_in`). The bus's state (up or down, claims, takeovers,
+    /// samples) waits apart and is never dropped: the latest up/down and sample, and one claim
+    /// and the highest takeover per node held here. Default 65,536.
     pub max_events: usize,
     /// Bytes of frames waiting for the server, as for `max_events`. Default 16 MiB.
     pub max_event_bytes: usize,
@@ -273,6 +275,9 @@ struct Shared {
     state: Mutex<State>,
     events: mpsc::Sender<ClusterIn>,
     event_bytes: AtomicUsize,
+    /// State for the server that is never dropped, beside `events`, which may drop frames.
+    pending: Mutex<Pending>,
+    pending_wake: Notify,
     presence_wake: Notify,
     relay_wake: Notify,
     up: AtomicBool,
@@ -313,6 +318,57 @@ struct State {
     outgoing_bytes: usize,
 }
 
+/// What the server must hear however full the frame queue is: the bus up or down (the latest
+/// state), each held id's claim and the highest takeover seen for it (entries only for ids this
+/// instance holds or is subscribed to, so bounded by its nodes), and the latest sample.
+#[derive(Default)]
+struct Pending {
+    up: Option<bool>,
+    claimed: HashMap<NodeID, (ConnId, u64)>,
+    taken_over: HashMap<NodeID, u64>,
+    sample: Option<(Vec<NodeInfo>, u64)>,
+}
+
+impl Pending {
+    /// Keeps `input` if it is state; gives it back if it is a frame or a bounce.
+    fn keep(&mut self, input: ClusterIn) -> Option<ClusterIn> {
+        match input {
+            ClusterIn::Up => self.up = Some(true),
+            ClusterIn::Down => self.up = Some(false),
+            ClusterIn::Claimed { id, conn, gen } => {
+                let newer = self.claimed.get(&id).is_none_or(|&(_, held)| gen >= held);
+                if newer {
+                    self.claimed.insert(id, (conn, gen));
+                }
+            }
+            ClusterIn::TakenOver { id, gen } => {
+                let highest = self.taken_over.entry(id).or_insert(gen);
+                *highest = (*highest).max(gen);
+            }
+            ClusterIn::Sample { nodes, total } => self.sample = Some((nodes, total)),
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// The next state input: the bus's state first, then claims, takeovers, the sample.
+    fn take(&mut self) -> Option<ClusterIn> {
+        if let Some(up) = self.up.take() {
+            return Some(if up { ClusterIn::Up } else { ClusterIn::Down });
+        }
+        if let Some(&id) = self.claimed.keys().next() {
+            let (conn, gen) = self.claimed.remove(&id)?;
+            return Some(ClusterIn::Claimed { id, conn, gen });
+        }
+        if let Some(&id) = self.taken_over.keys().next() {
+            let gen = self.taken_over.remove(&id)?;
+            return Some(ClusterIn::TakenOver { id, gen });
+        }
+        let (nodes, total) = self.sample.take()?;
+        Some(ClusterIn::Sample { nodes, total })
+    }
+}
+
 struct Held {
     conn: ConnId,
     json: String,
@@ -346,8 +402,13 @@ impl Shared {
         format!("{}:i:{}", self.config.prefix, self.instance)
     }
 
-    /// Hands an input to the server, or counts it dropped.
+    /// Hands an input to the server: state on the path that never drops it, frames and bounces
+    /// on the bounded queue, where they are counted dropped when it is full.
     fn emit(&self, input: ClusterIn) {
+        let Some(input) = self.pending.lock().unwrap_or_else(PoisonError::into_inner).keep(input) else {
+            self.pending_wake.notify_one();
+            return;
+        };
         let bytes = match &input {
             ClusterIn::Frame { frame, .. } => frame.len(),
             _ => 0,
@@ -465,6 +526,8 @@ impl RedisBackplane {
             state: Mutex::new(State::default()),
             events,
             event_bytes: AtomicUsize::new(0),
+            pending: Mutex::new(Pending::default()),
+            pending_wake: Notify::new(),
             presence_wake: Notify::new(),
             relay_wake: Notify::new(),
             up: AtomicBool::new(false),
@@ -568,11 +631,25 @@ impl RedisHandle {
 #[async_trait]
 impl Backplane for RedisBackplane {
     async fn next_event(&mut self) -> Option<ClusterIn> {
-        let input = self.events.recv().await?;
-        if let ClusterIn::Frame { frame, .. } = &input {
-            self.shared.event_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        loop {
+            // State first: a full frame queue must not hold up an `Up` or a takeover.
+            let pending = self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if pending.is_some() {
+                return pending;
+            }
+            // Cancel-safe: a notification that arrives while no one waits is kept for the next.
+            tokio::select! {
+                biased;
+                () = self.shared.pending_wake.notified() => {}
+                input = self.events.recv() => {
+                    let input = input?;
+                    if let ClusterIn::Frame { frame, .. } = &input {
+                        self.shared.event_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+                    }
+                    return Some(input);
+                }
+            }
         }
-        Some(input)
     }
 
     fn send(&mut self, output: ClusterOut) {
@@ -1028,4 +1105,57 @@ fn publish_redis(redis: &RedisStats) {
     counter!("peer_signal_cluster_dropped_out_total").absolute(redis.dropped_out);
     counter!("peer_signal_cluster_dropped_in_total").absolute(redis.dropped_in);
     counter!(CLUSTER_REJECTED, "stage" => "backplane").absolute(redis.rejected);
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::Codec;
+
+    fn frame(to: u8) -> ClusterIn {
+        ClusterIn::Frame { to: NodeID::from([to; 32]), codec: Codec::Json, frame: Bytes::from_static(b"{}") }
+    }
+
+    #[tokio::test]
+    async fn state_reaches_the_server_when_the_frame_queue_is_full_and_takeovers_coalesce() {
+        // No Redis at this address: the backplane starts down and stays so; the test feeds its
+        // queues directly.
+        let config =
+            RedisConfig::default().with_url("redis://127.0.0.1:1").with_instance("t").with_max_events(2);
+        let (mut backplane, handle) = RedisBackplane::start(config).unwrap();
+        let shared = Arc::clone(&backplane.shared);
+        for to in 0..5 {
+            shared.emit(frame(to));
+        }
+        assert_eq!(shared.counters.dropped_in.load(Ordering::Relaxed), 3, "frames beyond the queue dropped");
+        let id = NodeID::from([9; 32]);
+        shared.emit(ClusterIn::Up);
+        shared.emit(ClusterIn::TakenOver { id, gen: 7 });
+        shared.emit(ClusterIn::TakenOver { id, gen: 9 });
+        shared.emit(ClusterIn::TakenOver { id, gen: 8 });
+        shared.emit(ClusterIn::Claimed { id, conn: ConnId::new(1), gen: 5 });
+        shared.emit(ClusterIn::Down);
+        shared.emit(ClusterIn::Sample { nodes: Vec::new(), total: 1 });
+        shared.emit(ClusterIn::Sample { nodes: Vec::new(), total: 2 });
+        assert_eq!(shared.counters.dropped_in.load(Ordering::Relaxed), 3, "no state dropped");
+
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(backplane.next_event().await.unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                ClusterIn::Down,
+                ClusterIn::Claimed { id, conn: ConnId::new(1), gen: 5 },
+                ClusterIn::TakenOver { id, gen: 9 },
+                ClusterIn::Sample { nodes: Vec::new(), total: 2 },
+                frame(0),
+                frame(1),
+            ]
+        );
+        handle.shutdown().await;
+    }
 }
