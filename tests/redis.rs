@@ -303,3 +303,152 @@ async fn after_churn_redis_holds_what_it_held_before() {
     let (keys, _) = keys_and_channels(&redis.url()).await;
     assert_eq!(keys, ["peer-signal:gen"], "stopped instances leave nothing but the counter");
 }
+
+/// Redis's own counters: calls per command, and bytes in and out.
+#[derive(Debug, Default, Clone)]
+struct RedisCounters {
+    calls: std::collections::BTreeMap<String, u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl RedisCounters {
+    async fn read(url: &str) -> Self {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let commands: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+        let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
+        let mut counters = Self::default();
+        for line in commands.lines() {
+            // cmdstat_publish:calls=12,usec=…
+            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls=")).and_then(|n| n.parse().ok());
+            counters.calls.insert(name.to_string(), calls.unwrap_or(0));
+        }
+        for line in stats.lines() {
+            if let Some(n) = line.strip_prefix("total_net_input_bytes:") {
+                counters.bytes_in = n.trim().parse().unwrap_or(0);
+            }
+            if let Some(n) = line.strip_prefix("total_net_output_bytes:") {
+                counters.bytes_out = n.trim().parse().unwrap_or(0);
+            }
+        }
+        counters
+    }
+
+    /// What happened between `self` and `later`, per action of `n`: commands (by name) and
+    /// bytes. The reads of the counters themselves are left out.
+    fn per(&self, later: &Self, n: u64) -> (Vec<(String, f64)>, f64, f64) {
+        let mut commands: Vec<(String, f64)> = later
+            .calls
+            .iter()
+            .filter(|(name, _)| *name != "info")
+            .filter_map(|(name, &calls)| {
+                let before = self.calls.get(name).copied().unwrap_or(0);
+                (calls > before).then(|| (name.clone(), (calls - before) as f64 / n as f64))
+            })
+            .collect();
+        commands.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes_in = later.bytes_in.saturating_sub(self.bytes_in) as f64 / n as f64;
+        let bytes_out = later.bytes_out.saturating_sub(self.bytes_out) as f64 / n as f64;
+        (commands, bytes_in, bytes_out)
+    }
+}
+
+fn total(commands: &[(String, f64)]) -> f64 {
+    commands.iter().map(|(_, n)| n).sum()
+}
+
+/// The figures of the capacity model in BENCHMARKS.md: what Redis does per join, relay and
+/// leave, from Redis's own counters (`INFO commandstats`, `INFO stats`). Heartbeats and samples
+/// are slowed to one a minute here, so that they do not fall into the measured windows; their
+/// cost is one script call each, per instance and interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn redis_work_per_join_relay_and_leave_is_a_few_commands() {
+    let redis = RedisServer::start();
+    let slow = |name: &str| {
+        redis_config(&redis.url(), name)
+            .with_presence_ttl(Duration::from_secs(180))
+            .with_heartbeat(Duration::from_secs(60))
+            .with_sample_interval(Duration::from_secs(60))
+    };
+    let start_slow = |name: &'static str| {
+        let config =
+            nodes::config().with_frame_rate(RateLimit::UNLIMITED).with_byte_rate(RateLimit::UNLIMITED);
+        let (transport, connector) = MemoryTransport::new(&config);
+        let server = SignalServer::with_cluster(config, ClusterConfig::default()).unwrap();
+        let (backplane, redis) = RedisBackplane::start(slow(name)).unwrap();
+        let (driver, handle, mut events) = Driver::with_backplane(server, transport, backplane, 4096);
+        tokio::spawn(async move { while events.next().await.is_some() {} });
+        let server = tokio::spawn(driver.run(futures::stream::pending()));
+        Instance { connector, handle, redis, server }
+    };
+    let (a_side, b_side) = (start_slow("a"), start_slow("b"));
+    within("a up", a_side.redis.wait_up(true)).await;
+    within("b up", b_side.redis.wait_up(true)).await;
+    let url = redis.url();
+    const N: u32 = 200;
+
+    let before = RedisCounters::read(&url).await;
+    let mut nodes = Vec::new();
+    for i in 0..N {
+        nodes.push(join(&a_side.connector, 1000 + i, Codec::Json).await);
+    }
+    until_registered(&a_side, N as usize).await;
+    let joined = RedisCounters::read(&url).await;
+    let (join_commands, join_in, join_out) = before.per(&joined, u64::from(N));
+
+    let mut far = join(&b_side.connector, 999, Codec::Json).await;
+    until_registered(&b_side, 1).await;
+    let before = RedisCounters::read(&url).await;
+    let offer = PeerMessage::Offer("v=0\r\n".repeat(86));
+    for _ in 0..N {
+        let setup = PeerInfo { id_init: id(1000), id_follow: id(999), message: offer.clone() };
+        nodes[0].send_setup(setup).await.unwrap();
+    }
+    for _ in 0..N {
+        next_setup(&mut far).await;
+    }
+    let relayed = RedisCounters::read(&url).await;
+    let (relay_commands, relay_in, relay_out) = before.per(&relayed, u64::from(N));
+
+    let before = RedisCounters::read(&url).await;
+    drop(nodes);
+    within("left", async {
+        while a_side.redis.stats().registered > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let left = RedisCounters::read(&url).await;
+    let (leave_commands, leave_in, leave_out) = before.per(&left, u64::from(N));
+
+    for (what, commands, bytes_in, bytes_out) in [
+        ("join", &join_commands, join_in, join_out),
+        ("relay (430-byte offer)", &relay_commands, relay_in, relay_out),
+        ("leave", &leave_commands, leave_in, leave_out),
+    ] {
+        println!(
+            "per {what}: {:.2} commands {commands:?}, {bytes_in:.0} bytes in, {bytes_out:.0} bytes out",
+            total(commands)
+        );
+    }
+    // A join: two round trips, the subscription and the claim script (whose TIME, INCR, SET,
+    // HSET, PEXPIRE and PUBLISH Redis counts as commands of their own); a relay: one PUBLISH; a
+    // leave: the unsubscription and the presence entry.
+    let calls = |commands: &[(String, f64)], name: &str| {
+        commands.iter().find(|(n, _)| n == name).map_or(0.0, |(_, calls)| *calls)
+    };
+    assert!(
+        calls(&join_commands, "evalsha") <= 1.1 && calls(&join_commands, "subscribe") <= 1.1,
+        "{join_commands:?}"
+    );
+    assert!(total(&join_commands) <= 8.5, "{join_commands:?}");
+    assert!(total(&relay_commands) <= 1.1, "{relay_commands:?}");
+    assert!(total(&leave_commands) <= 2.5, "{leave_commands:?}");
+    a_side.stop().await;
+    b_side.stop().await;
+}
