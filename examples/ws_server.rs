@@ -75,10 +75,10 @@ use common::ticks;
 use futures::StreamExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use peer_signal::{
-    server_id_of_url, Binding, BindingMode, ClusterConfig, ConfigError, Driver, DriverEvents, DriverHandle,
-    LogAdmit, LogThrottle, RateLimit, RealmID, RedisBackplane, RedisConfig, RedisHandle, ServerTls,
-    SignalConfig, SignalEvent, SignalServer, TurnConfig, TurnSecret, WhenFull, WsConfig, WsStatsHandle,
-    WsTransport,
+    server_id_of_url, Binding, BindingMode, ClusterConfig, ClusterKey, ConfigError, Driver, DriverEvents,
+    DriverHandle, LogAdmit, LogThrottle, RateLimit, RealmID, RedisBackplane, RedisConfig, RedisHandle,
+    ServerTls, SignalConfig, SignalEvent, SignalServer, TurnConfig, TurnSecret, WhenFull, WsConfig,
+    WsStatsHandle, WsTransport,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -273,6 +273,12 @@ struct Args {
     /// to rotate it.
     #[arg(long, env = "PEER_SIGNAL_TURN_SECRET_FILE", requires = "turn_uris")]
     turn_secret_file: Option<PathBuf>,
+    /// The file whose first line is the key the instances of one network share (at least 16
+    /// bytes; `openssl rand -hex 32`): every message on the Redis bus and every presence entry
+    /// is authenticated with it, and what fails is dropped and counted, so that whoever reaches
+    /// Redis without it cannot close, list or speak for a node. Every instance needs the same.
+    #[arg(long, env = "PEER_SIGNAL_CLUSTER_KEY_FILE", requires = "redis")]
+    cluster_key_file: Option<PathBuf>,
     /// Bound sign-ins: `off` (protocol v3 only), `accept` (bound announces beside v3 ones; fledger
     /// nodes sign in unchanged) or `require` (bound only: no sign-in with a v3 signature relayed
     /// from another server). Set-up messages signed by their senders are relayed as such.
@@ -534,6 +540,7 @@ fn flag_of(field: &str, ws: bool) -> Option<&'static str> {
         "turn.lifetime" => "--turn-ttl-secs",
         "4 × ttl" => "4 × --ttl-secs",
         "binding.server_ids" => "--server-name",
+        "cluster_key" => "--cluster-key-file",
         _ => return None,
     })
 }
@@ -569,7 +576,12 @@ async fn serve(args: Args) -> Result<(), Failure> {
     if let Some(url) = &args.redis {
         let cluster_config = args.cluster_config();
         cluster_config.validate().map_err(|e| Failure::config(e, false))?;
-        let redis_config = args.redis_config(url, &config);
+        let mut redis_config = args.redis_config(url, &config);
+        if let Some(file) = &args.cluster_key_file {
+            redis_config.cluster_key = Some(read_cluster_key(file)?);
+        } else {
+            warn!("the Redis bus is not authenticated: whoever reaches Redis can close and list nodes; pass --cluster-key-file");
+        }
         redis_config.validate().map_err(|e| Failure::config(e, false))?;
         let server = SignalServer::with_cluster(config.clone(), cluster_config)
             .map_err(|e| Failure::config(e, false))?;
@@ -712,6 +724,18 @@ async fn reload_on_hangup(tls: ServerTls, cert: PathBuf, key: PathBuf) {
     }
     #[cfg(not(unix))]
     let _ = (tls, cert, key);
+}
+
+/// Reads the cluster key from the first line of `file`.
+fn read_cluster_key(file: &std::path::Path) -> Result<ClusterKey, Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Failure::Runtime(format!(
+            "cannot read the cluster key from {}: {}; check --cluster-key-file",
+            file.display(),
+            e
+        ))
+    })?;
+    Ok(ClusterKey::new(text.lines().next().unwrap_or_default().trim()))
 }
 
 /// Reads the TURN secret from the first line of `file`.

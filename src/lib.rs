@@ -566,7 +566,7 @@ pub use cluster::{
     Backplane, ClusterConfig, ClusterIn, ClusterOut, ClusterStats, MemoryBackplane, MemoryBus, Undelivered,
 };
 #[cfg(feature = "redis")]
-pub use cluster::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
+pub use cluster::{ClusterKey, RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
 pub use codec::Codec;
 pub use crypto::{sign_challenge, verify_challenge};
 pub use error::{CodecError, ConfigError, ControlError, ProtocolError, TransportError};

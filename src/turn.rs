@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ impl TurnSecret {
     /// The password for `username`: `base64(HMAC-SHA1(secret, username))`.
     pub fn password(&self, username: &str) -> String {
         // HMAC takes a key of any length.
-        let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         mac.update(username.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     }

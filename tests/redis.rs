@@ -15,7 +15,7 @@ use futures::StreamExt;
 use nodes::{drain_until_closed, id, join, next_error, next_setup, within, Node};
 use peer_signal::{
     ClientEvent, ClusterConfig, Codec, Driver, DriverHandle, MemoryConnector, MemoryTransport, NodeID,
-    PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalServer,
+    NodeInfo, PeerInfo, PeerMessage, RateLimit, RedisBackplane, RedisConfig, RedisHandle, SignalServer,
 };
 use redis_server::{keys_and_channels, RedisServer};
 use tokio::task::JoinHandle;
@@ -38,11 +38,15 @@ fn redis_config(url: &str, name: &str) -> RedisConfig {
 }
 
 async fn start(url: &str, name: &str) -> Instance {
+    start_with(redis_config(url, name)).await
+}
+
+async fn start_with(redis_config: RedisConfig) -> Instance {
     // Unlimited rates: the tests send a hundred set-ups in a row.
     let config = nodes::config().with_frame_rate(RateLimit::UNLIMITED).with_byte_rate(RateLimit::UNLIMITED);
     let (transport, connector) = MemoryTransport::new(&config);
     let server = SignalServer::with_cluster(config, ClusterConfig::default()).unwrap();
-    let (backplane, redis) = RedisBackplane::start(redis_config(url, name)).unwrap();
+    let (backplane, redis) = RedisBackplane::start(redis_config).unwrap();
     let (driver, handle, mut events) = Driver::with_backplane(server, transport, backplane, 4096);
     tokio::spawn(async move { while events.next().await.is_some() {} });
     let server = tokio::spawn(driver.run(futures::stream::pending()));
@@ -436,9 +440,9 @@ async fn redis_work_per_join_relay_and_leave_is_a_few_commands() {
             total(commands)
         );
     }
-    // A join: two round trips, the subscription and the claim script (whose TIME, INCR, SET,
-    // HSET, PEXPIRE and PUBLISH Redis counts as commands of their own); a relay: one PUBLISH; a
-    // leave: the unsubscription and the presence entry.
+    // A join: three round trips, the subscription, the claim script (whose TIME, INCR, SET,
+    // HSET and PEXPIRE Redis counts as commands of their own) and the takeover's PUBLISH; a
+    // relay: one PUBLISH; a leave: the unsubscription and the presence entry.
     let calls = |commands: &[(String, f64)], name: &str| {
         commands.iter().find(|(n, _)| n == name).map_or(0.0, |(_, calls)| *calls)
     };
@@ -451,4 +455,101 @@ async fn redis_work_per_join_relay_and_leave_is_a_few_commands() {
     assert!(total(&leave_commands) <= 2.5, "{leave_commands:?}");
     a_side.stop().await;
     b_side.stop().await;
+}
+
+/// Publishes `payload` on the channel of node `to`, as anyone who can reach Redis can.
+async fn publish_by_hand(url: &str, to: NodeID, payload: &[u8]) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("peer-signal:n:{to}");
+    let _: i64 = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await.unwrap();
+}
+
+/// A takeover of the highest rank, from an instance that does not exist.
+fn forged_takeover() -> Vec<u8> {
+    let mut takeover = vec![1, 2];
+    takeover.extend_from_slice(format!("{} evil", u64::MAX - 1).as_bytes());
+    takeover
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn without_a_cluster_key_anyone_on_redis_closes_a_node_and_with_one_nobody_does() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Without a key: a takeover published by hand closes the node.
+    let open = start(&url, "open").await;
+    let mut victim = join(&open.connector, 5, Codec::Json).await;
+    until_registered(&open, 1).await;
+    publish_by_hand(&url, id(5), &forged_takeover()).await;
+    let events = drain_until_closed(&mut victim).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("New Connection with same ID".into())), "{events:?}");
+    open.stop().await;
+
+    // With one: the same message, and one tagged under another key, are dropped and counted.
+    let key = peer_signal::ClusterKey::new([7u8; 32]);
+    let a_side = start_with(redis_config(&url, "a").with_cluster_key(key.clone())).await;
+    let b_side = start_with(redis_config(&url, "b").with_cluster_key(key)).await;
+    let mut x = join(&a_side.connector, 5, Codec::Json).await;
+    let mut y = join(&b_side.connector, 2, Codec::Json).await;
+    until_registered(&a_side, 1).await;
+    until_registered(&b_side, 1).await;
+    let rejected = a_side.redis.stats().rejected;
+    publish_by_hand(&url, id(5), &forged_takeover()).await;
+    let mut wrong_key = forged_takeover();
+    wrong_key.extend_from_slice(&[0xab; 32]);
+    publish_by_hand(&url, id(5), &wrong_key).await;
+    let mut frame = vec![1, 1, 0];
+    frame.extend_from_slice(br#"{"PeerSetup":{"id_init":"00","id_follow":"00","message":"Init"}}"#);
+    publish_by_hand(&url, id(5), &frame).await;
+    within("rejected", async {
+        while a_side.redis.stats().rejected < rejected + 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The keyed instances still speak with each other: a relay, both ways.
+    until_listed(&mut y, &[id(5)]).await;
+    y.send_setup(init(2, 5)).await.unwrap();
+    assert_eq!(next_setup(&mut x).await, init(2, 5), "x is still connected, and hears relays");
+    let answer = PeerInfo { id_init: id(2), id_follow: id(5), message: PeerMessage::Offer("v=0".into()) };
+    x.send_setup(answer.clone()).await.unwrap();
+    assert_eq!(next_setup(&mut y).await, answer);
+
+    // A presence entry written by hand is not listed anywhere.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let invented = NodeInfo::new("invented", "evil", key_bytes(77));
+    let json = serde_json::to_string(&invented).unwrap();
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let _: () = redis::cmd("HSET")
+        .arg("peer-signal:i:evil")
+        .arg(invented.id().to_string())
+        .arg(&json)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg("peer-signal:instances")
+        .arg(now_ms + 60_000)
+        .arg("evil")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let rejected = b_side.redis.stats().rejected;
+    within("the invented entry sampled and refused", async {
+        while b_side.redis.stats().rejected == rejected {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let listed: Vec<String> = y.list().await.unwrap().into_iter().map(|node| node.name).collect();
+    assert!(!listed.contains(&"invented".to_string()), "{listed:?}");
+    a_side.stop().await;
+    b_side.stop().await;
+}
+
+fn key_bytes(i: u32) -> [u8; 32] {
+    nodes::key(i).verifying_key().to_bytes()
 }

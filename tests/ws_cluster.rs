@@ -26,6 +26,17 @@ struct Instance {
     metrics: String,
 }
 
+/// The key every instance of these tests shares, in a file of the test process's own.
+fn cluster_key_file() -> String {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let path = FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("peer-signal-cluster-key-{}", std::process::id()));
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write the cluster key");
+        path
+    });
+    path.display().to_string()
+}
+
 impl Instance {
     /// A `ws_server` on ephemeral loopback ports, joined to Redis, once it is ready.
     async fn start(redis: &str, name: &str) -> Self {
@@ -40,7 +51,7 @@ impl Instance {
                 "--instance-id",
                 name,
             ])
-            .args(["--unlimited-rates"])
+            .args(["--unlimited-rates", "--cluster-key-file", &cluster_key_file()])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

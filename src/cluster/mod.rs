@@ -253,4 +253,4 @@ pub trait Backplane: Send {
 
 pub use memory::{MemoryBackplane, MemoryBus};
 #[cfg(feature = "redis")]
-pub use redis::{RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};
+pub use redis::{ClusterKey, RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};

@@ -33,6 +33,9 @@ use tokio::task::JoinHandle;
 
 use super::wire::{self, BusMessage};
 use super::{Backplane, ClusterIn, ClusterOut, Undelivered};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::error::ConfigError;
 use crate::ids::ConnId;
 use crate::protocol::{NodeID, NodeInfo};
@@ -66,6 +69,12 @@ pub struct RedisConfig {
     /// The deadline of every Redis command; a command that misses it takes the bus down until
     /// Redis answers again. Default 1 s.
     pub command_timeout: Duration,
+    /// The key the instances of one network share ([`ClusterKey`]): every message on the bus and
+    /// every presence entry carries an HMAC-SHA256 under it, and what fails the check is
+    /// dropped and counted in [`RedisStats::rejected`], so whoever can reach Redis without the
+    /// key cannot close, list or speak for a node. Default `None`: nothing is authenticated, as
+    /// before; every instance of a network must have the same setting.
+    pub cluster_key: Option<ClusterKey>,
     /// Messages waiting to be published (relays and bounces). When full, a relay is answered
     /// `unknown destination` at once and counted. Default 4,096.
     pub max_queue: usize,
@@ -94,6 +103,7 @@ impl Default for RedisConfig {
             sample_interval: Duration::from_secs(2),
             max_sample: 1000,
             command_timeout: Duration::from_secs(1),
+            cluster_key: None,
             max_queue: 4096,
             max_queue_bytes: 16 << 20,
             max_events: 65_536,
@@ -115,6 +125,9 @@ setters! {
         with_max_events => max_events: usize,
         with_max_event_bytes => max_event_bytes: usize,
         with_max_message_size => max_message_size: usize,
+    }
+    optional {
+        with_cluster_key => cluster_key: ClusterKey,
     }
 }
 
@@ -157,6 +170,7 @@ impl fmt::Debug for RedisConfig {
             .field("max_events", &self.max_events)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_message_size", &self.max_message_size)
+            .field("cluster_key", &self.cluster_key)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +204,16 @@ impl RedisConfig {
         at_most("max_events", self.max_events, MAX_QUEUE)?;
         nonzero("max_event_bytes", self.max_event_bytes)?;
         nonzero("max_message_size", self.max_message_size)?;
+        if let Some(key) = &self.cluster_key {
+            if key.0.len() < MIN_KEY_LEN {
+                return Err(ConfigError::Below {
+                    field: "cluster_key",
+                    value: u64::try_from(key.0.len()).unwrap_or(u64::MAX),
+                    other: "16 bytes",
+                    other_value: MIN_KEY_LEN as u64,
+                });
+            }
+        }
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if self.instance.len() > wire::MAX_INSTANCE_LEN || !self.instance.chars().all(valid) {
             return Err(ConfigError::Invalid { field: "instance" });
@@ -212,6 +236,54 @@ pub enum RedisError {
     #[error("invalid redis url: {0}")]
     Url(String),
 }
+
+/// The shortest [`ClusterKey`]: 16 bytes.
+const MIN_KEY_LEN: usize = 16;
+/// The length of the tag a [`ClusterKey`] adds to every message and presence entry.
+const TAG_LEN: usize = 32;
+
+/// The secret the instances of one network share, for [`RedisConfig::cluster_key`]: at least 16
+/// bytes (32 random ones recommended). Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey(Vec<u8>);
+
+impl ClusterKey {
+    /// A key from its bytes.
+    pub fn new(key: impl Into<Vec<u8>>) -> Self {
+        Self(key.into())
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
+        // HMAC takes a key of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// The tag of `parts`: HMAC-SHA256 over each part, length first, so that no two ways of
+    /// cutting the same bytes share a tag.
+    fn tag(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {
+        self.mac(parts).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the tag of `parts`, in constant time.
+    fn verifies(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        self.mac(parts).verify_slice(tag).is_ok()
+    }
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterKey(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Domains of the tags, so that a tag of one kind never passes for another.
+const BUS_DOMAIN: &[u8] = b"peer-signal bus v1";
+const PRESENCE_DOMAIN: &[u8] = b"peer-signal presence v1";
 
 /// Counters of a [`RedisBackplane`], from [`RedisHandle::stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -394,6 +466,45 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `payload` as it goes on `channel`: with the cluster key, its tag over the channel's name
+    /// and the payload appended.
+    fn seal(&self, channel: &str, mut payload: Vec<u8>) -> Vec<u8> {
+        if let Some(key) = &self.config.cluster_key {
+            let tag = key.tag(&[BUS_DOMAIN, channel.as_bytes(), &payload]);
+            payload.extend_from_slice(&tag);
+        }
+        payload
+    }
+
+    /// The payload of a message from `channel`, its tag checked and cut off; `None` for one
+    /// that fails the check.
+    fn open<'a>(&self, channel: &str, payload: &'a [u8]) -> Option<&'a [u8]> {
+        let Some(key) = &self.config.cluster_key else { return Some(payload) };
+        let body_len = payload.len().checked_sub(TAG_LEN)?;
+        let (body, tag) = payload.split_at(body_len);
+        key.verifies(&[BUS_DOMAIN, channel.as_bytes(), body], tag).then_some(body)
+    }
+
+    /// A node's presence entry: its `NodeInfo` JSON, after the hex of its tag with the key.
+    fn presence_value(&self, json: String) -> String {
+        match &self.config.cluster_key {
+            Some(key) => {
+                let mut value = hex::encode(key.tag(&[PRESENCE_DOMAIN, json.as_bytes()]));
+                value.push_str(&json);
+                value
+            }
+            None => json,
+        }
+    }
+
+    /// The JSON of a presence entry, its tag checked; `None` for one that fails the check.
+    fn presence_json<'a>(&self, value: &'a [u8]) -> Option<&'a [u8]> {
+        let Some(key) = &self.config.cluster_key else { return Some(value) };
+        let (tag, json) = value.split_at_checked(TAG_LEN * 2)?;
+        let tag = hex::decode(tag).ok()?;
+        key.verifies(&[PRESENCE_DOMAIN, json], &tag).then_some(json)
+    }
+
     fn channel(&self, id: &NodeID) -> String {
         format!("{}:n:{}", self.config.prefix, hex_id(id))
     }
@@ -477,6 +588,7 @@ impl Shared {
         let channel = std::str::from_utf8(channel).ok()?;
         let id = channel.strip_prefix(&self.config.prefix)?.strip_prefix(":n:")?;
         let id: NodeID = id.parse().ok()?;
+        let payload = self.open(channel, payload)?;
         let input = match wire::decode(payload, self.config.max_message_size).ok()? {
             BusMessage::Frame { codec, frame } => ClusterIn::Frame { to: id, codec, frame },
             BusMessage::TakenOver { instance, .. } if instance == self.instance => return Some(None),
@@ -657,7 +769,8 @@ impl Backplane for RedisBackplane {
         match output {
             ClusterOut::Joined { id, conn, info } => {
                 // Our own NodeInfo always encodes; "null" keeps this free of panics regardless.
-                let json = serde_json::to_string(&info).unwrap_or_else(|_| "null".into());
+                let json =
+                    shared.presence_value(serde_json::to_string(&info).unwrap_or_else(|_| "null".into()));
                 let mut state = shared.lock();
                 state.held.insert(id, Held { conn, json, gen: None });
                 state.dirty.insert(id);
@@ -684,7 +797,7 @@ impl Backplane for RedisBackplane {
                 }
                 let item = Outgoing {
                     channel: to,
-                    payload: wire::encode_frame(codec, &frame),
+                    payload: shared.seal(&shared.channel(&to), wire::encode_frame(codec, &frame)),
                     relay_from: Some(from),
                 };
                 if shared.queue(item).is_err() {
@@ -695,7 +808,7 @@ impl Backplane for RedisBackplane {
             ClusterOut::Undeliverable { to, about, reason } => {
                 let item = Outgoing {
                     channel: to,
-                    payload: wire::encode_undeliverable(about, reason),
+                    payload: shared.seal(&shared.channel(&to), wire::encode_undeliverable(about, reason)),
                     relay_from: None,
                 };
                 if shared.queue(item).is_err() {
@@ -767,7 +880,8 @@ return redis.call('PEXPIRE', KEYS[2], ARGV[2])
 /// A claim's rank: the counter, but never below Redis's clock in microseconds, so that ranks
 /// do not go backwards when Redis comes back empty (it needs no persistence) and a node that
 /// moves to another instance afterwards still outranks its older connection. Formatted with
-/// `%d`: Lua prints numbers this large in exponent form otherwise.
+/// `%d`: Lua prints numbers this large in exponent form otherwise. The instance publishes the
+/// takeover itself, so that it can carry the cluster key's tag.
 const CLAIM: &str = r"
 local t = redis.call('TIME')
 local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -776,13 +890,10 @@ if g < floor then
   g = floor
   redis.call('SET', KEYS[1], string.format('%d', g))
 end
-local rank = string.format('%d', g)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[6] .. rank .. ' ' .. ARGV[5])
 return g
 ";
-
 const SAMPLE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -929,17 +1040,14 @@ impl Presence {
                 // A new claim: subscribe first, so that nothing for it is missed once it is known.
                 self.subscribe(&channel, id).await?;
                 let ttl = u64::try_from(self.shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
-                let prefix = wire::takeover_prefix();
                 let mut invocation = self.claim.key(format!("{}:gen", self.shared.config.prefix));
-                invocation
-                    .key(self.shared.hash())
-                    .arg(hex_id(&id))
-                    .arg(&json)
-                    .arg(ttl)
-                    .arg(&channel)
-                    .arg(&self.shared.instance)
-                    .arg(&prefix[..]);
+                invocation.key(self.shared.hash()).arg(hex_id(&id)).arg(&json).arg(ttl);
                 let gen: u64 = self.run(invocation.invoke_async(&mut redis)).await?;
+                // Whoever held the id before, on another instance, learns of the newer claim.
+                let takeover = self.shared.seal(&channel, wire::encode_takeover(gen, &self.shared.instance));
+                let _: i64 = self
+                    .run(redis::cmd("PUBLISH").arg(&channel).arg(takeover).query_async(&mut redis))
+                    .await?;
                 let mut state = self.shared.lock();
                 state.on_bus.insert(id, conn);
                 if let Some(held) = state.held.get_mut(&id).filter(|held| held.conn == conn) {
@@ -984,11 +1092,12 @@ impl Presence {
         let total =
             values.next().and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok()).unwrap_or(0);
         let mut nodes = Vec::new();
-        for json in values {
+        for value in values {
             if nodes.len() >= self.shared.config.max_sample {
                 break;
             }
-            match (json.len() <= MAX_INFO_JSON).then(|| serde_json::from_slice::<NodeInfo>(&json)) {
+            let json = self.shared.presence_json(&value).filter(|json| json.len() <= MAX_INFO_JSON);
+            match json.map(serde_json::from_slice::<NodeInfo>) {
                 Some(Ok(info)) => nodes.push(info),
                 _ => {
                     self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,8 @@
 //! | 3.. | the node's frame, as it sent it | … | the unreachable node's id, 32 bytes |
 //!
 //! A message travels on the channel of the node it is for, which names it: no message carries
-//! its own destination. A takeover is written by a Lua script in Redis, hence its text form.
+//! its own destination. With a cluster key, 32 bytes of HMAC-SHA256 follow, over the channel's
+//! name and the message (see `ClusterKey`).
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use bytes::Bytes;
@@ -63,9 +64,11 @@ pub(crate) fn encode_undeliverable(about: NodeID, reason: Undelivered) -> Vec<u8
     out
 }
 
-/// The start of a takeover, as the claim script writes it.
-pub(crate) fn takeover_prefix() -> [u8; 2] {
-    [VERSION, TAKEOVER]
+/// A takeover: the rank of the newer claim and the instance that holds it.
+pub(crate) fn encode_takeover(gen: u64, instance: &str) -> Vec<u8> {
+    let mut out = vec![VERSION, TAKEOVER];
+    out.extend_from_slice(format!("{gen} {instance}").as_bytes());
+    out
 }
 
 /// Decodes one message of at most `max` bytes.
@@ -124,8 +127,7 @@ mod tests {
         let about = NodeID::from([3; 32]);
         let bounce = encode_undeliverable(about, Undelivered::Busy);
         assert_eq!(decode(&bounce, 100), Ok(BusMessage::Undeliverable { about, reason: Undelivered::Busy }));
-        let mut takeover = takeover_prefix().to_vec();
-        takeover.extend_from_slice(b"42 instance-a");
+        let takeover = encode_takeover(42, "instance-a");
         assert_eq!(
             decode(&takeover, 100),
             Ok(BusMessage::TakenOver { gen: 42, instance: "instance-a".into() })
@@ -152,8 +154,7 @@ mod tests {
         ] {
             assert_eq!(decode(bad, 100), Err(error), "{bad:?}");
         }
-        let mut long = takeover_prefix().to_vec();
-        long.extend_from_slice(format!("1 {}", "i".repeat(MAX_INSTANCE_LEN + 1)).as_bytes());
+        let long = encode_takeover(1, &"i".repeat(MAX_INSTANCE_LEN + 1));
         assert_eq!(decode(&long, 1000), Err(WireError::Malformed));
     }
 }
