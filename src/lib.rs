@@ -583,8 +583,15 @@ pub use server::{
 pub use telemetry::{LogAdmit, LogThrottle};
 pub use turn::{TurnConfig, TurnSecret};
 
+#[cfg(all(feature = "browser", target_arch = "wasm32", target_os = "unknown"))]
+mod browser;
 mod client;
 mod driver;
+
+#[cfg(all(feature = "browser", target_arch = "wasm32", target_os = "unknown"))]
+pub use browser::{
+    attach_channel, host_signalling, link_client, BrowserClient, BrowserTimer, BrowserWs, Sleep,
+};
 
 pub use client::{
     AsyncClient, Backoff, ClientBinding, ClientConfig, ClientConnection, ClientError, ClientEvent,
@@ -603,8 +610,8 @@ pub use transport::ws_fuzzing;
 #[cfg(feature = "websocket")]
 pub use transport::{
     Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
-    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    WsStats, WsStatsHandle, WsTransport,
 };
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};
-pub use transport::{Transport, TransportEvent};
+pub use transport::{Transport, TransportEvent, BINCODE_SUBPROTOCOL};
