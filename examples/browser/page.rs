@@ -98,6 +98,8 @@ async fn within<F: std::future::Future>(what: &str, future: F) -> Result<F::Outp
 /// What the page knows and does, shared by its tasks.
 struct Page {
     name: String,
+    /// The node's key: one node on every signalling path.
+    key: SigningKey,
     codec: Codec,
     /// The signalling this page hosts, when it does.
     host: Option<LinkHost>,
@@ -105,6 +107,8 @@ struct Page {
     names: RefCell<HashMap<NodeID, String>>,
     /// Set-ups under way: per signalling path and peer, the queue of that peer connection's task.
     sessions: RefCell<HashMap<(&'static str, NodeID), mpsc::Sender<PeerInfo>>>,
+    /// The neighbour whose signalling this page uses, once listed.
+    neighbour: RefCell<Option<NodeID>>,
     /// The signalling connection at the hosting neighbour, once it is up.
     hosted: RefCell<Option<oneshot::Sender<Signal>>>,
 }
@@ -225,6 +229,11 @@ fn on_setup(page: &Rc<Page>, signal: &Signal, setup: PeerInfo) {
     let peer = if setup.id_init == signal.me { setup.id_follow } else { setup.id_init };
     let key = (signal.path, peer);
     let fresh = matches!(setup.message, PeerMessage::Init | PeerMessage::Offer(_));
+    if fresh && !page.names.borrow().contains_key(&peer) {
+        // A node that joined after the last list: the reply names it.
+        let (reply, _) = oneshot::channel();
+        let _ = signal.request(Request::List(reply));
+    }
     if fresh {
         let (queue, setups) = mpsc::channel(SETUP_QUEUE);
         page.sessions.borrow_mut().insert(key, queue);
@@ -249,7 +258,6 @@ async fn peer_connection(
     mut setups: mpsc::Receiver<PeerInfo>,
 ) -> Result<(), String> {
     let pc = RtcPeerConnection::new().map_err(js_error)?;
-    let peer_name = page.name_of(peer);
     // Candidates go to the peer as they come.
     let on_candidate = {
         let signal = signal.clone();
@@ -275,54 +283,64 @@ async fn peer_connection(
     pc.set_onicecandidate(Some(onicecandidate.as_ref().unchecked_ref()));
     let ondatachannel = {
         let page = Rc::clone(page);
-        let peer_name = peer_name.clone();
+        let (pc, path) = (pc.clone(), signal.path);
         Closure::<dyn FnMut(RtcDataChannelEvent)>::new(move |event: RtcDataChannelEvent| {
-            channel_opened_by_peer(&page, &peer_name, event.channel());
+            channel_opened_by_peer(&page, peer, event.channel());
+            if path == "server" && *page.neighbour.borrow() == Some(peer) {
+                // The node that uses a neighbour's signalling opens the link, once the data
+                // channel transport is up (the peer's channel arriving says so): channels
+                // opened by both sides before it is up may be given the same stream.
+                let init = RtcDataChannelInit::new();
+                init.set_protocol(link_protocol(page.codec));
+                use_neighbour(&page, peer, &pc.create_data_channel_with_data_channel_dict(LINK_LABEL, &init));
+            }
         })
     };
     pc.set_ondatachannel(Some(ondatachannel.as_ref().unchecked_ref()));
 
-    while let Some(setup) = within("the next set-up message", setups.next()).await? {
+    // The session's inbox: open for as long as the page holds the peer connection.
+    while let Some(setup) = setups.next().await {
         match &setup.message {
             PeerMessage::Init => {
-                if page.host.is_some() && signal.path == "server" {
-                    let init = RtcDataChannelInit::new();
-                    init.set_protocol(link_protocol(page.codec));
-                    let channel = pc.create_data_channel_with_data_channel_dict(LINK_LABEL, &init);
-                    let host = page.host.as_ref().ok_or("no host")?;
-                    attach_channel(host, &channel).map_err(|e| e.to_string())?;
-                    log(&format!("{}: hosting signalling for {peer_name}", page.name));
-                } else {
-                    app_channel(page, &peer_name, pc.create_data_channel("app"));
-                }
-                let offer = JsFuture::from(pc.create_offer()).await.map_err(js_error)?;
+                // The offerer's channel also brings the data channel transport into the
+                // offer, on which the other side may open channels of its own.
+                app_channel(page, peer, pc.create_data_channel("app"));
+                let offer = within("an offer", JsFuture::from(pc.create_offer())).await?.map_err(js_error)?;
                 let sdp = sdp_of(&offer);
                 let description = RtcSessionDescriptionInit::new(RtcSdpType::Offer);
                 description.set_sdp(&sdp);
-                JsFuture::from(pc.set_local_description(&description)).await.map_err(js_error)?;
+                within("set the offer", JsFuture::from(pc.set_local_description(&description)))
+                    .await?
+                    .map_err(js_error)?;
                 signal.request(Request::Reply(setup.clone(), PeerMessage::Offer(sdp)))?;
             }
             PeerMessage::Offer(sdp) => {
                 let description = RtcSessionDescriptionInit::new(RtcSdpType::Offer);
                 description.set_sdp(sdp);
-                JsFuture::from(pc.set_remote_description(&description)).await.map_err(js_error)?;
-                let answer = JsFuture::from(pc.create_answer()).await.map_err(js_error)?;
+                within("take the offer", JsFuture::from(pc.set_remote_description(&description)))
+                    .await?
+                    .map_err(js_error)?;
+                let answer =
+                    within("an answer", JsFuture::from(pc.create_answer())).await?.map_err(js_error)?;
                 let sdp = sdp_of(&answer);
                 let description = RtcSessionDescriptionInit::new(RtcSdpType::Answer);
                 description.set_sdp(&sdp);
-                JsFuture::from(pc.set_local_description(&description)).await.map_err(js_error)?;
+                within("set the answer", JsFuture::from(pc.set_local_description(&description)))
+                    .await?
+                    .map_err(js_error)?;
                 signal.request(Request::Reply(setup.clone(), PeerMessage::Answer(sdp)))?;
             }
             PeerMessage::Answer(sdp) => {
                 let description = RtcSessionDescriptionInit::new(RtcSdpType::Answer);
                 description.set_sdp(sdp);
-                JsFuture::from(pc.set_remote_description(&description)).await.map_err(js_error)?;
+                within("take the answer", JsFuture::from(pc.set_remote_description(&description)))
+                    .await?
+                    .map_err(js_error)?;
             }
             PeerMessage::IceCandidate(json) => {
                 let init: RtcIceCandidateInit = js_sys::JSON::parse(json).map_err(js_error)?.unchecked_into();
-                JsFuture::from(pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(&init)))
-                    .await
-                    .map_err(js_error)?;
+                let added = JsFuture::from(pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(&init)));
+                within("take a candidate", added).await?.map_err(js_error)?;
             }
         }
         if reply_to.borrow().is_none() {
@@ -342,19 +360,36 @@ fn sdp_of(description: &JsValue) -> String {
         .unwrap_or_default()
 }
 
-/// A channel the peer made: `app` is the application's, `signal` the neighbour's signalling.
-fn channel_opened_by_peer(page: &Rc<Page>, peer_name: &str, channel: RtcDataChannel) {
+/// A channel the peer opened: `app` is the application's; `signal` asks for this page's
+/// signalling.
+fn channel_opened_by_peer(page: &Rc<Page>, peer: NodeID, channel: RtcDataChannel) {
     if channel.label() != LINK_LABEL {
-        app_channel(page, peer_name, channel);
-        return;
+        return app_channel(page, peer, channel);
     }
-    let client = match link_client(&channel, &LinkConfig::default()) {
+    let Some(host) = &page.host else {
+        log(&format!(
+            "{}: {} wants signalling, which this page does not host",
+            page.name,
+            page.name_of(peer)
+        ));
+        return channel.close();
+    };
+    match attach_channel(host, &channel) {
+        Ok(()) => log(&format!("{}: hosting signalling for {}", page.name, page.name_of(peer))),
+        Err(error) => log(&format!("{}: {error}", page.name)),
+    }
+}
+
+/// Signs in at the neighbour's signalling over `channel`, which this page opened.
+fn use_neighbour(page: &Rc<Page>, peer: NodeID, channel: &RtcDataChannel) {
+    let client = match link_client(channel, &LinkConfig::default()) {
         Ok(client) => client,
         Err(error) => return log(&format!("{}: {error}", page.name)),
     };
-    let (page, peer_name) = (Rc::clone(page), peer_name.to_string());
+    let page = Rc::clone(page);
     spawn_local(async move {
-        let (key, info) = identity(&page.name);
+        let peer_name = page.name_of(peer);
+        let (key, info) = identity(&page);
         match within("sign-in via the neighbour", AsyncClient::connect(client, key, info)).await {
             Ok(Ok(node)) => {
                 log(&format!("{}: signed in via {peer_name} as {}", page.name, node.id()));
@@ -370,19 +405,19 @@ fn channel_opened_by_peer(page: &Rc<Page>, peer_name: &str, channel: RtcDataChan
 }
 
 /// The application's channel: says hello once open, and logs what arrives.
-fn app_channel(page: &Rc<Page>, peer_name: &str, channel: RtcDataChannel) {
+fn app_channel(page: &Rc<Page>, peer: NodeID, channel: RtcDataChannel) {
     let onopen = {
-        let (channel, name, peer) = (channel.clone(), page.name.clone(), peer_name.to_string());
+        let (channel, page) = (channel.clone(), Rc::clone(page));
         Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
-            log(&format!("{name}: app channel open to {peer}"));
-            let _ = channel.send_with_str(&format!("hello from {name}"));
+            log(&format!("{}: app channel open to {}", page.name, page.name_of(peer)));
+            let _ = channel.send_with_str(&format!("hello from {}", page.name));
         })
     };
     let onmessage = {
-        let (name, peer) = (page.name.clone(), peer_name.to_string());
+        let page = Rc::clone(page);
         Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let text = event.data().as_string().unwrap_or_default();
-            log(&format!("{name}: received {text:?} from {peer}"));
+            log(&format!("{}: received {text:?} from {}", page.name, page.name_of(peer)));
         })
     };
     channel.set_onopen(Some(onopen.as_ref().unchecked_ref()));
@@ -392,13 +427,10 @@ fn app_channel(page: &Rc<Page>, peer_name: &str, channel: RtcDataChannel) {
     onmessage.forget();
 }
 
-/// A fresh key for this page's node, and what it announces.
-fn identity(name: &str) -> (SigningKey, NodeInfo) {
-    let mut seed = [0; 32];
-    OsRng.fill_bytes(&mut seed);
-    let key = SigningKey::from_bytes(&seed);
-    let info = NodeInfo::new(name, "peer-signal browser example", key.verifying_key().to_bytes());
-    (key, info)
+/// The page's key, and what its node announces.
+fn identity(page: &Page) -> (SigningKey, NodeInfo) {
+    let info = NodeInfo::new(&page.name, "peer-signal browser example", page.key.verifying_key().to_bytes());
+    (page.key.clone(), info)
 }
 
 async fn run() -> Result<(), String> {
@@ -415,16 +447,21 @@ async fn run() -> Result<(), String> {
         _ => None,
     };
     let (hosted_tx, hosted) = oneshot::channel();
+    // A fresh node each time the page loads.
+    let mut seed = [0; 32];
+    OsRng.fill_bytes(&mut seed);
     let page = Rc::new(Page {
         name: name.clone(),
+        key: SigningKey::from_bytes(&seed),
         codec,
         host,
         names: RefCell::new(HashMap::new()),
         sessions: RefCell::new(HashMap::new()),
+        neighbour: RefCell::new(None),
         hosted: RefCell::new(Some(hosted_tx)),
     });
 
-    let (key, info) = identity(&name);
+    let (key, info) = identity(&page);
     let conn = within("open the WebSocket", BrowserWs::new(&server).codec(codec).connect())
         .await?
         .map_err(|e| e.to_string())?;
@@ -447,6 +484,7 @@ async fn run() -> Result<(), String> {
         }
         (Some(neighbour), connect) => {
             let id = signal.find(neighbour).await?;
+            *page.neighbour.borrow_mut() = Some(id);
             log(&format!("{name}: → Init to {neighbour} for its signalling"));
             signal.request(Request::Init(id))?;
             let hosted = within("a link to the neighbour", hosted).await?.map_err(|_| "no link")?;
