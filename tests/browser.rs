@@ -7,14 +7,17 @@
 #![cfg(all(target_arch = "wasm32", target_os = "unknown", feature = "browser"))]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
 use peer_signal::ed25519_dalek::SigningKey;
 use peer_signal::{
-    AsyncClient, BrowserClient, BrowserTimer, BrowserWs, ClientEvent, Codec, NodeInfo, PeerInfo, PeerMessage,
+    AsyncClient, Backoff, BrowserClient, BrowserTimer, BrowserWs, ClientConfig, ClientEvent, Codec, NodeInfo,
+    PeerInfo, PeerMessage,
 };
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
+use web_time::Instant;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -122,4 +125,73 @@ async fn a_server_that_is_not_there_is_a_connect_error_within_the_open_timeout()
     // Port 9 on loopback: nothing listens there in CI, and the browser refuses at once.
     let refused = within("a refused connection", BrowserWs::new("ws://127.0.0.1:9/").connect()).await;
     assert!(matches!(refused, Err(peer_signal::TransportError::Connect(_))), "{refused:?}");
+}
+
+#[wasm_bindgen_test]
+async fn a_page_keeps_alive_with_list_requests_on_the_browser_clock() {
+    let mut node = sign_in(Codec::Json, 43, "page-keepalive").await;
+    let first = within("the sign-in's list", node.next_event()).await.expect("an event");
+    assert!(matches!(first, ClientEvent::NodeList(_)), "{first:?}");
+    let interval = Duration::from_secs(1);
+    node.keep_alive(interval, Arc::new(BrowserTimer));
+    let started = Instant::now();
+    // Nothing was asked: the list comes from the keepalive's request, an interval later.
+    let event = within("a keepalive's list", node.next_event()).await.expect("an event");
+    let after = started.elapsed();
+    console_log!("page-keepalive: {} listed {after:?} after keep_alive({interval:?})", summary(&event));
+    assert!(matches!(event, ClientEvent::NodeList(_)), "{event:?}");
+    assert!(after >= interval - Duration::from_millis(50), "{after:?}");
+}
+
+#[wasm_bindgen_test]
+async fn a_page_that_is_taken_over_reconnects_after_its_backoff() {
+    let key = SigningKey::from_bytes(&[44; 32]);
+    let info = NodeInfo::new("page-reconnect", "peer-signal browser test", key.verifying_key().to_bytes());
+    let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+    let config = ClientConfig::default().with_backoff(backoff);
+    let server = BrowserWs::new(url());
+    let connect = AsyncClient::connect_reconnecting_with(
+        server,
+        key.clone(),
+        info.clone(),
+        config,
+        Arc::new(BrowserTimer),
+    );
+    let mut node = within("sign in", connect).await.expect("signed in");
+    assert!(node.reconnects());
+    console_log!("page-reconnect: signed in as {}", node.id());
+
+    // The same node signs in again elsewhere: the server closes the first connection.
+    let conn = within("open", BrowserWs::new(url()).connect()).await.expect("open");
+    let other = within("sign in again", AsyncClient::connect(conn, key, info)).await.expect("signed in");
+    console_log!("page-reconnect: the same node signed in on a second connection");
+
+    let mut disconnected = None;
+    let reconnected = within("disconnected and back", async {
+        loop {
+            let event = node.next_event().await.expect("an event");
+            console_log!("page-reconnect: {}", summary(&event));
+            match event {
+                ClientEvent::Disconnected => disconnected = Some(Instant::now()),
+                ClientEvent::Connected(_) if disconnected.is_some() => return Instant::now(),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let waited = reconnected - disconnected.expect("disconnected first");
+    console_log!("page-reconnect: back after {waited:?}");
+    // At least the first backoff, less its jitter of a quarter.
+    assert!(waited >= Duration::from_millis(150), "{waited:?}");
+    drop(other);
+}
+
+fn summary(event: &ClientEvent) -> String {
+    match event {
+        ClientEvent::NodeList(nodes) => format!("NodeList of {}", nodes.len()),
+        ClientEvent::Connected(_) => "Connected".into(),
+        ClientEvent::Disconnected => "Disconnected".into(),
+        ClientEvent::Error(error) => format!("Error {error:?}"),
+        other => format!("{other:?}"),
+    }
 }
