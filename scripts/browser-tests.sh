@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The tests in a browser (tests/browser.rs, headless Chromium through chromedriver): starts the
-# ws_server example and two native nodes (the ws_client example, one speaking JSON and one
-# bincode) on loopback, compiles the tests with the server's URL, runs them, and stops what it
-# started. Needs wasm-bindgen-cli of the wasm-bindgen crate's version, chromium and
+# The tests in a browser (tests/browser.rs and tests/browser_links.rs, headless Chromium through
+# chromedriver): starts the ws_server example and two native nodes (the ws_client example, one
+# speaking JSON and one bincode) on loopback, compiles the tests with the server's URL, runs
+# them, and stops what it started. Needs wasm-bindgen-cli of the wasm-bindgen crate's version, chromium and
 # chromium-driver (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,7 @@ done
 PEER_SIGNAL_BROWSER_TEST_URL="$url" \
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
     CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)} \
-    cargo test --target wasm32-unknown-unknown --features browser --test browser -- --nocapture
+    cargo test --target wasm32-unknown-unknown --features browser --test browser --test browser_links -- --nocapture
 
 for node in native-json native-bincode; do
     echo "--- what $node printed"
