@@ -370,8 +370,9 @@
 //! let config = ClientConfig::default().with_keepalive(std::time::Duration::from_secs(60));
 //! let mut node =
 //!     AsyncClient::connect_reconnecting_with(server, key, info, config, Arc::new(BrowserTimer)).await?;
-//! let nodes = node.list().await?;
-//! node.send_init(nodes[0].id()).await?;
+//! if let Some(other) = node.list().await?.iter().find(|n| n.id() != node.id()) {
+//!     node.send_init(other.id()).await?;
+//! }
 //! while let Ok(event) = node.next_event().await { /* PeerSetup → the RTCPeerConnection */ }
 //! ```
 //!

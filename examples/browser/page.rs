@@ -207,6 +207,10 @@ fn run_signal(
                 Either::Right(Some(Request::Init(to))) => node.send_init(to).await,
                 Either::Right(Some(Request::Reply(to, message))) => node.send_reply(&to, message).await,
                 Either::Right(Some(Request::List(reply))) => {
+                    if waiting.len() >= REQUEST_QUEUE {
+                        // The oldest waiter gave up long ago (its list has a deadline).
+                        waiting.remove(0);
+                    }
                     waiting.push(reply);
                     node.request_list().await
                 }
