@@ -387,7 +387,8 @@ fn channel_opened_by_peer(page: &Rc<Page>, peer: NodeID, channel: RtcDataChannel
 /// Signs in at the neighbour's signalling over `channel`, which this page opened.
 fn use_neighbour(page: &Rc<Page>, peer: NodeID, channel: &RtcDataChannel) {
     let client = match link_client(channel, &LinkConfig::default()) {
-        Ok(client) => client,
+        // Bound to the neighbour, where its server offers bound sign-ins.
+        Ok(client) => client.with_host(&peer),
         Err(error) => return log(&format!("{}: {error}", page.name)),
     };
     let page = Rc::clone(page);

@@ -68,8 +68,9 @@ pub fn attach_channel(host: &LinkHost, channel: &RtcDataChannel) -> Result<(), L
 /// A connection to the signalling a neighbour hosts, over a data channel this page opened to it
 /// (labelled [`LINK_LABEL`], with the protocol of its codec, [`link_protocol`](crate::link_protocol)):
 /// give it to [`AsyncClient::connect`](crate::AsyncClient::connect). Its queues are bounded by
-/// `config`; it carries a [`BrowserTimer`], so that the sign-in has its deadline. Dropping the
-/// client (or the [`AsyncClient`](crate::AsyncClient)) closes the channel.
+/// `config`; it carries a [`BrowserTimer`], so that the sign-in has its deadline. For a sign-in
+/// bound to the neighbour, add its id with [`LinkClient::with_host`]. Dropping the client (or the
+/// [`AsyncClient`](crate::AsyncClient)) closes the channel.
 ///
 /// # Errors
 ///

@@ -80,7 +80,9 @@ impl BrowserWs {
     /// not open the socket within the open timeout, or does not agree to bincode when asked.
     pub async fn connect(&self) -> Result<LinkClient, TransportError> {
         let (client, inbound, outbound) = LinkClient::new(self.codec, &self.config);
-        let client = client.with_timer(Arc::new(BrowserTimer));
+        // The server's name for a bound sign-in, as `WsClient` takes it from its URL.
+        let client =
+            client.with_timer(Arc::new(BrowserTimer)).with_server_id(crate::server_id_of_url(&self.url));
         let (report, opened) = oneshot::channel();
         {
             let socket = match self.codec {
