@@ -32,6 +32,7 @@
 //! | `redis` | `RedisBackplane`: several instances form one network through Redis (needs Rust 1.88) |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade, for any exporter: see [Metrics and logs](#metrics-and-logs) |
 //! | `tracing` | joins, leaves, refusals and errors as `tracing` events: see [Metrics and logs](#metrics-and-logs) |
+//! | `browser` | in a web page (`wasm32-unknown-unknown` only): `BrowserWs`, `attach_channel`, `link_client`, `host_signalling`, `BrowserTimer`: see [In the browser](#in-the-browser) |
 //!
 //! # What this crate does not do
 //!
@@ -338,6 +339,54 @@
 //! computed outside the crate (`scripts/binding-vectors.py`) for other implementations.
 //! SECURITY.md says what each mode protects against.
 //!
+//! # In the browser
+//!
+//! The crate builds for `wasm32-unknown-unknown` without features: the server, the client state
+//! machine and hosted signalling, with the browser's clock (`web-time`) and randomness (Web
+//! Crypto). The `browser` feature adds what a page needs to be a node; it adds nothing on other
+//! targets.
+//!
+//! Browser objects (`WebSocket`, `RTCDataChannel`, callbacks) are not `Send`, and
+//! [`AsyncClient`] needs a connection that is. So the page's sockets stay in local tasks of the
+//! page, and reach the client through the bounded queues of a peer link: every connection of a
+//! page is a [`LinkClient`], and a page's node is an `AsyncClient<LinkClient>` (`BrowserClient`)
+//! with every method of the native one (`connect`, `list`, `send_init`, `send_reply`,
+//! `send_setup`, `next_event`, `keep_alive`, `connect_reconnecting_with`).
+//!
+//! | Item | What it does |
+//! |---|---|
+//! | `BrowserWs::new(url)` | opens the server's `WebSocket` (JSON in text frames; `.codec(Codec::Bincode)` asks for [`BINCODE_SUBPROTOCOL`] and binary frames) within an open timeout; also the [`Reconnect`] of a client that reconnects with [`Backoff`] |
+//! | `BrowserTimer` | the page's clock and `setTimeout`, as the [`Timer`] of the sign-in deadline, the keepalive and the backoff; `BrowserTimer::ticks` for a [`Driver`] |
+//! | `link_client(&channel, &config)` | the using side of hosted signalling: a [`LinkClient`] over a data channel the page opened to a neighbour (label [`LINK_LABEL`], protocol [`link_protocol`]) |
+//! | `attach_channel(&host, &channel)` | the hosting side: a neighbour's `signal` channel, attached to the page's [`LinkHost`] |
+//! | `host_signalling(config, events)` | a [`SignalServer`] over a [`LinkTransport`], driven by a local task of the page and ticked by `BrowserTimer` |
+//!
+//! ```ignore
+//! use std::sync::Arc;
+//! use peer_signal::{AsyncClient, BrowserTimer, BrowserWs, ClientConfig, Codec, NodeInfo};
+//!
+//! // In an async fn of the page (wasm_bindgen_futures::spawn_local):
+//! let server = BrowserWs::new("wss://signal.example.org").codec(Codec::Bincode);
+//! let config = ClientConfig::default().with_keepalive(std::time::Duration::from_secs(60));
+//! let mut node =
+//!     AsyncClient::connect_reconnecting_with(server, key, info, config, Arc::new(BrowserTimer)).await?;
+//! if let Some(other) = node.list().await?.iter().find(|n| n.id() != node.id()) {
+//!     node.send_init(other.id()).await?;
+//! }
+//! while let Ok(event) = node.next_event().await { /* PeerSetup → the RTCPeerConnection */ }
+//! ```
+//!
+//! Bounds and deadlines, as on native targets: the connection's queues are the link's
+//! ([`LinkConfig`]; a server frame over `max_frame_size` closes the socket); the `WebSocket`
+//! must open within `BrowserWs::open_timeout` (10 s), a data channel within 10 s; a channel
+//! whose send buffer (`bufferedAmount`) stays over 256 KiB for 5 s is closed; the sign-in has
+//! [`ClientConfig::sign_in_timeout`]. A page served over `https` may open only `wss://`.
+//!
+//! `examples/browser/` is a page that signs in, lists, and opens a real `RTCDataChannel` to
+//! another page through the server, or hosts signalling for its neighbours, or uses a
+//! neighbour's once the server is gone; `tests/browser.rs` runs in headless Chromium against
+//! `ws_server` (`scripts/browser-tests.sh`).
+//!
 //! # Several instances, one network
 //!
 //! One process holds tens of thousands of connections. Past that, and so that one process is not
@@ -583,8 +632,15 @@ pub use server::{
 pub use telemetry::{LogAdmit, LogThrottle};
 pub use turn::{TurnConfig, TurnSecret};
 
+#[cfg(all(feature = "browser", target_arch = "wasm32", target_os = "unknown"))]
+mod browser;
 mod client;
 mod driver;
+
+#[cfg(all(feature = "browser", target_arch = "wasm32", target_os = "unknown"))]
+pub use browser::{
+    attach_channel, host_signalling, link_client, BrowserClient, BrowserTimer, BrowserWs, Sleep,
+};
 
 pub use client::{
     AsyncClient, Backoff, ClientBinding, ClientConfig, ClientConnection, ClientError, ClientEvent,
@@ -603,8 +659,8 @@ pub use transport::ws_fuzzing;
 #[cfg(feature = "websocket")]
 pub use transport::{
     Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
-    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    WsStats, WsStatsHandle, WsTransport,
 };
 #[cfg(feature = "tls")]
 pub use transport::{ServerTls, TlsError, TlsRoots};
-pub use transport::{Transport, TransportEvent};
+pub use transport::{Transport, TransportEvent, BINCODE_SUBPROTOCOL};

@@ -24,10 +24,14 @@ pub use websocket::fuzzing as ws_fuzzing;
 #[cfg(feature = "websocket")]
 pub use websocket::{
     Admission, AdmissionHook, TokioTimer, UpgradeRequest, WsClient, WsClientBuilder, WsClientError, WsConfig,
-    WsStats, WsStatsHandle, WsTransport, BINCODE_SUBPROTOCOL,
+    WsStats, WsStatsHandle, WsTransport,
 };
 #[cfg(feature = "tls")]
 pub use websocket::{ServerTls, TlsError, TlsRoots};
+
+/// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
+/// connection speaks JSON in text frames, as fledger nodes do.
+pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
 
 /// Something a [`Transport`] observed, for the driver to feed into the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

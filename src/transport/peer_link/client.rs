@@ -69,6 +69,14 @@ impl LinkClient {
         self.server_id = Some(crate::server_id_of_node(host));
         self
     }
+
+    /// The server's id for a bound sign-in, when the link stands for a connection to a server
+    /// (the browser's WebSocket: [`server_id_of_url`](crate::server_id_of_url) of its URL).
+    #[cfg(all(feature = "browser", target_arch = "wasm32", target_os = "unknown"))]
+    pub(crate) fn with_server_id(mut self, server_id: Option<String>) -> Self {
+        self.server_id = server_id;
+        self
+    }
 }
 
 #[async_trait]

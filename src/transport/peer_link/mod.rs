@@ -157,6 +157,15 @@ pub enum LinkError {
     /// The host has [`LinkConfig::max_links`] links attached already.
     #[error("{0} links are attached already")]
     TooManyLinks(usize),
+    /// A channel that is not a signalling link: its label is not [`LINK_LABEL`], or its protocol
+    /// names no codec ([`link_codec`]).
+    #[error("not a signalling channel: label {label:?}, protocol {protocol:?}")]
+    NotALink {
+        /// The channel's label.
+        label: String,
+        /// The channel's protocol.
+        protocol: String,
+    },
 }
 
 /// The end of a link that takes what arrives on its channel. Dropping it ends the link.

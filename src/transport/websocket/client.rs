@@ -16,8 +16,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[cfg(feature = "tls")]
 use super::TlsRoots;
-use super::{TokioTimer, BINCODE_SUBPROTOCOL};
+use super::TokioTimer;
 use crate::client::ClientConnection;
+use crate::transport::BINCODE_SUBPROTOCOL;
 use crate::{Codec, SignalConfig, TransportError};
 
 /// A node's WebSocket connection to a signalling server: a [`ClientConnection`] for

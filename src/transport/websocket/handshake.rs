@@ -11,9 +11,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::link::Link;
 use crate::Codec;
 
-/// The WebSocket subprotocol a client asks for to speak bincode in binary frames. Without it a
-/// connection speaks JSON in text frames, as fledger nodes do.
-pub const BINCODE_SUBPROTOCOL: &str = "peer-signal-bincode";
+use crate::transport::BINCODE_SUBPROTOCOL;
 
 /// Longest request head accepted, in bytes: far more than browsers and fledger nodes send.
 const MAX_HEAD: usize = 8 * 1024;

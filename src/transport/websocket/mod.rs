@@ -53,7 +53,6 @@ pub use self::admission::{Admission, AdmissionHook, UpgradeRequest};
 pub use self::certs::{ServerTls, TlsError, TlsRoots};
 pub use self::client::{WsClient, WsClientBuilder, WsClientError};
 pub use self::config::WsConfig;
-pub use self::handshake::BINCODE_SUBPROTOCOL;
 pub use self::stats::{WsStats, WsStatsHandle};
 pub use self::timer::TokioTimer;
 pub use self::transport::WsTransport;
