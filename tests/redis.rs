@@ -553,3 +553,76 @@ async fn without_a_cluster_key_anyone_on_redis_closes_a_node_and_with_one_nobody
 fn key_bytes(i: u32) -> [u8; 32] {
     nodes::key(i).verifying_key().to_bytes()
 }
+
+/// The Redis user that README.md documents for instances: its own keys and channels, and only the
+/// commands the backplane and its scripts use.
+const ACL_USER: &[&str] = &[
+    "ACL",
+    "SETUSER",
+    "peer-signal",
+    "on",
+    ">instance-password",
+    "resetkeys",
+    "~peer-signal:*",
+    "resetchannels",
+    "&peer-signal:*",
+    "-@all",
+    "+@connection",
+    "+subscribe",
+    "+unsubscribe",
+    "+publish",
+    "+pubsub|numsub",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+hset",
+    "+hdel",
+    "+del",
+    "+pexpire",
+    "+zadd",
+    "+zremrangebyscore",
+    "+zrangebyscore",
+    "+hlen",
+    "+hrandfield",
+    "+incr",
+    "+set",
+    "+time",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn instances_work_as_the_restricted_redis_user_that_the_readme_documents() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let mut acl = redis::cmd(ACL_USER[0]);
+    for arg in &ACL_USER[1..] {
+        acl.arg(*arg);
+    }
+    let _: () = acl.query_async(&mut admin).await.unwrap();
+    let url = format!("redis://peer-signal:instance-password@127.0.0.1:{}", redis.port);
+
+    let a_side = start(&url, "a").await;
+    let b_side = start(&url, "b").await;
+    let mut x = join(&a_side.connector, 5, Codec::Json).await;
+    let mut y = join(&b_side.connector, 2, Codec::Json).await;
+    until_registered(&a_side, 1).await;
+    until_listed(&mut y, &[id(5)]).await;
+    y.send_setup(init(2, 5)).await.unwrap();
+    assert_eq!(next_setup(&mut x).await, init(2, 5));
+    // A takeover, through the restricted user too.
+    let _newer = join(&b_side.connector, 5, Codec::Json).await;
+    let events = drain_until_closed(&mut x).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("New Connection with same ID".into())), "{events:?}");
+    assert_eq!((a_side.redis.stats().downs, b_side.redis.stats().downs), (0, 0), "no command was refused");
+
+    // The user can do nothing else: no other keys, no administration.
+    let restricted = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = restricted.get_multiplexed_async_connection().await.unwrap();
+    let other: Result<(), _> = redis::cmd("SET").arg("elsewhere").arg("x").query_async(&mut conn).await;
+    assert!(other.is_err(), "a key outside the prefix");
+    let flush: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut conn).await;
+    assert!(flush.is_err(), "administration");
+    a_side.stop().await;
+    b_side.stop().await;
+}
