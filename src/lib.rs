@@ -646,6 +646,9 @@ pub use client::{
     AsyncClient, Backoff, ClientBinding, ClientConfig, ClientConnection, ClientError, ClientEvent,
     PathClient, PathEvent, Reconnect, SetupRejection, SignalClient, SignalPaths, Timer,
 };
+/// The bus decoder and the core's cluster inputs, for the fuzz target `bus`; not part of the API.
+#[doc(hidden)]
+pub use cluster::fuzzing as cluster_fuzzing;
 pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::peer_link::{

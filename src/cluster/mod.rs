@@ -14,6 +14,8 @@ use crate::error::{ConfigError, ProtocolError};
 use crate::ids::ConnId;
 use crate::protocol::{NodeID, NodeInfo};
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
