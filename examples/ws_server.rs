@@ -279,6 +279,10 @@ struct Args {
     /// Redis without it cannot close, list or speak for a node. Every instance needs the same.
     #[arg(long, env = "PEER_SIGNAL_CLUSTER_KEY_FILE", requires = "redis")]
     cluster_key_file: Option<PathBuf>,
+    /// For `--redis rediss://…`: a PEM file of the certificates to trust instead of the
+    /// system's roots (a private CA's).
+    #[arg(long, env = "PEER_SIGNAL_REDIS_CA_FILE", requires = "redis")]
+    redis_ca_file: Option<PathBuf>,
     /// Bound sign-ins: `off` (protocol v3 only), `accept` (bound announces beside v3 ones; fledger
     /// nodes sign in unchanged) or `require` (bound only: no sign-in with a v3 signature relayed
     /// from another server). Set-up messages signed by their senders are relayed as such.
@@ -577,6 +581,12 @@ async fn serve(args: Args) -> Result<(), Failure> {
         let cluster_config = args.cluster_config();
         cluster_config.validate().map_err(|e| Failure::config(e, false))?;
         let mut redis_config = args.redis_config(url, &config);
+        if let Some(file) = &args.redis_ca_file {
+            let roots = std::fs::read(file).map_err(|e| {
+                Failure::Runtime(format!("cannot read {}: {}; check --redis-ca-file", file.display(), e))
+            })?;
+            redis_config.tls_roots = Some(roots);
+        }
         if let Some(file) = &args.cluster_key_file {
             redis_config.cluster_key = Some(read_cluster_key(file)?);
         } else {

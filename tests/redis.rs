@@ -626,3 +626,30 @@ async fn instances_work_as_the_restricted_redis_user_that_the_readme_documents()
     a_side.stop().await;
     b_side.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn instances_speak_to_redis_over_tls() {
+    let (redis, certificate) = RedisServer::start_tls();
+    let url = format!("rediss://localhost:{}", redis.port);
+    let tls = |name: &str| redis_config(&url, name).with_tls_roots(certificate.clone());
+    let a_side = start_with(tls("a")).await;
+    let b_side = start_with(tls("b")).await;
+    let mut x = join(&a_side.connector, 5, Codec::Json).await;
+    let mut y = join(&b_side.connector, 2, Codec::Bincode).await;
+    until_registered(&a_side, 1).await;
+    until_listed(&mut y, &[id(5)]).await;
+    y.send_setup(init(2, 5)).await.unwrap();
+    assert_eq!(next_setup(&mut x).await, init(2, 5));
+    a_side.stop().await;
+    b_side.stop().await;
+
+    // A Redis whose certificate is not trusted is never up.
+    let untrusted = redis_config(&url, "c").with_tls_roots(
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap().cert.pem().into_bytes(),
+    );
+    let (_backplane, handle) = RedisBackplane::start(untrusted).unwrap();
+    let up = tokio::time::timeout(Duration::from_secs(2), handle.wait_up(true)).await;
+    assert!(up.is_err(), "up with an untrusted certificate");
+    handle.shutdown().await;
+}

@@ -51,8 +51,13 @@ use crate::protocol::{NodeID, NodeInfo};
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// Where Redis is, e.g. `redis://127.0.0.1:6379` (a password, if any, goes in the URL).
+    /// Where Redis is, e.g. `redis://127.0.0.1:6379` (a user and password, if any, go in the URL:
+    /// `redis://user:password@host:6379`), or `rediss://host:6380` for TLS, trusting the
+    /// system's roots or [`tls_roots`](Self::tls_roots).
     pub url: String,
+    /// For `rediss://`: the certificates (PEM) to trust instead of the system's roots, e.g. a
+    /// private CA's. Default `None`.
+    pub tls_roots: Option<Vec<u8>>,
     /// This instance's name on the bus: unique among the instances, at most 64 ASCII
     /// letters, digits, `-`, `_` or `.`. Empty: a random one.
     pub instance: String,
@@ -97,6 +102,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             instance: String::new(),
+            tls_roots: None,
             prefix: "peer-signal".into(),
             presence_ttl: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
@@ -128,6 +134,7 @@ setters! {
     }
     optional {
         with_cluster_key => cluster_key: ClusterKey,
+        with_tls_roots => tls_roots: Vec<u8>,
     }
 }
 
@@ -158,6 +165,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             // url: not printed, it may hold a password.
+            .field("tls_roots", &self.tls_roots.as_ref().map(|pem| format!("<{} bytes>", pem.len())))
             .field("instance", &self.instance)
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
@@ -631,7 +639,23 @@ impl RedisBackplane {
         let info = config.url.as_str().into_connection_info().map_err(|e| RedisError::Url(e.to_string()))?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| RedisError::Url(e.to_string()))?;
+        let client = match &config.tls_roots {
+            Some(roots) => {
+                // rustls needs a crypto provider; this crate builds ring's. Another installed
+                // first (by the application) is as good.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let certificates =
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(roots.clone()) };
+                redis::Client::build_with_tls(info, certificates)
+            }
+            None => {
+                if config.url.starts_with("rediss://") {
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                }
+                redis::Client::open(info)
+            }
+        }
+        .map_err(|e| RedisError::Url(e.to_string()))?;
         let (events, receiver) = mpsc::channel(config.max_events);
         let shared = Arc::new(Shared {
             instance,

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// With TLS: the files of its certificate and key, and only a TLS port.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A port that was free a moment ago.
@@ -20,9 +22,25 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = Self { child: None, port: free_port() };
+        let mut server = Self { child: None, port: free_port(), tls: None };
         server.spawn();
         server
+    }
+
+    /// A Redis that speaks TLS only (`rediss://`), with a certificate for `localhost` and
+    /// 127.0.0.1; returns it with the certificate (PEM), for clients to trust.
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("a self-signed certificate");
+        let port = free_port();
+        let dir = std::env::temp_dir();
+        let cert = dir.join(format!("peer-signal-redis-{}-{port}.crt", std::process::id()));
+        let key = dir.join(format!("peer-signal-redis-{}-{port}.key", std::process::id()));
+        std::fs::write(&cert, certified.cert.pem()).expect("write the certificate");
+        std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write the key");
+        let mut server = Self { child: None, port, tls: Some((cert, key)) };
+        server.spawn();
+        (server, certified.cert.pem().into_bytes())
     }
 
     pub fn url(&self) -> String {
@@ -31,23 +49,23 @@ impl RedisServer {
 
     /// Starts redis-server on `self.port` and waits for its "Ready to accept connections".
     fn spawn(&mut self) {
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server)")
-            });
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, key)) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(cert),
+        };
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server)")
+        });
         let stdout = child.stdout.take().expect("redis-server's stdout");
         let (ready, waiter) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -82,6 +100,10 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some((cert, key)) = &self.tls {
+            let _ = std::fs::remove_file(cert);
+            let _ = std::fs::remove_file(key);
+        }
     }
 }
 
