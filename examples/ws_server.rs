@@ -233,9 +233,11 @@ struct Args {
     #[arg(long, env = "PEER_SIGNAL_THREADS", default_value_t = 1)]
     threads: usize,
     /// Form one network with the other instances that use this Redis, e.g.
-    /// redis://127.0.0.1:6379. Without it, the server stands alone.
-    #[arg(long, env = "PEER_SIGNAL_REDIS")]
-    redis: Option<String>,
+    /// redis://127.0.0.1:6379 (rediss:// for TLS). Several, repeated or comma-separated, are
+    /// independent servers the nodes are sharded over by id: every instance must list the same
+    /// ones in the same order. Without it, the server stands alone.
+    #[arg(long, env = "PEER_SIGNAL_REDIS", value_delimiter = ',')]
+    redis: Vec<String>,
     /// This instance's name on Redis (letters, digits, '-', '_', '.'; at most 64); a random one
     /// when not given. Must differ between instances.
     #[arg(long, env = "PEER_SIGNAL_INSTANCE_ID")]
@@ -577,10 +579,10 @@ async fn serve(args: Args) -> Result<(), Failure> {
 
     // With Redis the server is clustered and the driver carries a backplane: another type.
     let mut cluster = None;
-    if let Some(url) = &args.redis {
+    if let Some((url, shards)) = args.redis.split_first() {
         let cluster_config = args.cluster_config();
         cluster_config.validate().map_err(|e| Failure::config(e, false))?;
-        let mut redis_config = args.redis_config(url, &config);
+        let mut redis_config = args.redis_config(url, &config).with_shard_urls(shards.to_vec());
         if let Some(file) = &args.redis_ca_file {
             let roots = std::fs::read(file).map_err(|e| {
                 Failure::Runtime(format!("cannot read {}: {}; check --redis-ca-file", file.display(), e))
@@ -918,9 +920,10 @@ impl Probes {
                 _ if self.handle.is_stopping() => {
                     (StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n".into())
                 }
-                // Cut off from the other instances: newcomers are better served elsewhere. The
-                // nodes already here are still served.
-                Some(redis) if !redis.is_up() => {
+                // Cut off from the other instances (from every Redis server: with one of several
+                // down, only its share of the nodes is unreachable, and the instance serves the
+                // rest): newcomers are better served elsewhere. The nodes here are still served.
+                Some(redis) if redis.shards_up() == 0 => {
                     (StatusCode::SERVICE_UNAVAILABLE, TEXT, "redis unreachable\n".into())
                 }
                 _ => (StatusCode::OK, TEXT, "ready\n".into()),

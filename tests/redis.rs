@@ -653,3 +653,75 @@ async fn instances_speak_to_redis_over_tls() {
     assert!(up.is_err(), "up with an untrusted certificate");
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn nodes_sharded_over_three_redis_servers_and_an_outage_takes_only_its_share() {
+    let mut servers = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let sharded = |name: &str| redis_config(&urls[0], name).with_shard_urls(urls[1..].to_vec());
+    let a_side = start_with(sharded("a")).await;
+    let b_side = start_with(sharded("b")).await;
+    assert_eq!((a_side.redis.shards(), a_side.redis.shards_up()), (3, 3));
+    let config = sharded("any");
+    let mut receivers = Vec::new();
+    for i in 100..130u32 {
+        receivers.push((i, config.shard_of(&id(i)), join(&b_side.connector, i, Codec::Json).await));
+    }
+    let per_shard: Vec<usize> =
+        (0..3).map(|s| receivers.iter().filter(|(_, shard, _)| *shard == s).count()).collect();
+    assert!(per_shard.iter().all(|&n| n > 0), "every shard holds some: {per_shard:?}");
+    until_registered(&b_side, receivers.len()).await;
+    // Each Redis holds the presence of its share only.
+    for (s, url) in urls.iter().enumerate() {
+        let (keys, channels) = keys_and_channels(url).await;
+        assert!(keys.contains(&"peer-signal:i:b".to_string()), "{keys:?}");
+        assert_eq!(channels.len(), per_shard[s], "shard {s}: {channels:?}");
+    }
+    let mut sender = join(&a_side.connector, 1, Codec::Json).await;
+    for (i, _, receiver) in &mut receivers {
+        sender.send_setup(init(1, *i)).await.unwrap();
+        assert_eq!(next_setup(receiver).await, init(1, *i));
+    }
+
+    // One Redis goes: the nodes of its share are unreachable from elsewhere, the others are not.
+    let down = receivers.iter().find(|(_, shard, _)| *shard != 0).map_or(1, |(_, shard, _)| *shard);
+    servers[down].kill();
+    within("a notices", a_side.redis.wait_up(false)).await;
+    assert_eq!(a_side.redis.shards_up(), 2);
+    for (i, shard, receiver) in &mut receivers {
+        sender.send_setup(init(1, *i)).await.unwrap();
+        if *shard == down {
+            assert_eq!(next_error(&mut sender).await, format!("unknown destination {}", id(*i)));
+        } else {
+            assert_eq!(next_setup(receiver).await, init(1, *i));
+        }
+    }
+    // It comes back, empty: its share registers again and is reachable.
+    let _ = servers[down].restart();
+    within("a is back", a_side.redis.wait_up(true)).await;
+    within("b is back", b_side.redis.wait_up(true)).await;
+    for (i, shard, receiver) in &mut receivers {
+        if *shard == down {
+            within("reachable again", async {
+                loop {
+                    sender.send_setup(init(1, *i)).await.unwrap();
+                    // Either the relay arrives, or the sender hears it did not and tries again.
+                    tokio::select! {
+                        event = receiver.next_event() => {
+                            assert_eq!(event.unwrap(), ClientEvent::PeerSetup(init(1, *i)));
+                            return;
+                        }
+                        event = sender.next_event() => match event.unwrap() {
+                            ClientEvent::Error(_) => {}
+                            other => panic!("{other:?}"),
+                        },
+                    }
+                }
+            })
+            .await;
+        }
+    }
+    a_side.stop().await;
+    b_side.stop().await;
+}

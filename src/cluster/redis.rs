@@ -58,6 +58,13 @@ pub struct RedisConfig {
     /// For `rediss://`: the certificates (PEM) to trust instead of the system's roots, e.g. a
     /// private CA's. Default `None`.
     pub tls_roots: Option<Vec<u8>>,
+    /// More Redis servers, independent of each other and of [`url`](Self::url): the nodes are
+    /// sharded over all of them by their id (a stable hash), each node's presence, claims and
+    /// relays on its shard only, so that an outage of one takes only its share of the nodes off
+    /// the bus. Every instance must list the same servers in the same order. Adding one moves a
+    /// `1 / (n + 1)` share of the ids to it, once the instances restart with the longer list.
+    /// Default none.
+    pub shard_urls: Vec<String>,
     /// This instance's name on the bus: unique among the instances, at most 64 ASCII
     /// letters, digits, `-`, `_` or `.`. Empty: a random one.
     pub instance: String,
@@ -103,6 +110,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             instance: String::new(),
             tls_roots: None,
+            shard_urls: Vec::new(),
             prefix: "peer-signal".into(),
             presence_ttl: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
@@ -131,6 +139,7 @@ setters! {
         with_max_events => max_events: usize,
         with_max_event_bytes => max_event_bytes: usize,
         with_max_message_size => max_message_size: usize,
+        with_shard_urls => shard_urls: Vec<String>,
     }
     optional {
         with_cluster_key => cluster_key: ClusterKey,
@@ -139,6 +148,12 @@ setters! {
 }
 
 impl RedisConfig {
+    /// Which Redis server holds node `id`: 0 for [`url`](Self::url), `i` for the `i`-th of
+    /// [`shard_urls`](Self::shard_urls).
+    pub fn shard_of(&self, id: &NodeID) -> usize {
+        shard_of(id, 1 + self.shard_urls.len())
+    }
+
     /// Sets [`url`](Self::url).
     #[must_use]
     pub fn with_url(mut self, url: impl Into<String>) -> Self {
@@ -297,6 +312,10 @@ const PRESENCE_DOMAIN: &[u8] = b"peer-signal presence v1";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStats {
+    /// The Redis servers the nodes are sharded over.
+    pub shards: usize,
+    /// Of them, those that answer.
+    pub shards_up: usize,
     /// Whether Redis answers and every local node is registered.
     pub up: bool,
     /// Times the bus went down.
@@ -326,27 +345,62 @@ pub struct RedisStats {
 /// It starts down and connects in the background: until Redis answers, the server serves its
 /// own nodes. Needs a tokio runtime.
 pub struct RedisBackplane {
+    shards: Vec<Shard>,
+    /// Which shards are up, and whether the server was last told that the bus is.
+    up: Vec<bool>,
+    told_up: bool,
+    /// The latest sample of each shard; the server gets them merged.
+    samples: Vec<(Vec<NodeInfo>, u64)>,
+    max_sample: usize,
+}
+
+/// One Redis server's share of the backplane: the nodes whose ids hash to it ([`shard_of`]).
+struct Shard {
     shared: Arc<Shared>,
     events: mpsc::Receiver<ClusterIn>,
 }
 
 impl fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBackplane").field("instance", &self.shared.instance).finish_non_exhaustive()
+        let instance = self.shards.first().map(|shard| shard.shared.instance.as_str());
+        f.debug_struct("RedisBackplane")
+            .field("instance", &instance)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
     }
 }
 
 /// Readiness, counters and shutdown of a [`RedisBackplane`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisHandle {
-    shared: Arc<Shared>,
+    shards: Arc<[Arc<Shared>]>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl fmt::Debug for RedisHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisHandle").field("instance", &self.shared.instance).finish_non_exhaustive()
+        f.debug_struct("RedisHandle")
+            .field("instance", &self.instance())
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
     }
+}
+
+/// The shard of `id` among `n`: jump consistent hashing (Lamping and Veach) of the id's first 8
+/// bytes, so that going from `n` to `n + 1` shards moves only a `1 / (n + 1)` share of the ids.
+pub(crate) fn shard_of(id: &NodeID, n: usize) -> usize {
+    let mut head = [0; 8];
+    head.copy_from_slice(id.as_bytes().get(..8).unwrap_or(&[0; 8]));
+    let mut key = u64::from_be_bytes(head);
+    let (mut bucket, mut jump) = (-1_i64, 0_i64);
+    let n = i64::try_from(n.max(1)).unwrap_or(i64::MAX);
+    while jump < n {
+        bucket = jump;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        let scale = (1_u64 << 31) as f64 / ((key >> 33).wrapping_add(1)) as f64;
+        jump = ((bucket.wrapping_add(1)) as f64 * scale) as i64;
+    }
+    usize::try_from(bucket).unwrap_or(0)
 }
 
 struct Shared {
@@ -621,7 +675,7 @@ impl Shared {
 }
 
 impl RedisBackplane {
-    /// Starts the backplane's two tasks on the current tokio runtime (one publishes relays in
+    /// Starts the backplane's two tasks per Redis server on the current tokio runtime (one publishes relays in
     /// order, one keeps presence and samples) and returns at once: Redis is reached in the
     /// background, and the server hears [`ClusterIn::Up`] once it answers.
     ///
@@ -636,6 +690,31 @@ impl RedisBackplane {
     pub fn start(config: RedisConfig) -> Result<(Self, RedisHandle), RedisError> {
         config.validate().map_err(RedisError::Config)?;
         let instance = if config.instance.is_empty() { random_instance() } else { config.instance.clone() };
+        let urls: Vec<String> =
+            std::iter::once(config.url.clone()).chain(config.shard_urls.iter().cloned()).collect();
+        let (mut shards, mut shared, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+        for url in urls {
+            let (shard, shard_tasks) = Shard::start(RedisConfig { url, ..config.clone() }, instance.clone())?;
+            shared.push(Arc::clone(&shard.shared));
+            shards.push(shard);
+            tasks.extend(shard_tasks);
+        }
+        let n = shards.len();
+        let handle = RedisHandle { shards: shared.into(), tasks: Arc::new(Mutex::new(tasks)) };
+        let backplane = Self {
+            shards,
+            up: vec![false; n],
+            told_up: false,
+            samples: vec![(Vec::new(), 0); n],
+            max_sample: config.max_sample,
+        };
+        Ok((backplane, handle))
+    }
+}
+
+impl Shard {
+    /// The share of the backplane on `config.url`, and its tasks.
+    fn start(config: RedisConfig, instance: String) -> Result<(Self, Vec<JoinHandle<()>>), RedisError> {
         let info = config.url.as_str().into_connection_info().map_err(|e| RedisError::Url(e.to_string()))?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
@@ -687,9 +766,7 @@ impl RedisBackplane {
             .map_err(|e| RedisError::Url(e.to_string()))?;
         let presence = tokio::spawn(presence_task(Arc::clone(&shared), manager.clone()));
         let relays = tokio::spawn(relay_task(Arc::clone(&shared), manager));
-        let handle =
-            RedisHandle { shared: Arc::clone(&shared), tasks: Arc::new(Mutex::new(vec![presence, relays])) };
-        Ok((Self { shared, events: receiver }, handle))
+        Ok((Shard { shared, events: receiver }, vec![presence, relays]))
     }
 }
 
@@ -704,19 +781,44 @@ fn random_instance() -> String {
 impl RedisHandle {
     /// This instance's name on the bus.
     pub fn instance(&self) -> &str {
-        &self.shared.instance
+        self.shards.first().map_or("", |shard| shard.instance.as_str())
     }
 
-    /// Whether Redis answers and every local node is registered: the instance's readiness.
+    /// Whether every Redis server answers and every local node is registered.
     pub fn is_up(&self) -> bool {
-        self.shared.up.load(Ordering::Acquire)
+        self.shards.iter().all(|shard| shard.up.load(Ordering::Acquire))
+    }
+
+    /// Redis servers that answer, of [`shards`](Self::shards). While one does, the instance
+    /// serves the nodes of the others' shares but theirs: an instance is worth keeping in a
+    /// load balancer while this is more than zero.
+    pub fn shards_up(&self) -> usize {
+        self.shards.iter().filter(|shard| shard.up.load(Ordering::Acquire)).count()
+    }
+
+    /// The Redis servers the nodes are sharded over.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// Waits until [`is_up`](Self::is_up) is `up`; at once when it already is.
     pub async fn wait_up(&self, up: bool) {
-        let mut watch = self.shared.up_watch.subscribe();
-        // The sender lives in `shared`, which this handle keeps: the wait cannot fail.
-        let _ = watch.wait_for(|now| *now == up).await;
+        if up {
+            for shard in self.shards.iter() {
+                let mut watch = shard.up_watch.subscribe();
+                // The sender lives in the shard, which this handle keeps: the wait cannot fail.
+                let _ = watch.wait_for(|now| *now).await;
+            }
+        } else {
+            // Down: as soon as one shard is.
+            let waits = self.shards.iter().map(|shard| {
+                let mut watch = shard.up_watch.subscribe();
+                Box::pin(async move {
+                    let _ = watch.wait_for(|now| !*now).await;
+                })
+            });
+            futures::future::select_all(waits).await;
+        }
     }
 
     /// Sets the backplane's metrics (feature `metrics`) to its counters now: the gauges
@@ -729,32 +831,44 @@ impl RedisHandle {
         publish_redis(&self.stats());
     }
 
-    /// The backplane's counters.
+    /// The backplane's counters, summed over its Redis servers.
     pub fn stats(&self) -> RedisStats {
-        let c = &self.shared.counters;
+        let sum = |count: fn(&Counters) -> &AtomicU64| {
+            self.shards.iter().map(|shard| count(&shard.counters).load(Ordering::Relaxed)).sum::<u64>()
+        };
         RedisStats {
             up: self.is_up(),
-            downs: c.downs.load(Ordering::Relaxed),
-            published: c.published.load(Ordering::Relaxed),
-            undeliverable: c.undeliverable.load(Ordering::Relaxed),
-            received: c.received.load(Ordering::Relaxed),
-            dropped_out: c.dropped_out.load(Ordering::Relaxed),
-            dropped_in: c.dropped_in.load(Ordering::Relaxed),
-            rejected: c.rejected.load(Ordering::Relaxed),
-            held: self.shared.lock().held.len(),
-            registered: c.registered.load(Ordering::Relaxed),
+            shards: self.shards.len(),
+            shards_up: self.shards_up(),
+            downs: sum(|c| &c.downs),
+            published: sum(|c| &c.published),
+            undeliverable: sum(|c| &c.undeliverable),
+            received: sum(|c| &c.received),
+            dropped_out: sum(|c| &c.dropped_out),
+            dropped_in: sum(|c| &c.dropped_in),
+            rejected: sum(|c| &c.rejected),
+            held: self.shards.iter().map(|shard| shard.lock().held.len()).sum(),
+            registered: self
+                .shards
+                .iter()
+                .map(|shard| shard.counters.registered.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 
     /// Takes this instance off the bus (its hash and its heartbeat entry), within the command
     /// deadline, and stops the backplane's tasks. Call it after the driver has returned.
     pub async fn shutdown(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.presence_wake.notify_one();
-        self.shared.relay_wake.notify_one();
+        for shard in self.shards.iter() {
+            shard.stop.store(true, Ordering::Release);
+            shard.presence_wake.notify_one();
+            shard.relay_wake.notify_one();
+        }
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        let deadline = self.shared.config.command_timeout.saturating_mul(3);
+        let timeout =
+            self.shards.first().map_or(Duration::from_secs(1), |shard| shard.config.command_timeout);
+        let deadline = timeout.saturating_mul(3);
         for task in tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout(deadline, task).await.is_err() {
@@ -764,8 +878,8 @@ impl RedisHandle {
     }
 }
 
-#[async_trait]
-impl Backplane for RedisBackplane {
+impl Shard {
+    /// What the bus said for this shard's nodes: state first, then frames. Cancel-safe.
     async fn next_event(&mut self) -> Option<ClusterIn> {
         loop {
             // State first: a full frame queue must not hold up an `Up` or a takeover.
@@ -788,6 +902,7 @@ impl Backplane for RedisBackplane {
         }
     }
 
+    /// Carries out what the server said about one of this shard's nodes.
     fn send(&mut self, output: ClusterOut) {
         let shared = &self.shared;
         match output {
@@ -845,6 +960,69 @@ impl Backplane for RedisBackplane {
 
 /// Messages published in one pipeline: one round trip for a burst, in order.
 const PUBLISH_BATCH: usize = 256;
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    async fn next_event(&mut self) -> Option<ClusterIn> {
+        loop {
+            // Every shard at once; each one's `next_event` is cancel-safe, so the ones that lose
+            // the race lose nothing.
+            let (input, at) = {
+                let waits = self.shards.iter_mut().map(|shard| Box::pin(shard.next_event()));
+                let (input, at, _rest) = futures::future::select_all(waits).await;
+                (input?, at)
+            };
+            match input {
+                // The bus is up while one shard is: relays to the nodes of a shard that is down
+                // are answered `unknown destination` by that shard at once.
+                ClusterIn::Up => {
+                    if let Some(up) = self.up.get_mut(at) {
+                        *up = true;
+                    }
+                    if !self.told_up {
+                        self.told_up = true;
+                        return Some(ClusterIn::Up);
+                    }
+                }
+                ClusterIn::Down => {
+                    if let Some(up) = self.up.get_mut(at) {
+                        *up = false;
+                    }
+                    if self.told_up && !self.up.contains(&true) {
+                        self.told_up = false;
+                        return Some(ClusterIn::Down);
+                    }
+                }
+                // Each shard samples its own nodes: the server gets all shards' latest together.
+                ClusterIn::Sample { nodes, total } => {
+                    if let Some(sample) = self.samples.get_mut(at) {
+                        *sample = (nodes, total);
+                    }
+                    let total = self.samples.iter().map(|(_, total)| total).sum();
+                    let nodes = self
+                        .samples
+                        .iter()
+                        .flat_map(|(nodes, _)| nodes.iter().cloned())
+                        .take(self.max_sample)
+                        .collect();
+                    return Some(ClusterIn::Sample { nodes, total });
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    fn send(&mut self, output: ClusterOut) {
+        let id = match &output {
+            ClusterOut::Joined { id, .. } | ClusterOut::Left { id, .. } => *id,
+            ClusterOut::Relay { to, .. } | ClusterOut::Undeliverable { to, .. } => *to,
+        };
+        let n = self.shards.len();
+        if let Some(shard) = self.shards.get_mut(shard_of(&id, n)) {
+            shard.send(output);
+        }
+    }
+}
 
 /// Publishes relays and bounces, in the order the server emitted them.
 async fn relay_task(shared: Arc<Shared>, mut redis: ConnectionManager) {
@@ -1214,9 +1392,13 @@ fn publish_redis(redis: &RedisStats) {
     DESCRIBED.call_once(|| {
         describe_gauge!(
             "peer_signal_cluster_up",
-            "1 while Redis answers and every local node is registered."
+            "1 while every Redis server answers and every local node is registered."
         );
         describe_gauge!("peer_signal_cluster_presence", "Local nodes registered in Redis.");
+        describe_gauge!(
+            "peer_signal_cluster_shards_up",
+            "Redis servers that answer, of those the nodes are sharded over."
+        );
         describe_counter!("peer_signal_cluster_downs_total", "Times Redis became unreachable.");
         describe_counter!("peer_signal_cluster_published_total", "Relays published to Redis.");
         describe_counter!("peer_signal_cluster_received_total", "Messages from Redis for local nodes.");
@@ -1232,6 +1414,7 @@ fn publish_redis(redis: &RedisStats) {
     });
     gauge!("peer_signal_cluster_up").set(if redis.up { 1.0 } else { 0.0 });
     gauge!("peer_signal_cluster_presence").set(redis.registered as f64);
+    gauge!("peer_signal_cluster_shards_up").set(redis.shards_up as f64);
     counter!("peer_signal_cluster_downs_total").absolute(redis.downs);
     counter!("peer_signal_cluster_published_total").absolute(redis.published);
     counter!("peer_signal_cluster_received_total").absolute(redis.received);
@@ -1258,7 +1441,8 @@ mod tests {
         let config =
             RedisConfig::default().with_url("redis://127.0.0.1:1").with_instance("t").with_max_events(2);
         let (mut backplane, handle) = RedisBackplane::start(config).unwrap();
-        let shared = Arc::clone(&backplane.shared);
+        let mut shard = backplane.shards.remove(0);
+        let shared = Arc::clone(&shard.shared);
         for to in 0..5 {
             shared.emit(frame(to));
         }
@@ -1276,7 +1460,7 @@ mod tests {
 
         let mut got = Vec::new();
         for _ in 0..6 {
-            got.push(backplane.next_event().await.unwrap());
+            got.push(shard.next_event().await.unwrap());
         }
         assert_eq!(
             got,
@@ -1290,5 +1474,30 @@ mod tests {
             ]
         );
         handle.shutdown().await;
+    }
+
+    #[test]
+    fn ids_spread_over_the_shards_and_one_more_shard_moves_a_share_of_them_only() {
+        let ids: Vec<NodeID> = (0..3000u32)
+            .map(|i| {
+                let mut bytes = [0; 32];
+                bytes[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                bytes[4..8].copy_from_slice(&i.to_le_bytes());
+                NodeID::from(bytes)
+            })
+            .collect();
+        for n in 1..6 {
+            let mut counts = vec![0; n];
+            for id in &ids {
+                counts[shard_of(id, n)] += 1;
+            }
+            let (least, most) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(*most < 3000 / n * 5 / 4 && *least > 3000 / n * 3 / 4, "{n} shards: {counts:?}");
+            let moved = ids.iter().filter(|id| shard_of(id, n) != shard_of(id, n + 1)).count();
+            // A 1 / (n + 1) share, give or take.
+            let share = 3000 / (n + 1);
+            assert!(moved > share * 3 / 4 && moved < share * 5 / 4, "{n} → {}: {moved} moved", n + 1);
+            assert!(ids.iter().all(|id| shard_of(id, n + 1) == shard_of(id, n) || shard_of(id, n + 1) == n));
+        }
     }
 }
