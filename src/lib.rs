@@ -413,6 +413,11 @@
 //! proportion to their numbers: a list request never waits on the network. Everything on the bus
 //! is versioned and size-limited, and checked on the way in like a frame from a node: a frame from
 //! another instance must decode as a `PeerSetup` whose pair holds the node it is delivered to.
+//! With a cluster key (`RedisConfig::cluster_key`) every message and presence entry also carries
+//! an HMAC-SHA256, and whoever reaches Redis without the key cannot speak on the bus; Redis can be
+//! reached over TLS (`rediss://`). Past one Redis, the nodes are sharded over several independent
+//! servers by id (`RedisConfig::shard_urls`): each node's presence, claims and relays live on its
+//! shard, and one server's outage takes only its share of the nodes off the bus.
 //!
 //! **The consistency model.**
 //!

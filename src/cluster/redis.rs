@@ -1,6 +1,7 @@
 //! The Redis backplane (feature `redis`): several processes, one network.
 //!
-//! What lives in Redis, under a prefix (`peer-signal` by default):
+//! What lives in Redis, under a prefix (`peer-signal` by default), on each of the servers the
+//! nodes are sharded over (for the nodes whose ids hash to it):
 //!
 //! - `<prefix>:i:<instance>`, a hash per instance: node id (hex) → its `NodeInfo` as JSON. It
 //!   expires after [`RedisConfig::presence_ttl`] unless the instance's heartbeat renews it, so
