@@ -466,18 +466,20 @@ impl DriverHandle {
     }
 
     /// Sends `node` an `Error` with `reason` and closes its connection
-    /// ([`Command::Disconnect`]). The node leaves as for any close.
+    /// ([`Command::Disconnect`]). The node leaves as for any close. In a cluster, a node on
+    /// another instance is reached through the bus.
     ///
     /// # Errors
     ///
-    /// [`ControlError::UnknownNode`] when no such node is announced here,
+    /// [`ControlError::UnknownNode`] when no such node is announced here (nor, in a cluster, on
+    /// an instance the bus reaches within 10 s),
     /// [`ControlError::Stopped`] when the driver has returned.
     pub async fn disconnect(&self, node: NodeID, reason: impl Into<String>) -> Result<(), ControlError> {
         done(self.command(Command::Disconnect { node, reason: reason.into() }).await?)
     }
 
     /// Sends `node` a message, in its codec ([`Command::Send`]): for example a new
-    /// `SystemConfig`.
+    /// `SystemConfig`. In a cluster, a node on another instance is reached through the bus.
     ///
     /// # Errors
     ///

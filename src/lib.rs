@@ -617,7 +617,8 @@ pub use binding::{
     SIGNED_SETUP_DOMAIN,
 };
 pub use cluster::{
-    Backplane, ClusterConfig, ClusterIn, ClusterOut, ClusterStats, MemoryBackplane, MemoryBus, Undelivered,
+    Backplane, ClusterConfig, ClusterIn, ClusterOut, ClusterStats, Control, MemoryBackplane, MemoryBus,
+    Undelivered,
 };
 #[cfg(feature = "redis")]
 pub use cluster::{ClusterKey, RedisBackplane, RedisConfig, RedisError, RedisHandle, RedisStats};

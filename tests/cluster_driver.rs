@@ -68,3 +68,43 @@ async fn drivers_on_one_bus_relay_across_instances_and_list_each_others_nodes() 
         assert!(within("stop", side.server).await.unwrap().is_stopped());
     }
 }
+
+#[tokio::test]
+async fn control_reaches_a_node_on_another_instance_and_a_node_nowhere_is_unknown() {
+    let bus = MemoryBus::new(1024);
+    let (a_side, b_side) = (start(&bus), start(&bus));
+    let mut b = join(&b_side.connector, 2, Codec::Json).await;
+    let _c = join(&b_side.connector, 3, Codec::Json).await;
+    // The application of instance a, for nodes of instance b.
+    let config = peer_signal::FledgerConfig { system_realm: None };
+    a_side
+        .handle
+        .send(id(2), peer_signal::WSSignalMessageToNode::SystemConfig(config.clone()))
+        .await
+        .unwrap();
+    let got = within("the message", async {
+        loop {
+            match b.next_event().await.unwrap() {
+                ClientEvent::Connected(config) => return config,
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, config);
+    a_side.handle.disconnect(id(2), "maintenance").await.unwrap();
+    let events = nodes::drain_until_closed(&mut b).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("maintenance".into())), "{events:?}");
+    assert!(b_side.handle.nodes().await.unwrap().iter().all(|node| node.info.id() != id(2)));
+    // Nobody holds this one.
+    let unknown = a_side.handle.disconnect(id(9), "x").await.unwrap_err();
+    assert_eq!(unknown, peer_signal::ControlError::UnknownNode(id(9)));
+    // Instance b cut off: its nodes are unknown to a's commands at once.
+    bus.kill(1);
+    let cut = a_side.handle.disconnect(id(3), "x").await.unwrap_err();
+    assert_eq!(cut, peer_signal::ControlError::UnknownNode(id(3)));
+    for side in [a_side, b_side] {
+        side.handle.stop();
+        assert!(within("stop", side.server).await.unwrap().is_stopped());
+    }
+}

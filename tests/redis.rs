@@ -725,3 +725,24 @@ async fn nodes_sharded_over_three_redis_servers_and_an_outage_takes_only_its_sha
     a_side.stop().await;
     b_side.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn the_application_of_one_instance_reaches_nodes_on_another() {
+    let redis = RedisServer::start();
+    let key = peer_signal::ClusterKey::new([9u8; 32]);
+    let a_side = start_with(redis_config(&redis.url(), "a").with_cluster_key(key.clone())).await;
+    let b_side = start_with(redis_config(&redis.url(), "b").with_cluster_key(key)).await;
+    let mut y = join(&b_side.connector, 2, Codec::Json).await;
+    until_registered(&b_side, 1).await;
+    let message = peer_signal::WSSignalMessageToNode::Error("a word from instance a".into());
+    within("send", a_side.handle.send(id(2), message)).await.unwrap();
+    assert_eq!(next_error(&mut y).await, "a word from instance a");
+    within("disconnect", a_side.handle.disconnect(id(2), "maintenance")).await.unwrap();
+    let events = drain_until_closed(&mut y).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("maintenance".into())), "{events:?}");
+    let unknown = within("unknown", a_side.handle.disconnect(id(9), "x")).await.unwrap_err();
+    assert_eq!(unknown, peer_signal::ControlError::UnknownNode(id(9)));
+    a_side.stop().await;
+    b_side.stop().await;
+}

@@ -27,6 +27,7 @@ pub fn bus(data: &[u8]) {
             BusMessage::Frame { codec, frame } => wire::encode_frame(*codec, frame),
             BusMessage::TakenOver { gen, instance } => wire::encode_takeover(*gen, instance),
             BusMessage::Undeliverable { about, reason } => wire::encode_undeliverable(*about, *reason),
+            BusMessage::Control(control) => wire::encode_control(control),
         };
         assert_eq!(wire::decode(&again, MAX + 64), Ok(message), "a message that does not encode back");
     }

@@ -209,6 +209,13 @@ impl State {
                     self.push(holder, ClusterIn::Frame { to, codec, frame: frame.clone() });
                 }
             }
+            ClusterOut::Control { token, to, control } => {
+                let holders = self.holders_of(index, to);
+                self.push(index, ClusterIn::Controlled { token, reached: !holders.is_empty() });
+                for holder in holders {
+                    self.push(holder, ClusterIn::Control { to, control: control.clone() });
+                }
+            }
             ClusterOut::Undeliverable { to, about, reason } => {
                 for holder in self.holders_of(index, to) {
                     self.push(holder, ClusterIn::Undeliverable { to, about, reason });

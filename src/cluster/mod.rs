@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::codec::Codec;
 use crate::error::{ConfigError, ProtocolError};
 use crate::ids::ConnId;
-use crate::protocol::{NodeID, NodeInfo};
+use crate::protocol::{NodeID, NodeInfo, WSSignalMessageToNode};
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -101,6 +101,18 @@ pub enum ClusterOut {
         /// The sender's frame, as it arrived.
         frame: Bytes,
     },
+    /// The application's command ([`Command::Disconnect`](crate::Command::Disconnect),
+    /// [`Command::Send`](crate::Command::Send)) for `to`, which is not here: carry it to the
+    /// instance that holds `to` as [`ClusterIn::Control`], and answer [`ClusterIn::Controlled`]
+    /// with `token` and whether one did (at once, unreached, when the bus is down).
+    Control {
+        /// The server's number for the command, handed back in `Controlled`.
+        token: u64,
+        /// The node.
+        to: NodeID,
+        /// What to do. Boxed: a message can be long.
+        control: Box<Control>,
+    },
     /// A frame from another instance could not be delivered here: its destination is busy, or
     /// not here (it left while the frame was on its way). Tell its sender `to`, a node of
     /// another instance, as [`ClusterIn::Undeliverable`] there. (A frame for a node that moved
@@ -171,11 +183,36 @@ pub enum ClusterIn {
         /// How many remote nodes there are, for mixing lists in proportion.
         total: u64,
     },
+    /// The application of another instance has a command for the local node `to`.
+    Control {
+        /// The node.
+        to: NodeID,
+        /// What to do.
+        control: Box<Control>,
+    },
+    /// Whether the command `token` ([`ClusterOut::Control`]) reached an instance that holds its
+    /// node.
+    Controlled {
+        /// The server's number for the command.
+        token: u64,
+        /// Whether an instance holds the node.
+        reached: bool,
+    },
     /// The bus works: relays to other instances go out.
     Up,
     /// The bus is unreachable: the server keeps serving its own nodes, answers relays to others
     /// at once with `unknown destination`, and empties its pool of remote nodes.
     Down,
+}
+
+/// A command of an application for a node on another instance.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Control {
+    /// Send the node an `Error` with this reason and close it ([`Command::Disconnect`](crate::Command::Disconnect)).
+    Disconnect(String),
+    /// Send the node this message ([`Command::Send`](crate::Command::Send)).
+    Send(WSSignalMessageToNode),
 }
 
 /// Why a relay did not reach its destination.

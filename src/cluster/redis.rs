@@ -517,6 +517,8 @@ struct Outgoing {
     payload: Vec<u8>,
     /// For a relay: its sender, to tell when it reaches nobody.
     relay_from: Option<NodeID>,
+    /// For an application's command: its token, to tell whether it reached an instance.
+    control: Option<u64>,
 }
 
 fn hex_id(id: &NodeID) -> String {
@@ -657,6 +659,7 @@ impl Shared {
             BusMessage::TakenOver { instance, .. } if instance == self.instance => return Some(None),
             BusMessage::TakenOver { gen, .. } => ClusterIn::TakenOver { id, gen },
             BusMessage::Undeliverable { about, reason } => ClusterIn::Undeliverable { to: id, about, reason },
+            BusMessage::Control(control) => ClusterIn::Control { to: id, control: Box::new(control) },
         };
         Some(Some(input))
     }
@@ -939,10 +942,26 @@ impl Shard {
                     channel: to,
                     payload: shared.seal(&shared.channel(&to), wire::encode_frame(codec, &frame)),
                     relay_from: Some(from),
+                    control: None,
                 };
                 if shared.queue(item).is_err() {
                     shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
                     shared.undeliverable(from, to);
+                }
+            }
+            ClusterOut::Control { token, to, control } => {
+                if !shared.up.load(Ordering::Acquire) {
+                    return shared.emit(ClusterIn::Controlled { token, reached: false });
+                }
+                let item = Outgoing {
+                    channel: to,
+                    payload: shared.seal(&shared.channel(&to), wire::encode_control(&control)),
+                    relay_from: None,
+                    control: Some(token),
+                };
+                if shared.queue(item).is_err() {
+                    shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    shared.emit(ClusterIn::Controlled { token, reached: false });
                 }
             }
             ClusterOut::Undeliverable { to, about, reason } => {
@@ -950,6 +969,7 @@ impl Shard {
                     channel: to,
                     payload: shared.seal(&shared.channel(&to), wire::encode_undeliverable(about, reason)),
                     relay_from: None,
+                    control: None,
                 };
                 if shared.queue(item).is_err() {
                     shared.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
@@ -1016,7 +1036,9 @@ impl Backplane for RedisBackplane {
     fn send(&mut self, output: ClusterOut) {
         let id = match &output {
             ClusterOut::Joined { id, .. } | ClusterOut::Left { id, .. } => *id,
-            ClusterOut::Relay { to, .. } | ClusterOut::Undeliverable { to, .. } => *to,
+            ClusterOut::Relay { to, .. }
+            | ClusterOut::Undeliverable { to, .. }
+            | ClusterOut::Control { to, .. } => *to,
         };
         let n = self.shards.len();
         if let Some(shard) = self.shards.get_mut(shard_of(&id, n)) {
@@ -1067,6 +1089,9 @@ async fn relay_task(shared: Arc<Shared>, mut redis: ConnectionManager) {
                     shared.counters.published.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {}
+            }
+            if let Some(token) = item.control {
+                shared.emit(ClusterIn::Controlled { token, reached });
             }
         }
     }

@@ -3,12 +3,12 @@
 //!
 //! Every message starts with the format's version and its kind:
 //!
-//! | bytes | frame (kind 1) | takeover (kind 2) | undeliverable (kind 3) |
-//! |---|---|---|---|
-//! | 0 | version, 1 | version, 1 | version, 1 |
-//! | 1 | 1 | 2 | 3 |
-//! | 2 | codec: 0 JSON, 1 bincode | rank, ASCII decimal, a space, the instance id (ASCII) | reason: 0 unknown, 1 busy |
-//! | 3.. | the node's frame, as it sent it | … | the unreachable node's id, 32 bytes |
+//! | bytes | frame (kind 1) | takeover (kind 2) | undeliverable (kind 3) | control (kind 4) |
+//! |---|---|---|---|---|
+//! | 0 | version, 1 | version, 1 | version, 1 | version, 1 |
+//! | 1 | 1 | 2 | 3 | 4 |
+//! | 2 | codec: 0 JSON, 1 bincode | rank, ASCII decimal, a space, the instance id (ASCII) | reason: 0 unknown, 1 busy | the command as JSON (`Control`) |
+//! | 3.. | the node's frame, as it sent it | … | the unreachable node's id, 32 bytes | … |
 //!
 //! A message travels on the channel of the node it is for, which names it: no message carries
 //! its own destination. With a cluster key, 32 bytes of HMAC-SHA256 follow, over the channel's
@@ -17,7 +17,7 @@
 
 use bytes::Bytes;
 
-use super::Undelivered;
+use super::{Control, Undelivered};
 use crate::codec::Codec;
 use crate::protocol::NodeID;
 
@@ -26,6 +26,7 @@ pub(crate) const VERSION: u8 = 1;
 const FRAME: u8 = 1;
 const TAKEOVER: u8 = 2;
 const UNDELIVERABLE: u8 = 3;
+const CONTROL: u8 = 4;
 /// The longest instance id in a takeover.
 pub(crate) const MAX_INSTANCE_LEN: usize = 64;
 
@@ -35,6 +36,7 @@ pub(crate) enum BusMessage {
     Frame { codec: Codec, frame: Bytes },
     TakenOver { gen: u64, instance: String },
     Undeliverable { about: NodeID, reason: Undelivered },
+    Control(Control),
 }
 
 /// Why a message from the bus was refused.
@@ -61,6 +63,16 @@ pub(crate) fn encode_undeliverable(about: NodeID, reason: Undelivered) -> Vec<u8
     let mut out = Vec::with_capacity(35);
     out.extend_from_slice(&[VERSION, UNDELIVERABLE, reason]);
     out.extend_from_slice(about.as_bytes());
+    out
+}
+
+/// An application's command for the node of the channel, as JSON.
+pub(crate) fn encode_control(control: &Control) -> Vec<u8> {
+    let mut out = vec![VERSION, CONTROL];
+    // A `Control` always encodes; an empty body is refused by the receiver regardless.
+    if let Ok(json) = serde_json::to_vec(control) {
+        out.extend_from_slice(&json);
+    }
     out
 }
 
@@ -109,6 +121,7 @@ pub(crate) fn decode(payload: &[u8], max: usize) -> Result<BusMessage, WireError
             let about = <[u8; 32]>::try_from(about).map_err(|_| WireError::Malformed)?;
             Ok(BusMessage::Undeliverable { about: NodeID::from(about), reason })
         }
+        CONTROL => serde_json::from_slice(rest).map(BusMessage::Control).map_err(|_| WireError::Malformed),
         _ => Err(WireError::Kind),
     }
 }

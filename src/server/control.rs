@@ -43,7 +43,9 @@ pub enum Command {
     ListNodes,
     /// Send `node` an `Error` with `reason`, then close its connection, as for any other close:
     /// the node leaves ([`SignalEvent::NodeLeft`](super::SignalEvent::NodeLeft)) and the error is
-    /// counted as `disconnected`. [`CommandReply::Done`], or [`CommandReply::UnknownNode`].
+    /// counted as `disconnected`. [`CommandReply::Done`], or [`CommandReply::UnknownNode`]. In a
+    /// cluster, a node on another instance is reached through the bus ([`ClusterOut::Control`](crate::ClusterOut::Control)):
+    /// the reply comes when the bus says whether an instance holds it, within 10 s.
     Disconnect {
         /// The node.
         node: NodeID,

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::binding::{bound_announce_bytes, BindingMode, BOUND_ANNOUNCE_VERSION, FLAG_SIGNED_SETUPS};
 use crate::cluster::state::ClusterState;
-use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, Undelivered};
+use crate::cluster::{ClusterConfig, ClusterIn, ClusterOut, Control, Undelivered};
 use crate::codec::Codec;
 use crate::crypto;
 pub use crate::error::CloseReason;
@@ -82,6 +82,9 @@ pub struct SignalServer {
     sources: Sources,
     next_seq: u64,
     push: PendingPush,
+    /// Commands for nodes on other instances, waiting for the bus's answer: the node, and when
+    /// to stop waiting.
+    remote_commands: BTreeMap<u64, (NodeID, Instant)>,
     out: VecDeque<SignalOut>,
     last_now: Option<Instant>,
     stopped: bool,
@@ -129,6 +132,7 @@ impl SignalServer {
             pending: BTreeMap::new(),
             next_seq: 0,
             push: PendingPush::default(),
+            remote_commands: BTreeMap::new(),
             out: VecDeque::new(),
             last_now: None,
             stopped: false,
@@ -191,7 +195,7 @@ impl SignalServer {
             SignalIn::Tick => self.handle_tick(now),
             SignalIn::Stop => self.handle_stop(),
             SignalIn::Cluster(input) => self.handle_cluster(now, *input),
-            SignalIn::Command { token, command } => self.handle_command(token, *command),
+            SignalIn::Command { token, command } => self.handle_command(now, token, *command),
         }
         self.meters.sizes(self.conns.len(), self.directory.len(), self.pending.len());
         if let Some(cluster) = &self.cluster {
@@ -215,11 +219,8 @@ impl SignalServer {
         if self.stopped {
             return None;
         }
-        let timer = self.timers.next();
-        match (timer, self.push.due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let remote = self.remote_commands.values().map(|(_, at)| *at).min();
+        [self.timers.next(), self.push.due, remote].into_iter().flatten().min()
     }
 
     /// Whether [`SignalIn::Stop`] has been handled.
@@ -696,6 +697,16 @@ impl SignalServer {
                 let rejected = cluster.take_sample(nodes, total, within_limits, |id| directory.contains(id));
                 self.count_cluster(ClusterCount::Rejected, rejected);
             }
+            ClusterIn::Control { to, control } => {
+                let Some((conn, codec)) = self.directory.get(&to).map(|node| (node.conn, node.codec)) else {
+                    return;
+                };
+                match *control {
+                    Control::Disconnect(reason) => self.close(conn, ProtocolError::Disconnected(reason)),
+                    Control::Send(message) => self.send(conn, codec, &message),
+                }
+            }
+            ClusterIn::Controlled { token, reached } => self.remote_reply(token, reached),
             ClusterIn::Up => cluster.set_up(true),
             ClusterIn::Down => cluster.set_up(false),
         }
@@ -770,7 +781,7 @@ impl SignalServer {
         Some(ConnectedNode { id: *id, info: node.info.clone(), conn: node.conn, codec: node.codec, addr })
     }
 
-    fn handle_command(&mut self, token: u64, command: Command) {
+    fn handle_command(&mut self, now: Instant, token: u64, command: Command) {
         let reply = match command {
             Command::ListNodes => CommandReply::Nodes(
                 self.directory.iter().filter_map(|(id, _)| self.connected_node(id)).collect(),
@@ -780,14 +791,20 @@ impl SignalServer {
                     self.close(conn, ProtocolError::Disconnected(reason));
                     CommandReply::Done
                 }
-                None => CommandReply::UnknownNode(node),
+                None => match self.remote_command(now, token, node, Control::Disconnect(reason)) {
+                    Some(reply) => reply,
+                    None => return,
+                },
             },
             Command::Send { node, message } => match self.directory.get(&node).map(|n| (n.conn, n.codec)) {
                 Some((conn, codec)) => {
                     self.send(conn, codec, &message);
                     CommandReply::Done
                 }
-                None => CommandReply::UnknownNode(node),
+                None => match self.remote_command(now, token, node, Control::Send(message)) {
+                    Some(reply) => reply,
+                    None => return,
+                },
             },
             Command::SetTurn(turn) => {
                 let config = SignalConfig { turn: turn.map(|turn| *turn), ..self.config.clone() };
@@ -803,7 +820,42 @@ impl SignalServer {
         self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
     }
 
+    /// Carries a command for a node that is not here to the instance that holds it; the reply
+    /// waits for the bus's answer (at most [`REMOTE_COMMAND_TIMEOUT`]). A reply now when there is
+    /// no bus to carry it, or too many wait already.
+    fn remote_command(
+        &mut self,
+        now: Instant,
+        token: u64,
+        node: NodeID,
+        control: Control,
+    ) -> Option<CommandReply> {
+        let up = self.cluster.as_ref().is_some_and(|cluster| cluster.is_up());
+        if !up
+            || self.remote_commands.len() >= MAX_REMOTE_COMMANDS
+            || self.remote_commands.contains_key(&token)
+        {
+            return Some(CommandReply::UnknownNode(node));
+        }
+        self.remote_commands.insert(token, (node, later(now, REMOTE_COMMAND_TIMEOUT)));
+        let control = ClusterOut::Control { token, to: node, control: Box::new(control) };
+        self.out.push_back(SignalOut::Cluster(Box::new(control)));
+        None
+    }
+
+    /// The bus's answer to a command for a node elsewhere.
+    fn remote_reply(&mut self, token: u64, reached: bool) {
+        let Some((node, _)) = self.remote_commands.remove(&token) else { return };
+        let reply = if reached { CommandReply::Done } else { CommandReply::UnknownNode(node) };
+        self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
+    }
+
     fn handle_tick(&mut self, now: Instant) {
+        let expired: Vec<u64> =
+            self.remote_commands.iter().filter(|(_, (_, at))| *at <= now).map(|(&token, _)| token).collect();
+        for token in expired {
+            self.remote_reply(token, false);
+        }
         while let Some((at, conn)) = self.timers.pop_due(now) {
             let Some(c) = self.conns.get_mut(&conn) else { continue };
             if c.armed != at {
@@ -839,6 +891,7 @@ impl SignalServer {
         self.timers.clear();
         self.pending.clear();
         self.push = PendingPush::default();
+        self.remote_commands.clear();
         self.stopped = true;
         self.out.push_back(SignalOut::Event(SignalEvent::Stopped));
     }
@@ -981,6 +1034,12 @@ struct Conn {
     /// The node asked for signed set-up messages in its bound announce.
     signed: bool,
 }
+
+/// Commands for nodes on other instances waiting for the bus at once; more are answered
+/// `UnknownNode`.
+const MAX_REMOTE_COMMANDS: usize = 1024;
+/// How long a command for a node elsewhere waits for the bus's answer.
+const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Joins not yet pushed to other nodes.
 #[derive(Default)]
