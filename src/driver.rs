@@ -489,6 +489,24 @@ impl DriverHandle {
         done(self.command(Command::Send { node, message }).await?)
     }
 
+    /// Where `node` is on the network: [`Located::Here`] with it, or (in a cluster)
+    /// [`Located::Elsewhere`] when another instance holds it ([`Command::Locate`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::UnknownNode`] when no instance holds it, [`ControlError::Stopped`] when the
+    /// driver has returned.
+    pub async fn locate(&self, node: NodeID) -> Result<Located, ControlError> {
+        match self.command(Command::Locate { node }).await? {
+            CommandReply::Nodes(mut nodes) => {
+                nodes.pop().map(Located::Here).ok_or(ControlError::UnknownNode(node))
+            }
+            CommandReply::Elsewhere(_) => Ok(Located::Elsewhere),
+            CommandReply::UnknownNode(node) => Err(ControlError::UnknownNode(node)),
+            _ => Err(ControlError::Stopped),
+        }
+    }
+
     /// Replaces the server's TURN settings ([`Command::SetTurn`]), for example to rotate the
     /// secret; `None` stops issuing credentials.
     ///
@@ -499,6 +517,16 @@ impl DriverHandle {
     pub async fn set_turn(&self, turn: Option<TurnConfig>) -> Result<(), ControlError> {
         done(self.command(Command::SetTurn(turn.map(Box::new))).await?)
     }
+}
+
+/// Where a node is, from [`DriverHandle::locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Located {
+    /// On this server.
+    Here(ConnectedNode),
+    /// On another instance of the cluster.
+    Elsewhere,
 }
 
 fn done(reply: CommandReply) -> Result<(), ControlError> {

@@ -655,7 +655,7 @@ pub use client::{
 /// The bus decoder and the core's cluster inputs, for the fuzz target `bus`; not part of the API.
 #[doc(hidden)]
 pub use cluster::fuzzing as cluster_fuzzing;
-pub use driver::{Driver, DriverEvents, DriverHandle, NoBackplane};
+pub use driver::{Driver, DriverEvents, DriverHandle, Located, NoBackplane};
 pub use transport::memory::{MemoryClient, MemoryConnector, MemoryTransport};
 pub use transport::peer_link::{
     link_codec, link_protocol, LinkClient, LinkConfig, LinkError, LinkHost, LinkInbound, LinkOutbound,

@@ -75,6 +75,13 @@ async fn control_reaches_a_node_on_another_instance_and_a_node_nowhere_is_unknow
     let (a_side, b_side) = (start(&bus), start(&bus));
     let mut b = join(&b_side.connector, 2, Codec::Json).await;
     let _c = join(&b_side.connector, 3, Codec::Json).await;
+    let _d = join(&a_side.connector, 4, Codec::Json).await;
+    // Where the nodes are, from instance a.
+    assert_eq!(a_side.handle.locate(id(2)).await.unwrap(), peer_signal::Located::Elsewhere);
+    assert!(
+        matches!(a_side.handle.locate(id(4)).await.unwrap(), peer_signal::Located::Here(node) if node.id == id(4))
+    );
+    assert_eq!(a_side.handle.locate(id(9)).await.unwrap_err(), peer_signal::ControlError::UnknownNode(id(9)));
     // The application of instance a, for nodes of instance b.
     let config = peer_signal::FledgerConfig { system_realm: None };
     a_side

@@ -735,6 +735,7 @@ async fn the_application_of_one_instance_reaches_nodes_on_another() {
     let b_side = start_with(redis_config(&redis.url(), "b").with_cluster_key(key)).await;
     let mut y = join(&b_side.connector, 2, Codec::Json).await;
     until_registered(&b_side, 1).await;
+    assert_eq!(within("locate", a_side.handle.locate(id(2))).await.unwrap(), peer_signal::Located::Elsewhere);
     let message = peer_signal::WSSignalMessageToNode::Error("a word from instance a".into());
     within("send", a_side.handle.send(id(2), message)).await.unwrap();
     assert_eq!(next_error(&mut y).await, "a word from instance a");
@@ -743,6 +744,58 @@ async fn the_application_of_one_instance_reaches_nodes_on_another() {
     assert_eq!(events.last(), Some(&ClientEvent::Error("maintenance".into())), "{events:?}");
     let unknown = within("unknown", a_side.handle.disconnect(id(9), "x")).await.unwrap_err();
     assert_eq!(unknown, peer_signal::ControlError::UnknownNode(id(9)));
+    a_side.stop().await;
+    b_side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; bash .ci/run installs it and runs these"]
+async fn a_saturated_frame_path_drops_frames_but_never_a_takeover_or_the_bus_state() {
+    let redis = RedisServer::start();
+    // Instance a's queue of frames from the bus holds one: a flood overflows it at once.
+    let a_side = start_with(redis_config(&redis.url(), "a").with_max_events(1)).await;
+    let b_side = start(&redis.url(), "b").await;
+    let mut x = join(&a_side.connector, 5, Codec::Json).await;
+    let mut sink = join(&a_side.connector, 6, Codec::Json).await;
+    let flooder = join(&b_side.connector, 7, Codec::Json).await;
+    until_registered(&a_side, 2).await;
+    until_registered(&b_side, 1).await;
+    // b's node floods a's node with set-ups, while x's id moves to b.
+    let flood = tokio::spawn(async move {
+        let mut flooder = flooder;
+        for _ in 0..2000 {
+            let setup =
+                PeerInfo { id_init: id(7), id_follow: id(6), message: PeerMessage::Offer("v=0".into()) };
+            if flooder.send_setup(setup).await.is_err() {
+                break;
+            }
+        }
+        flooder
+    });
+    let _newer = join(&b_side.connector, 5, Codec::Json).await;
+    let events = drain_until_closed(&mut x).await;
+    assert_eq!(events.last(), Some(&ClientEvent::Error("New Connection with same ID".into())), "{events:?}");
+    let _flooder = within("the flood", flood).await.unwrap();
+    within("frames dropped", async {
+        while a_side.redis.stats().dropped_in == 0 {
+            let _ = sink.next_event().await;
+        }
+    })
+    .await;
+    // The bus's state came through too: a is ready, and its nodes still relay to b's.
+    assert!(a_side.redis.is_up());
+    let mut newer = _newer;
+    sink.send_setup(init(6, 5)).await.unwrap();
+    within("relayed", async {
+        loop {
+            if let ClientEvent::PeerSetup(setup) = newer.next_event().await.unwrap() {
+                if setup == init(6, 5) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
     a_side.stop().await;
     b_side.stop().await;
 }

@@ -213,6 +213,8 @@ pub enum Control {
     Disconnect(String),
     /// Send the node this message ([`Command::Send`](crate::Command::Send)).
     Send(WSSignalMessageToNode),
+    /// Nothing: whether an instance holds the node is the answer ([`Command::Locate`](crate::Command::Locate)).
+    Locate,
 }
 
 /// Why a relay did not reach its destination.

@@ -32,10 +32,11 @@ pub struct ConnectedNode {
 }
 
 /// What the application asks of the server, fed as [`SignalIn::Command`]. Each is answered by
-/// one [`SignalOut::Reply`] with the same token, before [`SignalServer::handle`] returns.
+/// one [`SignalOut::Reply`] with the same token: before [`SignalServer::handle`] returns, or, in
+/// a cluster, for a node on another instance, once the bus has answered (within 10 s).
 ///
-/// Commands reach the nodes connected to this server only, not those of other instances of a
-/// cluster.
+/// [`ListNodes`](Self::ListNodes) lists this server's nodes; the others reach a node wherever it
+/// is on the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Command {
@@ -61,6 +62,13 @@ pub enum Command {
         /// The message.
         message: WSSignalMessageToNode,
     },
+    /// Where `node` is: [`CommandReply::Nodes`] with it when it is here,
+    /// [`CommandReply::Elsewhere`] when another instance of the cluster holds it, or
+    /// [`CommandReply::UnknownNode`].
+    Locate {
+        /// The node.
+        node: NodeID,
+    },
     /// Replace [`SignalConfig::turn`](super::SignalConfig::turn), for example to rotate the
     /// secret: nodes get credentials from the new one from now on (those they hold stay valid
     /// where the TURN server still accepts the old secret). `None` stops issuing them.
@@ -77,8 +85,10 @@ pub enum CommandReply {
     Nodes(Vec<ConnectedNode>),
     /// Done: the node was told and closed, or its message queued.
     Done,
-    /// No node with this id is announced on this server.
+    /// No node with this id is announced on this server (nor, in a cluster, on another instance).
     UnknownNode(NodeID),
+    /// For [`Command::Locate`]: the node is announced on another instance of the cluster.
+    Elsewhere(NodeID),
     /// The new setting is refused, for this reason; the server keeps the old one.
     Refused(ConfigError),
 }

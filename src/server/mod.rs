@@ -84,7 +84,7 @@ pub struct SignalServer {
     push: PendingPush,
     /// Commands for nodes on other instances, waiting for the bus's answer: the node, and when
     /// to stop waiting.
-    remote_commands: BTreeMap<u64, (NodeID, Instant)>,
+    remote_commands: BTreeMap<u64, (NodeID, Instant, bool)>,
     out: VecDeque<SignalOut>,
     last_now: Option<Instant>,
     stopped: bool,
@@ -219,7 +219,7 @@ impl SignalServer {
         if self.stopped {
             return None;
         }
-        let remote = self.remote_commands.values().map(|(_, at)| *at).min();
+        let remote = self.remote_commands.values().map(|(_, at, _)| *at).min();
         [self.timers.next(), self.push.due, remote].into_iter().flatten().min()
     }
 
@@ -704,6 +704,7 @@ impl SignalServer {
                 match *control {
                     Control::Disconnect(reason) => self.close(conn, ProtocolError::Disconnected(reason)),
                     Control::Send(message) => self.send(conn, codec, &message),
+                    Control::Locate => {}
                 }
             }
             ClusterIn::Controlled { token, reached } => self.remote_reply(token, reached),
@@ -806,6 +807,13 @@ impl SignalServer {
                     None => return,
                 },
             },
+            Command::Locate { node } => match self.connected_node(&node) {
+                Some(here) => CommandReply::Nodes(vec![here]),
+                None => match self.remote_command(now, token, node, Control::Locate) {
+                    Some(reply) => reply,
+                    None => return,
+                },
+            },
             Command::SetTurn(turn) => {
                 let config = SignalConfig { turn: turn.map(|turn| *turn), ..self.config.clone() };
                 match config.validate() {
@@ -837,7 +845,8 @@ impl SignalServer {
         {
             return Some(CommandReply::UnknownNode(node));
         }
-        self.remote_commands.insert(token, (node, later(now, REMOTE_COMMAND_TIMEOUT)));
+        let locate = matches!(control, Control::Locate);
+        self.remote_commands.insert(token, (node, later(now, REMOTE_COMMAND_TIMEOUT), locate));
         let control = ClusterOut::Control { token, to: node, control: Box::new(control) };
         self.out.push_back(SignalOut::Cluster(Box::new(control)));
         None
@@ -845,14 +854,22 @@ impl SignalServer {
 
     /// The bus's answer to a command for a node elsewhere.
     fn remote_reply(&mut self, token: u64, reached: bool) {
-        let Some((node, _)) = self.remote_commands.remove(&token) else { return };
-        let reply = if reached { CommandReply::Done } else { CommandReply::UnknownNode(node) };
+        let Some((node, _, locate)) = self.remote_commands.remove(&token) else { return };
+        let reply = match (reached, locate) {
+            (false, _) => CommandReply::UnknownNode(node),
+            (true, false) => CommandReply::Done,
+            (true, true) => CommandReply::Elsewhere(node),
+        };
         self.out.push_back(SignalOut::Reply { token, reply: Box::new(reply) });
     }
 
     fn handle_tick(&mut self, now: Instant) {
-        let expired: Vec<u64> =
-            self.remote_commands.iter().filter(|(_, (_, at))| *at <= now).map(|(&token, _)| token).collect();
+        let expired: Vec<u64> = self
+            .remote_commands
+            .iter()
+            .filter(|(_, (_, at, _))| *at <= now)
+            .map(|(&token, _)| token)
+            .collect();
         for token in expired {
             self.remote_reply(token, false);
         }
