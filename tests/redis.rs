@@ -623,6 +623,16 @@ async fn instances_work_as_the_restricted_redis_user_that_the_readme_documents()
     assert!(other.is_err(), "a key outside the prefix");
     let flush: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut conn).await;
     assert!(flush.is_err(), "administration");
+    // With the default user off, whoever connects without the password reads nothing: a
+    // SUBSCRIBE to a node's channel (every set-up message for it) is refused.
+    let _: () =
+        redis::cmd("ACL").arg("SETUSER").arg("default").arg("off").query_async(&mut admin).await.unwrap();
+    let anonymous = redis::Client::open(redis.url()).unwrap();
+    let mut stranger = anonymous.get_multiplexed_async_connection().await.unwrap();
+    let read: Result<(), _> =
+        redis::cmd("SUBSCRIBE").arg(format!("peer-signal:n:{}", id(5))).query_async(&mut stranger).await;
+    let refused = read.unwrap_err().to_string();
+    assert!(refused.contains("NOAUTH") || refused.contains("NOPERM"), "{refused}");
     a_side.stop().await;
     b_side.stop().await;
 }
