@@ -28,6 +28,29 @@ pub(crate) fn at_most(field: &'static str, value: usize, limit: usize) -> Result
     Ok(())
 }
 
+/// Refuses `value` below `other_value`, the value of the setting `other` that it must hold (a
+/// byte bound smaller than the largest frame, say).
+pub(crate) fn at_least<T>(
+    field: &'static str,
+    value: T,
+    other: &'static str,
+    other_value: T,
+) -> Result<(), ConfigError>
+where
+    T: PartialOrd + Copy,
+    u64: TryFrom<T>,
+{
+    if value < other_value {
+        return Err(ConfigError::Below {
+            field,
+            value: u64::try_from(value).unwrap_or(u64::MAX),
+            other,
+            other_value: u64::try_from(other_value).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(())
+}
+
 /// Refuses the type's zero (its `Default`).
 pub(crate) fn nonzero<T: Default + PartialEq>(field: &'static str, value: T) -> Result<(), ConfigError> {
     if value == T::default() {

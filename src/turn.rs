@@ -12,7 +12,7 @@ use sha1::Sha1;
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::ConfigError;
-use crate::limits::{at_most, duration, nonzero};
+use crate::limits::{at_least, at_most, duration, nonzero};
 use crate::protocol::{IceServer, IceServers, NodeID};
 
 /// The secret shared with the TURN server (coturn's `static-auth-secret`). Its `Debug` does not
@@ -122,14 +122,7 @@ impl TurnConfig {
         nonzero("turn.secret", self.secret.0.len())?;
         duration("turn.lifetime", self.lifetime)?;
         at_most("turn.lifetime", secs(self.lifetime), MAX_LIFETIME)?;
-        if self.lifetime < MIN_LIFETIME {
-            return Err(ConfigError::Below {
-                field: "turn.lifetime",
-                value: self.lifetime.as_secs(),
-                other: "one minute",
-                other_value: MIN_LIFETIME.as_secs(),
-            });
-        }
+        at_least("turn.lifetime", self.lifetime.as_secs(), "one minute", MIN_LIFETIME.as_secs())?;
         let bad = |uri: &String, schemes: &[&str]| !schemes.iter().any(|scheme| uri.starts_with(scheme));
         if let Some(uri) = self.uris.iter().find(|uri| bad(uri, &["turn:", "turns:"])) {
             return Err(ConfigError::Url {

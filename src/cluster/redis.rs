@@ -207,7 +207,7 @@ impl RedisConfig {
     ///
     /// The first refused setting, as a [`ConfigError`] that names it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use crate::limits::{at_most, duration, nonzero, MAX_QUEUE};
+        use crate::limits::{at_least, at_most, duration, nonzero, MAX_QUEUE};
         duration("presence_ttl", self.presence_ttl)?;
         duration("heartbeat", self.heartbeat)?;
         if self.heartbeat >= self.presence_ttl {
@@ -229,14 +229,7 @@ impl RedisConfig {
         nonzero("max_event_bytes", self.max_event_bytes)?;
         nonzero("max_message_size", self.max_message_size)?;
         if let Some(key) = &self.cluster_key {
-            if key.0.len() < MIN_KEY_LEN {
-                return Err(ConfigError::Below {
-                    field: "cluster_key",
-                    value: u64::try_from(key.0.len()).unwrap_or(u64::MAX),
-                    other: "16 bytes",
-                    other_value: MIN_KEY_LEN as u64,
-                });
-            }
+            at_least("cluster_key", key.0.len(), "16 bytes", MIN_KEY_LEN)?;
         }
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if self.instance.len() > wire::MAX_INSTANCE_LEN || !self.instance.chars().all(valid) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::binding::Binding;
 use crate::error::ConfigError;
-use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
+use crate::limits::{at_least, at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::protocol::RealmID;
 use crate::turn::TurnConfig;
 
@@ -242,14 +242,7 @@ impl SignalConfig {
         nonzero("frame_rate.burst", self.frame_rate.burst)?;
         nonzero("byte_rate.burst", self.byte_rate.burst)?;
         let max_frame_size = u64::try_from(self.max_frame_size).unwrap_or(u64::MAX);
-        if self.byte_rate.burst < max_frame_size {
-            return Err(ConfigError::Below {
-                field: "byte_rate.burst",
-                value: self.byte_rate.burst,
-                other: "max_frame_size",
-                other_value: max_frame_size,
-            });
-        }
+        at_least("byte_rate.burst", self.byte_rate.burst, "max_frame_size", max_frame_size)?;
         nonzero("max_send_backlog", self.max_send_backlog)?;
         at_most("max_send_backlog", self.max_send_backlog, MAX_QUEUE)?;
         if self.list_push_fanout > 0 {
@@ -260,15 +253,8 @@ impl SignalConfig {
             turn.validate()?;
             // Renewed with the first frame after half the lifetime, and a node sends one per TTL:
             // a quarter of the lifetime is left at least.
-            let ttls = self.ttl.saturating_mul(4);
-            if turn.lifetime < ttls {
-                return Err(ConfigError::Below {
-                    field: "turn.lifetime",
-                    value: turn.lifetime.as_secs(),
-                    other: "4 × ttl",
-                    other_value: ttls.as_secs(),
-                });
-            }
+            let ttls = self.ttl.saturating_mul(4).as_secs();
+            at_least("turn.lifetime", turn.lifetime.as_secs(), "4 × ttl", ttls)?;
         }
         Ok(())
     }
@@ -324,15 +310,7 @@ impl SignalConfig {
     /// [`ConfigError::Below`] for `send_backlog_bytes`, with the longest reply.
     pub fn check_send_backlog(&self, backlog_bytes: usize) -> Result<(), ConfigError> {
         let longest = self.max_list_reply_len();
-        if longest > backlog_bytes {
-            return Err(ConfigError::Below {
-                field: "send_backlog_bytes",
-                value: u64::try_from(backlog_bytes).unwrap_or(u64::MAX),
-                other: "the longest list reply of max_list_len nodes",
-                other_value: u64::try_from(longest).unwrap_or(u64::MAX),
-            });
-        }
-        Ok(())
+        at_least("send_backlog_bytes", backlog_bytes, "the longest list reply of max_list_len nodes", longest)
     }
 }
 

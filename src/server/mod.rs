@@ -42,7 +42,7 @@ use crate::ids::ConnMap;
 use crate::limits::later;
 // The transports' settings share the core's checks.
 #[cfg(feature = "websocket")]
-pub(crate) use crate::limits::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
+pub(crate) use crate::limits::{at_least, at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::protocol::{
     encoded_len, BoundAnnounce, Capabilities, Inbound, MessageAnnounce, NodeID, NodeInfo, NodeStat,
     SetupRoute, WSSignalMessageFromNode, WSSignalMessageToNode, SIGNAL_VERSION, U256,

@@ -17,7 +17,7 @@ use pipe::{PipeRx, PipeTx, Refused};
 
 use crate::codec::Codec;
 use crate::error::ConfigError;
-use crate::limits::{at_most, nonzero, MAX_QUEUE};
+use crate::limits::{at_least, at_most, nonzero, MAX_QUEUE};
 use crate::server::SignalConfig;
 
 /// The label of the data channel that carries signalling between neighbours.
@@ -122,23 +122,6 @@ impl LinkConfig {
             self.max_queued_bytes,
         )
     }
-}
-
-fn at_least(
-    field: &'static str,
-    value: usize,
-    other: &'static str,
-    other_value: usize,
-) -> Result<(), ConfigError> {
-    if value < other_value {
-        return Err(ConfigError::Below {
-            field,
-            value: u64::try_from(value).unwrap_or(u64::MAX),
-            other,
-            other_value: u64::try_from(other_value).unwrap_or(u64::MAX),
-        });
-    }
-    Ok(())
 }
 
 /// Why a link refused a message, or a host a link.

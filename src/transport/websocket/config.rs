@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::AdmissionHook;
 #[cfg(feature = "tls")]
 use super::ServerTls;
-use crate::server::{at_most, duration, nonzero, source_prefix, MAX_QUEUE};
+use crate::server::{at_least, at_most, duration, nonzero, source_prefix, MAX_QUEUE};
 use crate::{ConfigError, SignalConfig};
 
 /// Settings and limits of the WebSocket transport.
@@ -213,22 +213,8 @@ impl WsConfig {
         nonzero("max_message_size", self.max_message_size)?;
         nonzero("send_backlog", self.send_backlog)?;
         at_most("send_backlog", self.send_backlog, MAX_QUEUE)?;
-        if self.send_backlog_bytes < self.max_message_size {
-            return Err(ConfigError::Below {
-                field: "send_backlog_bytes",
-                value: u64::try_from(self.send_backlog_bytes).unwrap_or(u64::MAX),
-                other: "max_message_size",
-                other_value: u64::try_from(self.max_message_size).unwrap_or(u64::MAX),
-            });
-        }
-        if self.send_budget_bytes < self.send_backlog_bytes {
-            return Err(ConfigError::Below {
-                field: "send_budget_bytes",
-                value: u64::try_from(self.send_budget_bytes).unwrap_or(u64::MAX),
-                other: "send_backlog_bytes",
-                other_value: u64::try_from(self.send_backlog_bytes).unwrap_or(u64::MAX),
-            });
-        }
+        at_least("send_backlog_bytes", self.send_backlog_bytes, "max_message_size", self.max_message_size)?;
+        at_least("send_budget_bytes", self.send_budget_bytes, "send_backlog_bytes", self.send_backlog_bytes)?;
         duration("write_timeout", self.write_timeout)?;
         if !self.close_linger.is_zero() {
             duration("close_linger", self.close_linger)?;
