@@ -332,3 +332,24 @@ fn a_frame_for_a_node_that_left_is_bounced_but_not_one_for_a_node_that_moved() {
     assert!(Net::received(&seen, a).is_empty(), "{seen:?}");
     assert_eq!(net.servers[1].stats().cluster.unwrap().bounced, 2);
 }
+
+#[test]
+fn a_command_from_the_bus_reaches_a_local_node_but_never_with_a_message_of_the_sign_in() {
+    let mut net = Net::new(2, config());
+    let a = net.join(0, 1, Codec::Json);
+    let send =
+        |message| ClusterIn::Control { to: a.id, control: Box::new(peer_signal::Control::Send(message)) };
+    let seen = net.bus_input(0, send(peer_signal::WSSignalMessageToNode::Error("from elsewhere".into())));
+    assert_eq!(net::frames_to(&seen, a.conn).len(), 1);
+    // A fledger node panics on a challenge of another version; neither it nor an offer of
+    // capabilities reaches a node from the bus.
+    let rejected = net.servers[0].stats().cluster.unwrap().rejected;
+    for message in [
+        peer_signal::WSSignalMessageToNode::Challenge(2, peer_signal::U256::from([1; 32])),
+        peer_signal::WSSignalMessageToNode::Capabilities(peer_signal::Capabilities::default()),
+    ] {
+        let seen = net.bus_input(0, send(message));
+        assert!(net::frames_to(&seen, a.conn).is_empty(), "{seen:?}");
+    }
+    assert_eq!(net.servers[0].stats().cluster.unwrap().rejected, rejected + 2);
+}

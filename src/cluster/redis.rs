@@ -524,11 +524,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `payload` as it goes on `channel`: with the cluster key, its tag over the channel's name
-    /// and the payload appended.
-    fn seal(&self, channel: &str, mut payload: Vec<u8>) -> Vec<u8> {
+    /// `payload` as it goes on the channel of node `to`: with the cluster key, its tag over the
+    /// channel's name and the payload appended. Without a key it is the payload as it is, and the
+    /// channel's name is not even formatted: this is on every relay's path.
+    fn seal(&self, to: &NodeID, mut payload: Vec<u8>) -> Vec<u8> {
         if let Some(key) = &self.config.cluster_key {
-            let tag = key.tag(&[BUS_DOMAIN, channel.as_bytes(), &payload]);
+            let tag = key.tag(&[BUS_DOMAIN, self.channel(to).as_bytes(), &payload]);
             payload.extend_from_slice(&tag);
         }
         payload
@@ -933,7 +934,7 @@ impl Shard {
                 }
                 let item = Outgoing {
                     channel: to,
-                    payload: shared.seal(&shared.channel(&to), wire::encode_frame(codec, &frame)),
+                    payload: shared.seal(&to, wire::encode_frame(codec, &frame)),
                     relay_from: Some(from),
                     control: None,
                 };
@@ -948,7 +949,7 @@ impl Shard {
                 }
                 let item = Outgoing {
                     channel: to,
-                    payload: shared.seal(&shared.channel(&to), wire::encode_control(&control)),
+                    payload: shared.seal(&to, wire::encode_control(&control)),
                     relay_from: None,
                     control: Some(token),
                 };
@@ -960,7 +961,7 @@ impl Shard {
             ClusterOut::Undeliverable { to, about, reason } => {
                 let item = Outgoing {
                     channel: to,
-                    payload: shared.seal(&shared.channel(&to), wire::encode_undeliverable(about, reason)),
+                    payload: shared.seal(&to, wire::encode_undeliverable(about, reason)),
                     relay_from: None,
                     control: None,
                 };
@@ -981,10 +982,14 @@ impl Backplane for RedisBackplane {
         loop {
             // Every shard at once; each one's `next_event` is cancel-safe, so the ones that lose
             // the race lose nothing.
-            let (input, at) = {
-                let waits = self.shards.iter_mut().map(|shard| Box::pin(shard.next_event()));
-                let (input, at, _rest) = futures::future::select_all(waits).await;
-                (input?, at)
+            let (input, at) = match self.shards.as_mut_slice() {
+                // One Redis, the usual case: no boxing on the path of every relay from the bus.
+                [only] => (only.next_event().await?, 0),
+                shards => {
+                    let waits = shards.iter_mut().map(|shard| Box::pin(shard.next_event()));
+                    let (input, at, _rest) = futures::future::select_all(waits).await;
+                    (input?, at)
+                }
             };
             match input {
                 // The bus is up while one shard is: relays to the nodes of a shard that is down
@@ -1265,7 +1270,7 @@ impl Presence {
                 invocation.key(self.shared.hash()).arg(hex_id(&id)).arg(&json).arg(ttl);
                 let gen: u64 = self.run(invocation.invoke_async(&mut redis)).await?;
                 // Whoever held the id before, on another instance, learns of the newer claim.
-                let takeover = self.shared.seal(&channel, wire::encode_takeover(gen, &self.shared.instance));
+                let takeover = self.shared.seal(&id, wire::encode_takeover(gen, &self.shared.instance));
                 let _: i64 = self
                     .run(redis::cmd("PUBLISH").arg(&channel).arg(takeover).query_async(&mut redis))
                     .await?;

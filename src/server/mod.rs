@@ -703,6 +703,13 @@ impl SignalServer {
                 };
                 match *control {
                     Control::Disconnect(reason) => self.close(conn, ProtocolError::Disconnected(reason)),
+                    // Messages of the sign-in make no sense to a signed-in node, and a fledger
+                    // node panics on a challenge of another version: not from the bus.
+                    Control::Send(
+                        WSSignalMessageToNode::Challenge(..) | WSSignalMessageToNode::Capabilities(_),
+                    ) => {
+                        self.count_cluster(ClusterCount::Rejected, 1);
+                    }
                     Control::Send(message) => self.send(conn, codec, &message),
                     Control::Locate => {}
                 }
