@@ -74,7 +74,7 @@ use crate::transport::{Transport, TransportEvent};
 /// # }).unwrap();
 /// ```
 pub struct LinkTransport {
-    hub: Hub<PipeTx>,
+    hub: Hub<HostLink>,
     budget: Arc<Budget>,
 }
 
@@ -131,8 +131,8 @@ impl Transport for LinkTransport {
     }
 
     fn send(&mut self, conn: ConnId, frame: Bytes) -> Result<(), TransportError> {
-        let Some(to_link) = self.hub.link(conn) else { return Err(TransportError::Closed(conn)) };
-        match to_link.try_send(frame) {
+        let Some(link) = self.hub.link(conn) else { return Err(TransportError::Closed(conn)) };
+        match link.to_link.try_send(frame) {
             Ok(()) => Ok(()),
             // Full: the adapter does not take what the server sends; a link whose channel is gone
             // cannot carry anything. Either way the link ends here.
@@ -154,7 +154,7 @@ impl Transport for LinkTransport {
 /// host is dropped and every link closed.
 #[derive(Clone)]
 pub struct LinkHost {
-    arrive: flume::Sender<Arrival<PipeTx>>,
+    arrive: flume::Sender<Arrival<HostLink>>,
     next_id: Arc<AtomicU64>,
     /// Links attached and not ended, counted from `attach` until the transport lets go of both of
     /// the link's queues.
@@ -199,17 +199,11 @@ impl LinkHost {
         let budget = Some(Arc::clone(&self.budget));
         let (in_tx, in_rx) = pipe(max_queued_frames, max_queued_bytes, budget.clone());
         let (out_tx, out_rx) = pipe(max_queued_frames, max_queued_bytes, budget);
-        // The slot is given back when both of the transport's ends are gone: the inbound stream
-        // (dropped when the hub stops reading it) and the outbound sender.
+        // The slot is given back when both of the transport's ends are gone: the hub's entry for
+        // the link (dropped when it closes) and the adapter's outbound end.
         let slot = Arc::new(slot);
-        let frames = {
-            let slot = Arc::clone(&slot);
-            in_rx.into_stream().map(move |frame| {
-                let _held = &slot;
-                frame
-            })
-        };
-        let arrival = Arrival { conn, codec, frames: frames.boxed(), link: out_tx };
+        let link = HostLink { to_link: out_tx, _slot: Arc::clone(&slot) };
+        let arrival = Arrival { conn, codec, frames: in_rx.into_stream(), link };
         self.arrive.send(arrival).map_err(|_| LinkError::Closed)?;
         let inbound = LinkInbound::new(in_tx, max_frame_size);
         let outbound = LinkOutbound::new(out_rx, Some(slot));
@@ -230,6 +224,12 @@ impl LinkHost {
     pub fn config(&self) -> &LinkConfig {
         &self.config
     }
+}
+
+/// The transport's end of a link: where the server's frames go, and the link's place.
+struct HostLink {
+    to_link: PipeTx,
+    _slot: Arc<Slot>,
 }
 
 /// One link's place in [`LinkConfig::max_links`], given back when dropped.
